@@ -1,0 +1,49 @@
+"""Builds and deploys the Serve application: one `Gateway` in front of one pool per model."""
+
+from __future__ import annotations
+
+from ray import serve
+from ray.serve import Application
+from ray.serve.config import gRPCOptions
+
+from inference.config import ModelConfig, ServeConfig
+from inference.deployments import DiffusionModel, Gateway
+
+APP_NAME = "atelier"
+# Serve's proxy routes every method of these services to the ingress deployment (Gateway).
+GRPC_SERVICER_FUNCTIONS = (
+    "protos.atelier.v1.inference_pb2_grpc.add_InferenceServicer_to_server",
+    "grpc_health.v1.health_pb2_grpc.add_HealthServicer_to_server",
+)
+
+
+def model_deployment_name(model: ModelConfig) -> str:
+    """Serve deployment name of a model's pool, e.g. ``DiffusionModel-tiny-sd``."""
+    return f"DiffusionModel-{model.name}"
+
+
+def build_app(config: ServeConfig) -> Application:
+    """The Serve application graph for `config` (not yet running)."""
+    pools = {
+        model.name: DiffusionModel.options(
+            name=model_deployment_name(model),
+            num_replicas=model.num_replicas,
+            max_ongoing_requests=model.max_ongoing_requests,
+            ray_actor_options={"num_cpus": model.num_cpus, "num_gpus": model.num_gpus},
+        ).bind(model, config.model_cache_dir)
+        for model in config.models
+    }
+    return Gateway.bind(config, pools)
+
+
+def deploy(config: ServeConfig) -> None:
+    """Starts Serve's proxies on the connected Ray cluster and runs the application.
+
+    Returns once every replica is healthy; the application keeps running after the
+    calling process exits.
+    """
+    serve.start(
+        http_options={"host": "127.0.0.1", "port": config.http_port},
+        grpc_options=gRPCOptions(port=config.grpc_port, grpc_servicer_functions=list(GRPC_SERVICER_FUNCTIONS)),
+    )
+    serve.run(build_app(config), name=APP_NAME, route_prefix=None, blocking=False)

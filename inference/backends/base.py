@@ -1,0 +1,104 @@
+"""The interface every generation backend implements, and the request it takes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import PIL.Image
+
+# torch.Generator.manual_seed takes any 64-bit value; image i uses seed + i, so the whole range
+# seed .. seed + num_images - 1 must fit.
+_MAX_SEED = 2**64 - 1
+
+StepCallback = Callable[[int, int], bool]
+"""Called as ``on_step(step, total_steps)`` after each denoising step (``step`` counts from 1);
+returning ``False`` cancels the generation."""
+
+
+class GenerationCancelled(Exception):
+    """Raised by `Backend.generate` when its ``on_step`` callback asked to stop."""
+
+    def __init__(self, completed_steps: int, total_steps: int) -> None:
+        super().__init__(
+            f"generation cancelled after {completed_steps} of {total_steps} denoising steps"
+        )
+        self.completed_steps = completed_steps
+        self.total_steps = total_steps
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """One text-to-image request, validated at construction."""
+
+    prompt: str
+    """Text describing the image."""
+
+    negative_prompt: str
+    """Text describing what to steer away from; empty for none."""
+
+    width: int
+    """Image width in pixels, > 0 (the model may require a multiple of 8 or 16)."""
+
+    height: int
+    """Image height in pixels, > 0 (the model may require a multiple of 8 or 16)."""
+
+    steps: int
+    """Number of denoising steps, >= 1."""
+
+    guidance_scale: float
+    """Classifier-free guidance scale, >= 0; values <= 1 turn guidance off."""
+
+    seed: int
+    """Seed of image 0; image i uses ``seed + i``. 0 <= seed and seed + num_images - 1 < 2**64."""
+
+    num_images: int
+    """Number of images to generate for the prompt, >= 1."""
+
+    def __post_init__(self) -> None:
+        for field_name in ("width", "height", "steps", "num_images"):
+            value = getattr(self, field_name)
+            if value < 1:
+                raise ValueError(
+                    f"GenerationParams.{field_name} must be >= 1, got {value}."
+                )
+        if self.guidance_scale < 0:
+            raise ValueError(
+                f"GenerationParams.guidance_scale must be >= 0, got {self.guidance_scale}."
+            )
+        if self.seed < 0 or self.seed + self.num_images - 1 > _MAX_SEED:
+            raise ValueError(
+                f"GenerationParams.seed must be in [0, {_MAX_SEED - self.num_images + 1}] for "
+                f"{self.num_images} images, got {self.seed}."
+            )
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Runs a loaded diffusion pipeline; every backend (eager, compile, tensorrt) has this shape."""
+
+    name: str
+    """The selector string that `create_backend` takes for this backend."""
+
+    def generate(
+        self, request: GenerationParams, on_step: StepCallback | None = None
+    ) -> list[PIL.Image.Image]:
+        """Generate the images a request asks for.
+
+        Image i is generated from a generator seeded with ``request.seed + i``, so it is the same
+        whether it is generated alone or in a batch.
+
+        Args:
+            request: What to generate.
+            on_step: Called as ``on_step(step, total_steps)`` after each denoising step, ``step``
+                counting from 1; returning ``False`` stops the denoising loop.
+
+        Returns:
+            ``request.num_images`` images of ``request.width`` x ``request.height`` pixels.
+
+        Raises:
+            GenerationCancelled: If ``on_step`` returned ``False``.
+            ValueError: If the model cannot generate the requested size.
+        """
+        ...

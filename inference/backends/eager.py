@@ -1,0 +1,107 @@
+"""The eager backend: calls the diffusers pipeline as it is, on any device."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import PIL.Image
+import torch
+from diffusers import DiffusionPipeline
+
+from inference.backends.base import GenerationCancelled, GenerationParams, StepCallback
+
+
+class EagerBackend:
+    """Runs a diffusers text-to-image pipeline in PyTorch eager mode.
+
+    The pipeline keeps per-call state on itself (guidance scale, interrupt flag, timestep count), so
+    calls on one backend are serialised; run one backend per pipeline.
+    """
+
+    name: str = "eager"
+
+    def __init__(self, pipeline: DiffusionPipeline) -> None:
+        """Wrap a loaded pipeline.
+
+        Args:
+            pipeline: A diffusers text-to-image pipeline whose ``__call__`` takes
+                ``callback_on_step_end`` (Stable Diffusion 1.x/2.x, SDXL, SD3, Flux).
+        """
+        self.pipeline = pipeline
+        self._lock = threading.Lock()
+
+    def generate(
+        self, request: GenerationParams, on_step: StepCallback | None = None
+    ) -> list[PIL.Image.Image]:
+        """Generate the images a request asks for.
+
+        Image i is generated from a generator on the pipeline's device seeded with
+        ``request.seed + i``, so it is the same whether it is generated alone or in a batch (up to
+        floating-point differences of batched kernels).
+
+        Args:
+            request: What to generate.
+            on_step: Called as ``on_step(step, total_steps)`` after each denoising step, ``step``
+                counting from 1; returning ``False`` stops the denoising loop.
+
+        Returns:
+            ``request.num_images`` images of ``request.width`` x ``request.height`` pixels.
+
+        Raises:
+            GenerationCancelled: If ``on_step`` returned ``False``.
+            ValueError: If the model cannot generate the requested size.
+        """
+        device = self.pipeline.device
+        generators = [
+            torch.Generator(device).manual_seed(request.seed + index)
+            for index in range(request.num_images)
+        ]
+        progress = _StepReporter(on_step)
+        with self._lock, torch.inference_mode():
+            output = self.pipeline(
+                prompt=request.prompt,
+                negative_prompt=request.negative_prompt or None,
+                width=request.width,
+                height=request.height,
+                num_inference_steps=request.steps,
+                guidance_scale=request.guidance_scale,
+                num_images_per_prompt=request.num_images,
+                generator=generators,
+                output_type="pil",
+                callback_on_step_end=progress if on_step is not None else None,
+            )
+        if progress.cancelled_at is not None:
+            raise GenerationCancelled(progress.cancelled_at, progress.total_steps)
+        images: list[PIL.Image.Image] = output.images
+        return images
+
+
+class _StepReporter:
+    """A diffusers ``callback_on_step_end`` that reports progress and interrupts on request."""
+
+    def __init__(self, on_step: StepCallback | None) -> None:
+        self._on_step = on_step
+        self.cancelled_at: int | None = None
+        self.total_steps = 0
+
+    def __call__(
+        self,
+        pipeline: DiffusionPipeline,
+        step_index: int,
+        timestep: Any,
+        callback_kwargs: dict[str, Any],
+    ) -> dict[str, Any]:
+        # The loop's length, not the requested steps: second-order schedulers run more iterations.
+        self.total_steps = int(pipeline.num_timesteps)
+        completed = step_index + 1
+        if (
+            self._on_step is not None
+            and self._on_step(completed, self.total_steps) is False
+        ):
+            self.cancelled_at = completed
+            # diffusers' documented way to stop: the loop skips its remaining iterations. The VAE
+            # still decodes the partial latents before the pipeline returns; the images are dropped.
+            pipeline._interrupt = True
+        # Returning no tensors leaves the pipeline's latents and embeddings as they are.
+        return {}

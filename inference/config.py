@@ -1,0 +1,199 @@
+"""Configuration of the serving side: which models run where, and how to reach the control plane.
+
+Built once at the edge (`ServeConfig.from_env`) and validated at construction, so the
+deployments can trust every field.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+BACKENDS = ("eager",)
+DEVICES = ("cpu", "cuda")
+DTYPES = ("float32", "float16", "bfloat16")
+# SD-family models work on latents 1/8 of the image size.
+SIZE_MULTIPLE = 8
+# Hard ceiling for any model; a model's own max_steps may be lower.
+MAX_STEPS = 150
+MAX_IMAGES_PER_REQUEST = 8
+MAX_PROMPT_CHARS = 2000
+
+
+class ConfigError(ValueError):
+    """A setting is missing or out of range; the message names the setting."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """One model served by a pool of `DiffusionModel` replicas."""
+
+    name: str
+    """Name callers pass as `GenerateRequest.model`."""
+    source: str = "tiny-sd"
+    """A builtin model's name (`tiny-sd`), or a local directory holding a diffusers checkpoint."""
+    backend: str = "eager"
+    """Which backend runs the pipeline: one of `BACKENDS`."""
+    device: str = "cpu"
+    """`cpu` or `cuda`."""
+    dtype: str = "float32"
+    """Weights and activations dtype: one of `DTYPES`."""
+    default_width: int = 64
+    """Width in pixels when a request leaves it out."""
+    default_height: int = 64
+    """Height in pixels when a request leaves it out."""
+    min_size: int = 64
+    """Smallest width or height accepted, in pixels."""
+    max_size: int = 512
+    """Largest width or height accepted, in pixels."""
+    default_steps: int = 20
+    """Denoising steps when a request leaves them out."""
+    max_steps: int = 50
+    """Most denoising steps a request may ask for (at most `MAX_STEPS`)."""
+    default_guidance_scale: float = 7.5
+    """Classifier-free guidance scale when a request leaves it out."""
+    millicredits_per_step: int = 50
+    """Price of one denoising step of one 512x512 image, in thousandths of a credit."""
+    num_replicas: int = 1
+    """Replicas of this model's deployment."""
+    num_cpus: float = 1.0
+    """CPUs Ray reserves for each replica."""
+    num_gpus: float = 0.0
+    """GPUs Ray reserves for each replica (needs `device="cuda"`)."""
+    max_ongoing_requests: int = 2
+    """Requests a replica accepts at once before Serve queues them elsewhere."""
+    description: str = "Tiny random-weight Stable Diffusion pipeline; images are noise."
+    """Shown by ListModels."""
+
+    def __post_init__(self) -> None:
+        _require(bool(self.name) and self.name.replace("-", "").replace("_", "").replace(".", "").isalnum(),
+                 "models[].name", f"must be a non-empty name of letters, digits, '-', '_' or '.', got {self.name!r}")
+        _require(self.backend in BACKENDS, f"models[{self.name}].backend", f"must be one of {BACKENDS}, got {self.backend!r}")
+        _require(self.device in DEVICES, f"models[{self.name}].device", f"must be one of {DEVICES}, got {self.device!r}")
+        _require(self.dtype in DTYPES, f"models[{self.name}].dtype", f"must be one of {DTYPES}, got {self.dtype!r}")
+        for name in ("default_width", "default_height", "min_size", "max_size"):
+            value = getattr(self, name)
+            _require(value > 0 and value % SIZE_MULTIPLE == 0, f"models[{self.name}].{name}",
+                     f"must be a positive multiple of {SIZE_MULTIPLE}, got {value}")
+        _require(self.min_size <= self.max_size, f"models[{self.name}].min_size", "must not exceed max_size")
+        for name in ("default_width", "default_height"):
+            _require(self.min_size <= getattr(self, name) <= self.max_size, f"models[{self.name}].{name}",
+                     f"must lie within [{self.min_size}, {self.max_size}]")
+        _require(1 <= self.max_steps <= MAX_STEPS, f"models[{self.name}].max_steps", f"must lie within [1, {MAX_STEPS}]")
+        _require(1 <= self.default_steps <= self.max_steps, f"models[{self.name}].default_steps",
+                 f"must lie within [1, max_steps={self.max_steps}]")
+        _require(self.millicredits_per_step >= 0, f"models[{self.name}].millicredits_per_step", "must be >= 0")
+        _require(self.num_replicas >= 1, f"models[{self.name}].num_replicas", "must be >= 1")
+        _require(self.max_ongoing_requests >= 1, f"models[{self.name}].max_ongoing_requests", "must be >= 1")
+        _require(self.num_gpus == 0 or self.device == "cuda", f"models[{self.name}].num_gpus",
+                 "needs device='cuda'")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """The Serve application: gateway settings and the models it routes to."""
+
+    control_plane_address: str = "127.0.0.1:50051"
+    """host:port of the control plane's gRPC server."""
+    control_plane_timeout_s: float = 10.0
+    """Deadline of each gateway call to the control plane, in seconds."""
+    reservation_ttl_s: int = 600
+    """How long the gateway's credit reservation may stay open, in seconds."""
+    grpc_port: int = 9000
+    """Port of Serve's gRPC proxy."""
+    http_port: int = 8000
+    """Port of Serve's HTTP proxy (unused by atelier, but Serve always starts one)."""
+    model_cache_dir: Path = Path(".atelier/models")
+    """Where builtin models are built and cached."""
+    models: tuple[ModelConfig, ...] = (ModelConfig(name="tiny-sd"),)
+    """Models served; the first is the default."""
+
+    def __post_init__(self) -> None:
+        _require(":" in self.control_plane_address, "ATELIER_CONTROL_PLANE_ADDRESS",
+                 f"must be host:port, got {self.control_plane_address!r}")
+        _require(self.control_plane_timeout_s > 0, "control_plane_timeout_s", "must be > 0")
+        _require(60 <= self.reservation_ttl_s <= 3600, "reservation_ttl_s", "must lie within [60, 3600]")
+        _require(bool(self.models), "models", "must name at least one model")
+        names = [m.name for m in self.models]
+        _require(len(set(names)) == len(names), "models", f"names must be unique, got {names}")
+
+    @property
+    def default_model(self) -> ModelConfig:
+        return self.models[0]
+
+    def model(self, name: str) -> ModelConfig | None:
+        """The model called `name`, or None when it is not served."""
+        return next((m for m in self.models if m.name == name), None)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> ServeConfig:
+        """Builds the config from `ATELIER_*` variables.
+
+        `ATELIER_SERVE_CONFIG` names a JSON file with any of this class's fields
+        (`models` as a list of objects); single variables override it:
+        `ATELIER_CONTROL_PLANE_ADDRESS`, `ATELIER_SERVE_GRPC_PORT`, `ATELIER_SERVE_HTTP_PORT`,
+        and `ATELIER_HOME` (the model cache lives under it).
+
+        Raises:
+            ConfigError: a setting is malformed or out of range.
+        """
+        values: dict[str, Any] = {}
+        if path := environ.get("ATELIER_SERVE_CONFIG"):
+            try:
+                values = json.loads(Path(path).read_text())
+            except (OSError, json.JSONDecodeError) as exc:
+                raise ConfigError(f"ATELIER_SERVE_CONFIG: cannot read {path}: {exc}") from None
+            if not isinstance(values, dict):
+                raise ConfigError("ATELIER_SERVE_CONFIG: must hold a JSON object")
+        home = Path(environ.get("ATELIER_HOME", ".atelier"))
+        values.setdefault("model_cache_dir", home / "models")
+        if address := environ.get("ATELIER_CONTROL_PLANE_ADDRESS"):
+            values["control_plane_address"] = address
+        for variable, name in (("ATELIER_SERVE_GRPC_PORT", "grpc_port"), ("ATELIER_SERVE_HTTP_PORT", "http_port")):
+            if variable in environ:
+                values[name] = _parse_int(variable, environ[variable])
+        return cls.from_dict(values)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> ServeConfig:
+        """Builds the config from plain values (as read from JSON).
+
+        Raises:
+            ConfigError: an unknown key, or a setting out of range.
+        """
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ConfigError(f"unknown serve settings {sorted(unknown)}; valid: {sorted(known)}")
+        kwargs = dict(values)
+        if "models" in kwargs:
+            model_fields = {f.name for f in fields(ModelConfig)}
+            models = []
+            for entry in kwargs["models"]:
+                bad = set(entry) - model_fields
+                if bad:
+                    raise ConfigError(f"unknown model settings {sorted(bad)}; valid: {sorted(model_fields)}")
+                models.append(ModelConfig(**entry))
+            kwargs["models"] = tuple(models)
+        if "model_cache_dir" in kwargs:
+            kwargs["model_cache_dir"] = Path(kwargs["model_cache_dir"])
+        return cls(**kwargs)
+
+
+def _require(condition: bool, setting: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"{setting}: {message}")
+
+
+def _parse_int(setting: str, raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{setting}: must be an integer, got {raw!r}") from None
+
+
+__all__ = ["ConfigError", "ModelConfig", "ServeConfig"]

@@ -1,0 +1,119 @@
+"""The gateway's client of the control plane: reserve, store-and-commit, release.
+
+Calls carry the end caller's API key, so the control plane authorises every step
+against the caller's own tenant and scopes; the gateway holds no privileges of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+
+from inference.errors import RequestError
+from protos.atelier.v1 import common_pb2, control_plane_pb2, control_plane_pb2_grpc
+
+logger = logging.getLogger(__name__)
+
+# Codes whose meaning is the caller's to act on; anything else is our failure.
+_CALLER_CODES = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.ALREADY_EXISTS,
+    }
+)
+_RETRYABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+_STATUS_DETAILS_KEY = "grpc-status-details-bin"
+
+
+class ControlPlaneClient:
+    """Async client bound to the event loop of the replica that first uses it."""
+
+    def __init__(self, address: str, timeout_s: float) -> None:
+        self._address = address
+        self._timeout_s = timeout_s
+        self._stub: control_plane_pb2_grpc.ControlPlaneStub | None = None
+
+    def _control_plane(self) -> control_plane_pb2_grpc.ControlPlaneStub:
+        # grpc.aio channels belong to the loop they are created on: create it lazily on the
+        # replica's request loop, not in the deployment's constructor.
+        if self._stub is None:
+            self._stub = control_plane_pb2_grpc.ControlPlaneStub(grpc.aio.insecure_channel(self._address))
+        return self._stub
+
+    async def reserve_credits(self, api_key: str, account_id: str, amount: int, ttl_s: int, purpose: str) -> str:
+        """Holds `amount` credits of the account; returns the reservation id.
+
+        Raises:
+            RequestError: the control plane refused (its code and message) or is unreachable.
+        """
+        request = control_plane_pb2.ReserveCreditsRequest(
+            account_id=account_id, amount=amount, ttl_seconds=ttl_s, purpose=purpose
+        )
+        response = await self._call(self._control_plane().ReserveCredits, request, api_key)
+        return str(response.reservation.reservation_id)
+
+    async def store_and_commit(
+        self,
+        api_key: str,
+        account_id: str,
+        reservation_id: str,
+        images: list[bytes],
+        prompt: str,
+        parameters: list[common_pb2.GenerationParameters],
+        visibility: common_pb2.Visibility.ValueType,
+    ) -> control_plane_pb2.StoreContentResponse:
+        """Stores the PNGs and commits the reservation in one control-plane transaction.
+
+        Raises:
+            RequestError: the control plane refused or is unreachable; nothing was stored or charged.
+        """
+        items = [
+            control_plane_pb2.NewContent(
+                kind=control_plane_pb2.CONTENT_KIND_GENERATED,
+                media_type="image/png",
+                data=png,
+                prompt=prompt,
+                parameters=params,
+                visibility=visibility,
+            )
+            for png, params in zip(images, parameters, strict=True)
+        ]
+        request = control_plane_pb2.StoreContentRequest(
+            account_id=account_id, items=items, commit_reservation_id=reservation_id
+        )
+        return await self._call(self._control_plane().StoreContent, request, api_key)
+
+    async def release_reservation(self, api_key: str, reservation_id: str) -> None:
+        """Returns held credits; failures are logged, since the reservation also expires on its own."""
+        request = control_plane_pb2.ReleaseReservationRequest(reservation_id=reservation_id)
+        try:
+            await self._call(self._control_plane().ReleaseReservation, request, api_key)
+        except RequestError as exc:
+            logger.warning("release_failed reservation_id=%s code=%s", reservation_id, exc.code.name)
+
+    async def _call(self, method, request, api_key: str):  # type: ignore[no-untyped-def]
+        try:
+            return await method(
+                request, metadata=(("authorization", f"Bearer {api_key}"),), timeout=self._timeout_s
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise _to_request_error(exc) from None
+
+
+def _to_request_error(exc: grpc.aio.AioRpcError) -> RequestError:
+    code = exc.code()
+    if code in _CALLER_CODES:
+        details = next(
+            (value for key, value in exc.trailing_metadata() or () if key == _STATUS_DETAILS_KEY), None
+        )
+        return RequestError(code, exc.details() or code.name, details if isinstance(details, bytes) else None)
+    logger.warning("control_plane_call_failed code=%s", code.name)
+    if code in _RETRYABLE_CODES:
+        return RequestError(grpc.StatusCode.UNAVAILABLE, "control plane unavailable; retry with backoff")
+    return RequestError(grpc.StatusCode.INTERNAL, "control plane error")

@@ -1,0 +1,268 @@
+"""`Gateway`: the ingress deployment behind Serve's gRPC proxy.
+
+Per request: validate, reserve the price with the control plane (which also
+authenticates the caller's key), run the model, then store the images and commit the
+charge in one control-plane transaction. Any failure or cancellation releases the
+reservation, so a request is charged exactly its price or nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import grpc
+from grpc_health.v1 import health_pb2
+from ray import serve
+from ray.serve.grpc_util import RayServegRPCContext
+from ray.serve.handle import DeploymentHandle
+
+from inference.config import ModelConfig, ServeConfig
+from inference.control_plane_client import ControlPlaneClient
+from inference.deployments.diffusion_model import GenerationResult, StepProgress
+from inference.errors import RequestError
+from inference.validation import ValidatedRequest, validate_generate_request
+from protos.atelier.v1 import common_pb2, control_plane_pb2, inference_pb2
+
+logger = logging.getLogger(__name__)
+
+_SERVICE_NAME = "atelier.v1.Inference"
+_STATUS_DETAILS_KEY = "grpc-status-details-bin"
+
+ProgressSink = Callable[[StepProgress], Awaitable[None]]
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000)
+class Gateway:
+    """Implements `atelier.v1.Inference` (and the standard health check) for Serve's gRPC proxy."""
+
+    def __init__(self, config: ServeConfig, models: dict[str, DeploymentHandle]) -> None:
+        self._config = config
+        self._models = models
+        self._control_plane = ControlPlaneClient(config.control_plane_address, config.control_plane_timeout_s)
+
+    async def Generate(  # noqa: N802 - gRPC method name
+        self, request: inference_pb2.GenerateRequest, grpc_context: RayServegRPCContext
+    ) -> inference_pb2.GenerateResponse:
+        request_id = _request_id(grpc_context)
+        try:
+            return await self._generate(request, grpc_context, request_id, on_progress=None)
+        except RequestError as exc:
+            _set_error(grpc_context, exc, request_id)
+            return inference_pb2.GenerateResponse()
+        except Exception:
+            logger.exception("generate_failed request_id=%s", request_id)
+            _set_error(grpc_context, _internal(request_id), request_id)
+            return inference_pb2.GenerateResponse()
+
+    async def GenerateStream(  # noqa: N802 - gRPC method name
+        self, request: inference_pb2.GenerateRequest, grpc_context: RayServegRPCContext
+    ) -> AsyncIterator[inference_pb2.GenerateStreamResponse]:
+        request_id = _request_id(grpc_context)
+        progress: asyncio.Queue[StepProgress | None] = asyncio.Queue()
+        task = asyncio.ensure_future(self._generate(request, grpc_context, request_id, on_progress=progress.put))
+        task.add_done_callback(lambda _: progress.put_nowait(None))
+        try:
+            while (step := await progress.get()) is not None:
+                yield inference_pb2.GenerateStreamResponse(
+                    progress=inference_pb2.GenerationProgress(
+                        step=step.step, total_steps=step.total_steps, elapsed_ms=step.elapsed_ms
+                    )
+                )
+            result = task.result()
+        except RequestError as exc:
+            _set_error(grpc_context, exc, request_id)
+            raise exc from None  # a stream's status is only applied when the method raises
+        except Exception:
+            logger.exception("generate_stream_failed request_id=%s", request_id)
+            error = _internal(request_id)
+            _set_error(grpc_context, error, request_id)
+            raise error from None
+        finally:
+            # The caller went away: cancelling the task stops the model and releases the credits.
+            if not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        yield inference_pb2.GenerateStreamResponse(result=result)
+
+    async def ListModels(  # noqa: N802 - gRPC method name
+        self, request: inference_pb2.ListModelsRequest, grpc_context: RayServegRPCContext
+    ) -> inference_pb2.ListModelsResponse:
+        default = self._config.default_model.name
+        return inference_pb2.ListModelsResponse(models=[_model_info(m, m.name == default) for m in self._config.models])
+
+    async def Check(  # noqa: N802 - grpc.health.v1.Health method name
+        self, request: health_pb2.HealthCheckRequest, grpc_context: RayServegRPCContext
+    ) -> health_pb2.HealthCheckResponse:
+        if request.service not in ("", _SERVICE_NAME):
+            grpc_context.set_code(grpc.StatusCode.NOT_FOUND)
+            grpc_context.set_details(f"unknown service {request.service!r}")
+            return health_pb2.HealthCheckResponse()
+        return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
+
+    async def _generate(
+        self,
+        request: inference_pb2.GenerateRequest,
+        grpc_context: RayServegRPCContext,
+        request_id: str,
+        on_progress: ProgressSink | None,
+    ) -> inference_pb2.GenerateResponse:
+        started = time.perf_counter()
+        api_key = _api_key(grpc_context)
+        validated = validate_generate_request(request, self._config)
+        params = validated.params
+        purpose = f"generate {validated.model.name} {params.width}x{params.height}x{params.steps} n={params.num_images}"
+        reservation_id = await self._control_plane.reserve_credits(
+            api_key, validated.account_id, validated.cost, self._config.reservation_ttl_s, purpose
+        )
+        reserved = time.perf_counter()
+        try:
+            result = await self._run_model(validated, on_progress)
+            generated = time.perf_counter()
+            stored = await self._control_plane.store_and_commit(
+                api_key,
+                validated.account_id,
+                reservation_id,
+                result.pngs,
+                params.prompt,
+                _parameters(validated, result),
+                request.visibility,
+            )
+        except BaseException:
+            # Shielded so a cancelled request still returns its credits.
+            await asyncio.shield(self._control_plane.release_reservation(api_key, reservation_id))
+            raise
+        finished = time.perf_counter()
+        logger.info(
+            "generated request_id=%s model=%s images=%d steps=%d cost=%d total_ms=%.1f",
+            request_id, validated.model.name, params.num_images, params.steps, validated.cost,
+            (finished - started) * 1000,
+        )
+        return _response(validated, result, stored, request_id, started, reserved, generated, finished)
+
+    async def _run_model(self, validated: ValidatedRequest, on_progress: ProgressSink | None) -> GenerationResult:
+        handle = self._models[validated.model.name]
+        if on_progress is None:
+            response = handle.generate.remote(validated.params)
+            try:
+                return await response
+            except asyncio.CancelledError:
+                response.cancel()
+                raise
+        stream = handle.options(stream=True).generate_stream.remote(validated.params)
+        try:
+            async for event in stream:
+                if isinstance(event, GenerationResult):
+                    return event
+                await on_progress(event)
+        except asyncio.CancelledError:
+            stream.cancel()
+            raise
+        raise RuntimeError("model stream ended without a result")
+
+
+def _request_id(grpc_context: RayServegRPCContext) -> str:
+    for key, value in grpc_context.invocation_metadata():
+        if key == "request_id" and value:
+            return str(value)[:64]
+    return uuid.uuid4().hex
+
+
+def _api_key(grpc_context: RayServegRPCContext) -> str:
+    for key, value in grpc_context.invocation_metadata():
+        if key == "authorization":
+            scheme, _, secret = str(value).partition(" ")
+            if scheme.lower() == "bearer" and secret.strip():
+                return secret.strip()
+    raise RequestError(
+        grpc.StatusCode.UNAUTHENTICATED, "missing API key: send metadata 'authorization: Bearer <key>'"
+    )
+
+
+def _internal(request_id: str) -> RequestError:
+    return RequestError(grpc.StatusCode.INTERNAL, f"internal error; quote request id {request_id}")
+
+
+def _set_error(grpc_context: RayServegRPCContext, error: RequestError, request_id: str) -> None:
+    grpc_context.set_code(error.code)
+    grpc_context.set_details(error.message)
+    trailing = [("request_id", request_id)]
+    if error.details is not None:
+        trailing.append((_STATUS_DETAILS_KEY, error.details))  # type: ignore[arg-type]
+    grpc_context.set_trailing_metadata(trailing)
+
+
+def _parameters(validated: ValidatedRequest, result: GenerationResult) -> list[common_pb2.GenerationParameters]:
+    params = validated.params
+    return [
+        common_pb2.GenerationParameters(
+            model=validated.model.name,
+            width=params.width,
+            height=params.height,
+            steps=params.steps,
+            guidance_scale=params.guidance_scale,
+            seed=params.seed + index,
+            scheduler=result.scheduler,
+            backend=result.backend,
+        )
+        for index in range(params.num_images)
+    ]
+
+
+def _response(
+    validated: ValidatedRequest,
+    result: GenerationResult,
+    stored: control_plane_pb2.StoreContentResponse,
+    request_id: str,
+    started: float,
+    reserved: float,
+    generated: float,
+    finished: float,
+) -> inference_pb2.GenerateResponse:
+    images = [
+        inference_pb2.GeneratedImage(
+            content_id=content.content_id,
+            png=png,
+            seed=validated.params.seed + index,
+            sha256=hashlib.sha256(png).hexdigest(),
+        )
+        for index, (png, content) in enumerate(zip(result.pngs, stored.contents, strict=True))
+    ]
+    model_ms = (generated - reserved) * 1000
+    timings = inference_pb2.StageTimings(
+        reserve_ms=(reserved - started) * 1000,
+        queue_ms=max(0.0, model_ms - result.denoise_ms - result.decode_ms),
+        denoise_ms=result.denoise_ms,
+        decode_ms=result.decode_ms,
+        store_ms=(finished - generated) * 1000,
+        total_ms=(finished - started) * 1000,
+    )
+    return inference_pb2.GenerateResponse(
+        images=images,
+        parameters=_parameters(validated, result)[0],
+        credits_charged=validated.cost,
+        credits_available=stored.balance.available,
+        timings=timings,
+        request_id=request_id,
+    )
+
+
+def _model_info(model: ModelConfig, is_default: bool) -> inference_pb2.ModelInfo:
+    return inference_pb2.ModelInfo(
+        name=model.name,
+        backend=model.backend,
+        is_default=is_default,
+        default_width=model.default_width,
+        default_height=model.default_height,
+        min_size=model.min_size,
+        max_size=model.max_size,
+        default_steps=model.default_steps,
+        max_steps=model.max_steps,
+        default_guidance_scale=model.default_guidance_scale,
+        millicredits_per_step=model.millicredits_per_step,
+        description=model.description,
+    )

@@ -1,0 +1,22 @@
+"""The one error type the gateway turns into a gRPC status."""
+
+from __future__ import annotations
+
+import grpc
+
+
+class RequestError(Exception):
+    """A request failed in a way the caller can act on.
+
+    Attributes:
+        code: gRPC status code to answer with.
+        message: One line for the caller; never internal details.
+        details: Serialized `google.rpc.Status` to send as `grpc-status-details-bin`
+            (rich error details such as ErrorInfo), when a dependency supplied one.
+    """
+
+    def __init__(self, code: grpc.StatusCode, message: str, details: bytes | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.details = details

@@ -1,0 +1,29 @@
+"""Models atelier serves: the builtin tiny-sd pipeline and loaders for local checkpoints."""
+
+from __future__ import annotations
+
+from inference.models.loader import (
+    BUILTIN_MODEL_NAMES,
+    MODEL_SOURCE_KINDS,
+    ModelSource,
+    load_pipeline,
+    resolve_model_dir,
+)
+from inference.models.tiny_sd import (
+    TINY_SD_BUILDER_VERSION,
+    build_tiny_sd,
+    ensure_tiny_sd,
+    tiny_sd_dir_name,
+)
+
+__all__ = [
+    "BUILTIN_MODEL_NAMES",
+    "MODEL_SOURCE_KINDS",
+    "TINY_SD_BUILDER_VERSION",
+    "ModelSource",
+    "build_tiny_sd",
+    "ensure_tiny_sd",
+    "load_pipeline",
+    "resolve_model_dir",
+    "tiny_sd_dir_name",
+]

@@ -1,0 +1,139 @@
+"""Load a diffusion pipeline from a builtin model or a local checkpoint directory.
+
+Both kinds take the same path: a builtin model is first saved to a local cache directory, then every
+pipeline is loaded with `DiffusionPipeline.from_pretrained` from a local directory, never from a hub.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import DiffusionPipeline
+from diffusers.utils import is_accelerate_available
+
+from inference.models.tiny_sd import ensure_tiny_sd
+
+# Builtin models by name: each saves the model under the cache directory (if not there yet) and
+# returns the saved pipeline's directory.
+_BUILTIN_MODELS: dict[str, Callable[[Path], Path]] = {
+    "tiny-sd": ensure_tiny_sd,
+}
+BUILTIN_MODEL_NAMES: tuple[str, ...] = tuple(sorted(_BUILTIN_MODELS))
+MODEL_SOURCE_KINDS: tuple[str, ...] = ("builtin", "local")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a pipeline's weights come from."""
+
+    kind: str
+    """``"builtin"`` for a model atelier builds itself, ``"local"`` for a diffusers checkpoint directory."""
+
+    name_or_path: str
+    """A builtin model's name (see `BUILTIN_MODEL_NAMES`) or the path of a local checkpoint directory
+    (the folder holding ``model_index.json``)."""
+
+    cache_dir: Path | None = None
+    """Directory where builtin models are saved before loading; required for ``kind="builtin"``."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in MODEL_SOURCE_KINDS:
+            raise ValueError(
+                f"ModelSource.kind={self.kind!r} is not valid; use one of {', '.join(MODEL_SOURCE_KINDS)}."
+            )
+        if self.kind == "builtin":
+            if self.name_or_path not in _BUILTIN_MODELS:
+                raise ValueError(
+                    f"ModelSource.name_or_path={self.name_or_path!r} is not a builtin model; use one of "
+                    f"{', '.join(BUILTIN_MODEL_NAMES)}, or kind='local' with a checkpoint directory."
+                )
+            if self.cache_dir is None:
+                raise ValueError(
+                    "ModelSource.cache_dir is required for builtin models: set it to a writable directory "
+                    "where the built model is saved."
+                )
+
+    @classmethod
+    def from_setting(cls, value: str, cache_dir: Path) -> ModelSource:
+        """Parse a model setting: a builtin model's name, or else a local checkpoint path.
+
+        A builtin name wins over a relative directory of the same name; write ``./tiny-sd`` for the latter.
+
+        Args:
+            value: The setting, such as ``"tiny-sd"`` or ``"/models/sd-1.5"``.
+            cache_dir: Directory where builtin models are saved.
+
+        Returns:
+            The source the setting names.
+        """
+        if value in _BUILTIN_MODELS:
+            return cls(kind="builtin", name_or_path=value, cache_dir=cache_dir)
+        return cls(kind="local", name_or_path=value, cache_dir=cache_dir)
+
+
+def resolve_model_dir(source: ModelSource) -> Path:
+    """Return the local directory a source's pipeline loads from, building a builtin model if needed.
+
+    Args:
+        source: The model source.
+
+    Returns:
+        A directory holding a diffusers pipeline (``model_index.json`` and one folder per component).
+
+    Raises:
+        ValueError: If a local path does not exist or holds no diffusers pipeline.
+    """
+    if source.kind == "builtin":
+        # ModelSource's validation guarantees both; checked again so a failure names the setting
+        # rather than raising a KeyError or TypeError.
+        ensure = _BUILTIN_MODELS.get(source.name_or_path)
+        if ensure is None or source.cache_dir is None:
+            raise ValueError(f"ModelSource {source!r} is not a valid builtin source.")
+        return ensure(source.cache_dir)
+    path = Path(source.name_or_path).expanduser()
+    if not path.is_dir():
+        raise ValueError(
+            f"ModelSource.name_or_path={source.name_or_path!r} is not an existing directory; point it at a "
+            f"local diffusers checkpoint (the folder holding model_index.json) or use a builtin model "
+            f"({', '.join(BUILTIN_MODEL_NAMES)})."
+        )
+    if not (path / "model_index.json").is_file():
+        raise ValueError(
+            f"ModelSource.name_or_path={source.name_or_path!r} has no model_index.json; point it at a "
+            f"diffusers checkpoint directory (as written by save_pretrained), not a single weights file."
+        )
+    return path
+
+
+def load_pipeline(
+    source: ModelSource, device: str, dtype: torch.dtype
+) -> DiffusionPipeline:
+    """Load a pipeline from a builtin model or a local checkpoint directory, without network access.
+
+    Args:
+        source: Where the weights come from.
+        device: Torch device to move the pipeline to, such as ``"cpu"`` or ``"cuda"``.
+        dtype: Torch dtype of the weights, such as ``torch.float32`` or ``torch.float16``.
+
+    Returns:
+        The pipeline (its diffusers class is read from ``model_index.json``), on `device`, with progress
+        bars disabled.
+
+    Raises:
+        ValueError: If a local path does not exist or holds no diffusers pipeline.
+    """
+    model_dir = resolve_model_dir(source)
+    pipeline = DiffusionPipeline.from_pretrained(
+        model_dir,
+        dtype=dtype,  # diffusers 0.42 deprecates the older `torch_dtype` spelling
+        local_files_only=True,
+        # Without accelerate diffusers falls back on its own, but warns on every load.
+        low_cpu_mem_usage=is_accelerate_available(),
+    )
+    pipeline.to(device)
+    # Replicas log structured lines; per-step progress bars would only interleave with them.
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline

@@ -1,0 +1,25 @@
+"""What a generation costs, in whole credits.
+
+    cost = num_images * max(1, ceil(millicredits_per_step * steps * (width * height) / 512**2 / 1000))
+
+A model's `millicredits_per_step` prices one denoising step of one 512x512 image; bigger
+images cost proportionally more pixels, and every image costs at least one credit. The
+gateway reserves exactly this amount before generating and commits it once the images are
+stored, so the balance drops by `cost` for a successful request and by nothing otherwise.
+"""
+
+from __future__ import annotations
+
+from inference.config import ModelConfig
+
+_REFERENCE_PIXELS = 512 * 512
+_MILLI = 1000
+
+
+def generation_cost(model: ModelConfig, *, width: int, height: int, steps: int, num_images: int) -> int:
+    """Credits charged for `num_images` images of `width` x `height` pixels at `steps` steps."""
+    per_image_millicredits = model.millicredits_per_step * steps * width * height
+    per_image_divisor = _REFERENCE_PIXELS * _MILLI
+    # Ceiling division in integers: floats would misprice large requests by a rounding error.
+    per_image = max(1, -(-per_image_millicredits // per_image_divisor))
+    return num_images * per_image

@@ -1,0 +1,106 @@
+"""Turns a `GenerateRequest` into validated generation parameters and a price.
+
+Every rule here is what the proto documents; a violation raises `RequestError` with
+INVALID_ARGUMENT (or NOT_FOUND for a model that is not served) naming the field.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from dataclasses import dataclass
+
+import grpc
+
+from inference.backends.base import GenerationParams
+from inference.config import MAX_IMAGES_PER_REQUEST, MAX_PROMPT_CHARS, SIZE_MULTIPLE, ModelConfig, ServeConfig
+from inference.errors import RequestError
+from inference.pricing import generation_cost
+from protos.atelier.v1 import inference_pb2
+
+# Random seeds stay below 2**63 so seed + image index never overflows uint64.
+_RANDOM_SEED_BITS = 63
+_MAX_SEED = 2**64 - 1
+_MAX_GUIDANCE = 30.0
+
+
+@dataclass(frozen=True)
+class ValidatedRequest:
+    """A generate request with every default resolved."""
+
+    account_id: str
+    model: ModelConfig
+    params: GenerationParams
+    cost: int
+    """Credits this request costs (see `inference.pricing`)."""
+
+
+def validate_generate_request(request: inference_pb2.GenerateRequest, config: ServeConfig) -> ValidatedRequest:
+    """Checks `request` against the proto's documented ranges and resolves defaults.
+
+    Raises:
+        RequestError: INVALID_ARGUMENT naming the offending field, or NOT_FOUND for an
+            unknown model.
+    """
+    account_id = _validate_uuid("account_id", request.account_id)
+    model = config.model(request.model) if request.model else config.default_model
+    if model is None:
+        served = ", ".join(m.name for m in config.models)
+        raise RequestError(grpc.StatusCode.NOT_FOUND, f"model {request.model!r} is not served; served models: {served}")
+
+    prompt = request.prompt.strip()
+    if not prompt:
+        raise _invalid("prompt", "must not be empty")
+    if len(request.prompt) > MAX_PROMPT_CHARS:
+        raise _invalid("prompt", f"must be at most {MAX_PROMPT_CHARS} characters, got {len(request.prompt)}")
+    if len(request.negative_prompt) > MAX_PROMPT_CHARS:
+        raise _invalid("negative_prompt", f"must be at most {MAX_PROMPT_CHARS} characters")
+
+    width = _validate_size("width", request.width if request.HasField("width") else model.default_width, model)
+    height = _validate_size("height", request.height if request.HasField("height") else model.default_height, model)
+    steps = request.steps if request.HasField("steps") else model.default_steps
+    if not 1 <= steps <= model.max_steps:
+        raise _invalid("steps", f"must lie within [1, {model.max_steps}] for model {model.name!r}, got {steps}")
+    guidance = request.guidance_scale if request.HasField("guidance_scale") else model.default_guidance_scale
+    if not 0.0 <= guidance <= _MAX_GUIDANCE:  # also rejects NaN
+        raise _invalid("guidance_scale", f"must lie within [0, {_MAX_GUIDANCE:g}], got {guidance}")
+    num_images = request.num_images if request.HasField("num_images") else 1
+    if not 1 <= num_images <= MAX_IMAGES_PER_REQUEST:
+        raise _invalid("num_images", f"must lie within [1, {MAX_IMAGES_PER_REQUEST}], got {num_images}")
+    seed = request.seed if request.HasField("seed") else secrets.randbits(_RANDOM_SEED_BITS)
+    if seed + num_images - 1 > _MAX_SEED:
+        raise _invalid("seed", f"seed + num_images - 1 must fit in 64 bits, got seed {seed}")
+
+    params = GenerationParams(
+        prompt=prompt,
+        negative_prompt=request.negative_prompt,
+        width=width,
+        height=height,
+        steps=steps,
+        guidance_scale=guidance,
+        seed=seed,
+        num_images=num_images,
+    )
+    cost = generation_cost(model, width=width, height=height, steps=steps, num_images=num_images)
+    return ValidatedRequest(account_id=account_id, model=model, params=params, cost=cost)
+
+
+def _validate_uuid(field_name: str, value: str) -> str:
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise _invalid(field_name, f"must be a UUID, got {value[:64]!r}") from None
+
+
+def _validate_size(field_name: str, value: int, model: ModelConfig) -> int:
+    if value % SIZE_MULTIPLE or not model.min_size <= value <= model.max_size:
+        raise _invalid(
+            field_name,
+            f"must be a multiple of {SIZE_MULTIPLE} within [{model.min_size}, {model.max_size}] "
+            f"for model {model.name!r}, got {value}",
+        )
+    return value
+
+
+def _invalid(field_name: str, message: str) -> RequestError:
+    return RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"{field_name}: {message}")
