@@ -46,4 +46,5 @@ def deploy(config: ServeConfig) -> None:
         http_options={"host": "127.0.0.1", "port": config.http_port},
         grpc_options=gRPCOptions(port=config.grpc_port, grpc_servicer_functions=list(GRPC_SERVICER_FUNCTIONS)),
     )
-    serve.run(build_app(config), name=APP_NAME, route_prefix=None, blocking=False)
+    # gRPC ignores the route, but the proxy only routes to applications that have one.
+    serve.run(build_app(config), name=APP_NAME, route_prefix="/", blocking=False)

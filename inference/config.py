@@ -24,6 +24,18 @@ MAX_IMAGES_PER_REQUEST = 8
 MAX_PROMPT_CHARS = 2000
 
 
+def _require(condition: bool, setting: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"{setting}: {message}")
+
+
+def _parse_int(setting: str, raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{setting}: must be an integer, got {raw!r}") from None
+
+
 class ConfigError(ValueError):
     """A setting is missing or out of range; the message names the setting."""
 
@@ -70,27 +82,44 @@ class ModelConfig:
     """Shown by ListModels."""
 
     def __post_init__(self) -> None:
-        _require(bool(self.name) and self.name.replace("-", "").replace("_", "").replace(".", "").isalnum(),
-                 "models[].name", f"must be a non-empty name of letters, digits, '-', '_' or '.', got {self.name!r}")
-        _require(self.backend in BACKENDS, f"models[{self.name}].backend", f"must be one of {BACKENDS}, got {self.backend!r}")
-        _require(self.device in DEVICES, f"models[{self.name}].device", f"must be one of {DEVICES}, got {self.device!r}")
+        _require(
+            bool(self.name) and self.name.replace("-", "").replace("_", "").replace(".", "").isalnum(),
+            "models[].name",
+            f"must be a non-empty name of letters, digits, '-', '_' or '.', got {self.name!r}",
+        )
+        _require(
+            self.backend in BACKENDS, f"models[{self.name}].backend", f"must be one of {BACKENDS}, got {self.backend!r}"
+        )
+        _require(
+            self.device in DEVICES, f"models[{self.name}].device", f"must be one of {DEVICES}, got {self.device!r}"
+        )
         _require(self.dtype in DTYPES, f"models[{self.name}].dtype", f"must be one of {DTYPES}, got {self.dtype!r}")
         for name in ("default_width", "default_height", "min_size", "max_size"):
             value = getattr(self, name)
-            _require(value > 0 and value % SIZE_MULTIPLE == 0, f"models[{self.name}].{name}",
-                     f"must be a positive multiple of {SIZE_MULTIPLE}, got {value}")
+            _require(
+                value > 0 and value % SIZE_MULTIPLE == 0,
+                f"models[{self.name}].{name}",
+                f"must be a positive multiple of {SIZE_MULTIPLE}, got {value}",
+            )
         _require(self.min_size <= self.max_size, f"models[{self.name}].min_size", "must not exceed max_size")
         for name in ("default_width", "default_height"):
-            _require(self.min_size <= getattr(self, name) <= self.max_size, f"models[{self.name}].{name}",
-                     f"must lie within [{self.min_size}, {self.max_size}]")
-        _require(1 <= self.max_steps <= MAX_STEPS, f"models[{self.name}].max_steps", f"must lie within [1, {MAX_STEPS}]")
-        _require(1 <= self.default_steps <= self.max_steps, f"models[{self.name}].default_steps",
-                 f"must lie within [1, max_steps={self.max_steps}]")
+            _require(
+                self.min_size <= getattr(self, name) <= self.max_size,
+                f"models[{self.name}].{name}",
+                f"must lie within [{self.min_size}, {self.max_size}]",
+            )
+        _require(
+            1 <= self.max_steps <= MAX_STEPS, f"models[{self.name}].max_steps", f"must lie within [1, {MAX_STEPS}]"
+        )
+        _require(
+            1 <= self.default_steps <= self.max_steps,
+            f"models[{self.name}].default_steps",
+            f"must lie within [1, max_steps={self.max_steps}]",
+        )
         _require(self.millicredits_per_step >= 0, f"models[{self.name}].millicredits_per_step", "must be >= 0")
         _require(self.num_replicas >= 1, f"models[{self.name}].num_replicas", "must be >= 1")
         _require(self.max_ongoing_requests >= 1, f"models[{self.name}].max_ongoing_requests", "must be >= 1")
-        _require(self.num_gpus == 0 or self.device == "cuda", f"models[{self.name}].num_gpus",
-                 "needs device='cuda'")
+        _require(self.num_gpus == 0 or self.device == "cuda", f"models[{self.name}].num_gpus", "needs device='cuda'")
 
 
 @dataclass(frozen=True)
@@ -113,8 +142,11 @@ class ServeConfig:
     """Models served; the first is the default."""
 
     def __post_init__(self) -> None:
-        _require(":" in self.control_plane_address, "ATELIER_CONTROL_PLANE_ADDRESS",
-                 f"must be host:port, got {self.control_plane_address!r}")
+        _require(
+            ":" in self.control_plane_address,
+            "ATELIER_CONTROL_PLANE_ADDRESS",
+            f"must be host:port, got {self.control_plane_address!r}",
+        )
         _require(self.control_plane_timeout_s > 0, "control_plane_timeout_s", "must be > 0")
         _require(60 <= self.reservation_ttl_s <= 3600, "reservation_ttl_s", "must lie within [60, 3600]")
         _require(bool(self.models), "models", "must name at least one model")
@@ -182,18 +214,6 @@ class ServeConfig:
         if "model_cache_dir" in kwargs:
             kwargs["model_cache_dir"] = Path(kwargs["model_cache_dir"])
         return cls(**kwargs)
-
-
-def _require(condition: bool, setting: str, message: str) -> None:
-    if not condition:
-        raise ConfigError(f"{setting}: {message}")
-
-
-def _parse_int(setting: str, raw: str) -> int:
-    try:
-        return int(raw)
-    except ValueError:
-        raise ConfigError(f"{setting}: must be an integer, got {raw!r}") from None
 
 
 __all__ = ["ConfigError", "ModelConfig", "ServeConfig"]

@@ -99,9 +99,7 @@ class ControlPlaneClient:
 
     async def _call(self, method, request, api_key: str):  # type: ignore[no-untyped-def]
         try:
-            return await method(
-                request, metadata=(("authorization", f"Bearer {api_key}"),), timeout=self._timeout_s
-            )
+            return await method(request, metadata=(("authorization", f"Bearer {api_key}"),), timeout=self._timeout_s)
         except grpc.aio.AioRpcError as exc:
             raise _to_request_error(exc) from None
 
@@ -109,9 +107,7 @@ class ControlPlaneClient:
 def _to_request_error(exc: grpc.aio.AioRpcError) -> RequestError:
     code = exc.code()
     if code in _CALLER_CODES:
-        details = next(
-            (value for key, value in exc.trailing_metadata() or () if key == _STATUS_DETAILS_KEY), None
-        )
+        details = next((value for key, value in exc.trailing_metadata() or () if key == _STATUS_DETAILS_KEY), None)
         return RequestError(code, exc.details() or code.name, details if isinstance(details, bytes) else None)
     logger.warning("control_plane_call_failed code=%s", code.name)
     if code in _RETRYABLE_CODES:

@@ -20,3 +20,7 @@ class RequestError(Exception):
         self.code = code
         self.message = message
         self.details = details
+
+    def __reduce__(self) -> tuple[type[RequestError], tuple[grpc.StatusCode, str, bytes | None]]:
+        # Ray pickles exceptions raised in a replica; the default reduce would lose the code.
+        return (RequestError, (self.code, self.message, self.details))

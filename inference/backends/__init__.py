@@ -4,19 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from diffusers import DiffusionPipeline
+# From the defining module: diffusers' lazy top-level namespace shows type checkers placeholder classes.
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 
-from inference.backends.base import (
-    Backend,
-    GenerationCancelled,
-    GenerationParams,
-    StepCallback,
-)
+from inference.backends.base import Backend, GenerationCancelled, GenerationParams, StepCallback
 from inference.backends.eager import EagerBackend
 
-_BACKENDS: dict[str, Callable[[DiffusionPipeline], Backend]] = {
-    EagerBackend.name: EagerBackend,
-}
+_BACKENDS: dict[str, Callable[[DiffusionPipeline], Backend]] = {EagerBackend.name: EagerBackend}
 BACKEND_NAMES: tuple[str, ...] = tuple(sorted(_BACKENDS))
 
 
@@ -35,9 +29,7 @@ def create_backend(name: str, pipeline: DiffusionPipeline) -> Backend:
     """
     factory = _BACKENDS.get(name)
     if factory is None:
-        raise ValueError(
-            f"backend={name!r} is not a known backend; use one of {', '.join(BACKEND_NAMES)}."
-        )
+        raise ValueError(f"backend={name!r} is not a known backend; use one of {', '.join(BACKEND_NAMES)}.")
     return factory(pipeline)
 
 

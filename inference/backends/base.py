@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -21,11 +22,13 @@ class GenerationCancelled(Exception):
     """Raised by `Backend.generate` when its ``on_step`` callback asked to stop."""
 
     def __init__(self, completed_steps: int, total_steps: int) -> None:
-        super().__init__(
-            f"generation cancelled after {completed_steps} of {total_steps} denoising steps"
-        )
+        super().__init__(f"generation cancelled after {completed_steps} of {total_steps} denoising steps")
         self.completed_steps = completed_steps
         self.total_steps = total_steps
+
+    def __reduce__(self) -> tuple[type[GenerationCancelled], tuple[int, int]]:
+        # Ray pickles exceptions across processes; the default rebuilds from the message alone.
+        return (type(self), (self.completed_steps, self.total_steps))
 
 
 @dataclass(frozen=True)
@@ -60,13 +63,9 @@ class GenerationParams:
         for field_name in ("width", "height", "steps", "num_images"):
             value = getattr(self, field_name)
             if value < 1:
-                raise ValueError(
-                    f"GenerationParams.{field_name} must be >= 1, got {value}."
-                )
-        if self.guidance_scale < 0:
-            raise ValueError(
-                f"GenerationParams.guidance_scale must be >= 0, got {self.guidance_scale}."
-            )
+                raise ValueError(f"GenerationParams.{field_name} must be >= 1, got {value}.")
+        if not (math.isfinite(self.guidance_scale) and self.guidance_scale >= 0):
+            raise ValueError(f"GenerationParams.guidance_scale must be finite and >= 0, got {self.guidance_scale}.")
         if self.seed < 0 or self.seed + self.num_images - 1 > _MAX_SEED:
             raise ValueError(
                 f"GenerationParams.seed must be in [0, {_MAX_SEED - self.num_images + 1}] for "
@@ -81,9 +80,7 @@ class Backend(Protocol):
     name: str
     """The selector string that `create_backend` takes for this backend."""
 
-    def generate(
-        self, request: GenerationParams, on_step: StepCallback | None = None
-    ) -> list[PIL.Image.Image]:
+    def generate(self, request: GenerationParams, on_step: StepCallback | None = None) -> list[PIL.Image.Image]:
         """Generate the images a request asks for.
 
         Image i is generated from a generator seeded with ``request.seed + i``, so it is the same

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import PIL.Image
 import torch
-from diffusers import DiffusionPipeline
+
+# From the defining module: diffusers' lazy top-level namespace shows type checkers placeholder classes.
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 
 from inference.backends.base import GenerationCancelled, GenerationParams, StepCallback
 
@@ -31,9 +34,7 @@ class EagerBackend:
         self.pipeline = pipeline
         self._lock = threading.Lock()
 
-    def generate(
-        self, request: GenerationParams, on_step: StepCallback | None = None
-    ) -> list[PIL.Image.Image]:
+    def generate(self, request: GenerationParams, on_step: StepCallback | None = None) -> list[PIL.Image.Image]:
         """Generate the images a request asks for.
 
         Image i is generated from a generator on the pipeline's device seeded with
@@ -53,13 +54,12 @@ class EagerBackend:
             ValueError: If the model cannot generate the requested size.
         """
         device = self.pipeline.device
-        generators = [
-            torch.Generator(device).manual_seed(request.seed + index)
-            for index in range(request.num_images)
-        ]
-        progress = _StepReporter(on_step)
+        generators = [torch.Generator(device).manual_seed(request.seed + index) for index in range(request.num_images)]
+        progress = _StepReporter(on_step) if on_step is not None else None
+        # Text-to-image pipelines define __call__; their DiffusionPipeline base class does not.
+        run_pipeline = cast(Callable[..., Any], self.pipeline)
         with self._lock, torch.inference_mode():
-            output = self.pipeline(
+            output = run_pipeline(
                 prompt=request.prompt,
                 negative_prompt=request.negative_prompt or None,
                 width=request.width,
@@ -69,9 +69,9 @@ class EagerBackend:
                 num_images_per_prompt=request.num_images,
                 generator=generators,
                 output_type="pil",
-                callback_on_step_end=progress if on_step is not None else None,
+                callback_on_step_end=progress,
             )
-        if progress.cancelled_at is not None:
+        if progress is not None and progress.cancelled_at is not None:
             raise GenerationCancelled(progress.cancelled_at, progress.total_steps)
         images: list[PIL.Image.Image] = output.images
         return images
@@ -80,14 +80,15 @@ class EagerBackend:
 class _StepReporter:
     """A diffusers ``callback_on_step_end`` that reports progress and interrupts on request."""
 
-    def __init__(self, on_step: StepCallback | None) -> None:
+    def __init__(self, on_step: StepCallback) -> None:
         self._on_step = on_step
         self.cancelled_at: int | None = None
         self.total_steps = 0
 
     def __call__(
         self,
-        pipeline: DiffusionPipeline,
+        # The running pipeline; `num_timesteps` and `_interrupt` belong to each pipeline class.
+        pipeline: Any,
         step_index: int,
         timestep: Any,
         callback_kwargs: dict[str, Any],
@@ -95,10 +96,7 @@ class _StepReporter:
         # The loop's length, not the requested steps: second-order schedulers run more iterations.
         self.total_steps = int(pipeline.num_timesteps)
         completed = step_index + 1
-        if (
-            self._on_step is not None
-            and self._on_step(completed, self.total_steps) is False
-        ):
+        if self._on_step(completed, self.total_steps) is False:
             self.cancelled_at = completed
             # diffusers' documented way to stop: the loop skips its remaining iterations. The VAE
             # still decodes the partial latents before the pipeline returns; the images are dropped.

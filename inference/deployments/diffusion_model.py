@@ -82,7 +82,9 @@ class DiffusionModel:
         async for event in self._run(params, report_steps=True):
             yield event
 
-    async def _run(self, params: GenerationParams, *, report_steps: bool) -> AsyncIterator[StepProgress | GenerationResult]:
+    async def _run(
+        self, params: GenerationParams, *, report_steps: bool
+    ) -> AsyncIterator[StepProgress | GenerationResult]:
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[StepProgress | GenerationResult | BaseException] = asyncio.Queue()
         stop = threading.Event()

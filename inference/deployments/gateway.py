@@ -139,7 +139,11 @@ class Gateway:
         finished = time.perf_counter()
         logger.info(
             "generated request_id=%s model=%s images=%d steps=%d cost=%d total_ms=%.1f",
-            request_id, validated.model.name, params.num_images, params.steps, validated.cost,
+            request_id,
+            validated.model.name,
+            params.num_images,
+            params.steps,
+            validated.cost,
             (finished - started) * 1000,
         )
         return _response(validated, result, stored, request_id, started, reserved, generated, finished)
@@ -178,9 +182,7 @@ def _api_key(grpc_context: RayServegRPCContext) -> str:
             scheme, _, secret = str(value).partition(" ")
             if scheme.lower() == "bearer" and secret.strip():
                 return secret.strip()
-    raise RequestError(
-        grpc.StatusCode.UNAUTHENTICATED, "missing API key: send metadata 'authorization: Bearer <key>'"
-    )
+    raise RequestError(grpc.StatusCode.UNAUTHENTICATED, "missing API key: send metadata 'authorization: Bearer <key>'")
 
 
 def _internal(request_id: str) -> RequestError:

@@ -9,12 +9,7 @@ from inference.models.loader import (
     load_pipeline,
     resolve_model_dir,
 )
-from inference.models.tiny_sd import (
-    TINY_SD_BUILDER_VERSION,
-    build_tiny_sd,
-    ensure_tiny_sd,
-    tiny_sd_dir_name,
-)
+from inference.models.tiny_sd import TINY_SD_BUILDER_VERSION, build_tiny_sd, ensure_tiny_sd, tiny_sd_dir_name
 
 __all__ = [
     "BUILTIN_MODEL_NAMES",

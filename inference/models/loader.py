@@ -11,16 +11,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from diffusers import DiffusionPipeline
-from diffusers.utils import is_accelerate_available
+
+# From the defining module: diffusers' lazy top-level namespace shows type checkers placeholder classes.
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline
+from diffusers.utils.import_utils import is_accelerate_available
 
 from inference.models.tiny_sd import ensure_tiny_sd
 
 # Builtin models by name: each saves the model under the cache directory (if not there yet) and
 # returns the saved pipeline's directory.
-_BUILTIN_MODELS: dict[str, Callable[[Path], Path]] = {
-    "tiny-sd": ensure_tiny_sd,
-}
+_BUILTIN_MODELS: dict[str, Callable[[Path], Path]] = {"tiny-sd": ensure_tiny_sd}
 BUILTIN_MODEL_NAMES: tuple[str, ...] = tuple(sorted(_BUILTIN_MODELS))
 MODEL_SOURCE_KINDS: tuple[str, ...] = ("builtin", "local")
 
@@ -108,9 +108,7 @@ def resolve_model_dir(source: ModelSource) -> Path:
     return path
 
 
-def load_pipeline(
-    source: ModelSource, device: str, dtype: torch.dtype
-) -> DiffusionPipeline:
+def load_pipeline(source: ModelSource, device: str, dtype: torch.dtype) -> DiffusionPipeline:
     """Load a pipeline from a builtin model or a local checkpoint directory, without network access.
 
     Args:

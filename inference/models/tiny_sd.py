@@ -15,14 +15,13 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
-from diffusers import (
-    AutoencoderKL,
-    EulerDiscreteScheduler,
-    StableDiffusionPipeline,
-    UNet2DConditionModel,
-)
+from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+
+# From the defining module: diffusers' lazy top-level namespace shows type checkers placeholder classes.
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import StableDiffusionPipeline
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 # Bump whenever the architecture, the tokenizer or the initialisation changes: it is part of the cache
@@ -72,16 +71,18 @@ def build_tiny_sd(seed: int = 0) -> StableDiffusionPipeline:
         unet = _build_unet()
         vae = _build_vae()
         text_encoder = _build_text_encoder(tokenizer)
-    pipeline = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=_build_scheduler(),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    # Passed as a dict, as diffusers' own tests do: the constructor's annotations are narrower than
+    # what it accepts (any scheduler, no safety checker).
+    components: dict[str, Any] = {
+        "vae": vae,
+        "text_encoder": text_encoder,
+        "tokenizer": tokenizer,
+        "unet": unet,
+        "scheduler": _build_scheduler(),
+        "safety_checker": None,
+        "feature_extractor": None,
+    }
+    pipeline = StableDiffusionPipeline(**components, requires_safety_checker=False)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
 
@@ -178,9 +179,7 @@ def _build_tokenizer() -> CLIPTokenizer:
     # end-of-word suffix, so any prompt tokenizes without unknown tokens. Ids follow real CLIP's layout
     # (bytes, bytes + "</w>", ..., then the two special tokens last).
     byte_chars = list(_bytes_to_unicode().values())
-    tokens = (
-        byte_chars + [f"{char}</w>" for char in byte_chars] + [_BOS_TOKEN, _EOS_TOKEN]
-    )
+    tokens = byte_chars + [f"{char}</w>" for char in byte_chars] + [_BOS_TOKEN, _EOS_TOKEN]
     vocab = {token: index for index, token in enumerate(tokens)}
     return CLIPTokenizer(
         vocab=vocab,
@@ -196,9 +195,7 @@ def _build_tokenizer() -> CLIPTokenizer:
 def _bytes_to_unicode() -> dict[int, str]:
     # GPT-2's reversible byte -> printable character map, which byte-level BPE vocabularies are written in.
     printable = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     )
     mapping = {byte: chr(byte) for byte in printable}
     shift = 0

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
-from diffusers import StableDiffusionPipeline
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import StableDiffusionPipeline
 from PIL import Image
 
 from inference.backends import EagerBackend, GenerationParams
@@ -25,13 +25,13 @@ def eager_backend(tiny_sd: StableDiffusionPipeline) -> EagerBackend:
 
 @pytest.fixture(scope="session")
 def make_params() -> Callable[..., GenerationParams]:
-    """Builds a small, fast request; tests override only the fields they are about."""
+    """Build a small, fast request; tests override only the fields they are about."""
     return _make_params
 
 
 @pytest.fixture(scope="session")
 def pixels() -> Callable[[Image.Image], np.ndarray]:
-    """Returns an image's pixels as signed integers, so differences do not wrap around."""
+    """Return an image's pixels as signed integers, so differences do not wrap around."""
     return _pixels
 
 

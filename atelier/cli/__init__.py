@@ -1,0 +1,44 @@
+"""`atelier`: run a local cluster and talk to it.
+
+Each subcommand lives in its own module exposing `register(subparsers)`; heavy imports
+(torch, ray) happen inside the command that needs them, so `atelier --help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from atelier.cli import account, credits, db, down, generate, status, up
+from atelier.cli._output import CommandError, report_error
+
+_COMMANDS = (up, down, status, account, credits, generate, db)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="atelier",
+        description="Serve diffusion models privately: a local cluster and a client for it.",
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in _COMMANDS:
+        command.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `atelier` console script; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except CommandError as exc:
+        return report_error(exc, json_output=getattr(args, "json", False))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""Reaching the running local cluster from a command: its state, the operator key, gRPC stubs."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import grpc
+
+from atelier.cli._output import CommandError
+from atelier.settings import ClusterSettings, SettingsError
+from atelier.state import ClusterState, load_operator_key
+from protos.atelier.v1 import control_plane_pb2_grpc, inference_pb2_grpc
+
+# Images are up to a few MiB each, eight to a response.
+_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+def settings() -> ClusterSettings:
+    try:
+        return ClusterSettings.from_env()
+    except SettingsError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def add_json_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print one JSON object for scripts")
+
+
+@dataclass
+class Connection:
+    state: ClusterState
+    metadata: tuple[tuple[str, str], ...]
+    control_plane: control_plane_pb2_grpc.ControlPlaneStub
+    inference: inference_pb2_grpc.InferenceStub
+
+
+@contextmanager
+def connect() -> Iterator[Connection]:
+    """Stubs for the cluster `atelier up` started, authenticated with the operator key.
+
+    Raises:
+        CommandError: no cluster is running from this home.
+    """
+    home = settings().home.resolve()
+    state = ClusterState.load(home)
+    key = load_operator_key(home)
+    if state is None or key is None:
+        raise CommandError(f"no atelier cluster is running from {home}; start one with 'atelier up'")
+    options = [
+        ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
+    ]
+    with (
+        grpc.insecure_channel(state.control_plane_address, options=options) as cp_channel,
+        grpc.insecure_channel(state.serve_grpc_address, options=options) as serve_channel,
+    ):
+        yield Connection(
+            state=state,
+            metadata=(("authorization", f"Bearer {key}"),),
+            control_plane=control_plane_pb2_grpc.ControlPlaneStub(cp_channel),
+            inference=inference_pb2_grpc.InferenceStub(serve_channel),
+        )
+
+
+@contextmanager
+def rpc_errors() -> Iterator[None]:
+    """Turns a failed call into a one-line `CommandError` carrying its status code."""
+    try:
+        yield
+    except grpc.RpcError as exc:
+        raise CommandError.from_rpc(exc) from None

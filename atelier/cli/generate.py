@@ -1,0 +1,98 @@
+"""`atelier generate`: one request through gRPC -> Ray Serve -> control plane, written to PNG files."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from atelier.cli._cluster import add_json_flag, connect, rpc_errors
+from atelier.cli._output import CommandError, emit
+from protos.atelier.v1 import inference_pb2
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("generate", help="generate an image and write it as PNG")
+    parser.add_argument("prompt")
+    parser.add_argument("--account", metavar="ACCOUNT_ID", help="account to charge (default: the demo account)")
+    parser.add_argument("--model", default="", help="model name from ListModels (default: the cluster's default)")
+    parser.add_argument("--steps", type=int, help="denoising steps (default: the model's)")
+    parser.add_argument("--width", type=int, help="width in pixels, a multiple of 8")
+    parser.add_argument("--height", type=int, help="height in pixels, a multiple of 8")
+    parser.add_argument("--seed", type=int, help="seed of the first image (default: random)")
+    parser.add_argument("--num-images", type=int, help="images to generate (default 1)")
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=Path("out.png"),
+        help="PNG path; with several images, NAME-1.png, NAME-2.png... follow (default out.png)",
+    )
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds before giving up (default 600)")
+    add_json_flag(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    with connect() as cluster:
+        account_id = args.account or cluster.state.demo_account_id
+        if not account_id:
+            raise CommandError("no --account given and the cluster has no demo account")
+        request = inference_pb2.GenerateRequest(account_id=account_id, model=args.model, prompt=args.prompt)
+        for field in ("steps", "width", "height", "seed", "num_images"):
+            value = getattr(args, field)
+            if value is not None:
+                try:
+                    setattr(request, field, value)
+                except ValueError:  # protobuf rejects values outside the unsigned field's range
+                    flag = "--" + field.replace("_", "-")
+                    raise CommandError(
+                        f"{flag} must be a non-negative integer below 2**64", "INVALID_ARGUMENT"
+                    ) from None
+        show_progress = not args.json and sys.stderr.isatty()
+        result: inference_pb2.GenerateResponse | None = None
+        with rpc_errors():
+            for message in cluster.inference.GenerateStream(request, metadata=cluster.metadata, timeout=args.timeout):
+                if message.HasField("progress") and show_progress:
+                    progress = message.progress
+                    print(f"\rstep {progress.step}/{progress.total_steps}", end="", file=sys.stderr, flush=True)
+                elif message.HasField("result"):
+                    result = message.result
+        if show_progress:
+            print(file=sys.stderr)
+    if result is None:
+        raise CommandError("the stream ended without a result", "UNAVAILABLE")
+    paths = _write_images(args.output, [image.png for image in result.images])
+    summary = {
+        "account_id": account_id,
+        "files": [str(path) for path in paths],
+        "content_ids": [image.content_id for image in result.images],
+        "seeds": [image.seed for image in result.images],
+        "model": result.parameters.model,
+        "width": result.parameters.width,
+        "height": result.parameters.height,
+        "steps": result.parameters.steps,
+        "credits_charged": result.credits_charged,
+        "credits_available": result.credits_available,
+        "total_ms": round(result.timings.total_ms, 1),
+        "request_id": result.request_id,
+    }
+    text = (
+        f"wrote {', '.join(summary['files'])} ({result.parameters.width}x{result.parameters.height}, "
+        f"{result.parameters.steps} steps, seed {result.images[0].seed}, model {result.parameters.model}); "
+        f"charged {result.credits_charged} credits, {result.credits_available} left; "
+        f"{result.timings.total_ms:.0f} ms"
+    )
+    emit(summary, text, json_output=args.json)
+    return 0
+
+
+def _write_images(output: Path, pngs: list[bytes]) -> list[Path]:
+    paths = [
+        output if index == 0 else output.with_name(f"{output.stem}-{index}{output.suffix}")
+        for index in range(len(pngs))
+    ]
+    for path, png in zip(paths, pngs, strict=True):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(png)
+    return paths

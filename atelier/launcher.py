@@ -1,0 +1,247 @@
+"""The local cluster behind `atelier up` and `atelier down`.
+
+`up` starts, in order and each only once healthy: PostgreSQL (embedded unless
+`ATELIER_DATABASE_URL` is set), migrations and the operator key, the control plane's
+gRPC server, a Ray head node (unless `RAY_ADDRESS` is set) and the Serve application,
+then a demo account. Everything runs detached, so `up` returns; `down` stops it all.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+
+from atelier._processes import StartError, is_running, spawn_daemon, stop_session, wait_until_serving
+from atelier.settings import ClusterSettings
+from atelier.state import ClusterState, load_operator_key, save_operator_key
+from protos.atelier.v1 import control_plane_pb2, control_plane_pb2_grpc
+
+Log = Callable[[str], None]
+
+_OPERATOR_TENANT = "default"
+# Date of birth of the demo account: an adult, so the age gate lets it generate.
+_DEMO_BIRTH_DATE = "1990-01-01"
+_DEMO_ACCOUNT_FILE = "demo-account"
+
+
+class LocalCluster:
+    """One local cluster rooted at `settings.home`."""
+
+    def __init__(self, settings: ClusterSettings, log: Log = print) -> None:
+        self.settings = settings
+        self.home = settings.home.resolve()
+        self._log = log
+        self._logs = self.home / "logs"
+
+    def up(self) -> ClusterState:
+        """Starts every component not already running; returns the running cluster's state.
+
+        Raises:
+            StartError: a component did not become healthy; its log is named.
+        """
+        existing = ClusterState.load(self.home)
+        if existing is not None and self._is_healthy(existing):
+            self._log("atelier is already running")
+            return existing
+        if existing is not None:
+            self._log("a previous cluster did not stop cleanly; cleaning up")
+            self.down()
+        self.home.mkdir(parents=True, exist_ok=True)
+        database_url, embedded = self._start_database()
+        operator_key = self._bootstrap_database(database_url)
+        control_plane_pid = self._start_control_plane(database_url)
+        ray_address, ray_head_pid = self._start_ray()
+        state = ClusterState(
+            control_plane_address=self.settings.control_plane_address,
+            serve_grpc_address=self.settings.serve_grpc_address,
+            control_plane_metrics_url=f"http://127.0.0.1:{self.settings.control_plane_metrics_port}/metrics",
+            ray_address=ray_address,
+            ray_dashboard_url=f"http://127.0.0.1:{self.settings.ray_dashboard_port}",
+            embedded_database=embedded,
+            control_plane_pid=control_plane_pid,
+            ray_head_pid=ray_head_pid,
+        )
+        # Saved before the slow steps, so `atelier down` can clean up after a failed start.
+        state.save(self.home)
+        self._deploy_serve(ray_address)
+        state.demo_account_id = self._ensure_demo_account(operator_key)
+        state.save(self.home)
+        return state
+
+    def down(self) -> None:
+        """Stops whatever `up` started from this home; safe to call when nothing runs."""
+        state = ClusterState.load(self.home)
+        if state is not None:
+            if state.ray_head_pid is not None:
+                self._log("stopping Ray (Serve application and head node)")
+                stop_session(state.ray_head_pid, timeout_s=60)
+            if state.control_plane_pid is not None:
+                self._log("stopping the control plane")
+                stop_session(state.control_plane_pid)
+        if self.settings.database_url is None and (self.home / "postgres").exists():
+            from control_plane.db.embedded import EmbeddedPostgres
+
+            self._log("stopping embedded PostgreSQL")
+            EmbeddedPostgres(self.home / "postgres").stop()
+        ClusterState.forget(self.home)
+
+    def _is_healthy(self, state: ClusterState) -> bool:
+        from atelier._processes import health_status
+
+        return (
+            health_status(state.control_plane_address) == "SERVING"
+            and health_status(state.serve_grpc_address) == "SERVING"
+        )
+
+    def _start_database(self) -> tuple[str, bool]:
+        if self.settings.database_url is not None:
+            self._log("database: ATELIER_DATABASE_URL")
+            return self.settings.database_url, False
+        from control_plane.db.embedded import EmbeddedPostgres
+
+        self._log(f"database: starting embedded PostgreSQL in {self.home / 'postgres'}")
+        return EmbeddedPostgres(self.home / "postgres").start(), True
+
+    def _bootstrap_database(self, database_url: str) -> str:
+        from control_plane.api_keys import ensure_operator_key
+
+        from control_plane.db import apply_migrations, open_pool
+
+        with open_pool(database_url, min_size=1, max_size=2) as pool:
+            applied = apply_migrations(pool)
+            if applied:
+                self._log(f"database: applied migrations {', '.join(applied)}")
+            saved = load_operator_key(self.home)
+            secret = ensure_operator_key(pool, _OPERATOR_TENANT, existing_secret=saved)
+        if secret != saved:
+            save_operator_key(self.home, secret)
+            self._log(f"operator key: written to {self.home / 'operator.key'}")
+        return secret
+
+    def _start_control_plane(self, database_url: str) -> int:
+        log_path = self._logs / "control-plane.log"
+        env = {
+            **os.environ,
+            "ATELIER_HOME": str(self.home),
+            "ATELIER_DATABASE_URL": database_url,
+            "ATELIER_CONTROL_PLANE_LISTEN": self.settings.control_plane_address,
+            "ATELIER_CONTROL_PLANE_METRICS_PORT": str(self.settings.control_plane_metrics_port),
+        }
+        pid = spawn_daemon([sys.executable, "-m", "control_plane", "serve"], log_path, env)
+        self._log(f"control plane: starting (pid {pid})")
+        wait_until_serving(
+            "control plane",
+            self.settings.control_plane_address,
+            self.settings.start_timeout_s,
+            log_path,
+            lambda: is_running(pid),
+        )
+        return pid
+
+    def _start_ray(self) -> tuple[str, int | None]:
+        if self.settings.ray_address is not None:
+            self._log(f"ray: using the cluster at {self.settings.ray_address}")
+            return self.settings.ray_address, None
+        ray = shutil.which("ray", path=str(Path(sys.executable).parent)) or "ray"
+        num_cpus = self.settings.ray_num_cpus or max(2, os.cpu_count() or 2)
+        log_path = self._logs / "ray-head.log"
+        argv = [
+            ray,
+            "start",
+            "--head",
+            "--block",
+            "--disable-usage-stats",
+            f"--port={self.settings.ray_port}",
+            f"--num-cpus={num_cpus}",
+            "--num-gpus=0" if not _has_cuda() else "",
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={self.settings.ray_dashboard_port}",
+            f"--object-store-memory={512 * 1024 * 1024}",
+            f"--temp-dir={self.home / 'ray'}",
+        ]
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+        pid = spawn_daemon([a for a in argv if a], log_path, env)
+        address = f"127.0.0.1:{self.settings.ray_port}"
+        self._log(f"ray: starting a head node at {address} (pid {pid})")
+        return address, pid
+
+    def _deploy_serve(self, ray_address: str) -> None:
+        import ray
+
+        from inference.app import deploy
+        from inference.config import ServeConfig
+
+        config = ServeConfig.from_env(
+            {
+                **os.environ,
+                "ATELIER_HOME": str(self.home),
+                "ATELIER_CONTROL_PLANE_ADDRESS": self.settings.control_plane_address,
+                "ATELIER_SERVE_GRPC_PORT": str(self.settings.serve_grpc_port),
+                "ATELIER_SERVE_HTTP_PORT": str(self.settings.serve_http_port),
+            }
+        )
+        self._log("serve: deploying the Gateway and model pools " + ", ".join(m.name for m in config.models))
+        _connect_ray(ray, ray_address, self.settings.start_timeout_s)
+        try:
+            deploy(config)
+        finally:
+            ray.shutdown()
+        wait_until_serving(
+            "Serve gRPC proxy",
+            self.settings.serve_grpc_address,
+            self.settings.start_timeout_s,
+            self._logs / "ray-head.log",
+        )
+
+    def _ensure_demo_account(self, operator_key: str) -> str:
+        saved = self.home / _DEMO_ACCOUNT_FILE
+        metadata = (("authorization", f"Bearer {operator_key}"),)
+        with grpc.insecure_channel(self.settings.control_plane_address) as channel:
+            stub = control_plane_pb2_grpc.ControlPlaneStub(channel)
+            if saved.exists():
+                # The database outlives `down`: reuse the demo account while it still exists.
+                account_id = saved.read_text().strip()
+                try:
+                    stub.GetAccount(control_plane_pb2.GetAccountRequest(account_id=account_id), metadata=metadata)
+                    return account_id
+                except grpc.RpcError:
+                    pass
+            response = stub.CreateAccount(
+                control_plane_pb2.CreateAccountRequest(
+                    tier=control_plane_pb2.TIER_FREE,
+                    birth_date=_DEMO_BIRTH_DATE,
+                    initial_credits=self.settings.demo_credits,
+                ),
+                metadata=metadata,
+            )
+        account_id = str(response.account.account_id)
+        saved.write_text(account_id + "\n")
+        self._log(f"demo account: {account_id} with {self.settings.demo_credits} credits")
+        return account_id
+
+
+def _connect_ray(ray, address: str, timeout_s: float) -> None:  # type: ignore[no-untyped-def]
+    host, _, port = address.rpartition(":")
+    deadline = time.monotonic() + timeout_s
+    # ray.init blocks for a long time on a head that is still starting: wait for its port first.
+    while True:
+        try:
+            socket.create_connection((host, int(port)), timeout=1).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise StartError(f"Ray did not open {address} within {timeout_s:.0f}s") from None
+            time.sleep(0.25)
+    ray.init(address=address, logging_level="WARNING", log_to_driver=False)
+
+
+def _has_cuda() -> bool:
+    return shutil.which("nvidia-smi") is not None

@@ -1,0 +1,98 @@
+"""Settings of a local atelier cluster, read once from `ATELIER_*` variables."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class SettingsError(ValueError):
+    """A setting is malformed; the message names it."""
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """Where a local cluster keeps its state and which ports it listens on."""
+
+    home: Path = Path(".atelier")
+    """State directory (`ATELIER_HOME`): database, blobs, models, logs, keys, state.json."""
+    database_url: str | None = None
+    """`ATELIER_DATABASE_URL`: an existing PostgreSQL; unset starts an embedded one under `home`."""
+    ray_address: str | None = None
+    """`RAY_ADDRESS`: an existing Ray cluster; unset starts a local head node."""
+    control_plane_port: int = 50051
+    """`ATELIER_CONTROL_PLANE_PORT`: the control plane's gRPC port."""
+    control_plane_metrics_port: int = 9101
+    """`ATELIER_CONTROL_PLANE_METRICS_PORT`: the control plane's Prometheus `/metrics` port."""
+    serve_grpc_port: int = 9000
+    """`ATELIER_SERVE_GRPC_PORT`: Serve's gRPC proxy, where `atelier.v1.Inference` is served."""
+    serve_http_port: int = 8000
+    """`ATELIER_SERVE_HTTP_PORT`: Serve's HTTP proxy."""
+    ray_port: int = 6385
+    """`ATELIER_RAY_PORT`: the local Ray head's GCS port (6379 is often Redis)."""
+    ray_dashboard_port: int = 8265
+    """`ATELIER_RAY_DASHBOARD_PORT`: the Ray dashboard; Ray also serves its metrics there."""
+    ray_num_cpus: int = 0
+    """`ATELIER_RAY_NUM_CPUS`: logical CPUs of the local head; 0 means this machine's count (at least 2)."""
+    start_timeout_s: float = 240.0
+    """`ATELIER_START_TIMEOUT_S`: how long `atelier up` waits for each component to become healthy."""
+    demo_credits: int = 1000
+    """Credits granted to the demo account `atelier up` creates."""
+
+    def __post_init__(self) -> None:
+        for name in ("control_plane_port", "serve_grpc_port", "serve_http_port", "ray_port", "ray_dashboard_port"):
+            port = getattr(self, name)
+            if not 1 <= port <= 65535:
+                raise SettingsError(f"{name}: must be a TCP port in [1, 65535], got {port}")
+        if not 0 <= self.control_plane_metrics_port <= 65535:
+            raise SettingsError("control_plane_metrics_port: must be in [0, 65535] (0 turns metrics off)")
+        if self.ray_num_cpus < 0:
+            raise SettingsError("ray_num_cpus: must be >= 0")
+        if self.start_timeout_s <= 0:
+            raise SettingsError("start_timeout_s: must be > 0")
+
+    @property
+    def control_plane_address(self) -> str:
+        return f"127.0.0.1:{self.control_plane_port}"
+
+    @property
+    def serve_grpc_address(self) -> str:
+        return f"127.0.0.1:{self.serve_grpc_port}"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> ClusterSettings:
+        """Reads the settings from the environment; unset variables keep their defaults.
+
+        Raises:
+            SettingsError: a variable is not a valid value.
+        """
+        values: dict[str, object] = {}
+        if "ATELIER_HOME" in environ:
+            values["home"] = Path(environ["ATELIER_HOME"])
+        if environ.get("ATELIER_DATABASE_URL"):
+            values["database_url"] = environ["ATELIER_DATABASE_URL"]
+        if environ.get("RAY_ADDRESS"):
+            values["ray_address"] = environ["RAY_ADDRESS"]
+        numbers = {
+            "ATELIER_CONTROL_PLANE_PORT": "control_plane_port",
+            "ATELIER_CONTROL_PLANE_METRICS_PORT": "control_plane_metrics_port",
+            "ATELIER_SERVE_GRPC_PORT": "serve_grpc_port",
+            "ATELIER_SERVE_HTTP_PORT": "serve_http_port",
+            "ATELIER_RAY_PORT": "ray_port",
+            "ATELIER_RAY_DASHBOARD_PORT": "ray_dashboard_port",
+            "ATELIER_RAY_NUM_CPUS": "ray_num_cpus",
+        }
+        for variable, name in numbers.items():
+            if variable in environ:
+                try:
+                    values[name] = int(environ[variable])
+                except ValueError:
+                    raise SettingsError(f"{variable}: must be an integer, got {environ[variable]!r}") from None
+        if "ATELIER_START_TIMEOUT_S" in environ:
+            try:
+                values["start_timeout_s"] = float(environ["ATELIER_START_TIMEOUT_S"])
+            except ValueError:
+                raise SettingsError("ATELIER_START_TIMEOUT_S: must be a number of seconds") from None
+        return cls(**values)  # type: ignore[arg-type]
