@@ -165,6 +165,12 @@ class LocalCluster:
             "--dashboard-host=127.0.0.1",
             f"--dashboard-port={self.settings.ray_dashboard_port}",
             f"--object-store-memory={512 * 1024 * 1024}",
+            # Ray's other fixed ports, moved beside the GCS port so two clusters can share a machine.
+            f"--ray-client-server-port={self.settings.ray_port + 1}",
+            f"--dashboard-agent-listen-port={self.settings.ray_port + 2}",
+            f"--dashboard-agent-grpc-port={self.settings.ray_port + 3}",
+            f"--runtime-env-agent-port={self.settings.ray_port + 4}",
+            f"--metrics-export-port={self.settings.ray_port + 5}",
             f"--temp-dir={self.home / 'ray'}",
         ]
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}

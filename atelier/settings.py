@@ -31,7 +31,7 @@ class ClusterSettings:
     serve_http_port: int = 8000
     """`ATELIER_SERVE_HTTP_PORT`: Serve's HTTP proxy."""
     ray_port: int = 6385
-    """`ATELIER_RAY_PORT`: the local Ray head's GCS port (6379 is often Redis)."""
+    """`ATELIER_RAY_PORT`: the local Ray head's GCS port (6379 is often Redis); Ray's other ports take the next five."""
     ray_dashboard_port: int = 8265
     """`ATELIER_RAY_DASHBOARD_PORT`: the Ray dashboard; Ray also serves its metrics there."""
     ray_num_cpus: int = 0

@@ -1,0 +1,219 @@
+"""Conversions between protobuf messages and domain values, and request-field parsing.
+
+Parsing raises `InvalidArgument` naming the request field, so the servicer stays a list of
+"parse, call, build" steps.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import date, datetime
+from typing import Any, Protocol, TypeVar
+from uuid import UUID
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from control_plane.accounts import Account, AccountStatus, Tier, Visibility
+from control_plane.api_keys import ApiKey, Scope
+from control_plane.content import ContentItem, ContentKind
+from control_plane.credits import Balance, LedgerEntry, Reservation, ReservationState
+from control_plane.errors import InvalidArgument
+from protos.atelier.v1 import common_pb2, control_plane_pb2
+
+_E = TypeVar("_E")
+
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+TIER_FROM_PB = {control_plane_pb2.TIER_FREE: Tier.FREE, control_plane_pb2.TIER_PREMIUM: Tier.PREMIUM}
+TIER_TO_PB = {tier: number for number, tier in TIER_FROM_PB.items()}
+ACCOUNT_STATUS_TO_PB = {
+    AccountStatus.ACTIVE: control_plane_pb2.ACCOUNT_STATUS_ACTIVE,
+    AccountStatus.SUSPENDED: control_plane_pb2.ACCOUNT_STATUS_SUSPENDED,
+    AccountStatus.ERASED: control_plane_pb2.ACCOUNT_STATUS_ERASED,
+}
+VISIBILITY_FROM_PB = {
+    common_pb2.VISIBILITY_PRIVATE: Visibility.PRIVATE,
+    common_pb2.VISIBILITY_PUBLIC: Visibility.PUBLIC,
+}
+VISIBILITY_TO_PB = {visibility: number for number, visibility in VISIBILITY_FROM_PB.items()}
+SCOPE_FROM_PB = {
+    control_plane_pb2.SCOPE_GENERATE: Scope.GENERATE,
+    control_plane_pb2.SCOPE_READ: Scope.READ,
+    control_plane_pb2.SCOPE_PRIVACY: Scope.PRIVACY,
+    control_plane_pb2.SCOPE_ADMIN: Scope.ADMIN,
+}
+SCOPE_TO_PB = {scope: number for number, scope in SCOPE_FROM_PB.items()}
+RESERVATION_STATE_TO_PB = {
+    ReservationState.HELD: control_plane_pb2.RESERVATION_STATE_HELD,
+    ReservationState.COMMITTED: control_plane_pb2.RESERVATION_STATE_COMMITTED,
+    ReservationState.RELEASED: control_plane_pb2.RESERVATION_STATE_RELEASED,
+    ReservationState.EXPIRED: control_plane_pb2.RESERVATION_STATE_EXPIRED,
+}
+CONTENT_KIND_FROM_PB = {
+    control_plane_pb2.CONTENT_KIND_GENERATED: ContentKind.GENERATED,
+    control_plane_pb2.CONTENT_KIND_UPLOAD: ContentKind.UPLOAD,
+}
+CONTENT_KIND_TO_PB = {kind: number for number, kind in CONTENT_KIND_FROM_PB.items()}
+
+
+# --- request fields -> domain values --------------------------------------------------------
+
+
+def parse_uuid(field: str, value: str) -> UUID:
+    """Parses a required UUID field."""
+    if not value:
+        raise InvalidArgument(field, "is required (a UUID)")
+    # UUID() also accepts braces and urn: forms; the length bound keeps junk out of logs.
+    if len(value) > 45:
+        raise InvalidArgument(field, "must be a UUID such as 123e4567-e89b-12d3-a456-426614174000")
+    try:
+        return UUID(value)
+    except ValueError:
+        raise InvalidArgument(field, "must be a UUID such as 123e4567-e89b-12d3-a456-426614174000") from None
+
+
+def parse_optional_uuid(field: str, value: str) -> UUID | None:
+    """Parses a UUID field where empty means unset."""
+    return parse_uuid(field, value) if value else None
+
+
+def parse_birth_date(value: str) -> date | None:
+    """Parses `birth_date` (YYYY-MM-DD); empty means not given."""
+    if not value:
+        return None
+    if not _ISO_DATE.match(value):
+        raise InvalidArgument("birth_date", "must be a date as YYYY-MM-DD")
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise InvalidArgument("birth_date", "is not a real calendar date (YYYY-MM-DD)") from None
+
+
+class _ProtoEnum(Protocol):
+    # Any: each generated enum's Name() takes its own int NewType.
+    def Name(self, number: Any) -> str: ...  # noqa: N802 (protobuf's name)
+
+
+def parse_enum(
+    field: str, value: int, enum_type: _ProtoEnum, mapping: Mapping[Any, _E], default: _E | None = None
+) -> _E:
+    """Maps a protobuf enum number to its domain value.
+
+    Args:
+        field: Request field, for the error.
+        value: The number received (proto3 enums accept numbers the schema does not name).
+        enum_type: The protobuf enum, for the valid names in the error.
+        mapping: Accepted numbers and their domain values.
+        default: Used for the zero `..._UNSPECIFIED` value; None makes that value invalid.
+    """
+    if value == 0 and default is not None:
+        return default
+    try:
+        return mapping[value]
+    except KeyError:
+        names = ", ".join(enum_type.Name(number) for number in mapping)
+        raise InvalidArgument(field, f"must be one of {names}") from None
+
+
+def parse_page_size(value: int, *, default: int, maximum: int) -> int:
+    """Applies a page size's default (for 0) and range."""
+    if value == 0:
+        return default
+    if value > maximum:
+        raise InvalidArgument("page_size", f"must be 0..{maximum} (0 means {default})")
+    return value
+
+
+def parameters_to_dict(parameters: common_pb2.GenerationParameters) -> dict[str, Any]:
+    """The parameters that are set, as JSON-ready values keyed by proto field name."""
+    return {descriptor.name: value for descriptor, value in parameters.ListFields()}
+
+
+def parameters_from_dict(values: Mapping[str, Any]) -> common_pb2.GenerationParameters:
+    """Rebuilds stored parameters, ignoring keys this version of the proto does not know."""
+    known = common_pb2.GenerationParameters.DESCRIPTOR.fields_by_name
+    return common_pb2.GenerationParameters(**{k: v for k, v in values.items() if k in known})
+
+
+# --- domain values -> messages --------------------------------------------------------------
+
+
+def timestamp(instant: datetime | None) -> Timestamp | None:
+    """A protobuf Timestamp, or None (field left unset) for None."""
+    if instant is None:
+        return None
+    message = Timestamp()
+    message.FromDatetime(instant)
+    return message
+
+
+def account_pb(account: Account) -> control_plane_pb2.Account:
+    """The wire form of an account."""
+    return control_plane_pb2.Account(
+        account_id=str(account.account_id),
+        tenant_id=str(account.tenant_id),
+        tier=TIER_TO_PB[account.tier],
+        status=ACCOUNT_STATUS_TO_PB[account.status],
+        default_visibility=VISIBILITY_TO_PB[account.default_visibility],
+        created_at=timestamp(account.created_at),
+        last_active_at=timestamp(account.last_active_at),
+    )
+
+
+def balance_pb(balance: Balance) -> control_plane_pb2.Balance:
+    """The wire form of a balance."""
+    return control_plane_pb2.Balance(
+        account_id=str(balance.account_id), total=balance.total, held=balance.held, available=balance.available
+    )
+
+
+def reservation_pb(reservation: Reservation) -> control_plane_pb2.Reservation:
+    """The wire form of a reservation."""
+    return control_plane_pb2.Reservation(
+        reservation_id=str(reservation.reservation_id),
+        account_id=str(reservation.account_id),
+        amount=reservation.amount,
+        state=RESERVATION_STATE_TO_PB[reservation.state],
+        expires_at=timestamp(reservation.expires_at),
+    )
+
+
+def ledger_entry_pb(entry: LedgerEntry) -> control_plane_pb2.LedgerEntry:
+    """The wire form of a ledger entry."""
+    return control_plane_pb2.LedgerEntry(
+        entry_id=entry.entry_id,
+        delta=entry.delta,
+        kind=entry.kind,
+        reservation_id=str(entry.reservation_id) if entry.reservation_id else "",
+        reason=entry.reason,
+        created_at=timestamp(entry.created_at),
+    )
+
+
+def api_key_pb(key: ApiKey) -> control_plane_pb2.ApiKey:
+    """The wire form of an API key (never its secret)."""
+    return control_plane_pb2.ApiKey(
+        key_id=key.key_id,
+        tenant_id=str(key.tenant_id),
+        name=key.name,
+        scopes=[SCOPE_TO_PB[scope] for scope in key.scopes],
+        created_at=timestamp(key.created_at),
+    )
+
+
+def content_pb(item: ContentItem) -> control_plane_pb2.Content:
+    """The wire form of a content item's metadata."""
+    return control_plane_pb2.Content(
+        content_id=str(item.content_id),
+        account_id=str(item.account_id),
+        kind=CONTENT_KIND_TO_PB[item.kind],
+        media_type=item.media_type,
+        sha256=item.sha256,
+        size_bytes=item.size_bytes,
+        visibility=VISIBILITY_TO_PB[item.visibility],
+        prompt=item.prompt,
+        parameters=parameters_from_dict(item.parameters),
+        created_at=timestamp(item.created_at),
+        expires_at=timestamp(item.expires_at),
+    )

@@ -1,0 +1,164 @@
+"""The one server interceptor: request ids, domain errors to status codes, RPC metrics.
+
+- Each call gets a request id (the caller's `x-request-id` when it sends a sane one),
+  sent back as initial metadata and available to the servicer through `current_request_id()`
+  for audit rows and logs.
+- `DomainError` subclasses become their status code with the error's message; errors with a
+  `reason` also carry a `google.rpc.ErrorInfo` in the rich status details (grpcio-status),
+  and `Unavailable` a `google.rpc.RetryInfo`.
+- Anything else becomes INTERNAL "internal error (request id X)"; the traceback goes to the
+  log, never to the caller.
+- Every unary call is timed into `atelier_control_plane_rpc_duration_seconds{method,code}`.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+from prometheus_client import CollectorRegistry, Histogram
+
+from control_plane import errors
+
+_logger = logging.getLogger(__name__)
+
+REQUEST_ID_HEADER = "x-request-id"
+_SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_ERROR_DOMAIN = "atelier.v1"
+
+_request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("atelier_request_id", default=None)
+
+_STATUS_OF_ERROR: dict[type[errors.DomainError], grpc.StatusCode] = {
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    errors.InsufficientCredits: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+def current_request_id() -> str | None:
+    """The request id of the RPC the calling thread is serving; None outside an RPC."""
+    return _request_id.get()
+
+
+def status_code_of(error: errors.DomainError) -> grpc.StatusCode:
+    """The status code a domain error maps to (its nearest mapped base class)."""
+    for klass in type(error).__mro__:
+        if klass in _STATUS_OF_ERROR:
+            return _STATUS_OF_ERROR[klass]
+    return grpc.StatusCode.INTERNAL
+
+
+class ControlPlaneInterceptor(grpc.ServerInterceptor):
+    """Wraps every unary-unary handler; streaming handlers pass through untouched."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        """Registers the RPC duration histogram in `registry`."""
+        self._duration = Histogram(
+            "atelier_control_plane_rpc_duration_seconds",
+            "Time to serve a control-plane RPC, by method and status code.",
+            labelnames=("method", "code"),
+            registry=registry,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+        )
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        """See `grpc.ServerInterceptor.intercept_service`."""
+        handler = continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        method = handler_call_details.method.lstrip("/")
+        metadata = handler_call_details.invocation_metadata or ()
+        behavior = handler.unary_unary
+
+        def serve(request: Any, context: grpc.ServicerContext) -> Any:
+            return self._serve(behavior, method, metadata, request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            serve,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _serve(
+        self,
+        behavior: Callable[[Any, grpc.ServicerContext], Any],
+        method: str,
+        metadata: Any,
+        request: Any,
+        context: grpc.ServicerContext,
+    ) -> Any:
+        request_id = _request_id_from(metadata)
+        token = _request_id.set(request_id)
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            context.send_initial_metadata(((REQUEST_ID_HEADER, request_id),))
+            return behavior(request, context)
+        except errors.DomainError as error:
+            code = status_code_of(error)
+            _logger.info(
+                "rpc refused method=%s code=%s request_id=%s reason=%s message=%r",
+                method,
+                code.name,
+                request_id,
+                error.reason or "",
+                error.message,
+            )
+            _abort(context, code, error)
+        except Exception:
+            aborted_code = context.code()  # type: ignore[attr-defined]
+            if aborted_code not in (None, grpc.StatusCode.OK):
+                # The handler called context.abort itself: let gRPC finish that abort.
+                code = aborted_code
+                raise
+            code = grpc.StatusCode.INTERNAL
+            _logger.exception("rpc failed method=%s request_id=%s", method, request_id)
+            context.abort(code, f"internal error (request id {request_id})")
+        finally:
+            self._duration.labels(method=method, code=code.name).observe(time.perf_counter() - started)
+            _request_id.reset(token)
+
+
+def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, error: errors.DomainError) -> None:
+    details: list[any_pb2.Any] = []
+    if error.reason is not None:
+        info = error_details_pb2.ErrorInfo(reason=error.reason, domain=_ERROR_DOMAIN, metadata=dict(error.metadata))
+        details.append(_packed(info))
+    if isinstance(error, errors.Unavailable):
+        retry = error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=1))
+        details.append(_packed(retry))
+    if not details:
+        context.abort(code, error.message)
+    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=error.message, details=details)
+    context.abort_with_status(rpc_status.to_status(status))
+
+
+def _packed(message: Any) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+def _request_id_from(metadata: Any) -> str:
+    for key, value in metadata:
+        if key == REQUEST_ID_HEADER and isinstance(value, str) and _SANE_REQUEST_ID.match(value):
+            return value
+    return uuid.uuid4().hex

@@ -1,0 +1,92 @@
+"""Opaque page tokens for keyset pagination.
+
+A token is URL-safe base64 of a small JSON object naming the listing, the account and the
+position after which the next page starts. Tokens are not secret and not signed: they only
+move a cursor within an account the caller may read anyway, and decoding checks the listing
+and account so a token cannot be replayed against another listing.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from control_plane.content import ContentCursor
+from control_plane.errors import InvalidArgument
+
+_FIELD = "page_token"
+_MAX_TOKEN_CHARS = 512
+
+
+def encode_ledger_token(account_id: UUID, before_entry_id: int) -> str:
+    """Token for the ledger page after entry `before_entry_id`."""
+    return _encode({"l": "ledger", "a": str(account_id), "e": before_entry_id})
+
+
+def decode_ledger_token(token: str, account_id: UUID) -> int | None:
+    """Returns the entry id to list before; None for an empty token.
+
+    Raises:
+        InvalidArgument: The token is not one a ledger listing of this account returned.
+    """
+    payload = _decode(token, "ledger", account_id)
+    if payload is None:
+        return None
+    entry_id = payload.get("e")
+    if not isinstance(entry_id, int) or isinstance(entry_id, bool) or entry_id < 1:
+        raise _invalid()
+    return entry_id
+
+
+def encode_content_token(account_id: UUID, cursor: ContentCursor) -> str:
+    """Token for the content page after `cursor`."""
+    return _encode(
+        {"l": "content", "a": str(account_id), "t": cursor.created_at.isoformat(), "c": str(cursor.content_id)}
+    )
+
+
+def decode_content_token(token: str, account_id: UUID) -> ContentCursor | None:
+    """Returns the cursor to list after; None for an empty token.
+
+    Raises:
+        InvalidArgument: The token is not one a content listing of this account returned.
+    """
+    payload = _decode(token, "content", account_id)
+    if payload is None:
+        return None
+    try:
+        created_at = datetime.fromisoformat(payload["t"])
+        content_id = UUID(payload["c"])
+    except (KeyError, TypeError, ValueError):
+        raise _invalid() from None
+    if created_at.tzinfo is None:
+        raise _invalid()
+    return ContentCursor(created_at=created_at, content_id=content_id)
+
+
+def _encode(payload: dict[str, Any]) -> str:
+    raw = json.dumps(payload, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _decode(token: str, listing: str, account_id: UUID) -> dict[str, Any] | None:
+    if not token:
+        return None
+    if len(token) > _MAX_TOKEN_CHARS:
+        raise _invalid()
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        payload = json.loads(raw)
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        raise _invalid() from None
+    if not isinstance(payload, dict) or payload.get("l") != listing or payload.get("a") != str(account_id):
+        raise _invalid()
+    return payload
+
+
+def _invalid() -> InvalidArgument:
+    return InvalidArgument(_FIELD, "is not a token from a previous response for this account; omit it to start over")

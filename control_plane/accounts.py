@@ -1,0 +1,217 @@
+"""Accounts: creation behind the age gate, lookup within a tenant, activity tracking.
+
+Personal data (birth date, attested age) goes to `account_personal`, apart from the account
+row, so an erasure can delete it and leave a pseudonymous tombstone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime
+from enum import StrEnum
+from typing import Any
+from uuid import UUID
+
+from control_plane import credits
+from control_plane.audit import Actor, record_audit
+from control_plane.db.pool import Connection, expect_row
+from control_plane.errors import AccountNotActive, FailedPrecondition, InvalidArgument, NotFound
+
+_COLUMNS = "account_id, tenant_id, tier, status, default_visibility, created_at, last_active_at"
+
+MAX_AGE = 150
+
+
+class Tier(StrEnum):
+    """Billing tier; premium accounts are exempt from the inactivity purge."""
+
+    FREE = "free"
+    PREMIUM = "premium"
+
+
+class AccountStatus(StrEnum):
+    """Lifecycle of an account."""
+
+    ACTIVE = "active"
+    SUSPENDED = "suspended"
+    ERASED = "erased"
+
+
+class Visibility(StrEnum):
+    """Who can see a piece of content."""
+
+    PRIVATE = "private"
+    PUBLIC = "public"
+
+
+@dataclass(frozen=True)
+class Account:
+    """An account row (no personal data)."""
+
+    account_id: UUID
+    tenant_id: UUID
+    tier: Tier
+    status: AccountStatus
+    default_visibility: Visibility
+    created_at: datetime
+    last_active_at: datetime
+
+
+@dataclass(frozen=True)
+class AgeEvidence:
+    """What the caller knows about the user's age: a birth date, an attested age, or both."""
+
+    birth_date: date | None = None
+    age_attested: int | None = None
+    """Whole years, 1..150."""
+
+
+def age_on(birth_date: date, day: date) -> int:
+    """Returns the age in whole years on `day` of someone born on `birth_date`.
+
+    Someone born on 29 February turns a year older on 1 March in non-leap years.
+    """
+    had_birthday = (day.month, day.day) >= (birth_date.month, birth_date.day)
+    return day.year - birth_date.year - (0 if had_birthday else 1)
+
+
+def check_age(evidence: AgeEvidence, *, today: date, minimum_age: int) -> int:
+    """Applies the age gate and returns the age it used.
+
+    A birth date wins over an attested age when both are given (it is the stronger evidence).
+
+    Raises:
+        InvalidArgument: Neither is given, the birth date is in the future or implausibly
+            old, or the attested age is out of 1..150.
+        FailedPrecondition: The user is younger than `minimum_age` (reason UNDER_MINIMUM_AGE).
+    """
+    if evidence.birth_date is not None:
+        if evidence.birth_date > today:
+            raise InvalidArgument("birth_date", "is in the future")
+        age = age_on(evidence.birth_date, today)
+        if age > MAX_AGE:
+            raise InvalidArgument("birth_date", f"gives an age over {MAX_AGE}")
+    elif evidence.age_attested is not None:
+        if not 1 <= evidence.age_attested <= MAX_AGE:
+            raise InvalidArgument("age_attested", f"must be 1..{MAX_AGE}")
+        age = evidence.age_attested
+    else:
+        raise InvalidArgument("birth_date", "is required (YYYY-MM-DD) unless age_attested is set")
+    if age < minimum_age:
+        raise FailedPrecondition(
+            f"account holders must be at least {minimum_age} years old; nothing was stored",
+            reason="UNDER_MINIMUM_AGE",
+        )
+    return age
+
+
+def create_account(
+    conn: Connection,
+    *,
+    tenant_id: UUID,
+    evidence: AgeEvidence,
+    minimum_age: int,
+    default_visibility: Visibility,
+    tier: Tier = Tier.FREE,
+    initial_credits: int = 0,
+    actor: Actor,
+    now: datetime,
+) -> tuple[Account, credits.Balance]:
+    """Creates an account with its age evidence, balance and initial grant, in one transaction.
+
+    The age gate runs first: an account under `minimum_age` leaves no row anywhere.
+
+    Args:
+        conn: Connection outside a transaction.
+        tenant_id: Tenant the account belongs to.
+        evidence: Birth date and/or attested age.
+        minimum_age: Youngest age allowed, in years.
+        default_visibility: Visibility of new content left unspecified.
+        tier: Billing tier.
+        initial_credits: Credits granted in the same transaction, 0..1e12.
+        actor: Who creates it.
+        now: Creation time; also the day the age is computed on (UTC).
+
+    Returns:
+        The account and its balance after the initial grant.
+
+    Raises:
+        InvalidArgument: Bad age evidence or credits out of range.
+        FailedPrecondition: Under the minimum age.
+    """
+    check_age(evidence, today=now.date(), minimum_age=minimum_age)
+    if not 0 <= initial_credits <= credits.MAX_GRANT:
+        raise InvalidArgument("initial_credits", f"must be 0..{credits.MAX_GRANT}")
+    with conn.transaction():
+        row = conn.execute(
+            f"""
+            INSERT INTO accounts (tenant_id, tier, default_visibility, created_at, last_active_at)
+            VALUES (%s, %s, %s, %s, %s)
+            RETURNING {_COLUMNS}
+            """,
+            (tenant_id, tier.value, default_visibility.value, now, now),
+        ).fetchone()
+        account = _account(expect_row(row))
+        conn.execute(
+            """
+            INSERT INTO account_personal (account_id, birth_date, age_attested, recorded_at)
+            VALUES (%s, %s, %s, %s)
+            """,
+            (account.account_id, evidence.birth_date, evidence.age_attested, now),
+        )
+        details = {"tier": tier.value, "initial_credits": initial_credits}
+        record_audit(conn, actor, now, "account.create", "account", account.account_id, details)
+        balance = credits.open_balance(conn, account.account_id)
+        if initial_credits > 0:
+            balance = credits.grant_credits(
+                conn,
+                tenant_id=tenant_id,
+                account_id=account.account_id,
+                amount=initial_credits,
+                reason="initial credits",
+                actor=actor,
+                now=now,
+            )
+    return account, balance
+
+
+def get_account(conn: Connection, *, tenant_id: UUID, account_id: UUID) -> Account:
+    """Returns an account of the tenant.
+
+    Raises:
+        NotFound: No such account in this tenant (another tenant's account included, so ids
+            cannot be probed across tenants).
+    """
+    row = conn.execute(
+        f"SELECT {_COLUMNS} FROM accounts WHERE account_id = %s AND tenant_id = %s", (account_id, tenant_id)
+    ).fetchone()
+    if row is None:
+        raise NotFound(f"account {account_id} not found")
+    return _account(row)
+
+
+def require_active(account: Account) -> None:
+    """Raises FailedPrecondition unless the account may generate and store content."""
+    if account.status is not AccountStatus.ACTIVE:
+        raise AccountNotActive(account.account_id, account.status.value)
+
+
+def touch_last_active(conn: Connection, account_id: UUID, now: datetime) -> None:
+    """Records activity (a generation or store); never moves the time backwards."""
+    conn.execute(
+        "UPDATE accounts SET last_active_at = greatest(last_active_at, %s) WHERE account_id = %s",
+        (now, account_id),
+    )
+
+
+def _account(row: tuple[Any, ...]) -> Account:
+    account_id, tenant_id, tier, status, visibility, created_at, last_active_at = row
+    return Account(
+        account_id=account_id,
+        tenant_id=tenant_id,
+        tier=Tier(tier),
+        status=AccountStatus(status),
+        default_visibility=Visibility(visibility),
+        created_at=created_at,
+        last_active_at=last_active_at,
+    )

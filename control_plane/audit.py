@@ -1,0 +1,92 @@
+"""The audit log: one append-only row per state change, written in that change's transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from psycopg.types.json import Jsonb
+
+from control_plane.db.pool import Connection
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who performs a state change, for the audit trail."""
+
+    key_id: str | None
+    """API key acting; None for the system itself (sweepers, launcher bootstrap)."""
+
+    tenant_id: UUID | None
+    """Tenant the key acts for; None for the system."""
+
+    request_id: str | None = None
+    """Request id of the RPC, joining the audit row to the server's logs."""
+
+
+SYSTEM = Actor(key_id=None, tenant_id=None)
+"""The actor of changes no API key asked for (expiry sweeps, bootstrap)."""
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One audit row to write. `details` must never hold prompts, images or secrets."""
+
+    action: str
+    target_type: str
+    target_id: str
+    details: Mapping[str, Any]
+
+
+def record_audit(
+    conn: Connection,
+    actor: Actor,
+    now: datetime,
+    action: str,
+    target_type: str,
+    target_id: object,
+    details: Mapping[str, Any] | None = None,
+) -> None:
+    """Writes one audit row; call it inside the transaction of the change it records.
+
+    Args:
+        conn: Connection with the change's transaction open.
+        actor: Who acted.
+        now: When.
+        action: Dotted verb, e.g. `credits.reserve`.
+        target_type: Kind of thing changed, e.g. `reservation`.
+        target_id: Its id (converted with `str`).
+        details: JSON-serialisable facts (amounts, states); never personal data.
+    """
+    record_audits(conn, actor, now, [AuditEntry(action, target_type, str(target_id), details or {})])
+
+
+def record_audits(conn: Connection, actor: Actor, now: datetime, entries: Iterable[AuditEntry]) -> None:
+    """Writes several audit rows in one round trip (e.g. one per stored item)."""
+    rows = [
+        (
+            now,
+            actor.key_id,
+            actor.tenant_id,
+            actor.request_id,
+            e.action,
+            e.target_type,
+            e.target_id,
+            Jsonb(dict(e.details)),
+        )
+        for e in entries
+    ]
+    if not rows:
+        return
+    with conn.cursor() as cur:
+        cur.executemany(
+            """
+            INSERT INTO audit_log
+                (at, actor_key_id, tenant_id, request_id, action, target_type, target_id, details)
+            VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
+            """,
+            rows,
+        )

@@ -1,0 +1,127 @@
+"""Blob stores: where content bytes live, behind one small interface.
+
+`LocalBlobStore` keeps blobs in a directory; an S3-compatible store and an encrypting
+wrapper (per-account data keys, a later issue) implement the same `BlobStore` protocol, so
+content code does not change when they arrive. Keys read `<account_id>/<content_id>`, so a
+wrapper can tell whose key to use from the key alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import quote
+
+_KEY_FORMAT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*$")
+MAX_KEY_CHARS = 512
+
+
+class BlobNotFoundError(LookupError):
+    """No blob is stored under the key."""
+
+
+class BlobStore(Protocol):
+    """Stores immutable byte strings under string keys.
+
+    Keys are 1..512 characters of `[A-Za-z0-9._-]` in `/`-separated segments, each segment
+    starting with a letter or digit (so no `..`, no absolute paths).
+    """
+
+    def put(self, key: str, data: bytes) -> None:
+        """Stores `data` under `key`, replacing any blob there. Readers see the old blob
+        or the whole new one, never a part."""
+        ...
+
+    def get(self, key: str) -> bytes:
+        """Returns the blob under `key`; raises BlobNotFoundError when there is none."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Removes the blob under `key`; does nothing when there is none."""
+        ...
+
+    def exists(self, key: str) -> bool:
+        """Whether a blob is stored under `key`."""
+        ...
+
+
+def validate_blob_key(key: str) -> str:
+    """Returns `key` when it is a valid blob key.
+
+    Raises:
+        ValueError: The key is empty, too long, absolute, or has an invalid segment.
+    """
+    if not 1 <= len(key) <= MAX_KEY_CHARS or _KEY_FORMAT.match(key) is None:
+        raise ValueError(
+            f"invalid blob key {key[:80]!r}: use 1..{MAX_KEY_CHARS} characters of [A-Za-z0-9._-] "
+            "in /-separated segments that start with a letter or digit"
+        )
+    return key
+
+
+class LocalBlobStore:
+    """Blobs as files under one root directory.
+
+    Files are sharded by a hash of the key into `root/ab/cd/`, so no directory grows past a
+    few thousand entries. Writes go to a temporary file in the target directory, are
+    fsynced, then renamed over the target (`os.replace`, atomic on POSIX), and the directory
+    is fsynced: after `put` returns the blob survives a crash, and a reader never sees a
+    half-written file.
+    """
+
+    def __init__(self, root: Path) -> None:
+        """Uses (and creates) `root`."""
+        self.root = root
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path_for(self, key: str) -> Path:
+        """The file that holds `key`'s blob (whether or not it exists)."""
+        digest = hashlib.sha256(validate_blob_key(key).encode()).hexdigest()
+        # quote() makes the key a single, reversible file name ("/" becomes "%2F").
+        return self.root / digest[:2] / digest[2:4] / quote(key, safe="")
+
+    def put(self, key: str, data: bytes) -> None:
+        """See `BlobStore.put`."""
+        path = self.path_for(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(descriptor, "wb") as file:
+                file.write(data)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
+            raise
+        _fsync_directory(path.parent)
+
+    def get(self, key: str) -> bytes:
+        """See `BlobStore.get`."""
+        try:
+            return self.path_for(key).read_bytes()
+        except FileNotFoundError:
+            raise BlobNotFoundError(key) from None
+
+    def delete(self, key: str) -> None:
+        """See `BlobStore.delete`."""
+        with contextlib.suppress(FileNotFoundError):
+            self.path_for(key).unlink()
+
+    def exists(self, key: str) -> bool:
+        """See `BlobStore.exists`."""
+        return self.path_for(key).is_file()
+
+
+def _fsync_directory(directory: Path) -> None:
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

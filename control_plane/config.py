@@ -1,0 +1,177 @@
+"""Configuration of the control plane: one frozen dataclass, validated at construction."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+VISIBILITIES = ("private", "public")
+
+#: The environment variable that sets each field, for `from_env` and for help texts.
+ENV_VARS: Mapping[str, str] = {
+    "database_url": "ATELIER_DATABASE_URL",
+    "listen_address": "ATELIER_CONTROL_PLANE_LISTEN",
+    "metrics_port": "ATELIER_CONTROL_PLANE_METRICS_PORT",
+    "home": "ATELIER_HOME",
+    "blob_dir": "ATELIER_BLOB_DIR",
+    "reservation_ttl_s": "ATELIER_RESERVATION_TTL_S",
+    "max_reservation_ttl_s": "ATELIER_MAX_RESERVATION_TTL_S",
+    "pool_min_size": "ATELIER_DB_POOL_MIN_SIZE",
+    "pool_max_size": "ATELIER_DB_POOL_MAX_SIZE",
+    "grpc_workers": "ATELIER_CONTROL_PLANE_WORKERS",
+    "max_message_bytes": "ATELIER_CONTROL_PLANE_MAX_MESSAGE_BYTES",
+    "default_visibility": "ATELIER_DEFAULT_VISIBILITY",
+    "minimum_age": "ATELIER_MINIMUM_AGE",
+}
+
+
+class ConfigError(ValueError):
+    """A setting has a value the control plane cannot run with.
+
+    Attributes:
+        setting: The field (or environment variable) at fault.
+        detail: What is wrong and which values are valid.
+    """
+
+    def __init__(self, setting: str, detail: str) -> None:
+        super().__init__(f"{setting} {detail}")
+        self.setting = setting
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class ControlPlaneConfig:
+    """Everything the control plane process needs to start.
+
+    Build it with `ControlPlaneConfig.from_env()` in entry points and directly in tests.
+    """
+
+    database_url: str | None = None
+    """PostgreSQL connection string (URL or key=value). None starts or reuses the embedded
+    server whose data lives under `home/postgres`."""
+
+    listen_address: str = "127.0.0.1:50051"
+    """host:port the gRPC server binds; port 0 picks a free port."""
+
+    metrics_port: int = 9101
+    """Port of the Prometheus /metrics HTTP endpoint, 1..65535; 0 turns it off."""
+
+    home: Path = field(default_factory=lambda: Path(".atelier"))
+    """State directory: embedded PostgreSQL data, blobs (by default), keys."""
+
+    blob_dir: Path | None = None
+    """Directory of the local blob store; None means `home/blobs` (see `blob_root`)."""
+
+    reservation_ttl_s: int = 600
+    """Seconds a credit reservation is held when the request leaves the TTL at 0."""
+
+    max_reservation_ttl_s: int = 3600
+    """Longest TTL, in seconds, a caller may ask for."""
+
+    pool_min_size: int = 2
+    """Database connections kept open at all times, >= 0."""
+
+    pool_max_size: int = 16
+    """Most database connections open at once, >= max(1, pool_min_size)."""
+
+    grpc_workers: int = 16
+    """Threads serving RPCs, >= 1. Each RPC holds one database connection while it runs."""
+
+    max_message_bytes: int = 64 * 1024 * 1024
+    """Largest request or response the gRPC server accepts, in bytes (>= 1 MiB); larger
+    messages are refused by gRPC with RESOURCE_EXHAUSTED."""
+
+    default_visibility: str = "private"
+    """Visibility of new accounts' content when the request leaves it unspecified:
+    "private" or "public"."""
+
+    minimum_age: int = 13
+    """Youngest age, in whole years, at which an account may be created, 0..150."""
+
+    def __post_init__(self) -> None:
+        if self.database_url is not None and not self.database_url.strip():
+            _fail("database_url", "must not be blank (leave it unset for the embedded server)")
+        _validate_listen_address(self.listen_address)
+        _check_range("metrics_port", self.metrics_port, 0, 65535, "0 turns metrics off")
+        _check_range("reservation_ttl_s", self.reservation_ttl_s, 1, self.max_reservation_ttl_s)
+        _check_range("max_reservation_ttl_s", self.max_reservation_ttl_s, 1, 7 * 24 * 3600)
+        _check_range("pool_min_size", self.pool_min_size, 0, 1000)
+        _check_range("pool_max_size", self.pool_max_size, max(1, self.pool_min_size), 1000)
+        _check_range("grpc_workers", self.grpc_workers, 1, 1000)
+        _check_range("max_message_bytes", self.max_message_bytes, 1024 * 1024, 2**31 - 1)
+        if self.default_visibility not in VISIBILITIES:
+            _fail(
+                "default_visibility",
+                f"is {self.default_visibility!r}; valid values: {', '.join(VISIBILITIES)}",
+            )
+        _check_range("minimum_age", self.minimum_age, 0, 150)
+
+    @property
+    def blob_root(self) -> Path:
+        """The blob store directory: `blob_dir`, or `home/blobs` when that is unset."""
+        return self.blob_dir if self.blob_dir is not None else self.home / "blobs"
+
+    @property
+    def embedded_data_dir(self) -> Path:
+        """Where the embedded PostgreSQL keeps its data when `database_url` is unset."""
+        return self.home / "postgres"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> ControlPlaneConfig:
+        """Builds the configuration from defaults overridden by `ATELIER_*` variables.
+
+        Args:
+            environ: The environment to read; `ENV_VARS` names the variable of each field.
+                Unset or empty variables keep the default.
+
+        Returns:
+            A validated configuration.
+
+        Raises:
+            ConfigError: A variable is not a number where one is needed, or a value is
+                out of range; the message names the variable.
+        """
+        values: dict[str, Any] = {}
+        types = {f.name: f.type for f in fields(cls)}
+        for name, variable in ENV_VARS.items():
+            raw = environ.get(variable, "").strip()
+            if not raw:
+                continue
+            kind = types[name]
+            if kind == "int":
+                try:
+                    values[name] = int(raw)
+                except ValueError:
+                    raise ConfigError(variable, f"must be a whole number, got {raw!r}") from None
+            elif kind in ("Path", "Path | None"):
+                values[name] = Path(raw)
+            else:
+                values[name] = raw
+        try:
+            return cls(**values)
+        except ConfigError as error:
+            # Name the variable the operator set, not only the field it maps to.
+            variable = ENV_VARS.get(error.setting, error.setting)
+            raise ConfigError(f"{variable} ({error.setting})", error.detail) from None
+
+
+def _fail(setting: str, detail: str) -> None:
+    raise ConfigError(setting, detail)
+
+
+def _check_range(setting: str, value: int, low: int, high: int, note: str = "") -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        suffix = f" ({note})" if note else ""
+        _fail(setting, f"is {value!r}; valid values: {low}..{high}{suffix}")
+
+
+def _validate_listen_address(address: str) -> None:
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        _fail(
+            "listen_address",
+            f"is {address!r}; valid values: host:port with port 0..65535, e.g. 127.0.0.1:50051",
+        )

@@ -1,0 +1,510 @@
+"""Credits: an append-only ledger, a balance cache, and reservations held until settled.
+
+Invariants, kept in every transaction that touches credits and checked by the schema:
+- `credit_balances.total` is the sum of the account's ledger deltas;
+- `credit_balances.held` is the sum of the account's `held` reservations;
+- `0 <= held <= total`, so what a reservation can take (`total - held`) is never negative.
+
+A reservation holds credits while a generation runs; commit charges them (a negative ledger
+row), release or expiry returns them. Reserving is one conditional UPDATE, so concurrent
+callers racing for a small balance can never overspend it.
+
+Every function scopes ids by tenant: another tenant's account or reservation is NotFound.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any, NoReturn
+from uuid import UUID
+
+from control_plane.audit import SYSTEM, Actor, AuditEntry, record_audit, record_audits
+from control_plane.db.pool import Connection, expect_row
+from control_plane.errors import AccountNotActive, FailedPrecondition, InsufficientCredits, InvalidArgument, NotFound
+
+MAX_GRANT = 10**12
+"""Largest single grant, in credits."""
+
+MAX_RESERVATION = 10**9
+"""Largest single reservation, in credits."""
+
+MAX_REASON_CHARS = 200
+"""Longest grant reason or reservation purpose."""
+
+_RESERVATION_COLUMNS = "reservation_id, account_id, amount, state, purpose, created_at, expires_at, settled_at"
+_LEDGER_COLUMNS = "entry_id, account_id, delta, kind, reservation_id, reason, created_at"
+
+
+class ReservationState(StrEnum):
+    """Life of a reservation: held until committed, released or expired."""
+
+    HELD = "held"
+    COMMITTED = "committed"
+    RELEASED = "released"
+    EXPIRED = "expired"
+
+
+@dataclass(frozen=True)
+class Balance:
+    """An account's credits. `available` is what a new reservation can take."""
+
+    account_id: UUID
+    total: int
+    held: int
+
+    @property
+    def available(self) -> int:
+        """Credits not held by open reservations."""
+        return self.total - self.held
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """A hold on credits."""
+
+    reservation_id: UUID
+    account_id: UUID
+    amount: int
+    state: ReservationState
+    purpose: str
+    created_at: datetime
+    expires_at: datetime
+    settled_at: datetime | None
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One ledger row: a grant (positive) or a charge (negative)."""
+
+    entry_id: int
+    account_id: UUID
+    delta: int
+    kind: str
+    reservation_id: UUID | None
+    reason: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class LedgerPage:
+    """A page of ledger entries, newest first."""
+
+    entries: list[LedgerEntry]
+    next_before_entry_id: int | None
+    """Pass as `before_entry_id` for the next page; None when there is none."""
+
+
+def open_balance(conn: Connection, account_id: UUID) -> Balance:
+    """Creates the zero balance of a new account; call it in the account's creating transaction."""
+    conn.execute("INSERT INTO credit_balances (account_id, total, held) VALUES (%s, 0, 0)", (account_id,))
+    return Balance(account_id=account_id, total=0, held=0)
+
+
+def grant_credits(
+    conn: Connection,
+    *,
+    tenant_id: UUID,
+    account_id: UUID,
+    amount: int,
+    reason: str,
+    actor: Actor,
+    now: datetime,
+) -> Balance:
+    """Adds credits to an account: a ledger grant and the balance, in one transaction.
+
+    Args:
+        amount: Credits, 1..MAX_GRANT.
+        reason: Why, 0..200 characters; kept in the ledger.
+
+    Raises:
+        InvalidArgument: Amount or reason out of range.
+        NotFound: No such account in the tenant.
+    """
+    _check_amount("amount", amount, MAX_GRANT)
+    _check_text("reason", reason, MAX_REASON_CHARS)
+    with conn.transaction():
+        row = conn.execute(
+            """
+            UPDATE credit_balances b SET total = b.total + %(amount)s
+            FROM accounts a
+            WHERE b.account_id = %(account_id)s AND a.account_id = b.account_id AND a.tenant_id = %(tenant_id)s
+            RETURNING b.total, b.held
+            """,
+            {"amount": amount, "account_id": account_id, "tenant_id": tenant_id},
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"account {account_id} not found")
+        entry_id = _append_ledger(conn, account_id, amount, "grant", None, reason, now)
+        details = {"account_id": str(account_id), "amount": amount}
+        record_audit(conn, actor, now, "credits.grant", "ledger_entry", entry_id, details)
+    return Balance(account_id=account_id, total=row[0], held=row[1])
+
+
+def get_balance(conn: Connection, *, tenant_id: UUID, account_id: UUID) -> Balance:
+    """Returns an account's balance.
+
+    Raises:
+        NotFound: No such account in the tenant.
+    """
+    row = conn.execute(
+        """
+        SELECT b.total, b.held FROM credit_balances b JOIN accounts a USING (account_id)
+        WHERE b.account_id = %s AND a.tenant_id = %s
+        """,
+        (account_id, tenant_id),
+    ).fetchone()
+    if row is None:
+        raise NotFound(f"account {account_id} not found")
+    return Balance(account_id=account_id, total=row[0], held=row[1])
+
+
+def list_ledger(
+    conn: Connection,
+    *,
+    tenant_id: UUID,
+    account_id: UUID,
+    limit: int,
+    before_entry_id: int | None = None,
+) -> LedgerPage:
+    """Returns up to `limit` ledger entries of an account, newest first.
+
+    Args:
+        limit: Page size, >= 1.
+        before_entry_id: Only entries older than this one (keyset pagination); None for
+            the newest.
+
+    Raises:
+        NotFound: No such account in the tenant.
+    """
+    get_balance(conn, tenant_id=tenant_id, account_id=account_id)
+    rows = conn.execute(
+        f"""
+        SELECT {_LEDGER_COLUMNS} FROM credit_ledger
+        WHERE account_id = %(account_id)s AND (%(before)s::bigint IS NULL OR entry_id < %(before)s)
+        ORDER BY entry_id DESC
+        LIMIT %(limit)s
+        """,
+        {"account_id": account_id, "before": before_entry_id, "limit": limit + 1},
+    ).fetchall()
+    # One row more than asked tells whether another page exists, so the last page never
+    # hands out a token that leads to an empty page.
+    entries = [LedgerEntry(*row) for row in rows[:limit]]
+    has_more = len(rows) > limit
+    return LedgerPage(entries=entries, next_before_entry_id=entries[-1].entry_id if has_more else None)
+
+
+def reserve_credits(
+    conn: Connection,
+    *,
+    tenant_id: UUID,
+    account_id: UUID,
+    amount: int,
+    ttl: timedelta,
+    purpose: str,
+    actor: Actor,
+    now: datetime,
+) -> tuple[Reservation, Balance]:
+    """Holds `amount` credits of an account until commit, release or `now + ttl`.
+
+    Race-free: the hold is a single `UPDATE ... WHERE total - held >= amount`, so of many
+    concurrent callers exactly as many succeed as the balance covers.
+
+    Args:
+        amount: Credits, 1..MAX_RESERVATION.
+        ttl: How long the hold lasts, > 0.
+        purpose: What the credits are for, 0..200 characters; becomes the charge's reason.
+
+    Raises:
+        InvalidArgument: Amount, ttl or purpose out of range.
+        NotFound: No such account in the tenant.
+        AccountNotActive: The account is suspended or erased.
+        InsufficientCredits: Fewer than `amount` credits are available.
+    """
+    _check_amount("amount", amount, MAX_RESERVATION)
+    _check_text("purpose", purpose, MAX_REASON_CHARS)
+    if ttl <= timedelta(0):
+        raise InvalidArgument("ttl_seconds", "must be positive")
+    with conn.transaction():
+        row = conn.execute(
+            """
+            UPDATE credit_balances b SET held = b.held + %(amount)s
+            FROM accounts a
+            WHERE b.account_id = %(account_id)s AND a.account_id = b.account_id
+              AND a.tenant_id = %(tenant_id)s AND a.status = 'active'
+              AND b.total - b.held >= %(amount)s
+            RETURNING b.total, b.held
+            """,
+            {"amount": amount, "account_id": account_id, "tenant_id": tenant_id},
+        ).fetchone()
+        if row is None:
+            _raise_why_not_reservable(conn, tenant_id=tenant_id, account_id=account_id, amount=amount)
+        reservation = _reservation(
+            expect_row(
+                conn.execute(
+                    f"""
+                    INSERT INTO reservations (account_id, amount, purpose, actor_key_id, created_at, expires_at)
+                    VALUES (%s, %s, %s, %s, %s, %s)
+                    RETURNING {_RESERVATION_COLUMNS}
+                    """,
+                    (account_id, amount, purpose, actor.key_id, now, now + ttl),
+                ).fetchone()
+            )
+        )
+        details = {"account_id": str(account_id), "amount": amount, "expires_at": reservation.expires_at.isoformat()}
+        record_audit(conn, actor, now, "credits.reserve", "reservation", reservation.reservation_id, details)
+    return reservation, Balance(account_id=account_id, total=row[0], held=row[1])
+
+
+def commit_reservation(
+    conn: Connection,
+    *,
+    tenant_id: UUID,
+    reservation_id: UUID,
+    actor: Actor,
+    now: datetime,
+    account_id: UUID | None = None,
+) -> tuple[Reservation, Balance]:
+    """Charges a held reservation: a negative ledger row, and total and held both drop.
+
+    Args:
+        account_id: When given, the reservation must belong to this account (else NotFound).
+            Content storage uses it to charge the account whose content it stores.
+        now: Commit time; a reservation past its expiry cannot be committed.
+
+    Raises:
+        NotFound: No such reservation in the tenant (or of `account_id`).
+        FailedPrecondition: Already committed, released or expired (reason
+            RESERVATION_SETTLED), or past its expiry (reason RESERVATION_EXPIRED).
+    """
+    with conn.transaction():
+        reservation = _lock_reservation(conn, tenant_id=tenant_id, reservation_id=reservation_id, account_id=account_id)
+        _require_held(reservation)
+        if now > reservation.expires_at:
+            raise FailedPrecondition(
+                f"reservation expired at {reservation.expires_at.isoformat()}: reserve credits again",
+                reason="RESERVATION_EXPIRED",
+            )
+        settled = _settle(conn, reservation, ReservationState.COMMITTED, now)
+        balance_row = conn.execute(
+            """
+            UPDATE credit_balances SET total = total - %(amount)s, held = held - %(amount)s
+            WHERE account_id = %(account_id)s
+            RETURNING total, held
+            """,
+            {"amount": reservation.amount, "account_id": reservation.account_id},
+        ).fetchone()
+        total, held = expect_row(balance_row)
+        _append_ledger(
+            conn, reservation.account_id, -reservation.amount, "charge", reservation_id, reservation.purpose, now
+        )
+        details = {"account_id": str(reservation.account_id), "amount": reservation.amount}
+        record_audit(conn, actor, now, "credits.commit", "reservation", reservation_id, details)
+    return settled, Balance(account_id=reservation.account_id, total=total, held=held)
+
+
+def release_reservation(
+    conn: Connection,
+    *,
+    tenant_id: UUID,
+    reservation_id: UUID,
+    actor: Actor,
+    now: datetime,
+) -> tuple[Reservation, Balance]:
+    """Returns a held reservation's credits; nothing is charged. Allowed after expiry too.
+
+    Raises:
+        NotFound: No such reservation in the tenant.
+        FailedPrecondition: Already committed, released or expired (reason RESERVATION_SETTLED).
+    """
+    with conn.transaction():
+        reservation = _lock_reservation(conn, tenant_id=tenant_id, reservation_id=reservation_id, account_id=None)
+        _require_held(reservation)
+        settled = _settle(conn, reservation, ReservationState.RELEASED, now)
+        total, held = expect_row(
+            conn.execute(
+                "UPDATE credit_balances SET held = held - %s WHERE account_id = %s RETURNING total, held",
+                (reservation.amount, reservation.account_id),
+            ).fetchone()
+        )
+        details = {"account_id": str(reservation.account_id), "amount": reservation.amount}
+        record_audit(conn, actor, now, "credits.release", "reservation", reservation_id, details)
+    return settled, Balance(account_id=reservation.account_id, total=total, held=held)
+
+
+def get_reservation(conn: Connection, *, tenant_id: UUID, reservation_id: UUID) -> Reservation:
+    """Returns a reservation of the tenant.
+
+    Raises:
+        NotFound: No such reservation in the tenant.
+    """
+    row = conn.execute(
+        f"""
+        SELECT {_RESERVATION_COLUMNS} FROM reservations
+        WHERE reservation_id = %s AND account_id IN (SELECT account_id FROM accounts WHERE tenant_id = %s)
+        """,
+        (reservation_id, tenant_id),
+    ).fetchone()
+    if row is None:
+        raise NotFound(f"reservation {reservation_id} not found")
+    return _reservation(row)
+
+
+def expire_reservations(conn: Connection, now: datetime, limit: int = 1000) -> int:
+    """Expires up to `limit` held reservations whose expiry is before `now`; for the sweeper.
+
+    Idempotent and safe to run concurrently: rows another sweeper (or a commit) holds are
+    skipped, not waited for. Balances are locked in account order, so two sweepers cannot
+    deadlock on accounts they share.
+
+    Returns:
+        How many reservations this call expired; call again while it returns `limit`.
+    """
+    if limit < 1:
+        raise InvalidArgument("limit", "must be >= 1")
+    with conn.transaction():
+        # `= ANY(ARRAY(... LIMIT n FOR UPDATE SKIP LOCKED))` keeps the plan an index scan on
+        # the partial expiry index; `IN (SELECT ... LIMIT n)` can turn into a full scan.
+        expired = conn.execute(
+            """
+            UPDATE reservations SET state = 'expired', settled_at = %(now)s
+            WHERE reservation_id = ANY(ARRAY(
+                SELECT reservation_id FROM reservations
+                WHERE state = 'held' AND expires_at < %(now)s
+                ORDER BY expires_at
+                LIMIT %(limit)s
+                FOR UPDATE SKIP LOCKED
+            ))
+            RETURNING reservation_id, account_id, amount
+            """,
+            {"now": now, "limit": limit},
+        ).fetchall()
+        if not expired:
+            return 0
+        held_by_account: dict[UUID, int] = {}
+        for _, account_id, amount in expired:
+            held_by_account[account_id] = held_by_account.get(account_id, 0) + amount
+        accounts = sorted(held_by_account)
+        conn.execute(
+            "SELECT 1 FROM credit_balances WHERE account_id = ANY(%s) ORDER BY account_id FOR UPDATE",
+            (accounts,),
+        )
+        conn.execute(
+            """
+            UPDATE credit_balances b SET held = b.held - s.amount
+            FROM unnest(%s::uuid[], %s::bigint[]) AS s (account_id, amount)
+            WHERE b.account_id = s.account_id
+            """,
+            (accounts, [held_by_account[a] for a in accounts]),
+        )
+        record_audits(
+            conn,
+            SYSTEM,
+            now,
+            [
+                AuditEntry("credits.expire", "reservation", str(rid), {"account_id": str(aid), "amount": amount})
+                for rid, aid, amount in expired
+            ],
+        )
+    return len(expired)
+
+
+def _raise_why_not_reservable(conn: Connection, *, tenant_id: UUID, account_id: UUID, amount: int) -> NoReturn:
+    # The conditional UPDATE matched nothing; find out which condition failed.
+    row = conn.execute(
+        """
+        SELECT a.status, b.total, b.held FROM accounts a JOIN credit_balances b USING (account_id)
+        WHERE a.account_id = %s AND a.tenant_id = %s
+        """,
+        (account_id, tenant_id),
+    ).fetchone()
+    if row is None:
+        raise NotFound(f"account {account_id} not found")
+    status, total, held = row
+    if status != "active":
+        raise AccountNotActive(account_id, status)
+    raise InsufficientCredits(available=total - held, requested=amount)
+
+
+def _lock_reservation(
+    conn: Connection, *, tenant_id: UUID, reservation_id: UUID, account_id: UUID | None
+) -> Reservation:
+    row = conn.execute(
+        f"""
+        SELECT {_RESERVATION_COLUMNS} FROM reservations
+        WHERE reservation_id = %(reservation_id)s
+          AND account_id IN (SELECT account_id FROM accounts WHERE tenant_id = %(tenant_id)s)
+          AND (%(account_id)s::uuid IS NULL OR account_id = %(account_id)s)
+        FOR UPDATE
+        """,
+        {"reservation_id": reservation_id, "tenant_id": tenant_id, "account_id": account_id},
+    ).fetchone()
+    if row is None:
+        owner = f" of account {account_id}" if account_id is not None else ""
+        raise NotFound(f"reservation {reservation_id}{owner} not found")
+    return _reservation(row)
+
+
+def _require_held(reservation: Reservation) -> None:
+    if reservation.state is not ReservationState.HELD:
+        raise FailedPrecondition(
+            f"reservation {reservation.reservation_id} is already {reservation.state.value}: "
+            "reserve credits again for a new charge",
+            reason="RESERVATION_SETTLED",
+        )
+
+
+def _settle(conn: Connection, reservation: Reservation, state: ReservationState, now: datetime) -> Reservation:
+    row = conn.execute(
+        f"""
+        UPDATE reservations SET state = %s, settled_at = %s WHERE reservation_id = %s
+        RETURNING {_RESERVATION_COLUMNS}
+        """,
+        (state.value, now, reservation.reservation_id),
+    ).fetchone()
+    return _reservation(expect_row(row))
+
+
+def _append_ledger(
+    conn: Connection,
+    account_id: UUID,
+    delta: int,
+    kind: str,
+    reservation_id: UUID | None,
+    reason: str,
+    now: datetime,
+) -> int:
+    row = conn.execute(
+        """
+        INSERT INTO credit_ledger (account_id, delta, kind, reservation_id, reason, created_at)
+        VALUES (%s, %s, %s, %s, %s, %s)
+        RETURNING entry_id
+        """,
+        (account_id, delta, kind, reservation_id, reason, now),
+    ).fetchone()
+    return int(expect_row(row)[0])
+
+
+def _check_amount(field: str, amount: int, maximum: int) -> None:
+    if not 1 <= amount <= maximum:
+        raise InvalidArgument(field, f"must be 1..{maximum} credits")
+
+
+def _check_text(field: str, text: str, max_chars: int) -> None:
+    if len(text) > max_chars:
+        raise InvalidArgument(field, f"must be at most {max_chars} characters")
+
+
+def _reservation(row: tuple[Any, ...]) -> Reservation:
+    reservation_id, account_id, amount, state, purpose, created_at, expires_at, settled_at = row
+    return Reservation(
+        reservation_id=reservation_id,
+        account_id=account_id,
+        amount=amount,
+        state=ReservationState(state),
+        purpose=purpose,
+        created_at=created_at,
+        expires_at=expires_at,
+        settled_at=settled_at,
+    )

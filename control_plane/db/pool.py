@@ -1,0 +1,71 @@
+"""The PostgreSQL connection pool every entry point shares."""
+
+from __future__ import annotations
+
+from typing import Any, TypeAlias
+
+import psycopg
+from psycopg.rows import TupleRow
+from psycopg_pool import ConnectionPool
+
+Connection: TypeAlias = psycopg.Connection[TupleRow]
+Pool: TypeAlias = ConnectionPool[Connection]
+
+
+def open_pool(
+    url: str,
+    min_size: int = 2,
+    max_size: int = 16,
+    *,
+    name: str = "atelier-control-plane",
+    timeout_s: float = 30.0,
+) -> Pool:
+    """Opens a pool of autocommit connections and waits until `min_size` are ready.
+
+    Connections are in autocommit mode, so nothing runs in an implicit transaction: every
+    state change opens its own with `with conn.transaction():`, and reads leave no
+    transaction idle. Each connection is checked before it is handed out, so a pool
+    survives a database restart (the broken connection is replaced, not returned).
+
+    Args:
+        url: libpq connection string or URL.
+        min_size: Connections kept open, >= 0.
+        max_size: Most connections open at once, >= max(1, min_size).
+        name: Pool name, also sent as `application_name` so the server's
+            `pg_stat_activity` shows who holds a connection.
+        timeout_s: How long to wait for the first connections, and later how long a caller
+            waits for a free connection before `psycopg_pool.PoolTimeout`.
+
+    Returns:
+        The opened pool; close it with `pool.close()`.
+
+    Raises:
+        psycopg_pool.PoolTimeout: The database could not be reached within `timeout_s`.
+    """
+    pool: Pool = ConnectionPool(
+        url,
+        min_size=min_size,
+        max_size=max_size,
+        kwargs={"autocommit": True, "application_name": name},
+        check=ConnectionPool.check_connection,
+        name=name,
+        timeout=timeout_s,
+        open=False,
+    )
+    try:
+        pool.open(wait=True, timeout=timeout_s)
+    except BaseException:
+        pool.close()
+        raise
+    return pool
+
+
+def expect_row(row: tuple[Any, ...] | None) -> tuple[Any, ...]:
+    """Returns the row of a statement that always yields one (`INSERT ... RETURNING`).
+
+    Raises:
+        RuntimeError: There was none, which means a bug, not bad input.
+    """
+    if row is None:
+        raise RuntimeError("the statement returned no row where one was certain")
+    return row

@@ -1,0 +1,91 @@
+"""The errors domain code raises; the server interceptor maps each to one gRPC status code.
+
+Messages are written for the caller: they say what was wrong and what to do instead, and
+never contain prompts, secrets or internal details.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+
+class DomainError(Exception):
+    """Base of every error the control plane expects and reports to its caller.
+
+    Attributes:
+        message: Text for the caller.
+        reason: A stable UPPER_SNAKE identifier sent as `google.rpc.ErrorInfo.reason`, so
+            callers can branch without parsing the message; None sends no ErrorInfo.
+        metadata: Extra ErrorInfo key/values (strings only), e.g. the credits available.
+    """
+
+    reason: str | None = None
+
+    def __init__(self, message: str, *, reason: str | None = None, metadata: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if reason is not None:
+            self.reason = reason
+        self.metadata: Mapping[str, str] = dict(metadata or {})
+
+
+class NotFound(DomainError):
+    """An account, reservation or content id is unknown to the caller's tenant."""
+
+
+class InvalidArgument(DomainError):
+    """A request field is malformed or out of range.
+
+    Attributes:
+        field: The request field at fault, e.g. `items[2].data`.
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class Unauthenticated(DomainError):
+    """The API key is missing, malformed, unknown or revoked."""
+
+
+class PermissionDenied(DomainError):
+    """The API key lacks the scope the call needs."""
+
+
+class InsufficientCredits(DomainError):
+    """The account's available credits do not cover the reservation."""
+
+    reason = "INSUFFICIENT_CREDITS"
+
+    def __init__(self, *, available: int, requested: int) -> None:
+        super().__init__(
+            f"the account has {available} credits available and {requested} were requested: "
+            "grant credits or reserve fewer",
+            metadata={"available": str(available), "requested": str(requested)},
+        )
+        self.available = available
+        self.requested = requested
+
+
+class FailedPrecondition(DomainError):
+    """The current state forbids the call (reservation settled or expired, account
+    suspended, under the minimum age)."""
+
+
+class AlreadyExists(DomainError):
+    """A unique name is taken."""
+
+
+class Unavailable(DomainError):
+    """A dependency (the database) cannot be reached right now; retrying may succeed."""
+
+
+class AccountNotActive(FailedPrecondition):
+    """The account is suspended or erased, so it cannot generate or store content."""
+
+    def __init__(self, account_id: object, status: str) -> None:
+        super().__init__(
+            f"account {account_id} is {status}: it cannot generate or store content",
+            reason=f"ACCOUNT_{status.upper()}",
+        )

@@ -1,0 +1,154 @@
+"""The control plane's gRPC server: ControlPlane, health and reflection on one port."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from types import FrameType
+
+import grpc
+import prometheus_client
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from control_plane._interceptor import ControlPlaneInterceptor
+from control_plane.bootstrap import ControlPlaneDeps, bootstrap
+from control_plane.config import ControlPlaneConfig
+from control_plane.service import ControlPlaneServicer
+from protos.atelier.v1 import control_plane_pb2, control_plane_pb2_grpc
+
+_logger = logging.getLogger(__name__)
+
+SERVICE_NAME = control_plane_pb2.DESCRIPTOR.services_by_name["ControlPlane"].full_name
+"""`atelier.v1.ControlPlane`, as health checks and reflection name it."""
+
+SHUTDOWN_GRACE_S = 10.0
+"""How long in-flight RPCs may finish after SIGTERM before they are cancelled."""
+
+
+def build_server(config: ControlPlaneConfig, deps: ControlPlaneDeps) -> grpc.Server:
+    """Builds (without binding or starting) a server with every control-plane service.
+
+    Registers `atelier.v1.ControlPlane`, the standard health service (SERVING for "" and
+    for `atelier.v1.ControlPlane`) and reflection for all three, behind the interceptor
+    that maps errors and records metrics into `deps.registry`.
+
+    Bind it with `add_listen_port(server, address)`, then `server.start()`.
+    """
+    server = grpc.server(
+        ThreadPoolExecutor(max_workers=config.grpc_workers, thread_name_prefix="control-plane-rpc"),
+        interceptors=[ControlPlaneInterceptor(deps.registry)],
+        options=[
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.max_send_message_length", config.max_message_bytes),
+            # Without this a second server could bind the same port and steal half the calls.
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    servicer = ControlPlaneServicer(config=config, pool=deps.pool, blobs=deps.blobs, clock=deps.clock)
+    control_plane_pb2_grpc.add_ControlPlaneServicer_to_server(servicer, server)
+
+    health_servicer = health.HealthServicer()
+    for service in ("", SERVICE_NAME):
+        health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+
+    health_service = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+    reflection.enable_server_reflection((SERVICE_NAME, health_service, reflection.SERVICE_NAME), server)
+    return server
+
+
+def add_listen_port(server: grpc.Server, address: str) -> int:
+    """Binds `address` (host:port; port 0 picks one) without TLS and returns the port bound.
+
+    Raises:
+        RuntimeError: The address cannot be bound (in use, or not a local address).
+    """
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as error:
+        raise RuntimeError(f"cannot listen on {address}: {error}") from error
+    if port == 0:
+        raise RuntimeError(f"cannot listen on {address}: is the port in use?")
+    return port
+
+
+def wait_until_serving(address: str, timeout_s: float = 30.0) -> None:
+    """Blocks until the health service at `address` answers SERVING for the control plane.
+
+    For launchers that start `python -m control_plane serve` as a subprocess.
+
+    Raises:
+        TimeoutError: It did not within `timeout_s`.
+    """
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"the control plane at {address} was not serving within {timeout_s:.0f} s")
+            try:
+                response = stub.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=min(remaining, 2.0))
+                if response.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(min(0.1, max(deadline - time.monotonic(), 0)))
+
+
+def serve(config: ControlPlaneConfig, *, stop: threading.Event | None = None) -> None:
+    """Runs the control plane until SIGTERM or SIGINT (or until `stop` is set).
+
+    Bootstraps (pool, migrations, blob store), starts the Prometheus endpoint when
+    `config.metrics_port` is non-zero, serves gRPC on `config.listen_address`, and on a
+    signal stops accepting calls, lets in-flight ones finish (up to SHUTDOWN_GRACE_S) and
+    closes the pool.
+
+    Args:
+        config: The configuration.
+        stop: Set it to stop the server; signal handlers are installed only when this
+            runs in the main thread.
+    """
+    stop_event = stop if stop is not None else threading.Event()
+    if threading.current_thread() is threading.main_thread():
+
+        def request_stop(signum: int, frame: FrameType | None) -> None:
+            _logger.info("stopping signal=%s", signal.Signals(signum).name)
+            stop_event.set()
+
+        signal.signal(signal.SIGTERM, request_stop)
+        signal.signal(signal.SIGINT, request_stop)
+
+    with bootstrap(config, registry=prometheus_client.REGISTRY) as deps:
+        if deps.applied_migrations:
+            _logger.info("migrations applied versions=%s", ",".join(deps.applied_migrations))
+        metrics_server = None
+        if config.metrics_port:
+            metrics_server, _ = prometheus_client.start_http_server(
+                config.metrics_port, addr=_host_of(config.listen_address), registry=deps.registry
+            )
+        server = build_server(config, deps)
+        port = add_listen_port(server, config.listen_address)
+        server.start()
+        _logger.info(
+            "control plane serving address=%s port=%d metrics_port=%d",
+            config.listen_address,
+            port,
+            config.metrics_port,
+        )
+        try:
+            stop_event.wait()
+        finally:
+            server.stop(grace=SHUTDOWN_GRACE_S).wait()
+            if metrics_server is not None:
+                metrics_server.shutdown()
+            _logger.info("control plane stopped")
+
+
+def _host_of(address: str) -> str:
+    host = address.rpartition(":")[0]
+    return host.strip("[]") or "0.0.0.0"

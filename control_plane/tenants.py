@@ -1,0 +1,81 @@
+"""Tenants: the services that integrate atelier. Accounts and API keys belong to one."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from uuid import UUID
+
+from control_plane.audit import Actor, record_audit
+from control_plane.db.pool import Connection
+from control_plane.errors import InvalidArgument, NotFound
+
+_COLUMNS = "tenant_id, name, policy_profile, created_at"
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """A tenant row."""
+
+    tenant_id: UUID
+    name: str
+    policy_profile: str
+    created_at: datetime
+
+
+def ensure_tenant(conn: Connection, *, name: str, actor: Actor, now: datetime) -> tuple[Tenant, bool]:
+    """Returns the tenant called `name`, creating it when missing.
+
+    Safe against concurrent callers: the insert is `ON CONFLICT DO NOTHING`, so two
+    launchers starting at once end up with one tenant.
+
+    Returns:
+        The tenant, and whether this call created it.
+
+    Raises:
+        InvalidArgument: `name` is empty or over 100 characters.
+    """
+    _validate_name(name)
+    with conn.transaction():
+        row = conn.execute(
+            f"""
+            INSERT INTO tenants (name, created_at) VALUES (%s, %s)
+            ON CONFLICT (name) DO NOTHING
+            RETURNING {_COLUMNS}
+            """,
+            (name, now),
+        ).fetchone()
+        if row is not None:
+            tenant = Tenant(*row)
+            record_audit(conn, actor, now, "tenant.create", "tenant", tenant.tenant_id, {"name": name})
+            return tenant, True
+    return get_tenant_by_name(conn, name), False
+
+
+def get_tenant(conn: Connection, tenant_id: UUID) -> Tenant:
+    """Returns the tenant with this id.
+
+    Raises:
+        NotFound: No such tenant.
+    """
+    row = conn.execute(f"SELECT {_COLUMNS} FROM tenants WHERE tenant_id = %s", (tenant_id,)).fetchone()
+    if row is None:
+        raise NotFound(f"tenant {tenant_id} not found")
+    return Tenant(*row)
+
+
+def get_tenant_by_name(conn: Connection, name: str) -> Tenant:
+    """Returns the tenant called `name`.
+
+    Raises:
+        NotFound: No such tenant.
+    """
+    row = conn.execute(f"SELECT {_COLUMNS} FROM tenants WHERE name = %s", (name,)).fetchone()
+    if row is None:
+        raise NotFound(f"tenant {name!r} not found")
+    return Tenant(*row)
+
+
+def _validate_name(name: str) -> None:
+    if not 1 <= len(name) <= 100:
+        raise InvalidArgument("name", "must be 1..100 characters")

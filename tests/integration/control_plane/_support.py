@@ -1,0 +1,60 @@
+"""Helpers the control-plane integration tests share (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from control_plane.api_keys import Principal
+
+# A fixed, recent instant: tests that depend on "now" (ages, expiry) move the clock from here.
+CLOCK_START = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """An API key and the metadata that presents it."""
+
+    principal: Principal
+    secret: str
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        """`authorization: Bearer <secret>`."""
+        return (("authorization", f"Bearer {self.secret}"),)
+
+
+def bearer(secret: str) -> tuple[tuple[str, str], ...]:
+    """Call metadata presenting `secret`."""
+    return (("authorization", f"Bearer {secret}"),)
+
+
+def png_bytes(seed: int = 0, size: int = 2) -> bytes:
+    """A valid `size`x`size` RGB PNG whose colour depends on `seed`."""
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    colour = bytes(((seed * 37) % 256, (seed * 91) % 256, (seed * 173) % 256))
+    raw = b"".join(b"\x00" + colour * size for _ in range(size))
+    header = struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+def error_reason(error: grpc.RpcError) -> str | None:
+    """The `google.rpc.ErrorInfo` reason in an error's rich status details, if any."""
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    if status is None:
+        return None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info.reason
+    return None
