@@ -8,12 +8,15 @@ then a demo account. Everything runs detached, so `up` returns; `down` stops it 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
@@ -70,7 +73,7 @@ class LocalCluster:
         )
         # Saved before the slow steps, so `atelier down` can clean up after a failed start.
         state.save(self.home)
-        self._deploy_serve(ray_address)
+        self._deploy_serve(ray_address, ray_head_pid)
         state.demo_account_id = self._ensure_demo_account(operator_key)
         state.save(self.home)
         return state
@@ -110,19 +113,37 @@ class LocalCluster:
         return EmbeddedPostgres(self.home / "postgres").start(), True
 
     def _bootstrap_database(self, database_url: str) -> str:
-        from control_plane.api_keys import ensure_operator_key
-
+        """Applies migrations and returns a working operator (admin) key, creating one if needed."""
+        from control_plane.api_keys import authenticate, create_api_key, ensure_operator_key
+        from control_plane.audit import SYSTEM
         from control_plane.db import apply_migrations, open_pool
+        from control_plane.errors import Unauthenticated
 
         with open_pool(database_url, min_size=1, max_size=2) as pool:
             applied = apply_migrations(pool)
             if applied:
                 self._log(f"database: applied migrations {', '.join(applied)}")
-            saved = load_operator_key(self.home)
-            secret = ensure_operator_key(pool, _OPERATOR_TENANT, existing_secret=saved)
-        if secret != saved:
-            save_operator_key(self.home, secret)
-            self._log(f"operator key: written to {self.home / 'operator.key'}")
+            principal, secret = ensure_operator_key(pool, _OPERATOR_TENANT)
+            if secret is None:
+                saved = load_operator_key(self.home)
+                with pool.connection() as conn:
+                    try:
+                        if saved is not None and authenticate(conn, saved).tenant_id == principal.tenant_id:
+                            return saved
+                    except Unauthenticated:
+                        pass
+                    # The database is older than this home (or the key file was lost): issue another.
+                    with conn.transaction():
+                        _, secret = create_api_key(
+                            conn,
+                            tenant_id=principal.tenant_id,
+                            name="operator",
+                            scopes=principal.scopes,
+                            actor=SYSTEM,
+                            now=datetime.now(UTC),
+                        )
+        save_operator_key(self.home, secret)
+        self._log(f"operator key: written to {self.home / 'operator.key'}")
         return secret
 
     def _start_control_plane(self, database_url: str) -> int:
@@ -171,7 +192,7 @@ class LocalCluster:
             f"--dashboard-agent-grpc-port={self.settings.ray_port + 3}",
             f"--runtime-env-agent-port={self.settings.ray_port + 4}",
             f"--metrics-export-port={self.settings.ray_port + 5}",
-            f"--temp-dir={self.home / 'ray'}",
+            f"--temp-dir={self._ray_temp_dir()}",
         ]
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
         pid = spawn_daemon([a for a in argv if a], log_path, env)
@@ -179,7 +200,13 @@ class LocalCluster:
         self._log(f"ray: starting a head node at {address} (pid {pid})")
         return address, pid
 
-    def _deploy_serve(self, ray_address: str) -> None:
+    def _ray_temp_dir(self) -> Path:
+        # Ray puts Unix sockets under its temp dir, and their paths may not exceed 107 bytes:
+        # a short directory named after this home rather than one inside it.
+        digest = hashlib.sha256(str(self.home).encode()).hexdigest()[:12]
+        return Path(tempfile.gettempdir()) / f"atelier-ray-{digest}"
+
+    def _deploy_serve(self, ray_address: str, ray_head_pid: int | None) -> None:
         import ray
 
         from inference.app import deploy
@@ -195,7 +222,13 @@ class LocalCluster:
             }
         )
         self._log("serve: deploying the Gateway and model pools " + ", ".join(m.name for m in config.models))
-        _connect_ray(ray, ray_address, self.settings.start_timeout_s)
+        _connect_ray(
+            ray,
+            ray_address,
+            self.settings.start_timeout_s,
+            self._logs / "ray-head.log",
+            lambda: ray_head_pid is None or is_running(ray_head_pid),
+        )
         try:
             deploy(config)
         finally:
@@ -234,17 +267,19 @@ class LocalCluster:
         return account_id
 
 
-def _connect_ray(ray, address: str, timeout_s: float) -> None:  # type: ignore[no-untyped-def]
+def _connect_ray(ray, address: str, timeout_s: float, log_path: Path, still_alive: Callable[[], bool]) -> None:  # type: ignore[no-untyped-def]
     host, _, port = address.rpartition(":")
     deadline = time.monotonic() + timeout_s
     # ray.init blocks for a long time on a head that is still starting: wait for its port first.
-    while True:
+    while host and port.isdigit():
         try:
             socket.create_connection((host, int(port)), timeout=1).close()
             break
         except OSError:
+            if not still_alive():
+                raise StartError(f"the Ray head exited during start-up; see {log_path}") from None
             if time.monotonic() > deadline:
-                raise StartError(f"Ray did not open {address} within {timeout_s:.0f}s") from None
+                raise StartError(f"Ray did not open {address} within {timeout_s:.0f}s; see {log_path}") from None
             time.sleep(0.25)
     ray.init(address=address, logging_level="WARNING", log_to_driver=False)
 

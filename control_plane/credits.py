@@ -281,7 +281,7 @@ def commit_reservation(
     with conn.transaction():
         reservation = _lock_reservation(conn, tenant_id=tenant_id, reservation_id=reservation_id, account_id=account_id)
         _require_held(reservation)
-        if now > reservation.expires_at:
+        if now > reservation.expires_at + timedelta(seconds=1):
             raise FailedPrecondition(
                 f"reservation expired at {reservation.expires_at.isoformat()}: reserve credits again",
                 reason="RESERVATION_EXPIRED",

@@ -19,9 +19,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_migrate(args: argparse.Namespace) -> int:
-    from control_plane.db.embedded import EmbeddedPostgres
-
     from control_plane.db import apply_migrations, open_pool
+    from control_plane.db.embedded import EmbeddedPostgres
 
     cluster_settings = settings()
     url = cluster_settings.database_url

@@ -55,6 +55,10 @@ class DiffusionModel:
     """Loads one model and generates with it, one request at a time per replica."""
 
     def __init__(self, model: ModelConfig, cache_dir: Path) -> None:
+        if model.device == "cpu":
+            # As many compute threads as CPUs Ray reserved for this replica: more would only
+            # contend with the replicas beside it.
+            torch.set_num_threads(max(1, int(model.num_cpus)))
         source = ModelSource.from_setting(model.source, cache_dir)
         pipeline = load_pipeline(source, model.device, _DTYPES[model.dtype])
         self._backend = create_backend(model.backend, pipeline)

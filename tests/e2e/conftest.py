@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import grpc
 import pytest
 
 from atelier.launcher import LocalCluster
+from atelier.ports import local_cluster_ports
 from atelier.settings import ClusterSettings
 from atelier.state import ClusterState, load_operator_key
 from protos.atelier.v1 import control_plane_pb2, control_plane_pb2_grpc, inference_pb2_grpc
@@ -21,28 +21,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if _HERE in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.e2e)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _free_port_block(size: int) -> int:
-    """A port p with p..p+size-1 all free (Ray's head takes its GCS port and the five after it)."""
-    for _ in range(50):
-        base = _free_port()
-        if base + size > 65535:
-            continue
-        try:
-            for offset in range(size):
-                with socket.socket() as probe:
-                    probe.bind(("127.0.0.1", base + offset))
-            return base
-        except OSError:
-            continue
-    raise RuntimeError("no block of free ports")
 
 
 @pytest.fixture(scope="session")
@@ -57,12 +35,7 @@ def cluster_settings(cluster_home: Path) -> ClusterSettings:
     return ClusterSettings(
         home=cluster_home,
         database_url=os.environ.get("ATELIER_TEST_DATABASE_URL") or None,
-        control_plane_port=_free_port(),
-        control_plane_metrics_port=_free_port(),
-        serve_grpc_port=_free_port(),
-        serve_http_port=_free_port(),
-        ray_port=_free_port_block(6),
-        ray_dashboard_port=_free_port(),
+        **local_cluster_ports(),
         demo_credits=100,
     )
 

@@ -27,8 +27,18 @@ def test_generate_writes_png_and_balance_drops_by_the_charge(cluster, cluster_se
 
     out = tmp_path / "out.png"
     generated = _atelier(
-        cluster_settings, "generate", "--account", account_id, "a red kite", "--seed", "3", "--steps", "5",
-        "-o", str(out), "--json",
+        cluster_settings,
+        "generate",
+        "--account",
+        account_id,
+        "a red kite",
+        "--seed",
+        "3",
+        "--steps",
+        "5",
+        "-o",
+        str(out),
+        "--json",
     )
     assert generated.returncode == 0, generated.stderr
     summary = json.loads(generated.stdout)

@@ -68,9 +68,7 @@ class TestGenerate:
         response = _generate(inference, operator_metadata, account_id, seed=100, num_images=3)
         assert [image.seed for image in response.images] == [100, 101, 102]
         assert len({image.content_id for image in response.images}) == 3
-        assert balance_of(account_id).total == 10 - generation_cost(
-            TINY, width=64, height=64, steps=4, num_images=3
-        )
+        assert balance_of(account_id).total == 10 - generation_cost(TINY, width=64, height=64, steps=4, num_images=3)
 
     def test_stream_reports_every_step_then_the_result(self, inference, operator_metadata, make_account) -> None:
         account_id = make_account(10)

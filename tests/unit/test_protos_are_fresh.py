@@ -20,9 +20,22 @@ def test_generated_stubs_match_proto_sources(tmp_path: Path) -> None:
         shutil.copy(proto, tmp_path / PROTO_DIR / proto.name)
     bin_dir = Path(sys.executable).parent
     subprocess.run(
-        [sys.executable, "-m", "grpc_tools.protoc", "-I", ".", "--python_out=.", "--grpc_python_out=.",
-         "--mypy_out=.", "--mypy_grpc_out=.", *(str(PROTO_DIR / p.name) for p in protos)],
-        cwd=tmp_path, check=True, capture_output=True, env={"PATH": f"{bin_dir}:/usr/bin:/bin"},
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            "-I",
+            ".",
+            "--python_out=.",
+            "--grpc_python_out=.",
+            "--mypy_out=.",
+            "--mypy_grpc_out=.",
+            *(str(PROTO_DIR / p.name) for p in protos),
+        ],
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+        env={"PATH": f"{bin_dir}:/usr/bin:/bin"},
     )
     stale = []
     for proto in protos:

@@ -6,12 +6,17 @@ import struct
 import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+import control_plane
 from control_plane.api_keys import Principal
+
+REPO_ROOT = Path(control_plane.__file__).resolve().parent.parent
+"""The checkout, as the working directory of `python -m control_plane` subprocesses."""
 
 # A fixed, recent instant: tests that depend on "now" (ages, expiry) move the clock from here.
 CLOCK_START = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

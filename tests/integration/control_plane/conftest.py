@@ -7,6 +7,7 @@ are truncated and the clock is reset, so tests never see each other's rows.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -67,14 +68,16 @@ def clock() -> ManualClock:
 
 
 @pytest.fixture(autouse=True)
-def clean_state(pool: Pool, data_tables: list[str], clock: ManualClock) -> None:
-    """Empties every data table and resets the clock before each test.
+def clean_state(pool: Pool, data_tables: list[str], clock: ManualClock, blob_dir: Path) -> None:
+    """Empties every data table and the blob store, and resets the clock, before each test.
 
     TRUNCATE, not DELETE: the append-only triggers on the ledger, consents and audit log
     block DELETE (by design) but not TRUNCATE.
     """
     with pool.connection() as conn:
         conn.execute(f"TRUNCATE {', '.join(data_tables)} RESTART IDENTITY CASCADE")
+    for child in blob_dir.iterdir():
+        shutil.rmtree(child) if child.is_dir() else child.unlink()
     clock.set(CLOCK_START)
 
 

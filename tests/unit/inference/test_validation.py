@@ -28,7 +28,11 @@ def test_defaults_come_from_the_model() -> None:
     model = CONFIG.default_model
     params = validated.params
     assert (params.width, params.height, params.steps, params.num_images, params.seed) == (
-        model.default_width, model.default_height, model.default_steps, 1, 5,
+        model.default_width,
+        model.default_height,
+        model.default_steps,
+        1,
+        5,
     )
     assert validated.cost == generation_cost(model, width=64, height=64, steps=20, num_images=1)
 

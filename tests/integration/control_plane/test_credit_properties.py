@@ -1,0 +1,142 @@
+"""Property test of credit arithmetic against the real database.
+
+Random sequences of grants, reservations, commits, releases, clock moves and expiry sweeps
+must keep, after every step: total == sum of the ledger, held == sum of held reservations,
+available >= 0, and each outcome must match a simple model of the rules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from uuid import UUID
+
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from control_plane import accounts, credits
+from control_plane.audit import SYSTEM
+from control_plane.db.pool import Connection, Pool
+from control_plane.errors import FailedPrecondition, InsufficientCredits
+from control_plane.tenants import ensure_tenant
+from tests.integration.control_plane._support import CLOCK_START
+
+Operation = tuple[str, int]
+
+operations = st.lists(
+    st.one_of(
+        st.tuples(st.just("grant"), st.integers(1, 20)),
+        st.tuples(st.just("reserve"), st.integers(1, 15)),
+        st.tuples(st.just("commit"), st.integers(0, 3)),
+        st.tuples(st.just("release"), st.integers(0, 3)),
+        # Steps around the 10 s TTL, so commits land just before, at and after expiry.
+        st.tuples(st.just("advance"), st.sampled_from([1, 9, 10, 11, 30])),
+        st.tuples(st.just("expire"), st.just(0)),
+    ),
+    min_size=3,
+    max_size=25,
+)
+
+
+@dataclass
+class ModelReservation:
+    reservation_id: UUID
+    amount: int
+    expires_at: datetime
+    state: str = "held"
+
+
+@dataclass
+class Model:
+    total: int = 0
+    held: int = 0
+
+
+TTL = timedelta(seconds=10)
+
+
+# Derandomized: the same 100 sequences every run, so CI is deterministic; they were checked
+# to catch off-by-one mutations of reserve, commit, release, expiry and the expiry instant.
+@settings(
+    max_examples=100,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(opening_balance=st.integers(0, 40), steps=operations)
+def test_credit_arithmetic_holds_for_any_sequence_of_operations(
+    pool: Pool, opening_balance: int, steps: list[Operation]
+) -> None:
+    with pool.connection() as conn:
+        tenant, _ = ensure_tenant(conn, name="properties", actor=SYSTEM, now=CLOCK_START)
+        account, _ = accounts.create_account(
+            conn,
+            tenant_id=tenant.tenant_id,
+            evidence=accounts.AgeEvidence(age_attested=30),
+            minimum_age=13,
+            default_visibility=accounts.Visibility.PRIVATE,
+            initial_credits=opening_balance,
+            actor=SYSTEM,
+            now=CLOCK_START,
+        )
+        now = CLOCK_START
+        model = Model(total=opening_balance)
+        reservations: list[ModelReservation] = []
+        ids = {"tenant_id": tenant.tenant_id, "actor": SYSTEM}
+
+        for kind, value in steps:
+            if kind == "grant":
+                credits.grant_credits(conn, account_id=account.account_id, amount=value, reason="", now=now, **ids)
+                model.total += value
+            elif kind == "reserve":
+                if model.total - model.held >= value:
+                    reservation, _ = credits.reserve_credits(
+                        conn, account_id=account.account_id, amount=value, ttl=TTL, purpose="", now=now, **ids
+                    )
+                    reservations.append(ModelReservation(reservation.reservation_id, value, now + TTL))
+                    model.held += value
+                else:
+                    with pytest.raises(InsufficientCredits):
+                        credits.reserve_credits(
+                            conn, account_id=account.account_id, amount=value, ttl=TTL, purpose="", now=now, **ids
+                        )
+            elif kind in ("commit", "release") and reservations:
+                # Mostly the newest reservations, which are the ones still likely to be held.
+                target = reservations[-1 - value % len(reservations)]
+                settle = credits.commit_reservation if kind == "commit" else credits.release_reservation
+                allowed = target.state == "held" and (kind == "release" or now <= target.expires_at)
+                if allowed:
+                    settle(conn, reservation_id=target.reservation_id, now=now, **ids)
+                    event(f"{kind} settled a hold")
+                    target.state = "committed" if kind == "commit" else "released"
+                    model.held -= target.amount
+                    model.total -= target.amount if kind == "commit" else 0
+                else:
+                    with pytest.raises(FailedPrecondition):
+                        settle(conn, reservation_id=target.reservation_id, now=now, **ids)
+            elif kind == "advance":
+                now += timedelta(seconds=value)
+            elif kind == "expire":
+                credits.expire_reservations(conn, now, limit=1000)
+                for reservation in reservations:
+                    if reservation.state == "held" and reservation.expires_at < now:
+                        event("expiry released a hold")
+                        reservation.state = "expired"
+                        model.held -= reservation.amount
+            _check_invariants(conn, account.account_id, model)
+
+
+def _check_invariants(conn: Connection, account_id: UUID, model: Model) -> None:
+    total, held = conn.execute(
+        "SELECT total, held FROM credit_balances WHERE account_id = %s", (account_id,)
+    ).fetchone()  # type: ignore[misc]
+    (ledger_sum,) = conn.execute(
+        "SELECT coalesce(sum(delta), 0) FROM credit_ledger WHERE account_id = %s", (account_id,)
+    ).fetchone()  # type: ignore[misc]
+    (held_sum,) = conn.execute(
+        "SELECT coalesce(sum(amount), 0) FROM reservations WHERE account_id = %s AND state = 'held'", (account_id,)
+    ).fetchone()  # type: ignore[misc]
+    assert total == ledger_sum == model.total
+    assert held == held_sum == model.held
+    assert total - held >= 0

@@ -1,0 +1,57 @@
+"""The embedded PostgreSQL the launcher starts: it outlives its starter and stops on request."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from control_plane.db.embedded import EmbeddedPostgres
+from tests.integration.control_plane._support import REPO_ROOT
+
+
+@pytest.fixture
+def home() -> Iterator[Path]:
+    # Not tmp_path: pytest's paths can exceed the 107-byte limit of a Unix socket name, and
+    # this test should exercise the usual case of the socket living in the data directory.
+    path = Path(tempfile.mkdtemp(prefix="atelier-home-"))
+    yield path
+    EmbeddedPostgres(path / "postgres").stop()
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_embedded_server_keeps_running_after_the_starting_process_exits(home: Path) -> None:
+    started = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from pathlib import Path; from control_plane.db.embedded import EmbeddedPostgres; "
+            "print(EmbeddedPostgres(Path(sys.argv[1])).start())",
+            str(home / "postgres"),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert started.returncode == 0, started.stderr
+    url = started.stdout.strip()
+
+    server = EmbeddedPostgres(home / "postgres")
+    assert server.is_running()
+    assert server.url() == url
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT current_database()").fetchone() == ("atelier",)
+    # Starting again is a no-op that returns the same URL.
+    assert server.start() == url
+
+    assert server.stop() is True
+    assert not server.is_running()
+    assert server.url() is None
+    assert server.stop() is False
