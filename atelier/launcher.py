@@ -67,6 +67,7 @@ class LocalCluster:
             control_plane_metrics_url=f"http://127.0.0.1:{self.settings.control_plane_metrics_port}/metrics",
             ray_address=ray_address,
             ray_dashboard_url=f"http://127.0.0.1:{self.settings.ray_dashboard_port}",
+            ray_metrics_url=f"http://127.0.0.1:{self.settings.ray_metrics_port}/metrics",
             embedded_database=embedded,
             control_plane_pid=control_plane_pid,
             ray_head_pid=ray_head_pid,
@@ -191,7 +192,7 @@ class LocalCluster:
             f"--dashboard-agent-listen-port={self.settings.ray_port + 2}",
             f"--dashboard-agent-grpc-port={self.settings.ray_port + 3}",
             f"--runtime-env-agent-port={self.settings.ray_port + 4}",
-            f"--metrics-export-port={self.settings.ray_port + 5}",
+            f"--metrics-export-port={self.settings.ray_metrics_port}",
             f"--temp-dir={self._ray_temp_dir()}",
         ]
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}

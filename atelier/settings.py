@@ -54,6 +54,11 @@ class ClusterSettings:
             raise SettingsError("start_timeout_s: must be > 0")
 
     @property
+    def ray_metrics_port(self) -> int:
+        """Where the Ray head exports Prometheus metrics (inference metrics included)."""
+        return self.ray_port + 5
+
+    @property
     def control_plane_address(self) -> str:
         return f"127.0.0.1:{self.control_plane_port}"
 

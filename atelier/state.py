@@ -20,6 +20,8 @@ class ClusterState:
     control_plane_metrics_url: str
     ray_address: str
     ray_dashboard_url: str
+    ray_metrics_url: str
+    """Prometheus endpoint of the Ray head, with Serve's and atelier's inference metrics."""
     embedded_database: bool
     control_plane_pid: int | None = None
     ray_head_pid: int | None = None

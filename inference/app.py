@@ -36,6 +36,15 @@ def build_app(config: ServeConfig) -> Application:
     return Gateway.bind(config, pools)
 
 
+def app_from_env(args: dict[str, str] | None = None) -> Application:
+    """Application builder for `serve run inference.app:app_from_env` and KubeRay's serveConfigV2.
+
+    Reads `ServeConfig.from_env` (so `ATELIER_SERVE_CONFIG` and friends in the runtime env);
+    Serve's builder arguments are not used.
+    """
+    return build_app(ServeConfig.from_env())
+
+
 def deploy(config: ServeConfig) -> None:
     """Starts Serve's proxies on the connected Ray cluster and runs the application.
 

@@ -17,6 +17,7 @@ from ray import serve
 
 from inference.backends import GenerationParams, create_backend
 from inference.config import ModelConfig
+from inference.metrics import ModelMetrics
 from inference.models import ModelSource, load_pipeline
 
 logger = logging.getLogger(__name__)
@@ -66,6 +67,8 @@ class DiffusionModel:
         # One pipeline call at a time: the pipeline keeps per-call state, and on a CPU or a
         # single GPU concurrent calls only slow each other down.
         self._busy = asyncio.Lock()
+        self._metrics = ModelMetrics()
+        self._model_name = model.name
         logger.info("model_loaded model=%s backend=%s device=%s", model.name, model.backend, model.device)
 
     async def generate(self, params: GenerationParams) -> GenerationResult:
@@ -122,6 +125,7 @@ class DiffusionModel:
                 except BaseException as exc:  # handed to the awaiting coroutine, re-raised there
                     loop.call_soon_threadsafe(events.put_nowait, exc)
 
+            self._metrics.batch_size.observe(params.num_images, tags={"model": self._model_name})
             worker = loop.run_in_executor(None, run)
             finished = False
             try:

@@ -13,6 +13,7 @@ import hashlib
 import logging
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
@@ -25,6 +26,7 @@ from inference.config import ModelConfig, ServeConfig
 from inference.control_plane_client import ControlPlaneClient
 from inference.deployments.diffusion_model import GenerationResult, StepProgress
 from inference.errors import RequestError
+from inference.metrics import STAGES, GatewayMetrics
 from inference.validation import ValidatedRequest, validate_generate_request
 from protos.atelier.v1 import common_pb2, control_plane_pb2, inference_pb2
 
@@ -44,20 +46,30 @@ class Gateway:
         self._config = config
         self._models = models
         self._control_plane = ControlPlaneClient(config.control_plane_address, config.control_plane_timeout_s)
+        self._metrics = GatewayMetrics()
+        self._in_flight: Counter[str] = Counter()
 
     async def Generate(  # noqa: N802 - gRPC method name
         self, request: inference_pb2.GenerateRequest, grpc_context: RayServegRPCContext
     ) -> inference_pb2.GenerateResponse:
         request_id = _request_id(grpc_context)
+        code = grpc.StatusCode.OK
         try:
             return await self._generate(request, grpc_context, request_id, on_progress=None)
         except RequestError as exc:
+            code = exc.code
             _set_error(grpc_context, exc, request_id)
             return inference_pb2.GenerateResponse()
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
         except Exception:
             logger.exception("generate_failed request_id=%s", request_id)
+            code = grpc.StatusCode.INTERNAL
             _set_error(grpc_context, _internal(request_id), request_id)
             return inference_pb2.GenerateResponse()
+        finally:
+            self._count_request(request, "Generate", code)
 
     async def GenerateStream(  # noqa: N802 - gRPC method name
         self, request: inference_pb2.GenerateRequest, grpc_context: RayServegRPCContext
@@ -66,6 +78,7 @@ class Gateway:
         progress: asyncio.Queue[StepProgress | None] = asyncio.Queue()
         task = asyncio.ensure_future(self._generate(request, grpc_context, request_id, on_progress=progress.put))
         task.add_done_callback(lambda _: progress.put_nowait(None))
+        code = grpc.StatusCode.OK
         try:
             while (step := await progress.get()) is not None:
                 yield inference_pb2.GenerateStreamResponse(
@@ -75,10 +88,15 @@ class Gateway:
                 )
             result = task.result()
         except RequestError as exc:
+            code = exc.code
             _set_error(grpc_context, exc, request_id)
             raise exc from None  # a stream's status is only applied when the method raises
+        except (asyncio.CancelledError, GeneratorExit):
+            code = grpc.StatusCode.CANCELLED
+            raise
         except Exception:
             logger.exception("generate_stream_failed request_id=%s", request_id)
+            code = grpc.StatusCode.INTERNAL
             error = _internal(request_id)
             _set_error(grpc_context, error, request_id)
             raise error from None
@@ -87,6 +105,7 @@ class Gateway:
             if not task.done():
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+            self._count_request(request, "GenerateStream", code)
         yield inference_pb2.GenerateStreamResponse(result=result)
 
     async def ListModels(  # noqa: N802 - gRPC method name
@@ -116,10 +135,13 @@ class Gateway:
         validated = validate_generate_request(request, self._config)
         params = validated.params
         purpose = f"generate {validated.model.name} {params.width}x{params.height}x{params.steps} n={params.num_images}"
+        model = validated.model.name
         reservation_id = await self._control_plane.reserve_credits(
             api_key, validated.account_id, validated.cost, self._config.reservation_ttl_s, purpose
         )
         reserved = time.perf_counter()
+        self._metrics.credits.inc(validated.cost, tags={"model": model, "outcome": "reserved"})
+        self._track_in_flight(model, +1)
         try:
             result = await self._run_model(validated, on_progress)
             generated = time.perf_counter()
@@ -135,8 +157,13 @@ class Gateway:
         except BaseException:
             # Shielded so a cancelled request still returns its credits.
             await asyncio.shield(self._control_plane.release_reservation(api_key, reservation_id))
+            self._metrics.credits.inc(validated.cost, tags={"model": model, "outcome": "released"})
             raise
+        finally:
+            self._track_in_flight(model, -1)
         finished = time.perf_counter()
+        self._metrics.credits.inc(validated.cost, tags={"model": model, "outcome": "committed"})
+        self._metrics.images.inc(params.num_images, tags={"model": model})
         logger.info(
             "generated request_id=%s model=%s images=%d steps=%d cost=%d total_ms=%.1f",
             request_id,
@@ -146,7 +173,20 @@ class Gateway:
             validated.cost,
             (finished - started) * 1000,
         )
-        return _response(validated, result, stored, request_id, started, reserved, generated, finished)
+        response = _response(validated, result, stored, request_id, started, reserved, generated, finished)
+        timings = response.timings
+        self._metrics.observe_stages(model, {stage: getattr(timings, f"{stage}_ms") / 1000 for stage in STAGES})
+        return response
+
+    def _track_in_flight(self, model: str, delta: int) -> None:
+        self._in_flight[model] += delta
+        self._metrics.in_flight.set(self._in_flight[model], tags={"model": model})
+
+    def _count_request(self, request: inference_pb2.GenerateRequest, method: str, code: grpc.StatusCode) -> None:
+        # Only served model names become label values: arbitrary strings would explode cardinality.
+        model = self._config.model(request.model) if request.model else self._config.default_model
+        label = model.name if model is not None else "unknown"
+        self._metrics.requests.inc(tags={"model": label, "method": method, "code": code.name})
 
     async def _run_model(self, validated: ValidatedRequest, on_progress: ProgressSink | None) -> GenerationResult:
         handle = self._models[validated.model.name]
