@@ -12,9 +12,21 @@ import logging
 import sys
 from collections.abc import Sequence
 
+import psycopg
+from psycopg_pool import PoolTimeout
+
+from control_plane.bootstrap import resolve_database_url
 from control_plane.config import ENV_VARS, ConfigError, ControlPlaneConfig
+from control_plane.db.embedded import EmbeddedPostgresError
+from control_plane.db.migrations import apply_migrations
+from control_plane.db.pool import open_pool
+from control_plane.server import ListenError, serve
 
 _LOG_FORMAT = "%(asctime)s level=%(levelname)s logger=%(name)s %(message)s"
+
+# Failures an operator can fix (database down, port taken, directory not writable), reported
+# in one line without a traceback.
+StartupError = (PoolTimeout, psycopg.OperationalError, EmbeddedPostgresError, ListenError, OSError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -45,16 +57,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"configuration error: {error}", file=sys.stderr)
         return 2
 
-    if args.command == "serve":
-        from control_plane.server import serve
+    try:
+        if args.command == "serve":
+            return _serve(config)
+        return _migrate(config)
+    except StartupError as error:
+        # Expected operational failures get one line, not a traceback.
+        print(f"control plane cannot start: {error}", file=sys.stderr)
+        return 1
 
-        serve(config)
-        return 0
 
-    from control_plane.bootstrap import resolve_database_url
-    from control_plane.db.migrations import apply_migrations
-    from control_plane.db.pool import open_pool
+def _serve(config: ControlPlaneConfig) -> int:
+    serve(config)
+    return 0
 
+
+def _migrate(config: ControlPlaneConfig) -> int:
     pool = open_pool(resolve_database_url(config), min_size=1, max_size=1)
     try:
         applied = apply_migrations(pool)

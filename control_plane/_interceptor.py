@@ -124,7 +124,7 @@ class ControlPlaneInterceptor(grpc.ServerInterceptor):
             )
             _abort(context, code, error)
         except Exception:
-            aborted_code = context.code()  # type: ignore[attr-defined]
+            aborted_code = context.code()
             if aborted_code not in (None, grpc.StatusCode.OK):
                 # The handler called context.abort itself: let gRPC finish that abort.
                 code = aborted_code

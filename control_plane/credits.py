@@ -178,6 +178,7 @@ def list_ledger(
     Raises:
         NotFound: No such account in the tenant.
     """
+    # Raises NotFound for another tenant's account; an empty page would not tell it apart.
     get_balance(conn, tenant_id=tenant_id, account_id=account_id)
     rows = conn.execute(
         f"""
@@ -281,7 +282,7 @@ def commit_reservation(
     with conn.transaction():
         reservation = _lock_reservation(conn, tenant_id=tenant_id, reservation_id=reservation_id, account_id=account_id)
         _require_held(reservation)
-        if now > reservation.expires_at + timedelta(seconds=1):
+        if now > reservation.expires_at:
             raise FailedPrecondition(
                 f"reservation expired at {reservation.expires_at.isoformat()}: reserve credits again",
                 reason="RESERVATION_EXPIRED",

@@ -61,18 +61,22 @@ def build_server(config: ControlPlaneConfig, deps: ControlPlaneDeps) -> grpc.Ser
     return server
 
 
+class ListenError(RuntimeError):
+    """The server cannot bind its address."""
+
+
 def add_listen_port(server: grpc.Server, address: str) -> int:
     """Binds `address` (host:port; port 0 picks one) without TLS and returns the port bound.
 
     Raises:
-        RuntimeError: The address cannot be bound (in use, or not a local address).
+        ListenError: The address cannot be bound (in use, or not a local address).
     """
     try:
         port = server.add_insecure_port(address)
     except RuntimeError as error:
-        raise RuntimeError(f"cannot listen on {address}: {error}") from error
+        raise ListenError(f"cannot listen on {address}: {error}") from error
     if port == 0:
-        raise RuntimeError(f"cannot listen on {address}: is the port in use?")
+        raise ListenError(f"cannot listen on {address}: is the port in use?")
     return port
 
 

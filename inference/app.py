@@ -25,7 +25,7 @@ def model_deployment_name(model: ModelConfig) -> str:
 def build_app(config: ServeConfig) -> Application:
     """The Serve application graph for `config` (not yet running)."""
     pools = {
-        model.name: DiffusionModel.options(
+        model.name: DiffusionModel.options(  # type: ignore[attr-defined]
             name=model_deployment_name(model),
             num_replicas=model.num_replicas,
             max_ongoing_requests=model.max_ongoing_requests,
@@ -33,7 +33,7 @@ def build_app(config: ServeConfig) -> Application:
         ).bind(model, config.model_cache_dir)
         for model in config.models
     }
-    return Gateway.bind(config, pools)
+    return Gateway.bind(config, pools)  # type: ignore[attr-defined]
 
 
 def app_from_env(args: dict[str, str] | None = None) -> Application:

@@ -1,3 +1,5 @@
+# mypy: disable-error-code="arg-type"
+# (Ray annotates tag_keys as a one-element tuple; any tuple of names works.)
 """Prometheus metrics of the serving path, through Ray's metrics API.
 
 Ray exports them from every node's metrics agent with a `ray_` prefix, so
@@ -11,8 +13,8 @@ from __future__ import annotations
 from ray.serve import metrics
 
 # Generations take from tens of milliseconds (tiny models on a CPU) to tens of seconds.
-LATENCY_BUCKETS_S = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160]
-BATCH_SIZE_BUCKETS = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32]
+LATENCY_BUCKETS_S = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0]
+BATCH_SIZE_BUCKETS = [1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0]
 STAGES = ("reserve", "queue", "denoise", "decode", "store", "total")
 
 

@@ -63,9 +63,10 @@ def run(args: argparse.Namespace) -> int:
     if result is None:
         raise CommandError("the stream ended without a result", "UNAVAILABLE")
     paths = _write_images(args.output, [image.png for image in result.images])
+    files = [str(path) for path in paths]
     summary = {
         "account_id": account_id,
-        "files": [str(path) for path in paths],
+        "files": files,
         "content_ids": [image.content_id for image in result.images],
         "seeds": [image.seed for image in result.images],
         "model": result.parameters.model,
@@ -78,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         "request_id": result.request_id,
     }
     text = (
-        f"wrote {', '.join(summary['files'])} ({result.parameters.width}x{result.parameters.height}, "
+        f"wrote {', '.join(files)} ({result.parameters.width}x{result.parameters.height}, "
         f"{result.parameters.steps} steps, seed {result.images[0].seed}, model {result.parameters.model}); "
         f"charged {result.credits_charged} credits, {result.credits_available} left; "
         f"{result.timings.total_ms:.0f} ms"

@@ -69,9 +69,11 @@ class EmbeddedPostgres:
             EmbeddedPostgresError: initdb or the server failed; the message points at the
                 server log.
         """
-        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
         try:
-            _pgserver().get_server(self.data_dir, cleanup_mode=None)
+            # The constructor, not pgserver.get_server: get_server caches one handle per data
+            # directory per process and would not restart a server stopped since.
+            _pgserver().PostgresServer(self.data_dir, cleanup_mode=None)
         except Exception as error:
             raise EmbeddedPostgresError(
                 f"embedded PostgreSQL in {self.data_dir} did not start ({error}); see {self.data_dir / 'log'}"
@@ -93,7 +95,7 @@ class EmbeddedPostgres:
         """Whether a server is running on this data directory (asks `pg_ctl status`)."""
         if not (self.data_dir / "PG_VERSION").exists():
             return False
-        result = self._pg_ctl(["status"], timeout_s=10.0, check=False)
+        result = self._pg_ctl(["status"], timeout_s=10.0)
         # pg_ctl status: 0 running, 3 not running, 4 no accessible data directory.
         return result.returncode == 0
 
@@ -104,13 +106,11 @@ class EmbeddedPostgres:
             True when a running server was stopped, False when none was running.
 
         Raises:
-            EmbeddedPostgresError: The server did not stop within `timeout_s`.
+            EmbeddedPostgresError: pg_ctl failed, or the server did not stop within `timeout_s`.
         """
         if not self.is_running():
             return False
-        result = self._pg_ctl(
-            ["stop", "-m", "fast", "-w", "-t", str(int(timeout_s))], timeout_s=timeout_s + 5, check=False
-        )
+        result = self._pg_ctl(["stop", "-m", "fast", "-w", "-t", str(int(timeout_s))], timeout_s=timeout_s + 5)
         if result.returncode != 0 and self.is_running():
             raise EmbeddedPostgresError(
                 f"pg_ctl stop failed for {self.data_dir}: {result.stderr.strip() or result.stdout.strip()}"
@@ -140,15 +140,18 @@ class EmbeddedPostgres:
             with contextlib.suppress(psycopg.errors.DuplicateDatabase):
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.database)))
 
-    def _pg_ctl(self, args: list[str], *, timeout_s: float, check: bool) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(_pg_bin_dir() / "pg_ctl"), "-D", str(self.data_dir), *args],
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-            check=check,
-            user=self._system_user(),
-        )
+    def _pg_ctl(self, args: list[str], *, timeout_s: float) -> subprocess.CompletedProcess[str]:
+        try:
+            return subprocess.run(
+                [str(_pg_bin_dir() / "pg_ctl"), "-D", str(self.data_dir), *args],
+                capture_output=True,
+                text=True,
+                timeout=timeout_s,
+                check=False,
+                user=self._system_user(),
+            )
+        except subprocess.TimeoutExpired as error:
+            raise EmbeddedPostgresError(f"pg_ctl {args[0]} on {self.data_dir} took over {timeout_s:.0f} s") from error
 
     def _system_user(self) -> str | None:
         # PostgreSQL's tools refuse to run as root; run them as the data directory's owner

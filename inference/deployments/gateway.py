@@ -20,7 +20,7 @@ import grpc
 from grpc_health.v1 import health_pb2
 from ray import serve
 from ray.serve.grpc_util import RayServegRPCContext
-from ray.serve.handle import DeploymentHandle
+from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from inference.config import ModelConfig, ServeConfig
 from inference.control_plane_client import ControlPlaneClient
@@ -198,6 +198,8 @@ class Gateway:
                 response.cancel()
                 raise
         stream = handle.options(stream=True).generate_stream.remote(validated.params)
+        if not isinstance(stream, DeploymentResponseGenerator):  # narrows the union for type checkers
+            raise TypeError("streaming handle returned a unary response")
         try:
             async for event in stream:
                 if isinstance(event, GenerationResult):

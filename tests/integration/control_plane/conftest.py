@@ -77,7 +77,10 @@ def clean_state(pool: Pool, data_tables: list[str], clock: ManualClock, blob_dir
     with pool.connection() as conn:
         conn.execute(f"TRUNCATE {', '.join(data_tables)} RESTART IDENTITY CASCADE")
     for child in blob_dir.iterdir():
-        shutil.rmtree(child) if child.is_dir() else child.unlink()
+        if child.is_dir():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
     clock.set(CLOCK_START)
 
 

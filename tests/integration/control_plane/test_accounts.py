@@ -62,9 +62,7 @@ class TestAgeGate:
 
 
 class TestCreating:
-    def test_a_new_account_has_defaults_and_its_initial_credits(
-        self, stub: ControlPlaneStub, operator: Caller
-    ) -> None:
+    def test_a_new_account_has_defaults_and_its_initial_credits(self, stub: ControlPlaneStub, operator: Caller) -> None:
         response = stub.CreateAccount(
             pb.CreateAccountRequest(age_attested=30, initial_credits=25), metadata=operator.metadata
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
@@ -61,6 +62,14 @@ class TestAuthentication:
         principal, secret = ensure_operator_key(pool, "test", now=CLOCK_START)
         assert secret is None
         assert principal.key_id == operator.principal.key_id
+
+    def test_launchers_racing_to_bootstrap_create_one_tenant_and_one_key(self, pool: Pool) -> None:
+        with ThreadPoolExecutor(max_workers=6) as executor:
+            results = list(executor.map(lambda _: ensure_operator_key(pool, "raced", now=CLOCK_START), range(6)))
+        assert len({principal.key_id for principal, _ in results}) == 1
+        assert sum(secret is not None for _, secret in results) == 1
+        with pool.connection() as conn:
+            assert conn.execute("SELECT count(*) FROM tenants WHERE name = 'raced'").fetchone() == (1,)
 
 
 class TestScopes:

@@ -248,7 +248,9 @@ class TestReading:
         self, stub: ControlPlaneStub, operator: Caller, make_account: Callable[..., str]
     ) -> None:
         first, second = make_account(), make_account()
-        stub.StoreContent(pb.StoreContentRequest(account_id=first, items=[_item(1), _item(2)]), metadata=operator.metadata)
+        stub.StoreContent(
+            pb.StoreContentRequest(account_id=first, items=[_item(1), _item(2)]), metadata=operator.metadata
+        )
         token = stub.ListContent(
             pb.ListContentRequest(account_id=first, page_size=1), metadata=operator.metadata
         ).next_page_token

@@ -23,6 +23,7 @@ from protos.atelier.v1.control_plane_pb2_grpc import ControlPlaneStub
 from tests.integration._postgres import fresh_database
 from tests.integration.control_plane._support import REPO_ROOT, Caller
 
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -98,8 +99,9 @@ def test_serve_process_answers_exports_metrics_and_stops_cleanly_on_sigterm(
         assert key.key_id == operator.principal.key_id
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
             metrics = response.read().decode()
-        assert 'atelier_control_plane_rpc_duration_seconds_count{code="OK",method="atelier.v1.ControlPlane/WhoAmI"}' in (
-            metrics
+        assert (
+            'atelier_control_plane_rpc_duration_seconds_count{code="OK",method="atelier.v1.ControlPlane/WhoAmI"}'
+            in (metrics)
         )
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=30)
@@ -132,4 +134,28 @@ def test_a_bad_setting_is_reported_by_name_with_exit_status_2(tmp_path: Path) ->
     )
     assert result.returncode == 2
     assert "ATELIER_CONTROL_PLANE_METRICS_PORT" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_taken_port_is_reported_in_one_line_with_exit_status_1(database_url: str, tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        env = {
+            **os.environ,
+            "ATELIER_DATABASE_URL": database_url,
+            "ATELIER_HOME": str(tmp_path),
+            "ATELIER_CONTROL_PLANE_LISTEN": f"127.0.0.1:{taken.getsockname()[1]}",
+            "ATELIER_CONTROL_PLANE_METRICS_PORT": "0",
+        }
+        result = subprocess.run(
+            [sys.executable, "-m", "control_plane", "serve"],
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 1
+    assert "control plane cannot start: cannot listen on 127.0.0.1:" in result.stderr
     assert "Traceback" not in result.stderr

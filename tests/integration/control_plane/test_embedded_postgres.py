@@ -55,3 +55,14 @@ def test_embedded_server_keeps_running_after_the_starting_process_exits(home: Pa
     assert not server.is_running()
     assert server.url() is None
     assert server.stop() is False
+
+
+def test_embedded_server_can_be_stopped_and_started_again_in_one_process(home: Path) -> None:
+    server = EmbeddedPostgres(home / "postgres")
+    first_url = server.start()
+    assert server.stop() is True
+    second_url = server.start()
+    assert server.is_running()
+    with psycopg.connect(second_url) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    assert first_url == second_url

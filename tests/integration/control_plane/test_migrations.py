@@ -22,7 +22,10 @@ class TestApplyingMigrations:
         assert recorded == [m.version for m in load_migrations()]
 
     def test_a_fresh_database_gets_every_migration_in_order(self, postgres_url: str) -> None:
-        with fresh_database(postgres_url, prefix="atelier_migrate") as url, psycopg.connect(url, autocommit=True) as conn:
+        with (
+            fresh_database(postgres_url, prefix="atelier_migrate") as url,
+            psycopg.connect(url, autocommit=True) as conn,
+        ):
             assert pending_migrations(conn) == [m.version for m in load_migrations()]
             assert apply_migrations(conn) == [m.version for m in load_migrations()]
             assert apply_migrations(conn) == []
@@ -64,9 +67,7 @@ class TestSchemaGuarantees:
                 "INSERT INTO accounts (tenant_id) VALUES (%s) RETURNING account_id", (tenant_id,)
             ).fetchone()[0]
             conn.execute("INSERT INTO credit_balances (account_id, total) VALUES (%s, 5)", (account_id,))
-            conn.execute(
-                "INSERT INTO credit_ledger (account_id, delta, kind) VALUES (%s, 5, 'grant')", (account_id,)
-            )
+            conn.execute("INSERT INTO credit_ledger (account_id, delta, kind) VALUES (%s, 5, 'grant')", (account_id,))
             conn.execute(
                 "INSERT INTO audit_log (action, target_type, target_id) VALUES ('x', 'account', %s)",
                 (str(account_id),),
@@ -102,7 +103,9 @@ class TestSchemaGuarantees:
                 conn.execute("UPDATE consents SET granted = false")
 
     @pytest.mark.parametrize(
-        "assignment", ["held = 6", "held = -1", "total = -1"], ids=["held over total", "negative held", "negative total"]
+        "assignment",
+        ["held = 6", "held = -1", "total = -1"],
+        ids=["held over total", "negative held", "negative total"],
     )
     def test_balances_can_never_be_overspent(self, pool: Pool, assignment: str) -> None:
         account_id = self._account(pool)
