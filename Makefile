@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo up down test test-fast bench protos lint clean
+.PHONY: setup demo up down test test-fast bench protos lint clean chart-tools chart-check
 
 setup: $(STAMP)
 
@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 # A local cluster on embedded defaults, then one image end to end into out.png.
 demo: setup
 	$(BIN)/atelier up
-	$(BIN)/atelier generate --account demo "a lighthouse at dusk, oil painting" --seed 7 -o out.png
+	$(BIN)/atelier generate "a lighthouse at dusk, oil painting" --seed 7 -o out.png
 	@echo "The cluster keeps running: 'make down' (or '$(BIN)/atelier down') stops it."
 
 up: setup
@@ -27,12 +27,28 @@ up: setup
 down: setup
 	$(BIN)/atelier down
 
-test: setup
+test: setup chart-tools
 	$(BIN)/python -m pytest
 
 # Without the Ray Serve cluster tests.
-test-fast: setup
+test-fast: setup chart-tools
 	$(BIN)/python -m pytest -m "not e2e"
+
+# promtool, for the chart's alert rule tests: Debian's prometheus package, installed only when promtool
+# is missing (no PyPI package ships it). Needs root or sudo, as CI has.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+chart-tools:
+	@command -v promtool >/dev/null 2>&1 || { \
+		echo "installing promtool (Debian package prometheus)"; \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	}
+	@promtool --version | head -1
+
+# The Helm chart alone: lint, render every ci/*-values.yaml, validate against Kubernetes schemas,
+# promtool check and unit tests of the alerts, dashboards (no helm binary or cluster needed).
+chart-check: setup chart-tools
+	$(BIN)/python -m pytest tests/chart -q
 
 bench: setup
 	$(BIN)/python benchmarks/serving_overhead.py

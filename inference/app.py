@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from ray import serve
 from ray.serve import Application
 from ray.serve.config import gRPCOptions
@@ -36,13 +38,22 @@ def build_app(config: ServeConfig) -> Application:
     return Gateway.bind(config, pools)  # type: ignore[attr-defined]
 
 
-def app_from_env(args: dict[str, str] | None = None) -> Application:
+def app_from_env(args: dict[str, Any]) -> Application:
     """Application builder for `serve run inference.app:app_from_env` and KubeRay's serveConfigV2.
 
-    Reads `ServeConfig.from_env` (so `ATELIER_SERVE_CONFIG` and friends in the runtime env);
-    Serve's builder arguments are not used.
+    Serve passes the application's `args`: the Helm chart puts the whole ServeConfig under
+    `serve_config` (so a change to the RayService applies at once, without waiting for a
+    mounted file to refresh); without it the config comes from `ServeConfig.from_env`.
+
+    Raises:
+        ConfigError: the config is invalid; Serve reports the message as a deploy failure.
     """
-    return build_app(ServeConfig.from_env())
+    values = args.get("serve_config")
+    if values is None:
+        return build_app(ServeConfig.from_env())
+    environ_config = ServeConfig.from_env()
+    values = {"model_cache_dir": environ_config.model_cache_dir, **values}
+    return build_app(ServeConfig.from_dict(values))
 
 
 def deploy(config: ServeConfig) -> None:

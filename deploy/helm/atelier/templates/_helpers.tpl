@@ -1,0 +1,435 @@
+{{/*
+Chart name, truncated to the 63 characters a DNS label allows.
+*/}}
+{{- define "atelier.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Full name: the prefix of every resource name. RayService names are kept to 40 characters because
+KubeRay derives longer names (`<name>-raycluster-xxxxx-<group>-worker-xxxxx`) from them.
+*/}}
+{{- define "atelier.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 40 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Chart name and version, for the helm.sh/chart label.
+*/}}
+{{- define "atelier.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Labels of every resource.
+*/}}
+{{- define "atelier.labels" -}}
+helm.sh/chart: {{ include "atelier.chart" . }}
+{{ include "atelier.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: atelier
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Selector labels: stable across upgrades.
+*/}}
+{{- define "atelier.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "atelier.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/*
+Labels of one component: `include "atelier.componentLabels" (list $ "control-plane")`.
+*/}}
+{{- define "atelier.componentLabels" -}}
+{{ include "atelier.labels" (index . 0) }}
+app.kubernetes.io/component: {{ index . 1 }}
+{{- end }}
+
+{{/*
+Selector labels of one component: `include "atelier.componentSelectorLabels" (list $ "control-plane")`.
+*/}}
+{{- define "atelier.componentSelectorLabels" -}}
+{{ include "atelier.selectorLabels" (index . 0) }}
+app.kubernetes.io/component: {{ index . 1 }}
+{{- end }}
+
+{{/*
+The image every pod runs.
+*/}}
+{{- define "atelier.image" -}}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+
+{{/*
+ServiceAccount of the control plane and the jobs.
+*/}}
+{{- define "atelier.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "atelier.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+Secret and key of the database URL; fails without one (no secret defaults).
+*/}}
+{{- define "atelier.databaseSecretName" -}}
+{{- if .Values.database.existingSecret }}
+{{- .Values.database.existingSecret }}
+{{- else }}
+{{- $_ := required "database.url or database.existingSecret is required: the control plane needs PostgreSQL >= 14" .Values.database.url }}
+{{- printf "%s-database" (include "atelier.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{- define "atelier.databaseSecretKey" -}}
+{{- if .Values.database.existingSecret }}{{ .Values.database.existingSecretKey }}{{ else }}database-url{{ end }}
+{{- end }}
+
+{{/*
+Secret and key of the master key; fails without one (no secret defaults).
+*/}}
+{{- define "atelier.masterKeySecretName" -}}
+{{- if .Values.masterKey.existingSecret }}
+{{- .Values.masterKey.existingSecret }}
+{{- else }}
+{{- $_ := required "masterKey.value or masterKey.existingSecret is required (openssl rand -base64 32)" .Values.masterKey.value }}
+{{- printf "%s-master-key" (include "atelier.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{- define "atelier.masterKeySecretKey" -}}
+{{- if .Values.masterKey.existingSecret }}{{ .Values.masterKey.existingSecretKey }}{{ else }}master-key{{ end }}
+{{- end }}
+
+{{/*
+Names of the Services and ConfigMaps other templates refer to.
+*/}}
+{{- define "atelier.controlPlaneName" -}}
+{{- printf "%s-control-plane" (include "atelier.fullname" .) }}
+{{- end }}
+
+{{- define "atelier.controlPlaneAddress" -}}
+{{- printf "%s.%s.svc:%d" (include "atelier.controlPlaneName" .) .Release.Namespace (int .Values.controlPlane.grpcPort) }}
+{{- end }}
+
+{{- define "atelier.serveConfigName" -}}
+{{- printf "%s-serve-config" (include "atelier.fullname" .) }}
+{{- end }}
+
+{{- define "atelier.policyProfileName" -}}
+{{- printf "%s-policy-profile" (include "atelier.fullname" .) }}
+{{- end }}
+
+{{/*
+The Ray resource that pins a model's replicas to its pool.
+*/}}
+{{- define "atelier.poolResource" -}}
+{{- printf "pool-%s" . }}
+{{- end }}
+
+{{/*
+gpuPools with defaults filled in, as YAML: `include "atelier.pools" . | fromYamlArray`.
+*/}}
+{{- define "atelier.pools" -}}
+{{- $pools := list }}
+{{- range .Values.gpuPools }}
+{{- $pool := deepCopy . }}
+{{- range $key, $value := dict "gpusPerWorker" 1 "gpusPerReplica" 1 "minWorkers" 0 "resources" dict "nodeSelector" dict "tolerations" list "affinity" dict "gpuResourceName" "nvidia.com/gpu" }}
+{{- if not (hasKey $pool $key) }}{{ $_ := set $pool $key $value }}{{ end }}
+{{- end }}
+{{- $pools = append $pools $pool }}
+{{- end }}
+{{- toYaml $pools }}
+{{- end }}
+
+{{/*
+models with defaults filled in, as YAML: `include "atelier.models" . | fromYamlArray`. A model without
+`autoscaling` (or with `autoscaling.enabled: false`) runs `numReplicas` replicas.
+*/}}
+{{- define "atelier.models" -}}
+{{- $models := list }}
+{{- range .Values.models }}
+{{- $model := deepCopy . }}
+{{- range $key, $value := dict "numCpus" 1 "maxOngoingRequests" 8 "numReplicas" 1 "latencyP95Seconds" 0 "settings" dict "autoscaling" (dict "enabled" false) }}
+{{- if not (hasKey $model $key) }}{{ $_ := set $model $key $value }}{{ end }}
+{{- end }}
+{{- if not (hasKey $model.autoscaling "enabled") }}{{ $_ := set $model.autoscaling "enabled" true }}{{ end }}
+{{- $models = append $models $model }}
+{{- end }}
+{{- toYaml $models }}
+{{- end }}
+
+{{/*
+The pool a model runs on: `include "atelier.poolOf" (list $ $model) | fromYaml`. Fails on an unknown pool.
+*/}}
+{{- define "atelier.poolOf" -}}
+{{- $root := index . 0 }}
+{{- $model := index . 1 }}
+{{- $pools := include "atelier.pools" $root | fromYamlArray }}
+{{- $found := dict }}
+{{- range $pools }}
+{{- if eq .name $model.pool }}{{ $found = . }}{{ end }}
+{{- end }}
+{{- if not $found }}
+{{- $names := list }}
+{{- range $pools }}{{ $names = append $names .name }}{{ end }}
+{{- fail (printf "models[%s].pool: %q is not a gpuPools[].name; valid: %s" $model.name $model.pool (join ", " $names)) }}
+{{- end }}
+{{- toYaml $found }}
+{{- end }}
+
+{{/*
+Model replicas one worker of a pool holds: gpusPerWorker / gpusPerReplica, rounded down (at least 1).
+*/}}
+{{- define "atelier.poolSlots" -}}
+{{- $slots := 1 }}
+{{- if gt (float64 .gpusPerReplica) 0.0 }}
+{{- $slots = max 1 (int (floor (divf .gpusPerWorker .gpusPerReplica))) }}
+{{- end }}
+{{- $slots }}
+{{- end }}
+
+{{/*
+Serve deployment name of a model, as inference.app.model_deployment_name builds it.
+*/}}
+{{- define "atelier.deploymentName" -}}
+{{- printf "DiffusionModel-%s" . }}
+{{- end }}
+
+{{/*
+Where the serve config file is mounted in Ray pods.
+*/}}
+{{- define "atelier.serveConfigPath" -}}
+/etc/atelier/serve/serve-config.json
+{{- end }}
+
+{{/*
+inference.config.ServeConfig as JSON (the file ATELIER_SERVE_CONFIG names).
+*/}}
+{{- define "atelier.serveConfigJson" -}}
+{{- $models := list }}
+{{- range include "atelier.models" . | fromYamlArray }}
+{{- $pool := include "atelier.poolOf" (list $ .) | fromYaml }}
+{{- $entry := deepCopy (.settings | default dict) }}
+{{- $replicas := .numReplicas }}
+{{- if .autoscaling.enabled }}{{ $replicas = max 1 .autoscaling.minReplicas }}{{ end }}
+{{- $_ := set $entry "name" .name }}
+{{- $_ := set $entry "device" (ternary "cuda" "cpu" (gt (float64 $pool.gpusPerReplica) 0.0)) }}
+{{- $_ := set $entry "num_gpus" $pool.gpusPerReplica }}
+{{- $_ := set $entry "num_cpus" .numCpus }}
+{{- $_ := set $entry "num_replicas" (int $replicas) }}
+{{- $_ := set $entry "max_ongoing_requests" (int .maxOngoingRequests) }}
+{{- $models = append $models $entry }}
+{{- end }}
+{{- $config := dict
+  "control_plane_address" (include "atelier.controlPlaneAddress" .)
+  "control_plane_timeout_s" .Values.ray.serve.controlPlaneTimeoutS
+  "reservation_ttl_s" (int .Values.ray.serve.reservationTtlS)
+  "grpc_port" (int .Values.ray.serve.grpcPort)
+  "http_port" (int .Values.ray.serve.httpPort)
+  "models" $models }}
+{{- toPrettyJson $config }}
+{{- end }}
+
+{{/*
+Serve's config (serveConfigV2): gRPC options, the atelier application and one deployment per model.
+*/}}
+{{- define "atelier.serveConfigV2" -}}
+{{- $serve := .Values.ray.serve }}
+{{- $deployments := list (dict "name" "Gateway" "num_replicas" (int $serve.gatewayReplicas)) }}
+{{- range include "atelier.models" . | fromYamlArray }}
+{{- $model := . }}
+{{- $pool := include "atelier.poolOf" (list $ .) | fromYaml }}
+{{- $deployment := dict "name" (include "atelier.deploymentName" .name) "max_ongoing_requests" (int .maxOngoingRequests) }}
+{{- if .autoscaling.enabled }}
+{{- $_ := set $deployment "num_replicas" "auto" }}
+{{- $autoscaling := dict }}
+{{- range $key, $name := dict "minReplicas" "min_replicas" "maxReplicas" "max_replicas" "targetOngoingRequests" "target_ongoing_requests" "upscaleDelayS" "upscale_delay_s" "downscaleDelayS" "downscale_delay_s" }}
+{{- if hasKey $model.autoscaling $key }}{{ $_ := set $autoscaling $name (get $model.autoscaling $key) }}{{ end }}
+{{- end }}
+{{- $_ := set $deployment "autoscaling_config" $autoscaling }}
+{{- else }}
+{{- $_ := set $deployment "num_replicas" (int .numReplicas) }}
+{{- end }}
+{{- $_ := set $deployment "ray_actor_options" (dict
+  "num_cpus" .numCpus
+  "num_gpus" $pool.gpusPerReplica
+  "resources" (dict (include "atelier.poolResource" $pool.name) 1)) }}
+{{- $deployments = append $deployments $deployment }}
+{{- end }}
+{{- $app := dict
+  "name" "atelier"
+  "route_prefix" "/"
+  "import_path" $serve.importPath
+  "args" (dict "serve_config" (include "atelier.serveConfigJson" . | fromJson))
+  "runtime_env" (dict "env_vars" (dict
+    "ATELIER_SERVE_CONFIG" (include "atelier.serveConfigPath" .)
+    "ATELIER_HOME" "/var/lib/atelier"))
+  "deployments" $deployments }}
+{{- $config := dict
+  "proxy_location" $serve.proxyLocation
+  "http_options" (dict "host" "0.0.0.0" "port" (int $serve.httpPort))
+  "grpc_options" (dict "port" (int $serve.grpcPort) "grpc_servicer_functions" $serve.grpcServicerFunctions)
+  "logging_config" (dict "encoding" "JSON" "log_level" $serve.logLevel)
+  "applications" (list $app) }}
+{{- toYaml $config }}
+{{- end }}
+
+{{/*
+Labels of Ray pod templates: `include "atelier.rayPodLabels" (list $ "ray-worker")`. Without the chart
+version or image tag, so that a chart upgrade that changes nothing in the pods does not roll out a new
+RayCluster (any change to rayClusterConfig does).
+*/}}
+{{- define "atelier.rayPodLabels" -}}
+{{ include "atelier.componentSelectorLabels" . }}
+app.kubernetes.io/part-of: atelier
+{{- end }}
+
+{{/*
+Volumes and mounts giving a read-only-root container a writable /tmp.
+*/}}
+{{- define "atelier.tmpVolume" -}}
+- name: tmp
+  emptyDir: {}
+{{- end }}
+
+{{- define "atelier.tmpVolumeMount" -}}
+- name: tmp
+  mountPath: /tmp
+{{- end }}
+
+{{/*
+Environment shared by the control plane, the migration Job and the CronJobs.
+*/}}
+{{- define "atelier.controlPlaneEnv" -}}
+- name: ATELIER_DATABASE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "atelier.databaseSecretName" . }}
+      key: {{ include "atelier.databaseSecretKey" . }}
+- name: ATELIER_HOME
+  value: /var/lib/atelier
+- name: ATELIER_BLOB_DIR
+  value: /var/lib/atelier-blobs
+- name: ATELIER_MASTER_KEY_FILE
+  value: /etc/atelier/master-key/master.key
+- name: ATELIER_POLICY_PROFILE
+  value: /etc/atelier/policy/profile.yaml
+- name: ATELIER_DEFAULT_VISIBILITY
+  value: {{ .Values.policyProfile.defaultVisibility | quote }}
+- name: ATELIER_MINIMUM_AGE
+  value: {{ .Values.policyProfile.minimumAge | int | quote }}
+- name: HOME
+  value: /tmp
+- name: PYTHONDONTWRITEBYTECODE
+  value: "1"
+{{- end }}
+
+{{/*
+Volumes of the control plane and the jobs: state, blobs, master key, policy profile, /tmp.
+*/}}
+{{- define "atelier.controlPlaneVolumes" -}}
+{{ include "atelier.tmpVolume" . }}
+- name: state
+  emptyDir: {}
+- name: blobs
+{{- if .Values.controlPlane.blobs.existingClaim }}
+  persistentVolumeClaim:
+    claimName: {{ .Values.controlPlane.blobs.existingClaim }}
+{{- else }}
+  emptyDir: {}
+{{- end }}
+- name: master-key
+  secret:
+    secretName: {{ include "atelier.masterKeySecretName" . }}
+    defaultMode: 0400
+    items:
+      - key: {{ include "atelier.masterKeySecretKey" . }}
+        path: master.key
+- name: policy-profile
+  configMap:
+    name: {{ include "atelier.policyProfileName" . }}
+{{- end }}
+
+{{- define "atelier.controlPlaneVolumeMounts" -}}
+{{ include "atelier.tmpVolumeMount" . }}
+- name: state
+  mountPath: /var/lib/atelier
+- name: blobs
+  mountPath: /var/lib/atelier-blobs
+- name: master-key
+  mountPath: /etc/atelier/master-key
+  readOnly: true
+- name: policy-profile
+  mountPath: /etc/atelier/policy
+  readOnly: true
+{{- end }}
+
+{{/*
+Environment of Ray containers.
+*/}}
+{{- define "atelier.rayEnv" -}}
+- name: HOME
+  value: /tmp
+- name: PYTHONDONTWRITEBYTECODE
+  value: "1"
+- name: ATELIER_SERVE_CONFIG
+  value: {{ include "atelier.serveConfigPath" . }}
+- name: ATELIER_HOME
+  value: /var/lib/atelier
+{{- end }}
+
+{{/*
+Volumes of Ray pods: `include "atelier.rayVolumes" (list $ isWorker)`. /tmp holds Ray's session state,
+/var/lib/atelier the model cache, /etc/atelier/serve the ServeConfig file; workers mount the models.
+*/}}
+{{- define "atelier.rayVolumes" -}}
+{{- $root := index . 0 }}
+{{- $worker := index . 1 -}}
+- name: tmp
+  emptyDir: {}
+- name: state
+  emptyDir: {}
+- name: serve-config
+  configMap:
+    name: {{ include "atelier.serveConfigName" $root }}
+{{- if and $worker $root.Values.ray.modelVolume.existingClaim }}
+- name: models
+  persistentVolumeClaim:
+    claimName: {{ $root.Values.ray.modelVolume.existingClaim }}
+    readOnly: true
+{{- end }}
+{{- end }}
+
+{{- define "atelier.rayVolumeMounts" -}}
+{{- $root := index . 0 }}
+{{- $worker := index . 1 -}}
+- name: tmp
+  mountPath: /tmp
+- name: state
+  mountPath: /var/lib/atelier
+- name: serve-config
+  mountPath: /etc/atelier/serve
+  readOnly: true
+{{- if and $worker $root.Values.ray.modelVolume.existingClaim }}
+- name: models
+  mountPath: {{ $root.Values.ray.modelVolume.mountPath }}
+  readOnly: true
+{{- end }}
+{{- end }}

@@ -1,0 +1,104 @@
+"""The chart as a whole: it lints, every manifest is valid Kubernetes, names and labels follow one rule,
+and every container runs with the secure defaults."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from helm_python import HelmRenderError
+
+from ._chart import CUSTOM_KINDS, FULLNAME, RELEASE, lint, pod_specs, render
+from ._crds import validate_builtin, validate_custom
+
+WARNING = 2
+
+
+def test_lints_cleanly_in_strict_mode(ci_values: dict[str, Any]) -> None:
+    report = lint(ci_values)
+
+    problems = [m for m in report["messages"] if m["severity"] >= WARNING]
+    assert not report["errors"] and not problems, report
+
+
+def test_every_builtin_manifest_is_valid_against_the_kubernetes_schemas(ci_values: dict[str, Any]) -> None:
+    for manifest in render(ci_values).manifests:
+        if manifest["kind"] not in CUSTOM_KINDS:
+            validate_builtin(manifest)
+
+
+def test_every_custom_resource_has_the_fields_its_operator_requires(ci_values: dict[str, Any]) -> None:
+    custom = [m for m in render(ci_values).manifests if m["kind"] in CUSTOM_KINDS]
+
+    assert custom
+    for manifest in custom:
+        validate_custom(manifest)
+
+
+def test_refuses_to_render_without_a_database(minimal: dict[str, Any]) -> None:
+    values = {**minimal, "database": {"url": ""}}
+
+    with pytest.raises(HelmRenderError, match=r"database\.url or database\.existingSecret is required"):
+        render(values)
+
+
+def test_refuses_to_render_without_a_master_key(minimal: dict[str, Any]) -> None:
+    values = {**minimal, "masterKey": {"value": ""}}
+
+    with pytest.raises(HelmRenderError, match=r"masterKey\.value or masterKey\.existingSecret is required"):
+        render(values)
+
+
+def test_every_resource_is_named_after_the_release_and_labelled_as_part_of_it(ci_values: dict[str, Any]) -> None:
+    for manifest in render(ci_values).manifests:
+        metadata = manifest["metadata"]
+        labels = metadata["labels"]
+        if manifest["kind"] == "Secret" and not metadata["name"].startswith(FULLNAME):
+            continue
+        assert metadata["name"].startswith(FULLNAME), metadata["name"]
+        assert labels["app.kubernetes.io/name"] == "atelier"
+        assert labels["app.kubernetes.io/instance"] == RELEASE
+        assert labels["app.kubernetes.io/managed-by"] == "Helm"
+        assert labels["helm.sh/chart"].startswith("atelier-")
+
+
+def test_every_container_runs_non_root_read_only_without_privileges(ci_values: dict[str, Any]) -> None:
+    checked = 0
+    for manifest in render(ci_values).manifests:
+        for where, pod in pod_specs(manifest):
+            pod_context = pod["securityContext"]
+            assert pod_context["runAsNonRoot"] is True, where
+            assert pod_context["seccompProfile"] == {"type": "RuntimeDefault"}, where
+            for container in pod["containers"]:
+                context = container["securityContext"]
+                assert context["runAsNonRoot"] is True, where
+                assert context["readOnlyRootFilesystem"] is True, where
+                assert context["allowPrivilegeEscalation"] is False, where
+                assert context["capabilities"] == {"drop": ["ALL"]}, where
+                assert context["seccompProfile"] == {"type": "RuntimeDefault"}, where
+                checked += 1
+    assert checked >= 4
+
+
+def test_every_container_has_a_writable_tmp(ci_values: dict[str, Any]) -> None:
+    for manifest in render(ci_values).manifests:
+        for where, pod in pod_specs(manifest):
+            empty_dirs = {v["name"] for v in pod["volumes"] if "emptyDir" in v}
+            for container in pod["containers"]:
+                tmp = [m for m in container["volumeMounts"] if m["mountPath"] == "/tmp"]
+                assert len(tmp) == 1 and tmp[0]["name"] in empty_dirs, where
+
+
+def test_every_container_sets_its_resources(ci_values: dict[str, Any]) -> None:
+    for manifest in render(ci_values).manifests:
+        for where, pod in pod_specs(manifest):
+            for container in pod["containers"]:
+                assert container["resources"].get("requests"), where
+                assert container["resources"]["limits"].get("memory"), where
+
+
+def test_notes_tell_where_the_grpc_api_answers(minimal: dict[str, Any]) -> None:
+    notes = render(minimal).notes
+
+    assert f"{FULLNAME}-serve-svc.atelier.svc:9000" in notes
+    assert "sd15 -> DiffusionModel-sd15 on pool l4 (1..4 replicas)" in notes

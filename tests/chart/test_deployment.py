@@ -1,0 +1,81 @@
+"""templates/deployment.yaml: the control plane (`python -m control_plane serve`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._chart import FULLNAME, merged, render
+
+
+def _container(values: dict[str, Any]) -> dict[str, Any]:
+    return render(values).one("Deployment")["spec"]["template"]["spec"]["containers"][0]
+
+
+def _env(values: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in _container(values)["env"]}
+
+
+def test_serves_grpc_and_metrics_on_the_configured_ports(minimal: dict[str, Any]) -> None:
+    container = _container(minimal)
+    env = _env(minimal)
+
+    assert container["command"] == ["python", "-m", "control_plane", "serve"]
+    assert env["ATELIER_CONTROL_PLANE_LISTEN"] == "0.0.0.0:50051"
+    assert env["ATELIER_CONTROL_PLANE_METRICS_PORT"] == "9101"
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"grpc": 50051, "metrics": 9101}
+
+
+def test_reads_the_database_url_and_master_key_from_secrets(minimal: dict[str, Any]) -> None:
+    env = _env(minimal)
+
+    assert env["ATELIER_DATABASE_URL"] == {"secretKeyRef": {"name": f"{FULLNAME}-database", "key": "database-url"}}
+    assert env["ATELIER_MASTER_KEY_FILE"] == "/etc/atelier/master-key/master.key"
+    mounts = {m["name"]: m for m in _container(minimal)["volumeMounts"]}
+    assert mounts["master-key"]["readOnly"] is True
+
+
+def test_reads_the_policy_profile_and_applies_its_visibility_and_minimum_age(minimal: dict[str, Any]) -> None:
+    env = _env(merged(minimal, {"policyProfile": {"defaultVisibility": "public", "minimumAge": 16}}))
+
+    assert env["ATELIER_POLICY_PROFILE"] == "/etc/atelier/policy/profile.yaml"
+    assert (env["ATELIER_DEFAULT_VISIBILITY"], env["ATELIER_MINIMUM_AGE"]) == ("public", "16")
+
+
+def test_probes_the_standard_grpc_health_service(minimal: dict[str, Any]) -> None:
+    container = _container(minimal)
+
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["grpc"] == {"port": 50051}
+
+
+def test_leaves_the_replica_count_to_the_autoscaler_when_it_is_on(minimal: dict[str, Any]) -> None:
+    assert "replicas" not in render(minimal).one("Deployment")["spec"]
+    values = merged(minimal, {"controlPlane": {"autoscaling": {"enabled": False}, "replicaCount": 3}})
+    assert render(values).one("Deployment")["spec"]["replicas"] == 3
+
+
+def test_rolls_out_without_losing_capacity_and_spreads_over_nodes(minimal: dict[str, Any]) -> None:
+    spec = render(minimal).one("Deployment")["spec"]
+
+    assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    anti = spec["template"]["spec"]["affinity"]["podAntiAffinity"]
+    assert anti["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"]["topologyKey"] == (
+        "kubernetes.io/hostname"
+    )
+
+
+def test_restarts_when_the_policy_profile_changes(minimal: dict[str, Any]) -> None:
+    def checksum(values: dict[str, Any]) -> str:
+        annotations = render(values).one("Deployment")["spec"]["template"]["metadata"]["annotations"]
+        return annotations["checksum/policy-profile"]
+
+    assert checksum(minimal) != checksum(merged(minimal, {"policyProfile": {"uploadRetentionHours": 12}}))
+
+
+def test_keeps_blobs_on_the_shared_claim_when_one_is_given(minimal: dict[str, Any]) -> None:
+    values = merged(minimal, {"controlPlane": {"blobs": {"existingClaim": "atelier-blobs"}}})
+
+    volumes = {v["name"]: v for v in render(values).one("Deployment")["spec"]["template"]["spec"]["volumes"]}
+
+    assert volumes["blobs"] == {"name": "blobs", "persistentVolumeClaim": {"claimName": "atelier-blobs"}}
+    assert _env(values)["ATELIER_BLOB_DIR"] == "/var/lib/atelier-blobs"

@@ -1,0 +1,206 @@
+"""templates/rayservice.yaml: one KubeRay RayService, a worker group per GPU pool and a Serve deployment
+per model, with Serve's gRPC proxy in front."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from helm_python import HelmRenderError
+from ray.serve.schema import ServeDeploySchema
+
+from ._chart import FULLNAME, merged, render, serve_config, serve_deployments, worker_groups
+
+H100_POOL = {
+    "name": "h100",
+    "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
+    "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+    "gpusPerWorker": 8,
+    "gpusPerReplica": 1,
+    "minWorkers": 0,
+    "maxWorkers": 3,
+    "resources": {"requests": {"cpu": "64", "memory": "512Gi"}, "limits": {"memory": "512Gi"}},
+}
+SDXL_ON_H100 = {
+    "name": "sdxl",
+    "pool": "h100",
+    "numCpus": 4,
+    "autoscaling": {"enabled": True, "minReplicas": 1, "maxReplicas": 24, "targetOngoingRequests": 1},
+    "settings": {
+        "source": "/models/sdxl",
+        "dtype": "float16",
+        "default_width": 1024,
+        "default_height": 1024,
+        "max_size": 1024,
+    },
+}
+
+
+def _with_h100(values: dict[str, Any]) -> dict[str, Any]:
+    return {**values, "gpuPools": [*values["gpuPools"], H100_POOL], "models": [*values["models"], SDXL_ON_H100]}
+
+
+def test_serve_config_is_a_valid_ray_serve_deploy_config(ci_values: dict[str, Any]) -> None:
+    ServeDeploySchema.model_validate(serve_config(render(ci_values)))
+
+
+def test_serves_one_atelier_application_built_by_the_module_level_builder(minimal: dict[str, Any]) -> None:
+    (application,) = serve_config(render(minimal))["applications"]
+
+    assert application["name"] == "atelier"
+    assert application["import_path"] == "inference.app:app_from_env"
+    assert application["runtime_env"]["env_vars"]["ATELIER_SERVE_CONFIG"] == "/etc/atelier/serve/serve-config.json"
+
+
+def test_hands_the_serve_config_to_the_builder_inline_as_well(minimal: dict[str, Any]) -> None:
+    release = render(minimal)
+    (application,) = serve_config(release)["applications"]
+    mounted = json.loads(release.one("ConfigMap", f"{FULLNAME}-serve-config")["data"]["serve-config.json"])
+
+    assert application["args"] == {"serve_config": mounted}
+
+
+def test_starts_serves_grpc_proxy_with_the_inference_and_health_servicers(minimal: dict[str, Any]) -> None:
+    grpc = serve_config(render(minimal))["grpc_options"]
+
+    assert grpc == {
+        "port": 9000,
+        "grpc_servicer_functions": [
+            "protos.atelier.v1.inference_pb2_grpc.add_InferenceServicer_to_server",
+            "grpc_health.v1.health_pb2_grpc.add_HealthServicer_to_server",
+        ],
+    }
+
+
+def test_exposes_the_grpc_proxy_in_the_serve_service_kuberay_switches_on_upgrades(minimal: dict[str, Any]) -> None:
+    spec = render(minimal).one("RayService")["spec"]
+
+    ports = {port["name"]: port["port"] for port in spec["serveService"]["spec"]["ports"]}
+    assert ports == {"serve": 8000, "serve-grpc": 9000}
+    for group in [spec["rayClusterConfig"]["headGroupSpec"], *spec["rayClusterConfig"]["workerGroupSpecs"]]:
+        container_ports = {p["name"]: p["containerPort"] for p in group["template"]["spec"]["containers"][0]["ports"]}
+        assert container_ports["serve"] == 8000  # KubeRay health-checks the proxy on the `serve` port (HTTP)
+        assert container_ports["serve-grpc"] == 9000
+        assert container_ports["metrics"] == 8080
+
+
+def test_upgrades_with_a_new_cluster_so_that_cluster_changes_have_no_downtime(minimal: dict[str, Any]) -> None:
+    assert render(minimal).one("RayService")["spec"]["upgradeStrategy"] == {"type": "NewCluster"}
+
+
+def test_adds_a_worker_group_when_a_pool_is_added_to_gpuPools(minimal: dict[str, Any]) -> None:  # noqa: N802
+    before = render(minimal)
+    after = render(_with_h100(minimal))
+
+    assert set(worker_groups(after)) - set(worker_groups(before)) == {"h100"}
+    group = worker_groups(after)["h100"]
+    assert (group["minReplicas"], group["replicas"], group["maxReplicas"]) == (0, 0, 3)
+    assert group["rayStartParams"]["resources"] == '"{\\"pool-h100\\":8}"'
+    pod = group["template"]["spec"]
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    assert pod["tolerations"] == H100_POOL["tolerations"]
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 8
+    # ...and the Serve deployment that runs on it.
+    assert set(serve_deployments(after)) - set(serve_deployments(before)) == {"DiffusionModel-sdxl"}
+    sdxl = serve_deployments(after)["DiffusionModel-sdxl"]
+    assert sdxl["ray_actor_options"] == {"num_cpus": 4, "num_gpus": 1, "resources": {"pool-h100": 1}}
+    assert sdxl["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 24, "target_ongoing_requests": 1}
+    # The existing pool and model are untouched.
+    assert worker_groups(after)["l4"] == worker_groups(before)["l4"]
+    assert serve_deployments(after)["DiffusionModel-sd15"] == serve_deployments(before)["DiffusionModel-sd15"]
+
+
+def test_pins_each_models_replicas_to_its_pool_with_the_pools_custom_resource(ci_values: dict[str, Any]) -> None:
+    release = render(ci_values)
+    groups = worker_groups(release)
+
+    for model in ci_values.get("models", []):
+        options = serve_deployments(release)[f"DiffusionModel-{model['name']}"]["ray_actor_options"]
+        assert options["resources"] == {f"pool-{model['pool']}": 1}
+        offered = json.loads(json.loads(groups[model["pool"]]["rayStartParams"]["resources"]))
+        assert set(offered) == {f"pool-{model['pool']}"}
+
+
+def test_a_worker_offers_one_unit_of_its_pool_resource_per_replica_it_can_hold(minimal: dict[str, Any]) -> None:
+    pool = {**minimal["gpuPools"][0], "gpusPerWorker": 4, "gpusPerReplica": 0.5}
+    values = {**minimal, "gpuPools": [pool]}
+
+    group = worker_groups(render(values))["l4"]
+
+    assert json.loads(json.loads(group["rayStartParams"]["resources"])) == {"pool-l4": 8}
+    assert group["rayStartParams"]["num-gpus"] == "4"
+    assert serve_deployments(render(values))["DiffusionModel-sd15"]["ray_actor_options"]["num_gpus"] == 0.5
+
+
+def test_a_model_without_autoscaling_runs_a_fixed_number_of_replicas(minimal: dict[str, Any]) -> None:
+    model = {**minimal["models"][0], "autoscaling": {"enabled": False}, "numReplicas": 3}
+
+    deployment = serve_deployments(render({**minimal, "models": [model]}))["DiffusionModel-sd15"]
+
+    assert deployment["num_replicas"] == 3
+    assert "autoscaling_config" not in deployment
+
+
+def test_an_autoscaled_model_lets_serve_choose_its_replicas(minimal: dict[str, Any]) -> None:
+    deployment = serve_deployments(render(minimal))["DiffusionModel-sd15"]
+
+    assert deployment["num_replicas"] == "auto"
+    assert deployment["autoscaling_config"] == {
+        "min_replicas": 1,
+        "max_replicas": 4,
+        "target_ongoing_requests": 1,
+        "upscale_delay_s": 10,
+        "downscale_delay_s": 300,
+    }
+    assert deployment["max_ongoing_requests"] == 2
+
+
+def test_sizes_the_gateway_deployment(minimal: dict[str, Any]) -> None:
+    values = merged(minimal, {"ray": {"serve": {"gatewayReplicas": 3}}})
+
+    assert serve_deployments(render(values))["Gateway"] == {"name": "Gateway", "num_replicas": 3}
+
+
+def test_lets_ray_autoscale_each_pool_within_its_workers(minimal: dict[str, Any]) -> None:
+    cluster = render(minimal).one("RayService")["spec"]["rayClusterConfig"]
+    group = worker_groups(render(minimal))["l4"]
+
+    assert cluster["enableInTreeAutoscaling"] is True
+    assert (group["minReplicas"], group["maxReplicas"]) == (1, 2)
+    assert cluster["autoscalerOptions"]["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_keeps_model_replicas_off_the_head(minimal: dict[str, Any]) -> None:
+    head = render(minimal).one("RayService")["spec"]["rayClusterConfig"]["headGroupSpec"]
+
+    assert head["rayStartParams"]["num-cpus"] == "0"
+    assert "resources" not in head["rayStartParams"]
+
+
+def test_ray_pod_labels_leave_out_the_chart_version_so_chart_upgrades_keep_the_cluster(
+    minimal: dict[str, Any],
+) -> None:
+    # Any change to rayClusterConfig makes KubeRay roll out a whole new cluster.
+    spec = render(minimal).one("RayService")["spec"]["rayClusterConfig"]
+    for group in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:
+        labels = group["template"]["metadata"]["labels"]
+        assert "helm.sh/chart" not in labels
+        assert "app.kubernetes.io/version" not in labels
+
+
+def test_mounts_the_model_volume_read_only_on_workers_only(minimal: dict[str, Any]) -> None:
+    values = merged(minimal, {"ray": {"modelVolume": {"existingClaim": "models"}}})
+    spec = render(values).one("RayService")["spec"]["rayClusterConfig"]
+
+    worker = spec["workerGroupSpecs"][0]["template"]["spec"]
+    assert {"name": "models", "mountPath": "/models", "readOnly": True} in worker["containers"][0]["volumeMounts"]
+    head = spec["headGroupSpec"]["template"]["spec"]
+    assert "models" not in {v["name"] for v in head["volumes"]}
+
+
+def test_rejects_a_model_on_a_pool_that_does_not_exist(minimal: dict[str, Any]) -> None:
+    model = {**minimal["models"][0], "pool": "a100"}
+
+    with pytest.raises(HelmRenderError, match=r'models\[sd15\].pool: "a100" is not a gpuPools\[\].name; valid: l4'):
+        render({**minimal, "models": [model]})
