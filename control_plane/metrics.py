@@ -1,0 +1,65 @@
+"""Gauges read from the database at scrape time: what is held, open or overdue right now.
+
+Counters of events (RPCs, sweep deletions) live where the events happen; these gauges
+describe state, so every control-plane replica reports the same database-wide values
+and alerts take their `max()`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from control_plane.clock import Clock
+from control_plane.db.pool import Pool
+
+_DSR_KINDS = ("export", "erasure")
+
+
+class DatabaseStateCollector(Collector):
+    """Reservation and data-subject-request gauges, one query per scrape."""
+
+    def __init__(self, pool: Pool, clock: Clock) -> None:
+        self._pool = pool
+        self._clock = clock
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        now = self._clock.now()
+        with self._pool.connection() as conn:
+            held_count, oldest_held_at = conn.execute(
+                "SELECT count(*), min(created_at) FROM reservations WHERE state = 'held'"
+            ).fetchone() or (0, None)
+            dsr_rows = conn.execute(
+                """
+                SELECT kind, count(*), count(*) FILTER (WHERE due_at < %s)
+                FROM dsr_requests WHERE state IN ('received', 'in_progress')
+                GROUP BY kind
+                """,
+                (now,),
+            ).fetchall()
+        held = GaugeMetricFamily(
+            "atelier_credit_reservations_held", "Credit reservations held (neither committed, released nor expired)."
+        )
+        held.add_metric([], held_count)
+        yield held
+        oldest = GaugeMetricFamily(
+            "atelier_credit_reservation_oldest_held_age_seconds",
+            "Age of the oldest held credit reservation; 0 when none is held. A growing value means stuck holds.",
+        )
+        oldest.add_metric([], (now - oldest_held_at).total_seconds() if oldest_held_at is not None else 0.0)
+        yield oldest
+        by_kind = {kind: (open_count, overdue) for kind, open_count, overdue in dsr_rows}
+        open_requests = GaugeMetricFamily(
+            "atelier_dsr_open_requests", "Data-subject requests received and not yet completed.", labels=["kind"]
+        )
+        overdue_requests = GaugeMetricFamily(
+            "atelier_dsr_overdue_requests", "Open data-subject requests past their due date.", labels=["kind"]
+        )
+        for kind in _DSR_KINDS:
+            open_count, overdue = by_kind.get(kind, (0, 0))
+            open_requests.add_metric([kind], open_count)
+            overdue_requests.add_metric([kind], overdue)
+        yield open_requests
+        yield overdue_requests
