@@ -9,6 +9,7 @@ then a demo account. Everything runs detached, so `up` returns; `down` stops it 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import socket
@@ -22,6 +23,7 @@ from pathlib import Path
 import grpc
 
 from atelier._processes import StartError, is_running, spawn_daemon, stop_session, wait_until_serving
+from atelier.ports import free_port, free_port_block
 from atelier.settings import ClusterSettings
 from atelier.state import ClusterState, load_operator_key, save_operator_key
 from protos.atelier.v1 import control_plane_pb2, control_plane_pb2_grpc
@@ -154,6 +156,7 @@ class LocalCluster:
         log_path = self._logs / "control-plane.log"
         env = {
             **os.environ,
+            **self._master_key_env(),
             "ATELIER_HOME": str(self.home),
             "ATELIER_DATABASE_URL": database_url,
             "ATELIER_CONTROL_PLANE_LISTEN": self.settings.control_plane_address,
@@ -169,6 +172,19 @@ class LocalCluster:
             lambda: is_running(pid),
         )
         return pid
+
+    def _master_key_env(self) -> dict[str, str]:
+        """The master key the control plane wraps data keys with: as configured, else a key
+        file created once under the home (mode 0600)."""
+        if os.environ.get("ATELIER_MASTER_KEY") or os.environ.get("ATELIER_MASTER_KEY_FILE"):
+            return {}
+        from control_plane.crypto import ensure_master_key_file
+
+        path = self.home / "master.key"
+        if not path.exists():
+            self._log(f"master key: created {path} (keep it safe: without it no content can be read)")
+        ensure_master_key_file(path)
+        return {"ATELIER_MASTER_KEY_FILE": str(path)}
 
     def _start_ray(self) -> tuple[str, int | None]:
         if self.settings.ray_address is not None:
@@ -297,3 +313,64 @@ def _connect_ray(ray, address: str, timeout_s: float, log_path: Path, still_aliv
 
 def _has_cuda() -> bool:
     return shutil.which("nvidia-smi") is not None
+
+
+class LocalRayNodes:
+    """Several Ray nodes on this machine (a head and workers), for multi-node tests and benchmarks.
+
+    Each node is a `ray start --block` daemon in a session of its own with ports of its own, all under
+    one short temp dir (Unix socket paths may not exceed 107 bytes); `stop` ends each session, never
+    `ray stop` (which would stop every Ray instance on the machine).
+    """
+
+    def __init__(self, temp_dir: Path, logs: Path) -> None:
+        self.temp_dir = temp_dir
+        self.logs = logs
+        self.pids: list[int] = []
+        self.head_address = ""
+        self._ray = shutil.which("ray", path=str(Path(sys.executable).parent)) or "ray"
+
+    def start(self, name: str, *, head: bool, resources: dict[str, float], num_cpus: float) -> None:
+        """Starts a node advertising `resources` and returns once it has joined (the head first).
+
+        Raises:
+            StartError: the node exited or did not start within 240 s; its log is named.
+        """
+        base = free_port_block(8)
+        argv = [
+            self._ray, "start", "--block", "--disable-usage-stats", f"--num-cpus={num_cpus}", "--num-gpus=0",
+            f"--resources={json.dumps(resources)}", f"--temp-dir={self.temp_dir}",
+            f"--node-manager-port={base}", f"--object-manager-port={base + 1}",
+            f"--dashboard-agent-listen-port={base + 2}", f"--dashboard-agent-grpc-port={base + 3}",
+            f"--runtime-env-agent-port={base + 4}", f"--metrics-export-port={base + 5}",
+            f"--object-store-memory={128 * 1024 * 1024}",
+        ]  # fmt: skip
+        if head:
+            port = free_port()
+            self.head_address = f"127.0.0.1:{port}"
+            argv += ["--head", f"--port={port}", "--include-dashboard=false", f"--ray-client-server-port={base + 6}"]
+        else:
+            argv += [f"--address={self.head_address}"]
+        # A loaded 2-core machine starts raylets slowly: give them longer than Ray's default to register.
+        env = {
+            **os.environ,
+            "HF_HUB_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "RAY_raylet_start_wait_time_s": "240",
+        }
+        log_path = self.logs / f"ray-{name}.log"
+        pid = spawn_daemon(argv, log_path, env)
+        self.pids.append(pid)
+        # One node at a time, each once up: starting them together overloads the GCS here.
+        deadline = time.monotonic() + 240
+        while "Ray runtime started" not in (log_path.read_text(errors="replace") if log_path.exists() else ""):
+            if not is_running(pid):
+                raise StartError(f"Ray node {name} exited during start-up; see {log_path}")
+            if time.monotonic() > deadline:
+                raise StartError(f"Ray node {name} did not start within 240s; see {log_path}")
+            time.sleep(0.25)
+
+    def stop(self) -> None:
+        """Stops every node this object started, workers first."""
+        for pid in reversed(self.pids):
+            stop_session(pid, timeout_s=30)

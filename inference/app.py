@@ -14,27 +14,46 @@ from inference.deployments import DiffusionModel, Gateway
 APP_NAME = "atelier"
 # Serve's proxy routes every method of these services to the ingress deployment (Gateway).
 GRPC_SERVICER_FUNCTIONS = (
-    "protos.atelier.v1.inference_pb2_grpc.add_InferenceServicer_to_server",
+    # Registers atelier.v1.Inference and fixes the proxy losing cancellations of abandoned streams.
+    "inference.grpc_proxy.add_inference_servicer_to_server",
     "grpc_health.v1.health_pb2_grpc.add_HealthServicer_to_server",
 )
 
 
-def model_deployment_name(model: ModelConfig) -> str:
-    """Serve deployment name of a model's pool, e.g. ``DiffusionModel-tiny-sd``."""
-    return f"DiffusionModel-{model.name}"
+def model_deployment_name(model: ModelConfig, config: ServeConfig | None = None) -> str:
+    """Serve deployment name of a model's pool, e.g. ``DiffusionModel-tiny-sd``.
+
+    Without `config`, the model's own pool (a model that no pool of `config` names is served by one).
+    """
+    pool = config.pool_of(model).name if config is not None else model.name
+    return pool_deployment_name(pool)
+
+
+def pool_deployment_name(pool: str) -> str:
+    """Serve deployment name of a pool, e.g. ``DiffusionModel-tiny-sd``."""
+    return f"DiffusionModel-{pool}"
 
 
 def build_app(config: ServeConfig) -> Application:
-    """The Serve application graph for `config` (not yet running)."""
-    pools = {
-        model.name: DiffusionModel.options(  # type: ignore[attr-defined]
-            name=model_deployment_name(model),
-            num_replicas=model.num_replicas,
-            max_ongoing_requests=model.max_ongoing_requests,
-            ray_actor_options={"num_cpus": model.num_cpus, "num_gpus": model.num_gpus},
-        ).bind(model, config.model_cache_dir)
-        for model in config.models
-    }
+    """The Serve application graph for `config` (not yet running): one deployment per pool."""
+    pools = {}
+    for pool, models in config.model_pools():
+        lead = models[0]  # models of a pool agree on every replica setting (ServeConfig checks)
+        options: dict[str, Any] = {
+            "name": pool_deployment_name(pool.name),
+            "max_ongoing_requests": lead.max_ongoing_requests,
+            "ray_actor_options": {
+                "num_cpus": lead.num_cpus,
+                "num_gpus": lead.num_gpus,
+                "resources": dict(pool.resources),
+            },
+        }
+        autoscaling = pool.autoscaling_config()
+        if autoscaling is None:
+            options["num_replicas"] = lead.num_replicas
+        else:
+            options["autoscaling_config"] = autoscaling
+        pools[pool.name] = DiffusionModel.options(**options).bind(models, pool, config.model_cache_dir)  # type: ignore[attr-defined]
     return Gateway.bind(config, pools)  # type: ignore[attr-defined]
 
 
@@ -63,6 +82,7 @@ def deploy(config: ServeConfig) -> None:
     calling process exits.
     """
     serve.start(
+        proxy_location=config.proxy_location,
         http_options={"host": "127.0.0.1", "port": config.http_port},
         grpc_options=gRPCOptions(port=config.grpc_port, grpc_servicer_functions=list(GRPC_SERVICER_FUNCTIONS)),
     )

@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-BACKENDS = ("eager",)
+# Kept in step with inference.backends.BACKEND_NAMES (a unit test checks), without importing torch here.
+BACKENDS = ("compile", "eager", "onnxruntime", "tensorrt")
 DEVICES = ("cpu", "cuda")
 DTYPES = ("float32", "float16", "bfloat16")
 # SD-family models work on latents 1/8 of the image size.
@@ -22,6 +23,7 @@ SIZE_MULTIPLE = 8
 MAX_STEPS = 150
 MAX_IMAGES_PER_REQUEST = 8
 MAX_PROMPT_CHARS = 2000
+PROXY_LOCATIONS = ("EveryNode", "HeadOnly", "Disabled")
 
 
 def _require(condition: bool, setting: str, message: str) -> None:
@@ -76,8 +78,16 @@ class ModelConfig:
     """CPUs Ray reserves for each replica."""
     num_gpus: float = 0.0
     """GPUs Ray reserves for each replica (needs `device="cuda"`)."""
-    max_ongoing_requests: int = 2
-    """Requests a replica accepts at once before Serve queues them elsewhere."""
+    max_ongoing_requests: int = 8
+    """Requests a replica accepts at once before Serve queues them elsewhere; at least `max_batch_size`
+    for batches to fill."""
+    max_batch_size: int = 8
+    """Most images one pipeline call generates; compatible requests (same size, steps and guidance)
+    share a call up to this many images. 1 turns batching off."""
+    batch_wait_timeout_ms: float = 0.0
+    """How long a batch waits for more compatible requests before it starts, in milliseconds. 0 starts
+    at once on an idle replica (requests still batch while the pipeline is busy); a few milliseconds
+    fill batches better on a GPU at the price of that much latency."""
     description: str = "Tiny random-weight Stable Diffusion pipeline; images are noise."
     """Shown by ListModels."""
 
@@ -119,7 +129,94 @@ class ModelConfig:
         _require(self.millicredits_per_step >= 0, f"models[{self.name}].millicredits_per_step", "must be >= 0")
         _require(self.num_replicas >= 1, f"models[{self.name}].num_replicas", "must be >= 1")
         _require(self.max_ongoing_requests >= 1, f"models[{self.name}].max_ongoing_requests", "must be >= 1")
+        _require(1 <= self.max_batch_size <= 64, f"models[{self.name}].max_batch_size", "must lie within [1, 64]")
+        _require(
+            0 <= self.batch_wait_timeout_ms <= 1000,
+            f"models[{self.name}].batch_wait_timeout_ms",
+            "must lie within [0, 1000] milliseconds",
+        )
         _require(self.num_gpus == 0 or self.device == "cuda", f"models[{self.name}].num_gpus", "needs device='cuda'")
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """A pool of `DiffusionModel` replicas (one Serve deployment) serving one or more models.
+
+    A model named by no pool gets a pool of its own, named after it, with these defaults. The replicas of
+    a pool of several models load them on demand (Serve model multiplexing) and evict the least recently
+    used; the models must then agree on every replica setting (`POOL_SETTINGS`), which the pool's first
+    model sets.
+    """
+
+    name: str
+    """Pool name; its deployment is ``DiffusionModel-<name>``."""
+    models: tuple[str, ...]
+    """Names of the models it serves (from `ServeConfig.models`), at least one."""
+    max_models_per_replica: int = 2
+    """Most models one replica keeps loaded."""
+    resources: dict[str, float] = field(default_factory=dict)
+    """Custom Ray resources each replica needs, e.g. ``{"pool_sd15": 1}`` to place replicas only on the nodes
+    that advertise them (``ray start --resources``)."""
+    max_replicas: int = 0
+    """Autoscaling: most replicas. 0 turns autoscaling off (the first model's `num_replicas`, fixed)."""
+    min_replicas: int = 1
+    """Autoscaling: fewest replicas (0 lets an idle pool scale to zero)."""
+    target_ongoing_requests: float = 2.0
+    """Autoscaling: requests per replica (queued and running) the autoscaler steers towards."""
+    upscale_delay_s: float = 30.0
+    """Autoscaling: how long load must stay above target before replicas are added, in seconds."""
+    downscale_delay_s: float = 600.0
+    """Autoscaling: how long load must stay below target before replicas are removed, in seconds."""
+
+    def __post_init__(self) -> None:
+        _require(
+            bool(self.name) and self.name.replace("-", "").replace("_", "").replace(".", "").isalnum(),
+            "pools[].name",
+            f"must be a non-empty name of letters, digits, '-', '_' or '.', got {self.name!r}",
+        )
+        _require(bool(self.models), f"pools[{self.name}].models", "must name at least one model")
+        _require(self.max_models_per_replica >= 1, f"pools[{self.name}].max_models_per_replica", "must be >= 1")
+        _require(
+            all(isinstance(v, int | float) and v >= 0 for v in self.resources.values()),
+            f"pools[{self.name}].resources",
+            "must map resource names to amounts >= 0",
+        )
+        _require(self.max_replicas >= 0, f"pools[{self.name}].max_replicas", "must be >= 0 (0: no autoscaling)")
+        if self.max_replicas:
+            _require(
+                0 <= self.min_replicas <= self.max_replicas,
+                f"pools[{self.name}].min_replicas",
+                f"must lie within [0, max_replicas={self.max_replicas}]",
+            )
+            _require(self.target_ongoing_requests > 0, f"pools[{self.name}].target_ongoing_requests", "must be > 0")
+            for name in ("upscale_delay_s", "downscale_delay_s"):
+                _require(getattr(self, name) >= 0, f"pools[{self.name}].{name}", "must be >= 0 seconds")
+
+    def autoscaling_config(self) -> dict[str, float] | None:
+        """Serve's ``autoscaling_config`` for this pool, or None when autoscaling is off."""
+        if not self.max_replicas:
+            return None
+        return {
+            "min_replicas": self.min_replicas,
+            "max_replicas": self.max_replicas,
+            "target_ongoing_requests": self.target_ongoing_requests,
+            "upscale_delay_s": self.upscale_delay_s,
+            "downscale_delay_s": self.downscale_delay_s,
+        }
+
+
+# Model settings that configure a pool's replicas: every model of one pool must agree on them.
+POOL_SETTINGS = (
+    "backend",
+    "device",
+    "dtype",
+    "num_replicas",
+    "num_cpus",
+    "num_gpus",
+    "max_ongoing_requests",
+    "max_batch_size",
+    "batch_wait_timeout_ms",
+)
 
 
 @dataclass(frozen=True)
@@ -136,10 +233,16 @@ class ServeConfig:
     """Port of Serve's gRPC proxy."""
     http_port: int = 8000
     """Port of Serve's HTTP proxy (unused by atelier, but Serve always starts one)."""
+    proxy_location: str = "EveryNode"
+    """Where Serve runs its proxies: one of `PROXY_LOCATIONS`. ``HeadOnly`` when several Ray nodes share
+    one machine (their proxies would all bind the same ports)."""
     model_cache_dir: Path = Path(".atelier/models")
     """Where builtin models are built and cached."""
     models: tuple[ModelConfig, ...] = (ModelConfig(name="tiny-sd"),)
     """Models served; the first is the default."""
+    pools: tuple[PoolConfig, ...] = ()
+    """Pools serving several models, or with autoscaling or placement settings; every model named by no
+    pool is served by a pool of its own, named after it, with `PoolConfig`'s defaults."""
 
     def __post_init__(self) -> None:
         _require(
@@ -148,10 +251,47 @@ class ServeConfig:
             f"must be host:port, got {self.control_plane_address!r}",
         )
         _require(self.control_plane_timeout_s > 0, "control_plane_timeout_s", "must be > 0")
+        _require(
+            self.proxy_location in PROXY_LOCATIONS,
+            "proxy_location",
+            f"must be one of {PROXY_LOCATIONS}, got {self.proxy_location!r}",
+        )
         _require(60 <= self.reservation_ttl_s <= 3600, "reservation_ttl_s", "must lie within [60, 3600]")
         _require(bool(self.models), "models", "must name at least one model")
         names = [m.name for m in self.models]
         _require(len(set(names)) == len(names), "models", f"names must be unique, got {names}")
+        listed = [name for pool in self.pools for name in pool.models]
+        _require(len(set(listed)) == len(listed), "pools", f"a model may be in one pool only, got {listed}")
+        pool_names = [pool.name for pool in self.pools]
+        _require(len(set(pool_names)) == len(pool_names), "pools", f"names must be unique, got {pool_names}")
+        for pool in self.pools:
+            for name in pool.models:
+                _require(name in names, f"pools[{pool.name}].models", f"{name!r} is not in models {names}")
+        for pool, members in self.model_pools():
+            lead = members[0]
+            for member in members[1:]:
+                for setting in POOL_SETTINGS:
+                    _require(
+                        getattr(member, setting) == getattr(lead, setting),
+                        f"models[{member.name}].{setting}",
+                        f"must equal models[{lead.name}].{setting} ({getattr(lead, setting)!r}): both are in pool "
+                        f"{pool.name!r}, whose replicas serve every model of the pool",
+                    )
+
+    def pool_of(self, model: ModelConfig) -> PoolConfig:
+        """The pool serving `model` (its own, with defaults, when no pool names it)."""
+        for pool in self.pools:
+            if model.name in pool.models:
+                return pool
+        return PoolConfig(name=model.name, models=(model.name,))
+
+    def model_pools(self) -> list[tuple[PoolConfig, tuple[ModelConfig, ...]]]:
+        """Every pool with its models in config order; a pool's first model sets its replicas' settings."""
+        pools: dict[str, tuple[PoolConfig, list[ModelConfig]]] = {}
+        for model in self.models:
+            pool = self.pool_of(model)
+            pools.setdefault(pool.name, (pool, []))[1].append(model)
+        return [(pool, tuple(members)) for pool, members in pools.values()]
 
     @property
     def default_model(self) -> ModelConfig:
@@ -211,9 +351,18 @@ class ServeConfig:
                     raise ConfigError(f"unknown model settings {sorted(bad)}; valid: {sorted(model_fields)}")
                 models.append(ModelConfig(**entry))
             kwargs["models"] = tuple(models)
+        if "pools" in kwargs:
+            pool_fields = {f.name for f in fields(PoolConfig)}
+            pools = []
+            for entry in kwargs["pools"]:
+                bad = set(entry) - pool_fields
+                if bad:
+                    raise ConfigError(f"unknown pool settings {sorted(bad)}; valid: {sorted(pool_fields)}")
+                pools.append(PoolConfig(**{**entry, "models": tuple(entry.get("models", ()))}))
+            kwargs["pools"] = tuple(pools)
         if "model_cache_dir" in kwargs:
             kwargs["model_cache_dir"] = Path(kwargs["model_cache_dir"])
         return cls(**kwargs)
 
 
-__all__ = ["ConfigError", "ModelConfig", "ServeConfig"]
+__all__ = ["POOL_SETTINGS", "ConfigError", "ModelConfig", "PoolConfig", "ServeConfig"]

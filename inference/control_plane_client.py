@@ -46,14 +46,18 @@ class ControlPlaneClient:
             self._stub = control_plane_pb2_grpc.ControlPlaneStub(grpc.aio.insecure_channel(self._address))
         return self._stub
 
-    async def reserve_credits(self, api_key: str, account_id: str, amount: int, ttl_s: int, purpose: str) -> str:
+    async def reserve_credits(
+        self, api_key: str, account_id: str, amount: int, ttl_s: int, purpose: str, prompt: str = ""
+    ) -> str:
         """Holds `amount` credits of the account; returns the reservation id.
+
+        The control plane moderates `prompt` first: a blocked prompt reserves nothing.
 
         Raises:
             RequestError: the control plane refused (its code and message) or is unreachable.
         """
         request = control_plane_pb2.ReserveCreditsRequest(
-            account_id=account_id, amount=amount, ttl_seconds=ttl_s, purpose=purpose
+            account_id=account_id, amount=amount, ttl_seconds=ttl_s, purpose=purpose, prompt=prompt
         )
         response = await self._call(self._control_plane().ReserveCredits, request, api_key)
         return str(response.reservation.reservation_id)

@@ -13,7 +13,14 @@ from dataclasses import dataclass
 import grpc
 
 from inference.backends.base import GenerationParams
-from inference.config import MAX_IMAGES_PER_REQUEST, MAX_PROMPT_CHARS, SIZE_MULTIPLE, ModelConfig, ServeConfig
+from inference.config import (
+    MAX_IMAGES_PER_REQUEST,
+    MAX_PROMPT_CHARS,
+    MAX_STEPS,
+    SIZE_MULTIPLE,
+    ModelConfig,
+    ServeConfig,
+)
 from inference.errors import RequestError
 from inference.pricing import generation_cost
 from protos.atelier.v1 import inference_pb2
@@ -33,6 +40,8 @@ class ValidatedRequest:
     params: GenerationParams
     cost: int
     """Credits this request costs (see `inference.pricing`)."""
+    preview_every: int = 0
+    """Streamed progress carries a preview every this many steps; 0 for none."""
 
 
 def validate_generate_request(request: inference_pb2.GenerateRequest, config: ServeConfig) -> ValidatedRequest:
@@ -71,6 +80,10 @@ def validate_generate_request(request: inference_pb2.GenerateRequest, config: Se
     if seed + num_images - 1 > _MAX_SEED:
         raise _invalid("seed", f"seed + num_images - 1 must fit in 64 bits, got seed {seed}")
 
+    preview_every = request.preview_every_n_steps if request.HasField("preview_every_n_steps") else 0
+    if preview_every > MAX_STEPS:
+        raise _invalid("preview_every_n_steps", f"must lie within [0, {MAX_STEPS}], got {preview_every}")
+
     params = GenerationParams(
         prompt=prompt,
         negative_prompt=request.negative_prompt,
@@ -82,7 +95,7 @@ def validate_generate_request(request: inference_pb2.GenerateRequest, config: Se
         num_images=num_images,
     )
     cost = generation_cost(model, width=width, height=height, steps=steps, num_images=num_images)
-    return ValidatedRequest(account_id=account_id, model=model, params=params, cost=cost)
+    return ValidatedRequest(account_id=account_id, model=model, params=params, cost=cost, preview_every=preview_every)
 
 
 def _validate_uuid(field_name: str, value: str) -> str:

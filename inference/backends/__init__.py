@@ -1,44 +1,82 @@
-"""Generation backends behind one interface, chosen by name (``backend="eager"``)."""
+"""Generation backends behind one interface, chosen by name (``backend="eager"``).
+
+Each backend lives in its own module and is imported only when chosen, so a replica running `eager`
+never imports onnxruntime or TensorRT.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
+from typing import Protocol
 
 # From the defining module: diffusers' lazy top-level namespace shows type checkers placeholder classes.
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 
-from inference.backends.base import Backend, GenerationCancelled, GenerationParams, StepCallback
+from inference.backends.base import (
+    Backend,
+    BackendOptions,
+    BackendUnavailable,
+    BatchKey,
+    GenerationCancelled,
+    GenerationParams,
+    LatentsCallback,
+    StepCallback,
+    batch_key,
+)
 from inference.backends.eager import EagerBackend
 
-_BACKENDS: dict[str, Callable[[DiffusionPipeline], Backend]] = {EagerBackend.name: EagerBackend}
+
+class _BackendFactory(Protocol):
+    def __call__(self, pipeline: DiffusionPipeline, options: BackendOptions | None = None) -> Backend: ...
+
+
+# name -> (module, class) of each backend.
+_BACKENDS: dict[str, tuple[str, str]] = {
+    "compile": ("inference.backends.compile", "CompileBackend"),
+    "eager": ("inference.backends.eager", "EagerBackend"),
+    "onnxruntime": ("inference.backends.onnxruntime", "OnnxRuntimeBackend"),
+    "tensorrt": ("inference.backends.tensorrt", "TensorRTBackend"),
+}
 BACKEND_NAMES: tuple[str, ...] = tuple(sorted(_BACKENDS))
 
 
-def create_backend(name: str, pipeline: DiffusionPipeline) -> Backend:
+def create_backend(name: str, pipeline: DiffusionPipeline, options: BackendOptions | None = None) -> Backend:
     """Wrap a loaded pipeline in the backend `name` selects.
 
     Args:
         name: The backend's name; one of `BACKEND_NAMES`.
-        pipeline: The loaded diffusers pipeline to run.
+        pipeline: The loaded diffusers pipeline to run (a backend may replace its components).
+        options: Cache directory and expected shapes, for backends that compile ahead of time.
 
     Returns:
         The backend, ready to `generate`.
 
     Raises:
         ValueError: If `name` is not a known backend; the message lists the valid names.
+        BackendUnavailable: If the backend cannot run here (a library or a GPU is missing); never
+            silently replaced by another backend.
     """
-    factory = _BACKENDS.get(name)
-    if factory is None:
+    entry = _BACKENDS.get(name)
+    if entry is None:
         raise ValueError(f"backend={name!r} is not a known backend; use one of {', '.join(BACKEND_NAMES)}.")
-    return factory(pipeline)
+    module_name, class_name = entry
+    factory: _BackendFactory = getattr(importlib.import_module(module_name), class_name)
+    if factory is EagerBackend:
+        return EagerBackend(pipeline)
+    return factory(pipeline, options)
 
 
 __all__ = [
     "BACKEND_NAMES",
     "Backend",
+    "BackendOptions",
+    "BackendUnavailable",
+    "BatchKey",
     "EagerBackend",
     "GenerationCancelled",
     "GenerationParams",
+    "LatentsCallback",
     "StepCallback",
+    "batch_key",
     "create_backend",
 ]

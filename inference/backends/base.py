@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import PIL.Image
+
+if TYPE_CHECKING:
+    import torch
 
 # torch.Generator.manual_seed takes any 64-bit value; image i uses seed + i, so the whole range
 # seed .. seed + num_images - 1 must fit.
@@ -16,6 +20,10 @@ _MAX_SEED = 2**64 - 1
 StepCallback = Callable[[int, int], bool]
 """Called as ``on_step(step, total_steps)`` after each denoising step (``step`` counts from 1);
 returning ``False`` cancels the generation."""
+
+LatentsCallback = Callable[[int, "torch.Tensor"], None]
+"""Called as ``on_latents(step, latents)`` after each denoising step with the batch's latents, one row
+per image in request order (for previews); it must not modify them."""
 
 
 class GenerationCancelled(Exception):
@@ -73,6 +81,40 @@ class GenerationParams:
             )
 
 
+class BackendUnavailable(RuntimeError):
+    """The chosen backend cannot run here (a library or a device is missing); the message says which."""
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    """What a backend needs to know beyond the pipeline: where to cache artefacts, which shapes to expect."""
+
+    cache_dir: Path | None = None
+    """Where compiled artefacts (exports, engines, compiler caches) are kept; None keeps them in memory
+    or in a temporary directory."""
+    max_batch_images: int = 8
+    """Most images one pipeline call generates (engines are built for up to this batch)."""
+    min_size: int = 64
+    """Smallest image side in pixels the backend must support."""
+    max_size: int = 512
+    """Largest image side in pixels the backend must support."""
+
+
+@dataclass(frozen=True)
+class BatchKey:
+    """What requests must share to run in one pipeline call: everything but prompts and seeds."""
+
+    width: int
+    height: int
+    steps: int
+    guidance_scale: float
+
+
+def batch_key(request: GenerationParams) -> BatchKey:
+    """The key under which `request` may be batched with others (same size, steps and guidance)."""
+    return BatchKey(request.width, request.height, request.steps, request.guidance_scale)
+
+
 @runtime_checkable
 class Backend(Protocol):
     """Runs a loaded diffusion pipeline; every backend (eager, compile, tensorrt) has this shape."""
@@ -97,5 +139,26 @@ class Backend(Protocol):
         Raises:
             GenerationCancelled: If ``on_step`` returned ``False``.
             ValueError: If the model cannot generate the requested size.
+        """
+        ...
+
+    def generate_batch(
+        self,
+        requests: Sequence[GenerationParams],
+        on_step: StepCallback | None = None,
+        on_latents: LatentsCallback | None = None,
+    ) -> list[list[PIL.Image.Image]]:
+        """Generate several compatible requests in one pipeline call.
+
+        Every request must have the same `batch_key`; prompts, negative prompts, seeds and image counts
+        may differ. Each image equals the one the request would get alone with the same seed (up to the
+        rounding of batched CPU kernels: one level out of 255).
+
+        Returns:
+            One list of images per request, in order.
+
+        Raises:
+            GenerationCancelled: If ``on_step`` returned ``False``.
+            ValueError: If the requests do not share one batch key, or the size is not possible.
         """
         ...

@@ -3,28 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import io
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from ray import serve
 
-from inference.backends import GenerationParams, create_backend
-from inference.config import ModelConfig
+from inference.backends import BackendOptions, GenerationParams, create_backend
+from inference.config import ModelConfig, PoolConfig
+from inference.deployments.batching import BatchScheduler, SchedulerStats
 from inference.metrics import ModelMetrics
 from inference.models import ModelSource, load_pipeline
 
 logger = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-# Speed over size: PNGs go straight to the control plane, and level 1 is ~5x faster than 6.
-_PNG_COMPRESS_LEVEL = 1
 
 
 @dataclass(frozen=True)
@@ -34,6 +31,8 @@ class StepProgress:
     step: int
     total_steps: int
     elapsed_ms: float
+    preview_png: bytes | None = None
+    """Low-resolution PNG of the first image, on the steps the request asked previews for."""
 
 
 @dataclass(frozen=True)
@@ -44,32 +43,97 @@ class GenerationResult:
     scheduler: str
     backend: str
     queue_ms: float
-    """Waiting for this replica's pipeline to be free."""
+    """Waiting in this replica for the request's batch to start."""
     denoise_ms: float
     """From the start of the pipeline call to the end of the last denoising step."""
     decode_ms: float
     """VAE decode and PNG encoding after the last step."""
 
 
-@serve.deployment
-class DiffusionModel:
-    """Loads one model and generates with it, one request at a time per replica."""
+class _LoadedModel:
+    """One model loaded in a replica: its backend and the scheduler batching its requests."""
 
-    def __init__(self, model: ModelConfig, cache_dir: Path) -> None:
-        if model.device == "cpu":
-            # As many compute threads as CPUs Ray reserved for this replica: more would only
-            # contend with the replicas beside it.
-            torch.set_num_threads(max(1, int(model.num_cpus)))
+    def __init__(
+        self, model: ModelConfig, cache_dir: Path, metrics: ModelMetrics, on_unload: Callable[[str], None]
+    ) -> None:
+        self.name = model.name
+        self._on_unload = on_unload
         source = ModelSource.from_setting(model.source, cache_dir)
         pipeline = load_pipeline(source, model.device, _DTYPES[model.dtype])
-        self._backend = create_backend(model.backend, pipeline)
-        self._scheduler = type(pipeline.scheduler).__name__
-        # One pipeline call at a time: the pipeline keeps per-call state, and on a CPU or a
-        # single GPU concurrent calls only slow each other down.
-        self._busy = asyncio.Lock()
-        self._metrics = ModelMetrics()
-        self._model_name = model.name
+        options = BackendOptions(
+            cache_dir=cache_dir / "compiled",
+            max_batch_images=model.max_batch_size,
+            min_size=model.min_size,
+            max_size=model.max_size,
+        )
+        # A backend that cannot run here (TensorRT without a GPU, ...) raises now, failing the replica's
+        # start with its message: never a silent fallback to another backend.
+        self.backend = create_backend(model.backend, pipeline, options)
+        self.scheduler_name = type(pipeline.scheduler).__name__
+        self.batches = BatchScheduler(
+            self.backend,
+            max_batch_images=model.max_batch_size,
+            wait_s=model.batch_wait_timeout_ms / 1000,
+            on_batch=lambda images: metrics.batch_size.observe(images, tags={"model": model.name}),
+        )
         logger.info("model_loaded model=%s backend=%s device=%s", model.name, model.backend, model.device)
+
+    def __del__(self) -> None:
+        # Serve's multiplexer calls this when it evicts the model (least recently used).
+        self._on_unload(self.name)
+
+
+@serve.deployment
+class DiffusionModel:
+    """One replica of a pool: generates with the pool's models, batching compatible requests.
+
+    A pool of one model loads it at start-up. A pool of several loads them on demand, by the
+    multiplexed model id the Gateway sets, keeping at most `max_models_per_replica` and evicting the
+    least recently used (Serve routes a model's requests to replicas that have it loaded).
+    """
+
+    def __init__(self, models: Sequence[ModelConfig], pool: PoolConfig, cache_dir: Path) -> None:
+        lead = models[0]
+        if lead.device == "cpu":
+            # As many compute threads as CPUs Ray reserved for this replica: more would only
+            # contend with the replicas beside it.
+            torch.set_num_threads(max(1, int(lead.num_cpus)))
+        self._models = {model.name: model for model in models}
+        self._default = lead.name
+        self._cache_dir = cache_dir
+        self._metrics = ModelMetrics()
+        self._loaded: dict[str, _LoadedModel] = {}
+        if len(models) == 1:
+            self._loaded[lead.name] = _LoadedModel(lead, cache_dir, self._metrics, self._forget)
+            self._load: Callable[[str], Awaitable[_LoadedModel]] | None = None
+        else:
+
+            async def load(model_id: str) -> _LoadedModel:
+                return await self._load_model(model_id)
+
+            self._load = serve.multiplexed(max_num_models_per_replica=pool.max_models_per_replica)(load)
+
+    async def _load_model(self, name: str) -> _LoadedModel:
+        model = self._models.get(name)
+        if model is None:
+            raise ValueError(f"model {name!r} is not in this pool; it serves {sorted(self._models)}")
+        loaded = await asyncio.to_thread(_LoadedModel, model, self._cache_dir, self._metrics, self._forget)
+        self._loaded[name] = loaded
+        return loaded
+
+    def _forget(self, name: str) -> None:
+        self._loaded.pop(name, None)
+        logger.info("model_unloaded model=%s", name)
+
+    async def _model(self) -> _LoadedModel:
+        if self._load is None:
+            return self._loaded[self._default]
+        name = serve.get_multiplexed_model_id() or self._default
+        return await self._load(name)
+
+    def loaded_models(self) -> list[str]:
+        """Names of the models this replica has loaded now."""
+        return sorted(self._loaded)
 
     async def generate(self, params: GenerationParams) -> GenerationResult:
         """Generates the request's images; cancelling the call stops the denoising loop."""
@@ -81,79 +145,71 @@ class DiffusionModel:
             raise RuntimeError("generation produced no result")
         return result
 
-    async def generate_stream(self, params: GenerationParams) -> AsyncIterator[StepProgress | GenerationResult]:
+    async def generate_stream(
+        self, params: GenerationParams, preview_every: int = 0
+    ) -> AsyncIterator[StepProgress | GenerationResult]:
         """Yields a `StepProgress` after every step, then the `GenerationResult`.
 
-        Closing the stream (the caller went away) stops the denoising loop within one step.
+        Every `preview_every` steps (0: never) the progress carries a low-resolution preview. Closing
+        the stream (the caller went away) stops the denoising loop within one step.
         """
-        async for event in self._run(params, report_steps=True):
+        async for event in self._run(params, report_steps=True, preview_every=preview_every):
             yield event
 
     async def _run(
-        self, params: GenerationParams, *, report_steps: bool
+        self, params: GenerationParams, *, report_steps: bool, preview_every: int = 0
     ) -> AsyncIterator[StepProgress | GenerationResult]:
         loop = asyncio.get_running_loop()
-        events: asyncio.Queue[StepProgress | GenerationResult | BaseException] = asyncio.Queue()
+        events: asyncio.Queue[StepProgress | None] = asyncio.Queue()
         stop = threading.Event()
-        queued_at = time.perf_counter()
-        async with self._busy:
-            started_at = time.perf_counter()
-            last_step_at = started_at
+        submitted_at = time.perf_counter()
 
-            def on_step(step: int, total_steps: int) -> bool:
-                nonlocal last_step_at
-                last_step_at = time.perf_counter()
-                if report_steps:
-                    progress = StepProgress(step, total_steps, (last_step_at - started_at) * 1000)
-                    loop.call_soon_threadsafe(events.put_nowait, progress)
-                return not stop.is_set()
+        def on_progress(step: int, total_steps: int, preview_png: bytes | None) -> None:
+            if report_steps:
+                elapsed_ms = (time.perf_counter() - submitted_at) * 1000
+                progress = StepProgress(step, total_steps, elapsed_ms, preview_png)
+                loop.call_soon_threadsafe(events.put_nowait, progress)
 
-            def run() -> None:
-                try:
-                    images = self._backend.generate(params, on_step)
-                    pngs = [_encode_png(image) for image in images]
-                    finished_at = time.perf_counter()
-                    result = GenerationResult(
-                        pngs=pngs,
-                        scheduler=self._scheduler,
-                        backend=self._backend.name,
-                        queue_ms=(started_at - queued_at) * 1000,
-                        denoise_ms=(last_step_at - started_at) * 1000,
-                        decode_ms=(finished_at - last_step_at) * 1000,
-                    )
-                    loop.call_soon_threadsafe(events.put_nowait, result)
-                except BaseException as exc:  # handed to the awaiting coroutine, re-raised there
-                    loop.call_soon_threadsafe(events.put_nowait, exc)
+        model = await self._model()
+        task = asyncio.ensure_future(model.batches.run(params, on_progress, stop, preview_every=preview_every))
+        task.add_done_callback(lambda _: events.put_nowait(None))
+        finished = False
+        try:
+            while (progress := await events.get()) is not None:
+                yield progress
+            batched = task.result()
+            finished = True
+            yield GenerationResult(
+                pngs=batched.pngs,
+                scheduler=model.scheduler_name,
+                backend=model.backend.name,
+                queue_ms=batched.queue_ms,
+                denoise_ms=batched.denoise_ms,
+                decode_ms=batched.decode_ms,
+            )
+        finally:
+            # Reached on success, on error, and when the caller cancels or closes the stream: the
+            # batch sees `stop` at its next step and drops this request (the loop ends once every
+            # request of the batch has stopped).
+            stop.set()
+            if not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+            if not finished:
+                logger.info("generation_stopped model=%s steps_total=%d", model.name, params.steps)
 
-            self._metrics.batch_size.observe(params.num_images, tags={"model": self._model_name})
-            worker = loop.run_in_executor(None, run)
-            finished = False
-            try:
-                while True:
-                    event = await events.get()
-                    if isinstance(event, BaseException):
-                        raise event
-                    yield event
-                    if isinstance(event, GenerationResult):
-                        finished = True
-                        return
-            finally:
-                # Reached on success, on error, and when the caller cancels or closes the stream:
-                # the backend sees `stop` at its next step and ends the loop there. The lock is
-                # held until the thread has really stopped, so the slot is free only then.
-                stop.set()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.shield(worker)
-                if not finished:
-                    logger.info("generation_stopped steps_total=%d", params.steps)
+    def stats(self) -> SchedulerStats:
+        """What this replica's schedulers have done, summed over its loaded models."""
+        every = [loaded.batches.stats() for loaded in self._loaded.values()]
+        return SchedulerStats(
+            steps_run=sum(s.steps_run for s in every),
+            batches_run=sum(s.batches_run for s in every),
+            batches_stopped=sum(s.batches_stopped for s in every),
+            running=any(s.running for s in every),
+            queued=sum(s.queued for s in every),
+        )
 
     def check_health(self) -> None:
-        """Serve calls this periodically; a replica whose backend is gone is restarted."""
-        if self._backend is None:
-            raise RuntimeError("backend not loaded")
-
-
-def _encode_png(image) -> bytes:  # type: ignore[no-untyped-def]
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=_PNG_COMPRESS_LEVEL)
-    return buffer.getvalue()
+        """Serve calls this periodically; a single-model replica whose backend is gone is restarted."""
+        if self._load is None and not self._loaded:
+            raise RuntimeError("model not loaded")

@@ -42,9 +42,9 @@ ProgressSink = Callable[[StepProgress], Awaitable[None]]
 class Gateway:
     """Implements `atelier.v1.Inference` (and the standard health check) for Serve's gRPC proxy."""
 
-    def __init__(self, config: ServeConfig, models: dict[str, DeploymentHandle]) -> None:
+    def __init__(self, config: ServeConfig, pools: dict[str, DeploymentHandle]) -> None:
         self._config = config
-        self._models = models
+        self._pools = pools
         self._control_plane = ControlPlaneClient(config.control_plane_address, config.control_plane_timeout_s)
         self._metrics = GatewayMetrics()
         self._in_flight: Counter[str] = Counter()
@@ -83,7 +83,10 @@ class Gateway:
             while (step := await progress.get()) is not None:
                 yield inference_pb2.GenerateStreamResponse(
                     progress=inference_pb2.GenerationProgress(
-                        step=step.step, total_steps=step.total_steps, elapsed_ms=step.elapsed_ms
+                        step=step.step,
+                        total_steps=step.total_steps,
+                        elapsed_ms=step.elapsed_ms,
+                        preview_png=step.preview_png or b"",
                     )
                 )
             result = task.result()
@@ -112,7 +115,9 @@ class Gateway:
         self, request: inference_pb2.ListModelsRequest, grpc_context: RayServegRPCContext
     ) -> inference_pb2.ListModelsResponse:
         default = self._config.default_model.name
-        return inference_pb2.ListModelsResponse(models=[_model_info(m, m.name == default) for m in self._config.models])
+        return inference_pb2.ListModelsResponse(
+            models=[_model_info(m, m.name == default, self._config.pool_of(m).name) for m in self._config.models]
+        )
 
     async def Check(  # noqa: N802 - grpc.health.v1.Health method name
         self, request: health_pb2.HealthCheckRequest, grpc_context: RayServegRPCContext
@@ -137,7 +142,7 @@ class Gateway:
         purpose = f"generate {validated.model.name} {params.width}x{params.height}x{params.steps} n={params.num_images}"
         model = validated.model.name
         reservation_id = await self._control_plane.reserve_credits(
-            api_key, validated.account_id, validated.cost, self._config.reservation_ttl_s, purpose
+            api_key, validated.account_id, validated.cost, self._config.reservation_ttl_s, purpose, params.prompt
         )
         reserved = time.perf_counter()
         self._metrics.credits.inc(validated.cost, tags={"model": model, "outcome": "reserved"})
@@ -189,7 +194,12 @@ class Gateway:
         self._metrics.requests.inc(tags={"model": label, "method": method, "code": code.name})
 
     async def _run_model(self, validated: ValidatedRequest, on_progress: ProgressSink | None) -> GenerationResult:
-        handle = self._models[validated.model.name]
+        model = validated.model
+        pool = self._config.pool_of(model)
+        handle = self._pools[pool.name]
+        if len(pool.models) > 1:
+            # Serve routes the request to a replica of the pool that has this model loaded, if any.
+            handle = handle.options(multiplexed_model_id=model.name)
         if on_progress is None:
             response = handle.generate.remote(validated.params)
             try:
@@ -197,7 +207,7 @@ class Gateway:
             except asyncio.CancelledError:
                 response.cancel()
                 raise
-        stream = handle.options(stream=True).generate_stream.remote(validated.params)
+        stream = handle.options(stream=True).generate_stream.remote(validated.params, validated.preview_every)
         if not isinstance(stream, DeploymentResponseGenerator):  # narrows the union for type checkers
             raise TypeError("streaming handle returned a unary response")
         try:
@@ -295,7 +305,7 @@ def _response(
     )
 
 
-def _model_info(model: ModelConfig, is_default: bool) -> inference_pb2.ModelInfo:
+def _model_info(model: ModelConfig, is_default: bool, pool: str) -> inference_pb2.ModelInfo:
     return inference_pb2.ModelInfo(
         name=model.name,
         backend=model.backend,
@@ -309,4 +319,5 @@ def _model_info(model: ModelConfig, is_default: bool) -> inference_pb2.ModelInfo
         default_guidance_scale=model.default_guidance_scale,
         millicredits_per_step=model.millicredits_per_step,
         description=model.description,
+        pool=pool,
     )

@@ -7,6 +7,7 @@ from inference.models.loader import (
     MODEL_SOURCE_KINDS,
     ModelSource,
     load_pipeline,
+    parse_builtin,
     resolve_model_dir,
 )
 from inference.models.tiny_sd import TINY_SD_BUILDER_VERSION, build_tiny_sd, ensure_tiny_sd, tiny_sd_dir_name
@@ -19,6 +20,7 @@ __all__ = [
     "build_tiny_sd",
     "ensure_tiny_sd",
     "load_pipeline",
+    "parse_builtin",
     "resolve_model_dir",
     "tiny_sd_dir_name",
 ]

@@ -18,9 +18,29 @@ from diffusers.utils.import_utils import is_accelerate_available
 
 from inference.models.tiny_sd import ensure_tiny_sd
 
-# Builtin models by name: each saves the model under the cache directory (if not there yet) and
-# returns the saved pipeline's directory.
-_BUILTIN_MODELS: dict[str, Callable[[Path], Path]] = {"tiny-sd": ensure_tiny_sd}
+# Builtin models by name: each saves the model built with a seed under the cache directory (if not
+# there yet) and returns the saved pipeline's directory. A setting names a variant as
+# ``tiny-sd@seed=1`` (the default variant is seed 0).
+_BUILTIN_MODELS: dict[str, Callable[[Path, int], Path]] = {"tiny-sd": ensure_tiny_sd}
+_VARIANT_SEPARATOR = "@seed="
+
+
+def parse_builtin(value: str) -> tuple[str, int] | None:
+    """Splits a builtin setting into its name and weights seed (``"tiny-sd@seed=1"`` -> ``("tiny-sd", 1)``).
+
+    Returns:
+        None when `value` names no builtin model (a local path, or a malformed variant).
+    """
+    name, separator, seed = value.partition(_VARIANT_SEPARATOR)
+    if name not in _BUILTIN_MODELS:
+        return None
+    if not separator:
+        return name, 0
+    if not seed.isdigit():
+        return None
+    return name, int(seed)
+
+
 BUILTIN_MODEL_NAMES: tuple[str, ...] = tuple(sorted(_BUILTIN_MODELS))
 MODEL_SOURCE_KINDS: tuple[str, ...] = ("builtin", "local")
 
@@ -33,8 +53,8 @@ class ModelSource:
     """``"builtin"`` for a model atelier builds itself, ``"local"`` for a diffusers checkpoint directory."""
 
     name_or_path: str
-    """A builtin model's name (see `BUILTIN_MODEL_NAMES`) or the path of a local checkpoint directory
-    (the folder holding ``model_index.json``)."""
+    """A builtin model's name (see `BUILTIN_MODEL_NAMES`), optionally with a weights seed as in
+    ``tiny-sd@seed=1``, or the path of a local checkpoint directory (the folder holding ``model_index.json``)."""
 
     cache_dir: Path | None = None
     """Directory where builtin models are saved before loading; required for ``kind="builtin"``."""
@@ -45,10 +65,11 @@ class ModelSource:
                 f"ModelSource.kind={self.kind!r} is not valid; use one of {', '.join(MODEL_SOURCE_KINDS)}."
             )
         if self.kind == "builtin":
-            if self.name_or_path not in _BUILTIN_MODELS:
+            if parse_builtin(self.name_or_path) is None:
                 raise ValueError(
                     f"ModelSource.name_or_path={self.name_or_path!r} is not a builtin model; use one of "
-                    f"{', '.join(BUILTIN_MODEL_NAMES)}, or kind='local' with a checkpoint directory."
+                    f"{', '.join(BUILTIN_MODEL_NAMES)} (a variant as 'tiny-sd@seed=1'), or kind='local' with a "
+                    f"checkpoint directory."
                 )
             if self.cache_dir is None:
                 raise ValueError(
@@ -69,7 +90,7 @@ class ModelSource:
         Returns:
             The source the setting names.
         """
-        if value in _BUILTIN_MODELS:
+        if parse_builtin(value) is not None:
             return cls(kind="builtin", name_or_path=value, cache_dir=cache_dir)
         return cls(kind="local", name_or_path=value, cache_dir=cache_dir)
 
@@ -89,10 +110,11 @@ def resolve_model_dir(source: ModelSource) -> Path:
     if source.kind == "builtin":
         # ModelSource's validation guarantees both; checked again so a failure names the setting
         # rather than raising a KeyError or TypeError.
-        ensure = _BUILTIN_MODELS.get(source.name_or_path)
-        if ensure is None or source.cache_dir is None:
+        builtin = parse_builtin(source.name_or_path)
+        if builtin is None or source.cache_dir is None:
             raise ValueError(f"ModelSource {source!r} is not a valid builtin source.")
-        return ensure(source.cache_dir)
+        name, seed = builtin
+        return _BUILTIN_MODELS[name](source.cache_dir, seed)
     path = Path(source.name_or_path).expanduser()
     if not path.is_dir():
         raise ValueError(

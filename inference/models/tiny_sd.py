@@ -8,12 +8,9 @@ real SD 1.5 checkpoint takes, and a 64x64 image takes a fraction of a second on 
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +20,8 @@ from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionMode
 # From the defining module: diffusers' lazy top-level namespace shows type checkers placeholder classes.
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import StableDiffusionPipeline
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from inference._locking import exclusive_lock
 
 # Bump whenever the architecture, the tokenizer or the initialisation changes: it is part of the cache
 # directory's name, so a changed builder never loads weights saved by an older one.
@@ -109,7 +108,7 @@ def ensure_tiny_sd(cache_dir: Path, seed: int = 0) -> Path:
     if _is_saved_pipeline(target):
         return target
     cache_dir.mkdir(parents=True, exist_ok=True)
-    with _exclusive_lock(cache_dir / f".{name}.lock"):
+    with exclusive_lock(cache_dir / f".{name}.lock"):
         # Another process may have finished the build while this one waited for the lock.
         if _is_saved_pipeline(target):
             return target
@@ -233,13 +232,3 @@ def _remove_leftovers(cache_dir: Path, name: str, target: Path) -> None:
         shutil.rmtree(target)
     elif target.exists() or target.is_symlink():
         target.unlink()
-
-
-@contextlib.contextmanager
-def _exclusive_lock(lock_path: Path) -> Iterator[None]:
-    with open(lock_path, "a+b") as lock_file:
-        fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)

@@ -48,6 +48,7 @@ class GenerateRequest(_message.Message):
     SEED_FIELD_NUMBER: _builtins.int
     NUM_IMAGES_FIELD_NUMBER: _builtins.int
     VISIBILITY_FIELD_NUMBER: _builtins.int
+    PREVIEW_EVERY_N_STEPS_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """Account to charge and to own the images (UUID)."""
     model: _builtins.str
@@ -76,6 +77,12 @@ class GenerateRequest(_message.Message):
     """Images to generate, 1..8; absent means 1."""
     visibility: _common_pb2.Visibility.ValueType
     """Visibility of the stored images; unspecified uses the account's default."""
+    preview_every_n_steps: _builtins.int
+    """GenerateStream only: attach a low-resolution preview of the first image to
+    every Nth progress message (1..150 steps); absent or 0 sends none.
+    Previews are PNGs at latent resolution (1/8 of width and height), an
+    approximation computed from the latents without the VAE.
+    """
     def __init__(
         self,
         *,
@@ -90,10 +97,11 @@ class GenerateRequest(_message.Message):
         seed: _builtins.int | None = ...,
         num_images: _builtins.int | None = ...,
         visibility: _common_pb2.Visibility.ValueType = ...,
+        preview_every_n_steps: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_guidance_scale", b"_guidance_scale", "_height", b"_height", "_num_images", b"_num_images", "_seed", b"_seed", "_steps", b"_steps", "_width", b"_width", "guidance_scale", b"guidance_scale", "height", b"height", "num_images", b"num_images", "seed", b"seed", "steps", b"steps", "width", b"width"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_guidance_scale", b"_guidance_scale", "_height", b"_height", "_num_images", b"_num_images", "_preview_every_n_steps", b"_preview_every_n_steps", "_seed", b"_seed", "_steps", b"_steps", "_width", b"_width", "guidance_scale", b"guidance_scale", "height", b"height", "num_images", b"num_images", "preview_every_n_steps", b"preview_every_n_steps", "seed", b"seed", "steps", b"steps", "width", b"width"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_guidance_scale", b"_guidance_scale", "_height", b"_height", "_num_images", b"_num_images", "_seed", b"_seed", "_steps", b"_steps", "_width", b"_width", "account_id", b"account_id", "guidance_scale", b"guidance_scale", "height", b"height", "model", b"model", "negative_prompt", b"negative_prompt", "num_images", b"num_images", "prompt", b"prompt", "seed", b"seed", "steps", b"steps", "visibility", b"visibility", "width", b"width"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_guidance_scale", b"_guidance_scale", "_height", b"_height", "_num_images", b"_num_images", "_preview_every_n_steps", b"_preview_every_n_steps", "_seed", b"_seed", "_steps", b"_steps", "_width", b"_width", "account_id", b"account_id", "guidance_scale", b"guidance_scale", "height", b"height", "model", b"model", "negative_prompt", b"negative_prompt", "num_images", b"num_images", "preview_every_n_steps", b"preview_every_n_steps", "prompt", b"prompt", "seed", b"seed", "steps", b"steps", "visibility", b"visibility", "width", b"width"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__guidance_scale: _TypeAlias = _typing.Literal["guidance_scale"]  # noqa: Y015
     _WhichOneofArgType__guidance_scale: _TypeAlias = _typing.Literal["_guidance_scale", b"_guidance_scale"]  # noqa: Y015
@@ -101,6 +109,8 @@ class GenerateRequest(_message.Message):
     _WhichOneofArgType__height: _TypeAlias = _typing.Literal["_height", b"_height"]  # noqa: Y015
     _WhichOneofReturnType__num_images: _TypeAlias = _typing.Literal["num_images"]  # noqa: Y015
     _WhichOneofArgType__num_images: _TypeAlias = _typing.Literal["_num_images", b"_num_images"]  # noqa: Y015
+    _WhichOneofReturnType__preview_every_n_steps: _TypeAlias = _typing.Literal["preview_every_n_steps"]  # noqa: Y015
+    _WhichOneofArgType__preview_every_n_steps: _TypeAlias = _typing.Literal["_preview_every_n_steps", b"_preview_every_n_steps"]  # noqa: Y015
     _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
     _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015
     _WhichOneofReturnType__steps: _TypeAlias = _typing.Literal["steps"]  # noqa: Y015
@@ -113,6 +123,8 @@ class GenerateRequest(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__height) -> _WhichOneofReturnType__height | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__num_images) -> _WhichOneofReturnType__num_images | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__preview_every_n_steps) -> _WhichOneofReturnType__preview_every_n_steps | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__seed) -> _WhichOneofReturnType__seed | None: ...
     @_typing.overload
@@ -249,22 +261,28 @@ class GenerationProgress(_message.Message):
     STEP_FIELD_NUMBER: _builtins.int
     TOTAL_STEPS_FIELD_NUMBER: _builtins.int
     ELAPSED_MS_FIELD_NUMBER: _builtins.int
+    PREVIEW_PNG_FIELD_NUMBER: _builtins.int
     step: _builtins.int
     """Denoising steps completed, 1..total_steps."""
     total_steps: _builtins.int
     """Total denoising steps of this request."""
     elapsed_ms: _builtins.float
     """Milliseconds since the model started on this request."""
+    preview_png: _builtins.bytes
+    """Low-resolution PNG preview of the first image after this step, when
+    GenerateRequest.preview_every_n_steps asked for one at this step; else empty.
+    """
     def __init__(
         self,
         *,
         step: _builtins.int = ...,
         total_steps: _builtins.int = ...,
         elapsed_ms: _builtins.float = ...,
+        preview_png: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["elapsed_ms", b"elapsed_ms", "step", b"step", "total_steps", b"total_steps"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["elapsed_ms", b"elapsed_ms", "preview_png", b"preview_png", "step", b"step", "total_steps", b"total_steps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -331,10 +349,11 @@ class ModelInfo(_message.Message):
     DEFAULT_GUIDANCE_SCALE_FIELD_NUMBER: _builtins.int
     MILLICREDITS_PER_STEP_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
+    POOL_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Name to pass as GenerateRequest.model."""
     backend: _builtins.str
-    """Backend that runs it: "eager", "compile" or "tensorrt"."""
+    """Backend that runs it: "eager", "compile", "onnxruntime" or "tensorrt"."""
     is_default: _builtins.bool
     """Whether this is the model used when GenerateRequest.model is empty."""
     default_width: _builtins.int
@@ -353,6 +372,10 @@ class ModelInfo(_message.Message):
     """
     description: _builtins.str
     """Short description of the model."""
+    pool: _builtins.str
+    """Pool (Serve deployment) whose replicas serve the model. Models of one pool
+    share its replicas, which keep a bounded number of them loaded.
+    """
     def __init__(
         self,
         *,
@@ -368,10 +391,11 @@ class ModelInfo(_message.Message):
         default_guidance_scale: _builtins.float = ...,
         millicredits_per_step: _builtins.int = ...,
         description: _builtins.str = ...,
+        pool: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "default_guidance_scale", b"default_guidance_scale", "default_height", b"default_height", "default_steps", b"default_steps", "default_width", b"default_width", "description", b"description", "is_default", b"is_default", "max_size", b"max_size", "max_steps", b"max_steps", "millicredits_per_step", b"millicredits_per_step", "min_size", b"min_size", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "default_guidance_scale", b"default_guidance_scale", "default_height", b"default_height", "default_steps", b"default_steps", "default_width", b"default_width", "description", b"description", "is_default", b"is_default", "max_size", b"max_size", "max_steps", b"max_steps", "millicredits_per_step", b"millicredits_per_step", "min_size", b"min_size", "name", b"name", "pool", b"pool"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -105,3 +105,22 @@ def test_cost_of_a_512_image_at_the_reference_price() -> None:
 def test_bad_serve_config_names_the_setting(values, setting) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ConfigError, match=setting):
         ServeConfig.from_dict(values)
+
+
+class TestPreviewsAndBatchingSettings:
+    def test_previews_are_off_unless_asked(self) -> None:
+        assert validate_generate_request(_request(), CONFIG).preview_every == 0
+        assert validate_generate_request(_request(preview_every_n_steps=5), CONFIG).preview_every == 5
+
+    def test_preview_interval_beyond_the_step_ceiling_names_the_field(self) -> None:
+        with pytest.raises(RequestError) as raised:
+            validate_generate_request(_request(preview_every_n_steps=151), CONFIG)
+        assert raised.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert "preview_every_n_steps" in raised.value.message
+
+    @pytest.mark.parametrize(
+        ("setting", "value"), [("max_batch_size", 0), ("max_batch_size", 65), ("batch_wait_timeout_ms", -1.0)]
+    )
+    def test_batching_settings_out_of_range_name_the_setting(self, setting: str, value: float) -> None:
+        with pytest.raises(ConfigError, match=setting):
+            ModelConfig(name="m", **{setting: value})  # type: ignore[arg-type]

@@ -1,0 +1,286 @@
+"""Batches compatible requests into one pipeline call, per replica.
+
+Requests are queued by `batch_key` (size, steps, guidance scale): only requests with the same key
+share a pipeline call, so incompatible requests never wait for each other's batch to fill. The
+pipeline runs one batch at a time; while it is busy, requests pile up in their key's queue and the
+next batch of that key takes as many as fit (up to `max_batch_images` images). With a wait time
+above zero, a batch also waits that long for more requests before it starts, even when the pipeline
+is idle; with zero (the default) a lone request on an idle replica starts at once.
+
+Each request has its own stop flag: a request cancelled before its batch starts leaves the queue; one
+cancelled in a running batch stops getting progress, and the denoising loop stops at the next step
+once every request of the batch has been cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import PIL.Image
+import torch
+
+from inference.backends import Backend, BatchKey, GenerationCancelled, GenerationParams, batch_key
+from inference.deployments.preview import latent_preview_png
+
+logger = logging.getLogger(__name__)
+
+# Speed over size: PNGs go straight to the control plane, and level 1 is ~5x faster than 6.
+_PNG_COMPRESS_LEVEL = 1
+
+
+@dataclass(frozen=True)
+class BatchedResult:
+    """One request's images from a batch, PNG-encoded, with where its time went."""
+
+    pngs: list[bytes]
+    batch_images: int
+    """Images in the pipeline call this request was part of (its own included)."""
+    queue_ms: float
+    """From submission to the start of its batch's pipeline call."""
+    denoise_ms: float
+    """From the start of the pipeline call to the end of the last denoising step."""
+    decode_ms: float
+    """VAE decode and PNG encoding after the last step."""
+
+
+@dataclass(frozen=True)
+class SchedulerStats:
+    """What a replica's scheduler has done since it started (for tests and debugging)."""
+
+    steps_run: int
+    """Denoising steps run, summed over pipeline calls."""
+    batches_run: int
+    """Pipeline calls started."""
+    batches_stopped: int
+    """Pipeline calls that ended early because every request in them was cancelled."""
+    running: bool
+    """Whether a pipeline call is running now."""
+    queued: int
+    """Requests waiting for their batch to start."""
+
+
+ProgressCallback = Callable[[int, int, bytes | None], None]
+"""Called as ``on_progress(step, total_steps, preview_png)`` from the worker thread after every step of
+the request's batch; ``preview_png`` is set on the steps the request asked previews for."""
+
+
+@dataclass
+class _Pending:
+    params: GenerationParams
+    on_progress: ProgressCallback | None
+    stop: threading.Event
+    future: asyncio.Future[BatchedResult]
+    preview_every: int = 0
+    queued_at: float = field(default_factory=time.perf_counter)
+
+
+class BatchScheduler:
+    """Runs requests on one backend, batching those with the same `batch_key`."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        max_batch_images: int,
+        wait_s: float = 0.0,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        """Schedule requests on `backend`.
+
+        Args:
+            backend: Runs the pipeline; called from a worker thread, one batch at a time.
+            max_batch_images: Most images in one pipeline call, >= 1 (1 turns batching off). A request
+                with more images than this runs alone.
+            wait_s: How long a batch waits for more requests before it starts, >= 0 seconds.
+            on_batch: Called with the number of images of every pipeline call (for metrics).
+        """
+        if max_batch_images < 1:
+            raise ValueError(f"max_batch_images must be >= 1, got {max_batch_images}")
+        if wait_s < 0:
+            raise ValueError(f"wait_s must be >= 0, got {wait_s}")
+        self._backend = backend
+        self._max_images = max_batch_images
+        self._wait_s = wait_s
+        self._on_batch = on_batch
+        self._queues: dict[BatchKey, deque[_Pending]] = {}
+        self._arrived: dict[BatchKey, asyncio.Event] = {}
+        self._drainers: dict[BatchKey, asyncio.Task[None]] = {}
+        # One pipeline call at a time: the pipeline keeps per-call state, and on a CPU or a single GPU
+        # concurrent calls only slow each other down. asyncio.Lock is FIFO, so keys take turns.
+        self._pipeline = asyncio.Lock()
+        self._steps_run = 0
+        self._batches_run = 0
+        self._batches_stopped = 0
+        self._running = False
+
+    def stats(self) -> SchedulerStats:
+        """A snapshot of the counters (see `SchedulerStats`)."""
+        return SchedulerStats(
+            steps_run=self._steps_run,
+            batches_run=self._batches_run,
+            batches_stopped=self._batches_stopped,
+            running=self._running,
+            queued=sum(len(queue) for queue in self._queues.values()),
+        )
+
+    async def run(
+        self,
+        params: GenerationParams,
+        on_progress: ProgressCallback | None = None,
+        stop: threading.Event | None = None,
+        *,
+        preview_every: int = 0,
+    ) -> BatchedResult:
+        """Generates one request's images, batched with compatible ones.
+
+        Args:
+            params: The request.
+            on_progress: Called from the worker thread after every step of the request's batch (see
+                `ProgressCallback`); set `stop` to cancel.
+            stop: Set it to cancel the request; the caller being cancelled sets it too.
+            preview_every: Pass a PNG preview of the request's first image to `on_progress` every this
+                many steps; 0 for none.
+
+        Raises:
+            GenerationCancelled: The request was stopped through `stop`.
+        """
+        loop = asyncio.get_running_loop()
+        pending = _Pending(params, on_progress, stop or threading.Event(), loop.create_future(), preview_every)
+        # Retrieves the outcome even when the caller has gone, so asyncio logs no "never retrieved".
+        pending.future.add_done_callback(lambda done: done.cancelled() or done.exception())
+        key = batch_key(params)
+        self._queues.setdefault(key, deque()).append(pending)
+        self._arrived.setdefault(key, asyncio.Event()).set()
+        drainer = self._drainers.get(key)
+        if drainer is None or drainer.done():
+            self._drainers[key] = asyncio.ensure_future(self._drain(key))
+        try:
+            return await asyncio.shield(pending.future)
+        except asyncio.CancelledError:
+            pending.stop.set()
+            raise
+
+    async def _drain(self, key: BatchKey) -> None:
+        queue = self._queues[key]
+        arrived = self._arrived[key]
+        while queue:
+            if self._wait_s > 0:
+                deadline = queue[0].queued_at + self._wait_s
+                while _images(queue) < self._max_images and (remaining := deadline - time.perf_counter()) > 0:
+                    arrived.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(arrived.wait(), remaining)
+            async with self._pipeline:
+                batch = self._take_batch(queue)
+                if batch:
+                    await self._run_batch(batch)
+        del self._queues[key], self._arrived[key], self._drainers[key]
+
+    def _take_batch(self, queue: deque[_Pending]) -> list[_Pending]:
+        batch: list[_Pending] = []
+        images = 0
+        while queue:
+            pending = queue[0]
+            if pending.stop.is_set():  # cancelled while queued: never starts
+                queue.popleft()
+                if not pending.future.done():
+                    pending.future.set_exception(GenerationCancelled(0, pending.params.steps))
+                continue
+            if batch and images + pending.params.num_images > self._max_images:
+                break
+            batch.append(queue.popleft())
+            images += pending.params.num_images
+        return batch
+
+    async def _run_batch(self, batch: list[_Pending]) -> None:
+        loop = asyncio.get_running_loop()
+        images = sum(p.params.num_images for p in batch)
+        if self._on_batch is not None:
+            self._on_batch(images)
+        started_at = time.perf_counter()
+        last_step_at = started_at
+        # Row of each request's first image in the batch's latents.
+        first_rows = [sum(p.params.num_images for p in batch[:index]) for index in range(len(batch))]
+        previews: dict[int, bytes] = {}
+
+        def on_latents(step: int, latents: torch.Tensor) -> None:
+            previews.clear()
+            for index, pending in enumerate(batch):
+                if pending.preview_every and step % pending.preview_every == 0 and not pending.stop.is_set():
+                    previews[index] = latent_preview_png(latents[first_rows[index]])
+
+        def on_step(step: int, total_steps: int) -> bool:
+            nonlocal last_step_at
+            last_step_at = time.perf_counter()
+            self._steps_run += 1  # only this worker thread writes it
+            for index, pending in enumerate(batch):
+                if pending.on_progress is not None and not pending.stop.is_set():
+                    pending.on_progress(step, total_steps, previews.get(index))
+            return not all(pending.stop.is_set() for pending in batch)
+
+        wants_previews = any(p.preview_every for p in batch)
+
+        def generate() -> list[list[bytes]]:
+            outputs = self._backend.generate_batch(
+                [p.params for p in batch], on_step, on_latents if wants_previews else None
+            )
+            return [[_encode_png(image) for image in output] for output in outputs]
+
+        self._batches_run += 1
+        self._running = True
+        try:
+            pngs = await loop.run_in_executor(None, generate)
+        except BaseException as exc:
+            if isinstance(exc, GenerationCancelled):
+                self._batches_stopped += 1
+                logger.info(
+                    "batch_stopped images=%d completed_steps=%d total_steps=%d",
+                    images,
+                    exc.completed_steps,
+                    exc.total_steps,
+                )
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        finally:
+            self._running = False
+        finished_at = time.perf_counter()
+        for pending, request_pngs in zip(batch, pngs, strict=True):
+            if pending.future.done():
+                continue
+            if pending.stop.is_set():
+                pending.future.set_exception(GenerationCancelled(pending.params.steps, pending.params.steps))
+                continue
+            pending.future.set_result(
+                BatchedResult(
+                    pngs=request_pngs,
+                    batch_images=images,
+                    queue_ms=(started_at - pending.queued_at) * 1000,
+                    denoise_ms=(last_step_at - started_at) * 1000,
+                    decode_ms=(finished_at - last_step_at) * 1000,
+                )
+            )
+
+
+def _images(queue: deque[_Pending]) -> int:
+    return sum(p.params.num_images for p in queue if not p.stop.is_set())
+
+
+def _encode_png(image: PIL.Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=_PNG_COMPRESS_LEVEL)
+    return buffer.getvalue()
+
+
+__all__ = ["BatchScheduler", "BatchedResult", "ProgressCallback", "SchedulerStats"]

@@ -1,0 +1,109 @@
+"""Servicer hooks for Serve's gRPC proxy, with a fix for streams the caller abandons.
+
+Ray Serve 2.60's gRPC proxy loses cancellations of server-streaming calls: when the caller cancels
+while the proxy is suspended at ``yield result`` in `gRPCProxy.send_request_to_replica`, the
+``GeneratorExit`` that closes the generator is caught by its ``except BaseException`` and turned into a
+status, and the replica's request is never cancelled. The Gateway then keeps streaming into the void,
+its DiffusionModel keeps denoising, and the request can even be charged.
+
+`add_inference_servicer_to_server` is what `inference.app` lists in ``grpc_servicer_functions``: Serve
+imports and calls it inside every proxy process while building the proxy's server, before any request,
+so it is where the fix is applied. The fix replaces `send_request_to_replica` by a copy of Ray's that
+cancels the replica's response when the generator is closed or cancelled (the change upstream would
+make), and is applied only to the Ray version whose source it was checked against.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import ray
+
+from protos.atelier.v1.inference_pb2_grpc import add_InferenceServicer_to_server
+
+logger = logging.getLogger(__name__)
+
+# The Ray releases whose `gRPCProxy.send_request_to_replica` the patched copy below mirrors.
+_PATCHED_RAY_SERIES = "2.60."
+_PATCH_MARKER = "_atelier_cancels_abandoned_streams"
+
+
+def add_inference_servicer_to_server(servicer: Any, server: Any) -> None:
+    """Registers `atelier.v1.Inference` on Serve's proxy server, first fixing stream cancellation."""
+    patch_grpc_proxy_stream_cancellation()
+    add_InferenceServicer_to_server(servicer, server)
+
+
+def patch_grpc_proxy_stream_cancellation() -> bool:
+    """Makes the gRPC proxy cancel the replica's request when the caller abandons a stream.
+
+    Idempotent. Returns whether the patch is in place; on another Ray version it logs a warning and
+    leaves the proxy as it is (the gateway still releases credits when the replica call fails).
+    """
+    from ray.serve._private import proxy as proxy_module
+
+    proxy_class = proxy_module.gRPCProxy
+    if getattr(proxy_class.send_request_to_replica, _PATCH_MARKER, False):
+        return True
+    if not ray.__version__.startswith(_PATCHED_RAY_SERIES):
+        logger.warning(
+            "grpc_proxy_patch_skipped ray_version=%s expected=%sx: abandoned streams may keep running",
+            ray.__version__,
+            _PATCHED_RAY_SERIES,
+        )
+        return False
+    original = proxy_class.send_request_to_replica
+
+    async def send_request_to_replica(
+        self: Any,
+        request_id: str,
+        internal_request_id: str,
+        handle: Any,
+        proxy_request: Any,
+        app_is_cross_language: bool = False,
+    ) -> AsyncIterator[Any]:
+        if getattr(proxy_request, "has_input_stream", False):
+            # Client and bidirectional streams take Ray's own path (not used by atelier).
+            async for message in original(
+                self, request_id, internal_request_id, handle, proxy_request, app_is_cross_language
+            ):
+                yield message
+            return
+        self._setup_grpc_tracing(request_id, handle, proxy_request)
+        response_generator = proxy_module.ProxyResponseGenerator(
+            handle.remote(proxy_request.serialized_replica_arg()),
+            timeout_s=self.request_timeout_s,
+        )
+        status = None
+        exc: BaseException | None = None
+        try:
+            async for context, result in response_generator:
+                context._set_on_grpc_context(proxy_request.context)
+                yield result
+            status = proxy_module.ResponseStatus(code=grpc.StatusCode.OK)
+        except (GeneratorExit, asyncio.CancelledError) as abandoned:
+            # The fix: the caller is gone, so stop the replica's work, and let the close proceed
+            # (Ray's version turns this into a status it then tries to yield from a closing generator).
+            response_generator._response.cancel()
+            status = proxy_module.ResponseStatus(code=grpc.StatusCode.CANCELLED, is_error=True)
+            exc = abandoned
+            raise
+        except BaseException as error:
+            status = proxy_module.get_grpc_response_status(error, self.request_timeout_s, request_id)
+            exc = error
+        finally:
+            self._finalize_grpc_tracing(proxy_request, status, exc)
+        yield status
+
+    setattr(send_request_to_replica, _PATCH_MARKER, True)
+    send_request_to_replica.__wrapped__ = original  # type: ignore[attr-defined]
+    setattr(proxy_class, "send_request_to_replica", send_request_to_replica)  # noqa: B010 - patching a method
+    logger.info("grpc_proxy_patched ray_version=%s", ray.__version__)
+    return True
+
+
+__all__ = ["add_inference_servicer_to_server", "patch_grpc_proxy_stream_cancellation"]
