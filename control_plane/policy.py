@@ -1,0 +1,297 @@
+"""Policy profiles: every privacy and retention rule of a deployment, in one frozen dataclass.
+
+A profile is loaded and validated once, at start-up, from a JSON file (`deploy/policies/`
+ships one per seed policy) or taken from the product defaults (DESIGN.md §5). Each tenant
+names its profile (`tenants.policy_profile`); "default" means the cluster's configured one,
+so one cluster can serve several profiles.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from control_plane.config import ConfigError
+from control_plane.db.pool import Connection
+
+DEFAULT_PROFILE_NAME = "default"
+_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,99}$")
+_TIERS = ("free", "premium")
+_VISIBILITIES = ("private", "public")
+
+
+class TrainingConsentMode(StrEnum):
+    """Whether training use needs an explicit grant (opt_in) or a withdrawal stops it (opt_out)."""
+
+    OPT_IN = "opt_in"
+    OPT_OUT = "opt_out"
+
+
+@dataclass(frozen=True)
+class ModerationRule:
+    """One pattern of a category; `name` is what a flag records as its rule."""
+
+    category: str
+    name: str
+    pattern: re.Pattern[str]
+
+
+@dataclass(frozen=True)
+class ModerationPolicy:
+    """The default moderation checker's policy: category -> named case-insensitive regexes."""
+
+    rules: tuple[ModerationRule, ...] = ()
+    """Checked in order; the first match decides."""
+
+    keep_prompt: bool = False
+    """Store the full prompt in a flag row; off, only its SHA-256 is kept."""
+
+    check_outputs: bool = True
+    """Also check stored items (their prompts) as outputs; a match flags the item private."""
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], *, where: str) -> ModerationPolicy:
+        """Builds a policy from `{"categories": {cat: {rule: regex}}, "keep_prompt": b, "check_outputs": b}`.
+
+        Raises:
+            ConfigError: Unknown keys, bad names or an invalid regex; the message names it.
+        """
+        _check_keys(values, {"categories", "keep_prompt", "check_outputs"}, f"{where}.moderation")
+        categories = values.get("categories", {})
+        if not isinstance(categories, Mapping):
+            raise ConfigError(f"{where}.moderation.categories", "must be an object of category -> {rule: regex}")
+        rules: list[ModerationRule] = []
+        for category, patterns in categories.items():
+            if not isinstance(patterns, Mapping) or not _NAME.match(str(category).replace("_", "-")):
+                raise ConfigError(f"{where}.moderation.categories.{category}", "must map rule names to regexes")
+            for name, pattern in patterns.items():
+                try:
+                    compiled = re.compile(str(pattern), re.IGNORECASE)
+                except re.error as error:
+                    raise ConfigError(
+                        f"{where}.moderation.categories.{category}.{name}", f"is not a regex: {error}"
+                    ) from None
+                rules.append(ModerationRule(str(category), str(name), compiled))
+        return cls(
+            rules=tuple(rules),
+            keep_prompt=_bool(values.get("keep_prompt", False), f"{where}.moderation.keep_prompt"),
+            check_outputs=_bool(values.get("check_outputs", True), f"{where}.moderation.check_outputs"),
+        )
+
+
+@dataclass(frozen=True)
+class PolicyProfile:
+    """Every rule a deployment's privacy policy sets. Defaults are the product's (DESIGN.md §5)."""
+
+    name: str = DEFAULT_PROFILE_NAME
+    """Profile name: lowercase letters, digits and dashes."""
+
+    policy_version: str = "2026-01"
+    """Version of the privacy policy text; recorded with every consent, 1..50 characters."""
+
+    default_visibility: str = "private"
+    """Visibility of new accounts' content: "private" or "public"."""
+
+    training_consent_mode: TrainingConsentMode = TrainingConsentMode.OPT_IN
+    """"opt_in": no training use without a grant; "opt_out": eligible unless withdrawn."""
+
+    private_content_in_training: bool = False
+    """Private content may be exported for training (with consent); off: only public content."""
+
+    minimum_age: int = 13
+    """Youngest age, in whole years, at which an account may be created (0..150)."""
+
+    guardian_age: int | None = None
+    """Accounts younger than this (years) need a guardian's consent before they can generate;
+    None turns the rule off."""
+
+    generated_retention_days: int | None = 30
+    """Days generated images are kept before the retention sweep; None keeps them."""
+
+    generated_retention_tiers: tuple[str, ...] = ("free",)
+    """Tiers the generated-image retention applies to."""
+
+    inactivity_purge_days: int | None = 90
+    """Days of inactivity after which an account's generated images are deleted; None: never."""
+
+    inactivity_exempt_tiers: tuple[str, ...] = ("premium",)
+    """Tiers exempt from the inactivity purge."""
+
+    upload_lifetime_hours: int = 24
+    """Hours uploads for editing are kept (1..8760)."""
+
+    deleted_purge_days: int = 30
+    """Days after a user's delete within which row and blob (and backups) are purged (0..365)."""
+
+    usage_retention_days: int = 730
+    """Days aggregated usage data is kept (1..3650)."""
+
+    dsr_due_days: int = 30
+    """Days within which a data-subject request must be answered (1..90)."""
+
+    moderation: ModerationPolicy = field(default_factory=lambda: DEFAULT_MODERATION)
+    """Prompt and output moderation policy."""
+
+    def __post_init__(self) -> None:
+        if not _NAME.match(self.name):
+            raise ConfigError("name", f"is {self.name!r}; use lowercase letters, digits and dashes")
+        if not 1 <= len(self.policy_version) <= 50:
+            raise ConfigError("policy_version", "must be 1..50 characters")
+        if self.default_visibility not in _VISIBILITIES:
+            raise ConfigError("default_visibility", f"is {self.default_visibility!r}; valid values: private, public")
+        if not isinstance(self.training_consent_mode, TrainingConsentMode):
+            raise ConfigError("training_consent_mode", "valid values: opt_in, opt_out")
+        _range("minimum_age", self.minimum_age, 0, 150)
+        if self.guardian_age is not None:
+            _range("guardian_age", self.guardian_age, self.minimum_age + 1, 150)
+        for name in ("generated_retention_days", "inactivity_purge_days"):
+            value = getattr(self, name)
+            if value is not None:
+                _range(name, value, 1, 3650)
+        for name in ("generated_retention_tiers", "inactivity_exempt_tiers"):
+            tiers = getattr(self, name)
+            if not set(tiers) <= set(_TIERS):
+                raise ConfigError(name, f"is {list(tiers)!r}; valid values: {', '.join(_TIERS)}")
+        _range("upload_lifetime_hours", self.upload_lifetime_hours, 1, 8760)
+        _range("deleted_purge_days", self.deleted_purge_days, 0, 365)
+        _range("usage_retention_days", self.usage_retention_days, 1, 3650)
+        _range("dsr_due_days", self.dsr_due_days, 1, 90)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], *, where: str) -> PolicyProfile:
+        """Builds a profile from parsed JSON; absent keys keep the product defaults.
+
+        Raises:
+            ConfigError: Unknown keys or invalid values; the message names `where` and the key.
+        """
+        known = {f.name for f in fields(cls)}
+        _check_keys(values, known | {"description"}, where)
+        kwargs: dict[str, Any] = {k: v for k, v in values.items() if k in known}
+        try:
+            if "training_consent_mode" in kwargs:
+                kwargs["training_consent_mode"] = TrainingConsentMode(kwargs["training_consent_mode"])
+            for name in ("generated_retention_tiers", "inactivity_exempt_tiers"):
+                if name in kwargs:
+                    kwargs[name] = tuple(kwargs[name])
+            if "moderation" in kwargs:
+                kwargs["moderation"] = ModerationPolicy.from_mapping(kwargs["moderation"], where=where)
+            return cls(**kwargs)
+        except ConfigError as error:
+            raise ConfigError(f"{where}: {error.setting}", error.detail) from None
+        except (TypeError, ValueError) as error:
+            raise ConfigError(where, f"has an invalid value: {error}") from None
+
+    @classmethod
+    def from_file(cls, path: Path) -> PolicyProfile:
+        """Loads a profile JSON file; its `name` defaults to the file's stem.
+
+        Raises:
+            ConfigError: Unreadable, not JSON, or invalid.
+        """
+        try:
+            values = json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            raise ConfigError(str(path), f"is not a readable JSON policy profile: {error}") from None
+        if not isinstance(values, dict):
+            raise ConfigError(str(path), "must hold a JSON object")
+        values.setdefault("name", path.stem)
+        return cls.from_mapping(values, where=str(path))
+
+    def is_minor(self, age: int) -> bool:
+        """Whether `age` is under 18 (content never eligible for training)."""
+        return age < 18
+
+    def needs_guardian(self, age: int) -> bool:
+        """Whether an account of `age` needs a guardian's consent under this profile."""
+        return self.guardian_age is not None and age < self.guardian_age
+
+
+@dataclass(frozen=True)
+class PolicyRegistry:
+    """The profiles a cluster serves: its default and every named file, loaded once."""
+
+    default: PolicyProfile
+    named: Mapping[str, PolicyProfile] = field(default_factory=dict)
+
+    def get(self, name: str) -> PolicyProfile:
+        """The profile called `name`; "default" (or an unknown name, logged by the caller) is the default."""
+        if name == DEFAULT_PROFILE_NAME:
+            return self.default
+        return self.named.get(name, self.default)
+
+    def has(self, name: str) -> bool:
+        """Whether `name` is "default" or a loaded profile."""
+        return name == DEFAULT_PROFILE_NAME or name in self.named
+
+    def for_tenant(self, conn: Connection, tenant_id: UUID) -> PolicyProfile:
+        """The profile the tenant's accounts follow."""
+        row = conn.execute("SELECT policy_profile FROM tenants WHERE tenant_id = %s", (tenant_id,)).fetchone()
+        return self.get(row[0]) if row is not None else self.default
+
+    @classmethod
+    def load(cls, *, profile: str | None, directory: Path | None, base: PolicyProfile) -> PolicyRegistry:
+        """Loads every `*.json` profile in `directory` and picks the default.
+
+        Args:
+            profile: The cluster's profile: a name in `directory`, a path to a file, or None
+                for `base`.
+            directory: Folder of named profiles; None or missing loads none.
+            base: The default when `profile` is None (product defaults with the config's
+                overrides).
+
+        Raises:
+            ConfigError: A file is invalid, or `profile` names no file.
+        """
+        named: dict[str, PolicyProfile] = {}
+        if directory is not None and directory.is_dir():
+            for path in sorted(directory.glob("*.json")):
+                loaded = PolicyProfile.from_file(path)
+                named[loaded.name] = loaded
+        default = base
+        if profile:
+            if profile in named:
+                default = named[profile]
+            elif Path(profile).is_file():
+                default = PolicyProfile.from_file(Path(profile))
+                named.setdefault(default.name, default)
+            else:
+                choices = ", ".join(sorted(named)) or "none found"
+                raise ConfigError("policy_profile", f"is {profile!r}: not a profile name ({choices}) nor a file")
+        return cls(default=default, named=named)
+
+
+def _range(setting: str, value: object, low: int, high: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise ConfigError(setting, f"is {value!r}; valid values: {low}..{high}")
+
+
+def _bool(value: object, setting: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(setting, f"is {value!r}; valid values: true, false")
+    return value
+
+
+def _check_keys(values: Mapping[str, Any], allowed: set[str] | Sequence[str], where: str) -> None:
+    unknown = sorted(set(values) - set(allowed))
+    if unknown:
+        raise ConfigError(where, f"has unknown keys {', '.join(unknown)}; valid keys: {', '.join(sorted(allowed))}")
+
+
+# The product's default moderation policy (DESIGN.md §5: moderation on).
+DEFAULT_MODERATION: ModerationPolicy = ModerationPolicy.from_mapping(
+    {
+        "categories": {
+            "sexual_minors": {
+                "minor_sexual": r"\b(child|children|kid|minor|underage|preteen)\b.*\b(nude|naked|sexual|explicit)\b",
+            },
+            "violence": {"gore": r"\b(gore|beheading|dismember\w*)\b"},
+        }
+    },
+    where="default",
+)
