@@ -26,7 +26,7 @@ _LOG_FORMAT = "%(asctime)s level=%(levelname)s logger=%(name)s %(message)s"
 
 # Failures an operator can fix (database down, port taken, directory not writable), reported
 # in one line without a traceback.
-StartupError = (PoolTimeout, psycopg.OperationalError, EmbeddedPostgresError, ListenError, OSError)
+StartupError = (PoolTimeout, psycopg.OperationalError, EmbeddedPostgresError, ListenError, OSError, ConfigError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

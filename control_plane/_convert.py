@@ -6,6 +6,7 @@ Parsing raises `InvalidArgument` naming the request field, so the servicer stays
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from datetime import date, datetime
@@ -16,9 +17,13 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from control_plane.accounts import Account, AccountStatus, Tier, Visibility
 from control_plane.api_keys import ApiKey, Scope
+from control_plane.audit import AuditRecord
+from control_plane.consent import ConsentOverview, ConsentRecord, Method, Purpose
 from control_plane.content import ContentItem, ContentKind
 from control_plane.credits import Balance, LedgerEntry, Reservation, ReservationState
+from control_plane.dsr import DsrKind, DsrRequest, DsrState
 from control_plane.errors import InvalidArgument
+from control_plane.policy import TrainingConsentMode
 from protos.atelier.v1 import common_pb2, control_plane_pb2
 
 _E = TypeVar("_E")
@@ -55,6 +60,33 @@ CONTENT_KIND_FROM_PB = {
     control_plane_pb2.CONTENT_KIND_UPLOAD: ContentKind.UPLOAD,
 }
 CONTENT_KIND_TO_PB = {kind: number for number, kind in CONTENT_KIND_FROM_PB.items()}
+CONSENT_PURPOSE_FROM_PB = {
+    control_plane_pb2.CONSENT_PURPOSE_TRAINING: Purpose.TRAINING,
+    control_plane_pb2.CONSENT_PURPOSE_ANALYTICS: Purpose.ANALYTICS,
+    control_plane_pb2.CONSENT_PURPOSE_MARKETING: Purpose.MARKETING,
+    control_plane_pb2.CONSENT_PURPOSE_PROCESSING: Purpose.PROCESSING,
+}
+CONSENT_PURPOSE_TO_PB = {purpose: number for number, purpose in CONSENT_PURPOSE_FROM_PB.items()}
+CONSENT_METHOD_FROM_PB = {
+    control_plane_pb2.CONSENT_METHOD_SETTINGS: Method.SETTINGS,
+    control_plane_pb2.CONSENT_METHOD_API: Method.API,
+    control_plane_pb2.CONSENT_METHOD_GUARDIAN: Method.GUARDIAN,
+}
+CONSENT_METHOD_TO_PB = {method: number for number, method in CONSENT_METHOD_FROM_PB.items()}
+TRAINING_MODE_TO_PB = {
+    TrainingConsentMode.OPT_IN: control_plane_pb2.TRAINING_CONSENT_MODE_OPT_IN,
+    TrainingConsentMode.OPT_OUT: control_plane_pb2.TRAINING_CONSENT_MODE_OPT_OUT,
+}
+DSR_KIND_TO_PB = {
+    DsrKind.EXPORT: control_plane_pb2.DSR_KIND_EXPORT,
+    DsrKind.ERASURE: control_plane_pb2.DSR_KIND_ERASURE,
+}
+DSR_STATE_TO_PB = {
+    DsrState.RECEIVED: control_plane_pb2.DSR_STATE_RECEIVED,
+    DsrState.IN_PROGRESS: control_plane_pb2.DSR_STATE_IN_PROGRESS,
+    DsrState.COMPLETED: control_plane_pb2.DSR_STATE_COMPLETED,
+    DsrState.REJECTED: control_plane_pb2.DSR_STATE_REJECTED,
+}
 
 
 # --- request fields -> domain values --------------------------------------------------------
@@ -216,4 +248,66 @@ def content_pb(item: ContentItem) -> control_plane_pb2.Content:
         parameters=parameters_from_dict(item.parameters),
         created_at=timestamp(item.created_at),
         expires_at=timestamp(item.expires_at),
+    )
+
+
+def consent_record_pb(record: ConsentRecord) -> control_plane_pb2.ConsentRecord:
+    """The wire form of a consent record."""
+    return control_plane_pb2.ConsentRecord(
+        consent_id=record.consent_id,
+        account_id=str(record.account_id),
+        purpose=CONSENT_PURPOSE_TO_PB[record.purpose],
+        granted=record.granted,
+        method=CONSENT_METHOD_TO_PB[record.method],
+        source=record.source,
+        policy_version=record.policy_version,
+        recorded_at=timestamp(record.recorded_at),
+        actor_key_id=record.actor_key_id or "",
+    )
+
+
+def consent_overview_pb(overview: ConsentOverview) -> control_plane_pb2.GetConsentsResponse:
+    """The wire form of every purpose's current state."""
+    return control_plane_pb2.GetConsentsResponse(
+        consents=[
+            control_plane_pb2.ConsentState(
+                purpose=CONSENT_PURPOSE_TO_PB[state.purpose],
+                granted=state.granted,
+                explicit=state.explicit,
+                recorded_at=timestamp(state.recorded_at),
+            )
+            for state in overview.states
+        ],
+        training_consent_mode=TRAINING_MODE_TO_PB[overview.training_consent_mode],
+        guardian_consent_required=overview.guardian_consent_required,
+        may_process=overview.may_process,
+    )
+
+
+def dsr_request_pb(request: DsrRequest) -> control_plane_pb2.DsrRequest:
+    """The wire form of a data-subject request."""
+    return control_plane_pb2.DsrRequest(
+        dsr_id=str(request.dsr_id),
+        account_id=str(request.account_id),
+        kind=DSR_KIND_TO_PB[request.kind],
+        state=DSR_STATE_TO_PB[request.state],
+        received_at=timestamp(request.received_at),
+        due_at=timestamp(request.due_at),
+        completed_at=timestamp(request.completed_at),
+        content_id=str(request.content_id) if request.content_id else "",
+        archive_size_bytes=request.archive_size_bytes,
+    )
+
+
+def audit_entry_pb(entry: AuditRecord) -> control_plane_pb2.AuditEntry:
+    """The wire form of an audit row."""
+    return control_plane_pb2.AuditEntry(
+        id=entry.id,
+        at=timestamp(entry.at),
+        actor_key_id=entry.actor_key_id or "",
+        request_id=entry.request_id or "",
+        action=entry.action,
+        target_type=entry.target_type,
+        target_id=entry.target_id,
+        details_json=json.dumps(dict(entry.details), sort_keys=True, default=str),
     )

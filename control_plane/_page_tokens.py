@@ -55,7 +55,46 @@ def decode_content_token(token: str, account_id: UUID) -> ContentCursor | None:
     Raises:
         InvalidArgument: The token is not one a content listing of this account returned.
     """
-    payload = _decode(token, "content", account_id)
+    return _content_cursor(_decode(token, "content", account_id))
+
+
+def encode_gallery_token(tenant_id: UUID, cursor: ContentCursor) -> str:
+    """Token for the public gallery page after `cursor`."""
+    return _encode(
+        {"l": "gallery", "a": str(tenant_id), "t": cursor.created_at.isoformat(), "c": str(cursor.content_id)}
+    )
+
+
+def decode_gallery_token(token: str, tenant_id: UUID) -> ContentCursor | None:
+    """Returns the gallery cursor to list after; None for an empty token.
+
+    Raises:
+        InvalidArgument: The token is not one a gallery listing of this tenant returned.
+    """
+    return _content_cursor(_decode(token, "gallery", tenant_id))
+
+
+def encode_audit_token(account_id: UUID, before_id: int) -> str:
+    """Token for the audit page of an account older than entry `before_id`."""
+    return _encode({"l": "audit", "a": str(account_id), "e": before_id})
+
+
+def decode_audit_token(token: str, account_id: UUID) -> int | None:
+    """Returns the audit id to list before; None for an empty token.
+
+    Raises:
+        InvalidArgument: The token is not one an audit listing of this account returned.
+    """
+    payload = _decode(token, "audit", account_id)
+    if payload is None:
+        return None
+    entry_id = payload.get("e")
+    if not isinstance(entry_id, int) or isinstance(entry_id, bool) or entry_id < 1:
+        raise _invalid()
+    return entry_id
+
+
+def _content_cursor(payload: dict[str, Any] | None) -> ContentCursor | None:
     if payload is None:
         return None
     try:

@@ -114,6 +114,7 @@ def create_account(
     default_visibility: Visibility,
     tier: Tier = Tier.FREE,
     initial_credits: int = 0,
+    guardian_age: int | None = None,
     actor: Actor,
     now: datetime,
 ) -> tuple[Account, credits.Balance]:
@@ -129,6 +130,8 @@ def create_account(
         default_visibility: Visibility of new content left unspecified.
         tier: Billing tier.
         initial_credits: Credits granted in the same transaction, 0..1e12.
+        guardian_age: Users younger than this are stored with their age evidence alone and
+            cannot generate until a guardian consents; None turns the rule off.
         actor: Who creates it.
         now: Creation time; also the day the age is computed on (UTC).
 
@@ -139,7 +142,8 @@ def create_account(
         InvalidArgument: Bad age evidence or credits out of range.
         FailedPrecondition: Under the minimum age.
     """
-    check_age(evidence, today=now.date(), minimum_age=minimum_age)
+    age = check_age(evidence, today=now.date(), minimum_age=minimum_age)
+    guardian_required = guardian_age is not None and age < guardian_age
     if not 0 <= initial_credits <= credits.MAX_GRANT:
         raise InvalidArgument("initial_credits", f"must be 0..{credits.MAX_GRANT}")
     with conn.transaction():
@@ -154,12 +158,16 @@ def create_account(
         account = _account(expect_row(row))
         conn.execute(
             """
-            INSERT INTO account_personal (account_id, birth_date, age_attested, recorded_at)
-            VALUES (%s, %s, %s, %s)
+            INSERT INTO account_personal (account_id, birth_date, age_attested, guardian_required, recorded_at)
+            VALUES (%s, %s, %s, %s, %s)
             """,
-            (account.account_id, evidence.birth_date, evidence.age_attested, now),
+            (account.account_id, evidence.birth_date, evidence.age_attested, guardian_required, now),
         )
-        details = {"tier": tier.value, "initial_credits": initial_credits}
+        details = {
+            "account_id": str(account.account_id),
+            "tier": tier.value,
+            "initial_credits": initial_credits,
+        }
         record_audit(conn, actor, now, "account.create", "account", account.account_id, details)
         balance = credits.open_balance(conn, account.account_id)
         if initial_credits > 0:
@@ -188,6 +196,23 @@ def get_account(conn: Connection, *, tenant_id: UUID, account_id: UUID) -> Accou
     if row is None:
         raise NotFound(f"account {account_id} not found")
     return _account(row)
+
+
+def current_age(conn: Connection, account_id: UUID, today: date) -> int | None:
+    """The account holder's age in whole years on `today`, from the stored evidence.
+
+    An attested age is carried forward by the whole years since it was recorded. None when
+    no evidence is stored (an erased account).
+    """
+    row = conn.execute(
+        "SELECT birth_date, age_attested, recorded_at FROM account_personal WHERE account_id = %s", (account_id,)
+    ).fetchone()
+    if row is None:
+        return None
+    birth_date, age_attested, recorded_at = row
+    if birth_date is not None:
+        return age_on(birth_date, today)
+    return int(age_attested) + max(0, age_on(recorded_at.date(), today))
 
 
 def require_active(account: Account) -> None:

@@ -90,3 +90,42 @@ def record_audits(conn: Connection, actor: Actor, now: datetime, entries: Iterab
             """,
             rows,
         )
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One stored audit row."""
+
+    id: int
+    at: datetime
+    actor_key_id: str | None
+    request_id: str | None
+    action: str
+    target_type: str
+    target_id: str
+    details: Mapping[str, Any]
+
+
+def list_account_audit(
+    conn: Connection, account_id: UUID, *, limit: int, before_id: int | None = None
+) -> list[AuditRecord]:
+    """Audit rows about an account (as target, or naming it in their details), newest first.
+
+    The caller checks the account belongs to its tenant.
+
+    Args:
+        limit: Most rows, >= 1.
+        before_id: Only rows older than this id (keyset pagination); None for the newest.
+    """
+    rows = conn.execute(
+        """
+        SELECT id, at, actor_key_id, request_id, action, target_type, target_id, details FROM audit_log
+        WHERE ((target_type = 'account' AND target_id = %(account)s)
+               OR (details ? 'account_id' AND details ->> 'account_id' = %(account)s))
+          AND (%(before)s::bigint IS NULL OR id < %(before)s)
+        ORDER BY id DESC
+        LIMIT %(limit)s
+        """,
+        {"account": str(account_id), "before": before_id, "limit": limit},
+    ).fetchall()
+    return [AuditRecord(*row) for row in rows]

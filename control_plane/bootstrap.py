@@ -1,18 +1,27 @@
-"""Wires the control plane's adapters (database pool, blob store, clock, metrics) from config."""
+"""Wires the control plane's adapters (database pool, blob store, key store, policies, moderation,
+clock, metrics) from config."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from types import TracebackType
 
 from prometheus_client import CollectorRegistry
 
+from control_plane import crypto
 from control_plane.blobstore import BlobStore, LocalBlobStore
 from control_plane.clock import Clock, SystemClock
-from control_plane.config import ControlPlaneConfig
+from control_plane.config import ConfigError, ControlPlaneConfig
+from control_plane.crypto import MasterKeyError
 from control_plane.db.embedded import EmbeddedPostgres
 from control_plane.db.migrations import apply_migrations
 from control_plane.db.pool import Pool, open_pool
+from control_plane.keystore import KeyStore, PostgresKeyStore
+from control_plane.moderation import CheckerFactory, PolicyModerationChecker
+from control_plane.policy import PolicyProfile, PolicyRegistry
+
+_logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -21,7 +30,14 @@ class ControlPlaneDeps:
 
     pool: Pool
     blobs: BlobStore
+    """The plain store; the servicer wraps it in an `EncryptedBlobStore`."""
     clock: Clock
+    keys: KeyStore
+    """Per-account data keys, wrapped by the master key."""
+    policies: PolicyRegistry
+    """The policy profiles tenants follow."""
+    moderation: CheckerFactory = PolicyModerationChecker
+    """Builds the moderation checker of a profile's policy."""
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
     """Where metrics register; the server process passes prometheus_client's default."""
 
@@ -67,9 +83,12 @@ def bootstrap(
         The dependencies; close them (or use them as a context manager) when done.
 
     Raises:
+        ConfigError: The master key or a policy profile is invalid.
         psycopg_pool.PoolTimeout: The database could not be reached.
         EmbeddedPostgresError: The embedded server (no database_url) did not start.
     """
+    keys = load_key_store(config)
+    policies = load_policies(config)
     pool = open_pool(resolve_database_url(config), config.pool_min_size, config.pool_max_size)
     try:
         applied = apply_migrations(pool) if migrate else []
@@ -80,7 +99,39 @@ def bootstrap(
     return ControlPlaneDeps(
         pool=pool,
         blobs=blobs,
+        keys=keys,
+        policies=policies,
         clock=clock if clock is not None else SystemClock(),
         registry=registry if registry is not None else CollectorRegistry(),
         applied_migrations=applied,
     )
+
+
+def load_key_store(config: ControlPlaneConfig) -> PostgresKeyStore:
+    """The key store on the configured master key (`master_key`, else the key file, created
+    under `home` when neither is configured).
+
+    Raises:
+        ConfigError: The master key is malformed or its file unreadable.
+    """
+    try:
+        if config.master_key:
+            return PostgresKeyStore(crypto.MasterKey.from_base64(config.master_key, where="ATELIER_MASTER_KEY"))
+        if config.master_key_file is not None:
+            return PostgresKeyStore(crypto.read_master_key_file(config.master_key_file), config.master_key_file)
+        path = config.master_key_path
+        if not path.exists():
+            _logger.warning("no master key configured: created %s (set ATELIER_MASTER_KEY_FILE in production)", path)
+        return PostgresKeyStore(crypto.ensure_master_key_file(path), path)
+    except MasterKeyError as error:
+        raise ConfigError("master_key", str(error)) from None
+
+
+def load_policies(config: ControlPlaneConfig) -> PolicyRegistry:
+    """Every policy profile in `config.policy_root`, with the cluster's default picked.
+
+    Raises:
+        ConfigError: A profile file is invalid, or `policy_profile` names none.
+    """
+    base = PolicyProfile(default_visibility=config.default_visibility, minimum_age=config.minimum_age)
+    return PolicyRegistry.load(profile=config.policy_profile, directory=config.policy_root, base=base)

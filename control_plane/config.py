@@ -25,6 +25,11 @@ ENV_VARS: Mapping[str, str] = {
     "max_message_bytes": "ATELIER_CONTROL_PLANE_MAX_MESSAGE_BYTES",
     "default_visibility": "ATELIER_DEFAULT_VISIBILITY",
     "minimum_age": "ATELIER_MINIMUM_AGE",
+    "master_key_file": "ATELIER_MASTER_KEY_FILE",
+    "master_key": "ATELIER_MASTER_KEY",
+    "policy_profile": "ATELIER_POLICY_PROFILE",
+    "policy_dir": "ATELIER_POLICY_DIR",
+    "sweep_interval_s": "ATELIER_SWEEP_INTERVAL_S",
 }
 
 
@@ -91,6 +96,26 @@ class ControlPlaneConfig:
     minimum_age: int = 13
     """Youngest age, in whole years, at which an account may be created, 0..150."""
 
+    master_key_file: Path | None = None
+    """File holding the master key (base64 of 32 bytes) that wraps every account's data key.
+    None (and no `master_key`) uses `home/master.key`, created with mode 0600 when missing."""
+
+    master_key: str | None = field(default=None, repr=False)
+    """The master key itself (base64 of 32 bytes), e.g. from a Kubernetes Secret; wins over
+    `master_key_file`, but cannot be rotated in place."""
+
+    policy_profile: str | None = None
+    """The cluster's policy profile: a name in `policy_dir` (e.g. "credits-moderated") or a
+    path to a JSON file. None uses the product defaults (with `default_visibility` and
+    `minimum_age` above)."""
+
+    policy_dir: Path | None = None
+    """Folder of named policy profiles (`*.json`); None means the checkout's `deploy/policies`."""
+
+    sweep_interval_s: int = 300
+    """Seconds between the retention sweeps the server runs in a background thread (0..86400);
+    0 turns the built-in sweeper off (e.g. when a CronJob runs `atelier sweep --once`)."""
+
     def __post_init__(self) -> None:
         if self.database_url is not None and not self.database_url.strip():
             _fail("database_url", "must not be blank (leave it unset for the embedded server)")
@@ -108,11 +133,24 @@ class ControlPlaneConfig:
                 f"is {self.default_visibility!r}; valid values: {', '.join(VISIBILITIES)}",
             )
         _check_range("minimum_age", self.minimum_age, 0, 150)
+        _check_range("sweep_interval_s", self.sweep_interval_s, 0, 86400, "0 turns the built-in sweeper off")
 
     @property
     def blob_root(self) -> Path:
         """The blob store directory: `blob_dir`, or `home/blobs` when that is unset."""
         return self.blob_dir if self.blob_dir is not None else self.home / "blobs"
+
+    @property
+    def master_key_path(self) -> Path:
+        """The master key file: `master_key_file`, or `home/master.key` when that is unset."""
+        return self.master_key_file if self.master_key_file is not None else self.home / "master.key"
+
+    @property
+    def policy_root(self) -> Path:
+        """Where named policy profiles live: `policy_dir`, or the checkout's `deploy/policies`."""
+        if self.policy_dir is not None:
+            return self.policy_dir
+        return Path(__file__).resolve().parent.parent / "deploy" / "policies"
 
     @property
     def embedded_data_dir(self) -> Path:

@@ -6,11 +6,14 @@ reservation that paid for them) in one transaction; if that transaction fails, t
 written for it are deleted again. A row therefore never points at a missing blob, and a
 failed store leaves nothing behind.
 
-Blobs are stored as given for now; encryption at rest slots in as a `BlobStore` wrapper.
+Bytes and prompts are encrypted at rest with the account's data key (`EncryptedBlobStore`,
+`crypto.seal`), the content id bound as associated data. Visibility is per item: the owner
+always reads its content; other accounts only public, unflagged items, without prompts.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from collections.abc import Mapping, Sequence
@@ -22,12 +25,15 @@ from uuid import UUID, uuid4
 
 from psycopg.types.json import Jsonb
 
-from control_plane import accounts, credits
-from control_plane.accounts import Visibility
-from control_plane.audit import Actor, AuditEntry, record_audits
+from control_plane import accounts, consent, credits, crypto, moderation
+from control_plane.accounts import AccountStatus, Visibility
+from control_plane.audit import Actor, AuditEntry, record_audit, record_audits
 from control_plane.blobstore import BlobStore
 from control_plane.db.pool import Connection
-from control_plane.errors import InvalidArgument, NotFound
+from control_plane.encrypted_blobs import EncryptedBlobStore
+from control_plane.errors import AccountNotActive, FailedPrecondition, InvalidArgument, NotFound
+from control_plane.keystore import DataKey, DataKeyDestroyed, KeyStore
+from control_plane.policy import ModerationPolicy
 
 _logger = logging.getLogger(__name__)
 
@@ -39,8 +45,10 @@ MAX_PROMPT_CHARS = 2000
 
 _COLUMNS = (
     "content_id, account_id, kind, media_type, sha256, size_bytes, visibility, prompt, parameters, model, "
-    "created_at, expires_at, blob_key"
+    "created_at, expires_at, blob_key, flagged, encryption_key_id, prompt_sealed"
 )
+ADULT_AGE = 18
+"""Content of younger account holders is never eligible for training."""
 
 
 class ContentKind(StrEnum):
@@ -81,6 +89,11 @@ class ContentItem:
     created_at: datetime
     expires_at: datetime | None
     blob_key: str
+    flagged: bool = False
+    """Moderation flagged it: never public, never exported."""
+    encryption_key_id: UUID | None = None
+    """The data key its blob and prompt are sealed with; None for plaintext (legacy) rows."""
+    prompt_sealed: bytes | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -137,7 +150,8 @@ def validate_new_content(items: Sequence[NewContent]) -> None:
 
 def store_content(
     conn: Connection,
-    blobs: BlobStore,
+    blobs: EncryptedBlobStore,
+    keys: KeyStore,
     *,
     tenant_id: UUID,
     account_id: UUID,
@@ -145,12 +159,15 @@ def store_content(
     commit_reservation_id: UUID | None,
     actor: Actor,
     now: datetime,
+    checker: moderation.ModerationChecker | None = None,
+    moderation_policy: ModerationPolicy | None = None,
 ) -> StoreResult:
-    """Stores 1..16 items of an account together, optionally committing their reservation.
+    """Stores 1..16 items of an account together, encrypted, optionally committing their reservation.
 
     Args:
         conn: Connection outside a transaction.
-        blobs: Where the bytes go.
+        blobs: Where the sealed bytes go.
+        keys: Where the account's data key comes from (created on its first store).
         tenant_id: The caller's tenant; the account must belong to it.
         account_id: Owner of the items.
         items: What to store; see `validate_new_content`.
@@ -158,6 +175,9 @@ def store_content(
             same transaction, so content is never stored uncharged or charged unstored.
         actor: Who stores.
         now: Creation time; also recorded as the account's last activity.
+        checker: Moderates each item as an output; a flagged item is stored private and
+            flagged, with a flag row. None skips output moderation.
+        moderation_policy: The policy `checker` applies (whether flags keep the prompt).
 
     Returns:
         The items in request order, the committed reservation (if any) and the balance.
@@ -166,18 +186,31 @@ def store_content(
         InvalidArgument: See `validate_new_content`.
         NotFound: No such account in the tenant, or no such reservation of the account.
         AccountNotActive: The account is suspended or erased.
+        GuardianConsentRequired: The account needs a guardian's consent first.
         FailedPrecondition: The reservation is settled or expired.
     """
     validate_new_content(items)
     account = accounts.get_account(conn, tenant_id=tenant_id, account_id=account_id)
     accounts.require_active(account)
-    prepared = [_prepare(account, item, now) for item in items]
+    consent.require_may_process(conn, account_id)
+    age = accounts.current_age(conn, account_id, now.date())
+    minor = age is not None and age < ADULT_AGE
+    data_key = keys.live_data_key(conn, account_id, actor=actor, now=now)
+    verdicts = [
+        checker.check(moderation.Stage.OUTPUT, item.prompt, item.data) if checker is not None else None
+        for item in items
+    ]
+    prepared = [
+        _prepare(account, item, now, data_key, flagged=verdict is not None)
+        for item, verdict in zip(items, verdicts, strict=True)
+    ]
     written: list[str] = []
     try:
         for stored, item in zip(prepared, items, strict=True):
-            blobs.put(stored.blob_key, item.data)
+            blobs.put(stored.blob_key, item.data, data_key=data_key, context=crypto.blob_context(stored.content_id))
             written.append(stored.blob_key)
         with conn.transaction():
+            _lock_for_store(conn, account_id, data_key)
             reservation: credits.Reservation | None = None
             if commit_reservation_id is not None:
                 reservation, balance = credits.commit_reservation(
@@ -190,7 +223,7 @@ def store_content(
                 )
             else:
                 balance = credits.get_balance(conn, tenant_id=tenant_id, account_id=account_id)
-            _insert_rows(conn, prepared, commit_reservation_id)
+            _insert_rows(conn, prepared, commit_reservation_id, minor)
             accounts.touch_last_active(conn, account_id, now)
             record_audits(
                 conn,
@@ -201,45 +234,104 @@ def store_content(
                         "content.store",
                         "content",
                         str(stored.content_id),
-                        {"account_id": str(account_id), "kind": stored.kind.value, "size_bytes": stored.size_bytes},
+                        {
+                            "account_id": str(account_id),
+                            "kind": stored.kind.value,
+                            "size_bytes": stored.size_bytes,
+                            "encryption_key_id": str(data_key.key_id),
+                        },
                     )
                     for stored in prepared
                 ],
             )
+            for stored, item, verdict in zip(prepared, items, verdicts, strict=True):
+                if verdict is not None:
+                    moderation.record_flag(
+                        conn,
+                        moderation_policy or ModerationPolicy(),
+                        verdict,
+                        stage=moderation.Stage.OUTPUT,
+                        account_id=account_id,
+                        content_id=stored.content_id,
+                        prompt=item.prompt,
+                        action="flagged",
+                        actor=actor,
+                        now=now,
+                    )
     except BaseException:
         _delete_quietly(blobs, written)
         raise
-    return StoreResult(contents=prepared, reservation=reservation, balance=balance)
+    return StoreResult(
+        contents=[_with_prompt(stored, item.prompt) for stored, item in zip(prepared, items, strict=True)],
+        reservation=reservation,
+        balance=balance,
+    )
 
 
 def get_content(
     conn: Connection,
-    blobs: BlobStore,
+    blobs: EncryptedBlobStore,
+    keys: KeyStore,
     *,
     tenant_id: UUID,
     content_id: UUID,
     include_data: bool,
+    viewer_account_id: UUID | None = None,
 ) -> tuple[ContentItem, bytes | None]:
-    """Returns an item of the tenant's accounts, and its bytes when `include_data` is set.
+    """Returns an item of the tenant's accounts, and its plaintext bytes when `include_data` is set.
 
     Deleted items are not found (they are hidden at once and purged later).
 
+    Args:
+        viewer_account_id: The account the caller acts for. When set and not the owner, only
+            public, unflagged items are found, and their prompt is withheld. None: the
+            tenant's own view.
+
     Raises:
-        NotFound: No such live item in the tenant.
+        NotFound: No such live item visible to the viewer in the tenant, or no such viewer.
+        DataKeyDestroyed: The owner's data key was destroyed (erased account).
         BlobNotFoundError: The row exists but its blob does not (a storage fault).
     """
+    if viewer_account_id is not None:
+        accounts.get_account(conn, tenant_id=tenant_id, account_id=viewer_account_id)
     row = conn.execute(
         f"""
         SELECT {_COLUMNS} FROM content
-        WHERE content_id = %s AND deleted_at IS NULL
-          AND account_id IN (SELECT account_id FROM accounts WHERE tenant_id = %s)
+        WHERE content_id = %(content_id)s AND deleted_at IS NULL
+          AND account_id IN (SELECT account_id FROM accounts WHERE tenant_id = %(tenant_id)s)
+          AND (%(viewer)s::uuid IS NULL OR account_id = %(viewer)s
+               OR (visibility = 'public' AND NOT flagged))
         """,
-        (content_id, tenant_id),
+        {"content_id": content_id, "tenant_id": tenant_id, "viewer": viewer_account_id},
     ).fetchone()
     if row is None:
         raise NotFound(f"content {content_id} not found")
     item = _content_item(row)
-    return item, blobs.get(item.blob_key) if include_data else None
+    owner_view = viewer_account_id is None or viewer_account_id == item.account_id
+    data = read_blob(conn, blobs, keys, item) if include_data else None
+    return (reveal_prompt(conn, keys, item) if owner_view else _with_prompt(item, "")), data
+
+
+def read_blob(conn: Connection, blobs: EncryptedBlobStore, keys: KeyStore, item: ContentItem) -> bytes:
+    """The plaintext bytes of an item (decrypted with its data key)."""
+    if item.encryption_key_id is None:
+        return blobs.inner.get(item.blob_key)
+    data_key = keys.data_key(conn, item.encryption_key_id)
+    return blobs.get(item.blob_key, data_key=data_key, context=crypto.blob_context(item.content_id))
+
+
+def reveal_prompt(
+    conn: Connection, keys: KeyStore, item: ContentItem, cache: dict[UUID, DataKey] | None = None
+) -> ContentItem:
+    """The item with its prompt decrypted (for the owner's view)."""
+    if item.prompt_sealed is None or item.encryption_key_id is None:
+        return item
+    known = cache if cache is not None else {}
+    data_key = known.get(item.encryption_key_id)
+    if data_key is None:
+        data_key = known[item.encryption_key_id] = keys.data_key(conn, item.encryption_key_id)
+    prompt = crypto.open_sealed(data_key.key, item.prompt_sealed, crypto.prompt_context(item.content_id))
+    return _with_prompt(item, prompt.decode())
 
 
 def list_content(
@@ -249,27 +341,37 @@ def list_content(
     account_id: UUID,
     limit: int,
     after: ContentCursor | None = None,
+    keys: KeyStore | None = None,
+    viewer_account_id: UUID | None = None,
 ) -> ContentPage:
     """Returns up to `limit` live items of an account, newest first.
 
     Args:
         limit: Page size, >= 1.
         after: The previous page's `next_cursor`; None for the newest items.
+        keys: Decrypts prompts for the owner's view; None leaves sealed prompts empty.
+        viewer_account_id: The account the caller acts for; when set and not the owner,
+            only public, unflagged items are listed, without prompts.
 
     Raises:
-        NotFound: No such account in the tenant.
+        NotFound: No such account (or viewer) in the tenant.
     """
     accounts.get_account(conn, tenant_id=tenant_id, account_id=account_id)
+    if viewer_account_id is not None:
+        accounts.get_account(conn, tenant_id=tenant_id, account_id=viewer_account_id)
+    owner_view = viewer_account_id is None or viewer_account_id == account_id
     rows = conn.execute(
         f"""
         SELECT {_COLUMNS} FROM content
         WHERE account_id = %(account_id)s AND deleted_at IS NULL
+          AND (%(owner_view)s OR (visibility = 'public' AND NOT flagged))
           AND (%(after_at)s::timestamptz IS NULL OR (created_at, content_id) < (%(after_at)s, %(after_id)s::uuid))
         ORDER BY created_at DESC, content_id DESC
         LIMIT %(limit)s
         """,
         {
             "account_id": account_id,
+            "owner_view": owner_view,
             "after_at": after.created_at if after else None,
             "after_id": after.content_id if after else None,
             "limit": limit + 1,
@@ -278,12 +380,160 @@ def list_content(
     # One row more than asked tells whether another page exists.
     items = [_content_item(row) for row in rows[:limit]]
     next_cursor = ContentCursor(items[-1].created_at, items[-1].content_id) if len(rows) > limit else None
+    cache: dict[UUID, DataKey] = {}
+    if owner_view and keys is not None:
+        items = [reveal_prompt(conn, keys, item, cache) for item in items]
+    elif not owner_view:
+        items = [_with_prompt(item, "") for item in items]
     return ContentPage(items=items, next_cursor=next_cursor)
 
 
-def _prepare(account: accounts.Account, item: NewContent, now: datetime) -> ContentItem:
+def list_public_gallery(
+    conn: Connection, *, tenant_id: UUID, limit: int, after: ContentCursor | None = None
+) -> ContentPage:
+    """Returns up to `limit` public, live, unflagged items of the tenant's accounts, newest
+    first, without prompts."""
+    rows = conn.execute(
+        f"""
+        SELECT {_COLUMNS} FROM content
+        WHERE visibility = 'public' AND deleted_at IS NULL AND NOT flagged
+          AND account_id IN (SELECT account_id FROM accounts WHERE tenant_id = %(tenant_id)s AND status <> 'erased')
+          AND (%(after_at)s::timestamptz IS NULL OR (created_at, content_id) < (%(after_at)s, %(after_id)s::uuid))
+        ORDER BY created_at DESC, content_id DESC
+        LIMIT %(limit)s
+        """,
+        {
+            "tenant_id": tenant_id,
+            "after_at": after.created_at if after else None,
+            "after_id": after.content_id if after else None,
+            "limit": limit + 1,
+        },
+    ).fetchall()
+    items = [_with_prompt(_content_item(row), "") for row in rows[:limit]]
+    next_cursor = ContentCursor(items[-1].created_at, items[-1].content_id) if len(rows) > limit else None
+    return ContentPage(items=items, next_cursor=next_cursor)
+
+
+class ContentFlagged(FailedPrecondition):
+    """Moderation flagged the item, so it cannot be made public."""
+
+    reason = "CONTENT_FLAGGED"
+
+
+def set_item_visibility(
+    conn: Connection,
+    keys: KeyStore,
+    *,
+    tenant_id: UUID,
+    content_id: UUID,
+    visibility: Visibility,
+    actor: Actor,
+    now: datetime,
+) -> tuple[int, ContentItem]:
+    """Sets one item's visibility, with its audit row, in one transaction.
+
+    Returns:
+        1 when the visibility changed (else 0), and the item.
+
+    Raises:
+        NotFound: No such live item in the tenant.
+        ContentFlagged: The item is flagged and `visibility` is public.
+    """
+    with conn.transaction():
+        row = conn.execute(
+            f"""
+            SELECT {_COLUMNS} FROM content
+            WHERE content_id = %s AND deleted_at IS NULL
+              AND account_id IN (SELECT account_id FROM accounts WHERE tenant_id = %s)
+            FOR UPDATE
+            """,
+            (content_id, tenant_id),
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"content {content_id} not found")
+        item = _content_item(row)
+        if item.flagged and visibility is Visibility.PUBLIC:
+            raise ContentFlagged(f"content {content_id} was flagged by moderation and cannot be made public")
+        changed = item.visibility is not visibility
+        if changed:
+            conn.execute("UPDATE content SET visibility = %s WHERE content_id = %s", (visibility.value, content_id))
+            details = {"account_id": str(item.account_id), "visibility": visibility.value}
+            record_audit(conn, actor, now, "content.visibility", "content", content_id, details)
+    updated = dataclasses.replace(item, visibility=visibility)
+    return int(changed), reveal_prompt(conn, keys, updated)
+
+
+def set_account_visibility(
+    conn: Connection,
+    *,
+    tenant_id: UUID,
+    account_id: UUID,
+    visibility: Visibility,
+    apply_to_default: bool,
+    actor: Actor,
+    now: datetime,
+) -> int:
+    """Sets the visibility of all of an account's live content at once (flagged items stay
+    private), and optionally its default, with the audit row, in one transaction.
+
+    Returns:
+        How many items changed.
+
+    Raises:
+        NotFound: No such account in the tenant.
+        FailedPrecondition: The account was erased.
+    """
+    with conn.transaction():
+        account = accounts.get_account(conn, tenant_id=tenant_id, account_id=account_id)
+        if account.status is AccountStatus.ERASED:
+            raise FailedPrecondition(f"account {account_id} was erased", reason="ACCOUNT_ERASED")
+        changed = conn.execute(
+            """
+            UPDATE content SET visibility = %(visibility)s
+            WHERE account_id = %(account_id)s AND deleted_at IS NULL AND visibility <> %(visibility)s
+              AND (NOT flagged OR %(visibility)s = 'private')
+            """,
+            {"visibility": visibility.value, "account_id": account_id},
+        ).rowcount
+        if apply_to_default:
+            conn.execute(
+                "UPDATE accounts SET default_visibility = %s WHERE account_id = %s", (visibility.value, account_id)
+            )
+        details = {
+            "account_id": str(account_id),
+            "visibility": visibility.value,
+            "updated_count": changed,
+            "default_changed": apply_to_default,
+        }
+        record_audit(conn, actor, now, "content.visibility_all", "account", account_id, details)
+    return max(changed, 0)
+
+
+def _lock_for_store(conn: Connection, account_id: UUID, data_key: DataKey) -> None:
+    # An erasure may have committed while the blobs were written: it locks the account row
+    # FOR UPDATE, so this lock orders the two and the checks see its outcome. Not FOR SHARE:
+    # the transaction updates the row later (last activity), and two shared holders of one
+    # account upgrading at once would deadlock.
+    row = conn.execute(
+        """
+        SELECT a.status, k.destroyed_at FROM accounts a JOIN account_keys k ON k.account_id = a.account_id
+        WHERE a.account_id = %s AND k.key_id = %s
+        FOR NO KEY UPDATE OF a
+        """,
+        (account_id, data_key.key_id),
+    ).fetchone()
+    if row is None or row[0] != AccountStatus.ACTIVE.value:
+        raise AccountNotActive(account_id, row[0] if row is not None else AccountStatus.ERASED.value)
+    if row[1] is not None:
+        raise DataKeyDestroyed(f"account {account_id}'s data key was destroyed by an erasure")
+
+
+def _prepare(
+    account: accounts.Account, item: NewContent, now: datetime, data_key: DataKey, *, flagged: bool
+) -> ContentItem:
     content_id = uuid4()
     model = item.parameters.get("model", "")
+    visibility = item.visibility or account.default_visibility
     return ContentItem(
         content_id=content_id,
         account_id=account.account_id,
@@ -291,24 +541,31 @@ def _prepare(account: accounts.Account, item: NewContent, now: datetime) -> Cont
         media_type=item.media_type,
         sha256=hashlib.sha256(item.data).hexdigest(),
         size_bytes=len(item.data),
-        visibility=item.visibility or account.default_visibility,
-        prompt=item.prompt,
+        visibility=Visibility.PRIVATE if flagged else visibility,
+        # The prompt is kept only sealed; the clear column stays empty.
+        prompt="",
         parameters=dict(item.parameters),
         model=model if isinstance(model, str) else "",
         created_at=now,
         # Retention rules (per policy profile) are applied by the retention issue's sweeper.
         expires_at=None,
         blob_key=f"{account.account_id}/{content_id}",
+        flagged=flagged,
+        encryption_key_id=data_key.key_id,
+        prompt_sealed=(
+            crypto.seal(data_key.key, item.prompt.encode(), crypto.prompt_context(content_id)) if item.prompt else None
+        ),
     )
 
 
-def _insert_rows(conn: Connection, prepared: Sequence[ContentItem], reservation_id: UUID | None) -> None:
+def _insert_rows(conn: Connection, prepared: Sequence[ContentItem], reservation_id: UUID | None, minor: bool) -> None:
     with conn.cursor() as cur:
         cur.executemany(
             """
             INSERT INTO content (content_id, account_id, kind, media_type, visibility, blob_key, sha256,
-                                 size_bytes, prompt, parameters, model, reservation_id, created_at, expires_at)
-            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                                 size_bytes, prompt, parameters, model, reservation_id, created_at, expires_at,
+                                 flagged, encryption_key_id, prompt_sealed, created_by_minor)
+            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
             """,
             [
                 (
@@ -326,13 +583,17 @@ def _insert_rows(conn: Connection, prepared: Sequence[ContentItem], reservation_
                     reservation_id,
                     c.created_at,
                     c.expires_at,
+                    c.flagged,
+                    c.encryption_key_id,
+                    c.prompt_sealed,
+                    minor,
                 )
                 for c in prepared
             ],
         )
 
 
-def _delete_quietly(blobs: BlobStore, keys: Sequence[str]) -> None:
+def _delete_quietly(blobs: BlobStore | EncryptedBlobStore, keys: Sequence[str]) -> None:
     # Runs while another exception propagates: a failed delete is logged, not raised, so
     # the caller sees the original error. A blob left behind has no row and is harmless.
     for key in keys:
@@ -357,6 +618,9 @@ def _content_item(row: tuple[Any, ...]) -> ContentItem:
         created_at,
         expires_at,
         blob_key,
+        flagged,
+        encryption_key_id,
+        prompt_sealed,
     ) = row
     return ContentItem(
         content_id=content_id,
@@ -372,4 +636,11 @@ def _content_item(row: tuple[Any, ...]) -> ContentItem:
         created_at=created_at,
         expires_at=expires_at,
         blob_key=blob_key,
+        flagged=flagged,
+        encryption_key_id=encryption_key_id,
+        prompt_sealed=bytes(prompt_sealed) if prompt_sealed is not None else None,
     )
+
+
+def _with_prompt(item: ContentItem, prompt: str) -> ContentItem:
+    return dataclasses.replace(item, prompt=prompt)

@@ -21,6 +21,7 @@ from typing import Any, NoReturn
 from uuid import UUID
 
 from control_plane.audit import SYSTEM, Actor, AuditEntry, record_audit, record_audits
+from control_plane.consent import PROCESSING_ALLOWED_SQL, require_may_process
 from control_plane.db.pool import Connection, expect_row
 from control_plane.errors import AccountNotActive, FailedPrecondition, InsufficientCredits, InvalidArgument, NotFound
 
@@ -34,6 +35,7 @@ MAX_REASON_CHARS = 200
 """Longest grant reason or reservation purpose."""
 
 _RESERVATION_COLUMNS = "reservation_id, account_id, amount, state, purpose, created_at, expires_at, settled_at"
+_PROCESSING_ALLOWED = PROCESSING_ALLOWED_SQL.format(account_column="a.account_id")
 _LEDGER_COLUMNS = "entry_id, account_id, delta, kind, reservation_id, reason, created_at"
 
 
@@ -221,6 +223,7 @@ def reserve_credits(
         InvalidArgument: Amount, ttl or purpose out of range.
         NotFound: No such account in the tenant.
         AccountNotActive: The account is suspended or erased.
+        GuardianConsentRequired: The account needs a guardian's consent first.
         InsufficientCredits: Fewer than `amount` credits are available.
     """
     _check_amount("amount", amount, MAX_RESERVATION)
@@ -229,12 +232,13 @@ def reserve_credits(
         raise InvalidArgument("ttl_seconds", "must be positive")
     with conn.transaction():
         row = conn.execute(
-            """
+            f"""
             UPDATE credit_balances b SET held = b.held + %(amount)s
             FROM accounts a
             WHERE b.account_id = %(account_id)s AND a.account_id = b.account_id
               AND a.tenant_id = %(tenant_id)s AND a.status = 'active'
               AND b.total - b.held >= %(amount)s
+              AND {_PROCESSING_ALLOWED}
             RETURNING b.total, b.held
             """,
             {"amount": amount, "account_id": account_id, "tenant_id": tenant_id},
@@ -425,6 +429,7 @@ def _raise_why_not_reservable(conn: Connection, *, tenant_id: UUID, account_id: 
     status, total, held = row
     if status != "active":
         raise AccountNotActive(account_id, status)
+    require_may_process(conn, account_id)
     raise InsufficientCredits(available=total - held, requested=amount)
 
 

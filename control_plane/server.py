@@ -7,6 +7,7 @@ import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from types import FrameType
 
 import grpc
@@ -17,13 +18,18 @@ from grpc_reflection.v1alpha import reflection
 from control_plane._interceptor import ControlPlaneInterceptor
 from control_plane.bootstrap import ControlPlaneDeps, bootstrap
 from control_plane.config import ControlPlaneConfig
+from control_plane.metrics import DatabaseStateCollector
 from control_plane.service import ControlPlaneServicer
-from protos.atelier.v1 import control_plane_pb2, control_plane_pb2_grpc
+from control_plane.sweeper import SweepLagCollector, SweepLoop, SweepMetrics
+from control_plane.training_service import TrainingDataServicer
+from protos.atelier.v1 import control_plane_pb2, control_plane_pb2_grpc, training_pb2, training_pb2_grpc
 
 _logger = logging.getLogger(__name__)
 
 SERVICE_NAME = control_plane_pb2.DESCRIPTOR.services_by_name["ControlPlane"].full_name
 """`atelier.v1.ControlPlane`, as health checks and reflection name it."""
+TRAINING_SERVICE_NAME = training_pb2.DESCRIPTOR.services_by_name["TrainingData"].full_name
+"""`atelier.v1.TrainingData`: opt-outs, eligibility lookups, removal manifests."""
 
 SHUTDOWN_GRACE_S = 10.0
 """How long in-flight RPCs may finish after SIGTERM before they are cancelled."""
@@ -48,16 +54,21 @@ def build_server(config: ControlPlaneConfig, deps: ControlPlaneDeps) -> grpc.Ser
             ("grpc.so_reuseport", 0),
         ],
     )
-    servicer = ControlPlaneServicer(config=config, pool=deps.pool, blobs=deps.blobs, clock=deps.clock)
+    servicer = ControlPlaneServicer(config=config, deps=deps)
     control_plane_pb2_grpc.add_ControlPlaneServicer_to_server(servicer, server)
+    training_pb2_grpc.add_TrainingDataServicer_to_server(TrainingDataServicer(deps), server)
+    deps.registry.register(SweepLagCollector(deps.pool, deps.policies, deps.clock))
+    deps.registry.register(DatabaseStateCollector(deps.pool, deps.clock))
 
     health_servicer = health.HealthServicer()
-    for service in ("", SERVICE_NAME):
+    for service in ("", SERVICE_NAME, TRAINING_SERVICE_NAME):
         health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
 
     health_service = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
-    reflection.enable_server_reflection((SERVICE_NAME, health_service, reflection.SERVICE_NAME), server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, TRAINING_SERVICE_NAME, health_service, reflection.SERVICE_NAME), server
+    )
     return server
 
 
@@ -138,6 +149,16 @@ def serve(config: ControlPlaneConfig, *, stop: threading.Event | None = None) ->
         server = build_server(config, deps)
         port = add_listen_port(server, config.listen_address)
         server.start()
+        sweep_loop = None
+        if config.sweep_interval_s > 0:
+            sweep_loop = SweepLoop(
+                deps.pool,
+                deps.blobs,
+                deps.policies,
+                deps.clock,
+                interval=timedelta(seconds=config.sweep_interval_s),
+                metrics=SweepMetrics.for_registry(deps.registry),
+            ).start()
         _logger.info(
             "control plane serving address=%s port=%d metrics_port=%d",
             config.listen_address,
@@ -147,6 +168,8 @@ def serve(config: ControlPlaneConfig, *, stop: threading.Event | None = None) ->
         try:
             stop_event.wait()
         finally:
+            if sweep_loop is not None:
+                sweep_loop.stop()
             server.stop(grace=SHUTDOWN_GRACE_S).wait()
             if metrics_server is not None:
                 metrics_server.shutdown()

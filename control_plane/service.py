@@ -8,40 +8,46 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import timedelta
-from typing import Any
+from datetime import UTC, timedelta
 
 import grpc
-import psycopg
-from psycopg_pool import PoolTimeout
 from typing_extensions import override
 
 from control_plane import _convert as convert
 from control_plane import _page_tokens as tokens
-from control_plane import accounts, api_keys, content, credits
+from control_plane import accounts, api_keys, audit, consent, content, credits, dsr, moderation
+from control_plane._auth import authorized
 from control_plane._interceptor import current_request_id
 from control_plane.accounts import AgeEvidence, Tier, Visibility
 from control_plane.api_keys import Principal, Scope
-from control_plane.blobstore import BlobStore
-from control_plane.clock import Clock
+from control_plane.bootstrap import ControlPlaneDeps
 from control_plane.config import ControlPlaneConfig
-from control_plane.db.pool import Connection, Pool
-from control_plane.errors import InvalidArgument, PermissionDenied, Unauthenticated, Unavailable
+from control_plane.db.pool import Connection
+from control_plane.encrypted_blobs import EncryptedBlobStore
+from control_plane.errors import InvalidArgument
+from control_plane.policy import PolicyProfile
 from protos.atelier.v1 import common_pb2, control_plane_pb2, control_plane_pb2_grpc
 
 LEDGER_PAGE_DEFAULT, LEDGER_PAGE_MAX = 50, 500
 CONTENT_PAGE_DEFAULT, CONTENT_PAGE_MAX = 20, 100
+DSR_PAGE_DEFAULT, DSR_PAGE_MAX = 100, 1000
+AUDIT_PAGE_DEFAULT, AUDIT_PAGE_MAX = 100, 1000
 
 
 class ControlPlaneServicer(control_plane_pb2_grpc.ControlPlaneServicer):
     """Implements every RPC of control_plane.proto on the domain modules."""
 
-    def __init__(self, *, config: ControlPlaneConfig, pool: Pool, blobs: BlobStore, clock: Clock) -> None:
+    def __init__(self, *, config: ControlPlaneConfig, deps: ControlPlaneDeps) -> None:
         """Serves with these dependencies; nothing is opened here."""
         self._config = config
-        self._pool = pool
-        self._blobs = blobs
-        self._clock = clock
+        self._pool = deps.pool
+        self._blobs = EncryptedBlobStore(deps.blobs)
+        self._keys = deps.keys
+        self._policies = deps.policies
+        self._clock = deps.clock
+        self._checkers = {
+            name: deps.moderation(self._policies.get(name).moderation) for name in ("default", *self._policies.named)
+        }
 
     # --- accounts ---------------------------------------------------------------------------
 
@@ -51,13 +57,14 @@ class ControlPlaneServicer(control_plane_pb2_grpc.ControlPlaneServicer):
     ) -> control_plane_pb2.CreateAccountResponse:
         """Creates an account of the caller's tenant. Scope: admin."""
         with self._authorized(context, Scope.ADMIN, "CreateAccount") as (conn, principal):
+            profile = self._profile(conn, principal)
             tier = convert.parse_enum("tier", request.tier, control_plane_pb2.Tier, convert.TIER_FROM_PB, Tier.FREE)
             visibility = convert.parse_enum(
                 "default_visibility",
                 request.default_visibility,
                 common_pb2.Visibility,
                 convert.VISIBILITY_FROM_PB,
-                Visibility(self._config.default_visibility),
+                Visibility(profile.default_visibility),
             )
             evidence = AgeEvidence(
                 birth_date=convert.parse_birth_date(request.birth_date),
@@ -67,7 +74,8 @@ class ControlPlaneServicer(control_plane_pb2_grpc.ControlPlaneServicer):
                 conn,
                 tenant_id=principal.tenant_id,
                 evidence=evidence,
-                minimum_age=self._config.minimum_age,
+                minimum_age=profile.minimum_age,
+                guardian_age=profile.guardian_age,
                 default_visibility=visibility,
                 tier=tier,
                 initial_credits=request.initial_credits,
@@ -180,6 +188,20 @@ class ControlPlaneServicer(control_plane_pb2_grpc.ControlPlaneServicer):
         """Holds credits for a generation. Scope: generate."""
         with self._authorized(context, Scope.GENERATE, "ReserveCredits") as (conn, principal):
             account_id = convert.parse_uuid("account_id", request.account_id)
+            if request.prompt:
+                # Blocked prompts are recorded and refused before anything is held. The
+                # account is checked first, so flags never name another tenant's account.
+                accounts.get_account(conn, tenant_id=principal.tenant_id, account_id=account_id)
+                profile = self._profile(conn, principal)
+                moderation.screen_prompt(
+                    conn,
+                    self._checker(profile),
+                    profile.moderation,
+                    account_id=account_id,
+                    prompt=request.prompt,
+                    actor=principal.actor(current_request_id()),
+                    now=self._clock.now(),
+                )
             reservation, balance = credits.reserve_credits(
                 conn,
                 tenant_id=principal.tenant_id,
@@ -238,15 +260,20 @@ class ControlPlaneServicer(control_plane_pb2_grpc.ControlPlaneServicer):
         with self._authorized(context, Scope.GENERATE, "StoreContent") as (conn, principal):
             account_id = convert.parse_uuid("account_id", request.account_id)
             reservation_id = convert.parse_optional_uuid("commit_reservation_id", request.commit_reservation_id)
+            items = _new_content(request.items)
+            profile = self._profile(conn, principal)
             result = content.store_content(
                 conn,
                 self._blobs,
+                self._keys,
                 tenant_id=principal.tenant_id,
                 account_id=account_id,
-                items=_new_content(request.items),
+                items=items,
                 commit_reservation_id=reservation_id,
                 actor=principal.actor(current_request_id()),
                 now=self._clock.now(),
+                checker=self._checker(profile),
+                moderation_policy=profile.moderation,
             )
         return control_plane_pb2.StoreContentResponse(
             contents=[convert.content_pb(item) for item in result.contents],
@@ -263,9 +290,11 @@ class ControlPlaneServicer(control_plane_pb2_grpc.ControlPlaneServicer):
             item, data = content.get_content(
                 conn,
                 self._blobs,
+                self._keys,
                 tenant_id=principal.tenant_id,
                 content_id=convert.parse_uuid("content_id", request.content_id),
                 include_data=request.include_data,
+                viewer_account_id=convert.parse_optional_uuid("viewer_account_id", request.viewer_account_id),
             )
         return control_plane_pb2.GetContentResponse(content=convert.content_pb(item), data=data or b"")
 
@@ -284,10 +313,230 @@ class ControlPlaneServicer(control_plane_pb2_grpc.ControlPlaneServicer):
                     request.page_size, default=CONTENT_PAGE_DEFAULT, maximum=CONTENT_PAGE_MAX
                 ),
                 after=tokens.decode_content_token(request.page_token, account_id),
+                keys=self._keys,
+                viewer_account_id=convert.parse_optional_uuid("viewer_account_id", request.viewer_account_id),
             )
         next_token = tokens.encode_content_token(account_id, page.next_cursor) if page.next_cursor else ""
         return control_plane_pb2.ListContentResponse(
             contents=[convert.content_pb(item) for item in page.items], next_page_token=next_token
+        )
+
+    # --- gallery ----------------------------------------------------------------------------
+
+    @override
+    def SetVisibility(
+        self, request: control_plane_pb2.SetVisibilityRequest, context: grpc.ServicerContext
+    ) -> control_plane_pb2.SetVisibilityResponse:
+        """Sets one item's visibility, or all of an account's. Scope: privacy."""
+        with self._authorized(context, Scope.PRIVACY, "SetVisibility") as (conn, principal):
+            visibility = convert.parse_enum(
+                "visibility", request.visibility, common_pb2.Visibility, convert.VISIBILITY_FROM_PB
+            )
+            if bool(request.content_id) == bool(request.account_id):
+                raise InvalidArgument("content_id", "set exactly one of content_id (one item) and account_id (all)")
+            actor = principal.actor(current_request_id())
+            if request.content_id:
+                if request.apply_to_default:
+                    raise InvalidArgument("apply_to_default", "only applies with account_id")
+                updated, item = content.set_item_visibility(
+                    conn,
+                    self._keys,
+                    tenant_id=principal.tenant_id,
+                    content_id=convert.parse_uuid("content_id", request.content_id),
+                    visibility=visibility,
+                    actor=actor,
+                    now=self._clock.now(),
+                )
+                return control_plane_pb2.SetVisibilityResponse(updated_count=updated, content=convert.content_pb(item))
+            updated = content.set_account_visibility(
+                conn,
+                tenant_id=principal.tenant_id,
+                account_id=convert.parse_uuid("account_id", request.account_id),
+                visibility=visibility,
+                apply_to_default=request.apply_to_default,
+                actor=actor,
+                now=self._clock.now(),
+            )
+        return control_plane_pb2.SetVisibilityResponse(updated_count=updated)
+
+    @override
+    def ListPublicGallery(
+        self, request: control_plane_pb2.ListPublicGalleryRequest, context: grpc.ServicerContext
+    ) -> control_plane_pb2.ListPublicGalleryResponse:
+        """Lists the tenant's public gallery, newest first. Scope: read."""
+        with self._authorized(context, Scope.READ, "ListPublicGallery") as (conn, principal):
+            page = content.list_public_gallery(
+                conn,
+                tenant_id=principal.tenant_id,
+                limit=convert.parse_page_size(
+                    request.page_size, default=CONTENT_PAGE_DEFAULT, maximum=CONTENT_PAGE_MAX
+                ),
+                after=tokens.decode_gallery_token(request.page_token, principal.tenant_id),
+            )
+        next_token = tokens.encode_gallery_token(principal.tenant_id, page.next_cursor) if page.next_cursor else ""
+        return control_plane_pb2.ListPublicGalleryResponse(
+            contents=[convert.content_pb(item) for item in page.items], next_page_token=next_token
+        )
+
+    # --- consent ----------------------------------------------------------------------------
+
+    @override
+    def RecordConsent(
+        self, request: control_plane_pb2.RecordConsentRequest, context: grpc.ServicerContext
+    ) -> control_plane_pb2.RecordConsentResponse:
+        """Appends a consent grant or withdrawal. Scope: privacy."""
+        with self._authorized(context, Scope.PRIVACY, "RecordConsent") as (conn, principal):
+            account_id = convert.parse_uuid("account_id", request.account_id)
+            purpose = convert.parse_enum(
+                "purpose", request.purpose, control_plane_pb2.ConsentPurpose, convert.CONSENT_PURPOSE_FROM_PB
+            )
+            method = convert.parse_enum(
+                "method", request.method, control_plane_pb2.ConsentMethod, convert.CONSENT_METHOD_FROM_PB
+            )
+            profile = self._profile(conn, principal)
+            record = consent.record_consent(
+                conn,
+                tenant_id=principal.tenant_id,
+                account_id=account_id,
+                purpose=purpose,
+                granted=request.granted,
+                method=method,
+                source=request.source,
+                policy_version=request.policy_version or profile.policy_version,
+                actor=principal.actor(current_request_id()),
+                now=self._clock.now(),
+            )
+        return control_plane_pb2.RecordConsentResponse(record=convert.consent_record_pb(record))
+
+    @override
+    def GetConsents(
+        self, request: control_plane_pb2.GetConsentsRequest, context: grpc.ServicerContext
+    ) -> control_plane_pb2.GetConsentsResponse:
+        """Returns the current state of every consent purpose. Scope: privacy."""
+        with self._authorized(context, Scope.PRIVACY, "GetConsents") as (conn, principal):
+            account_id = convert.parse_uuid("account_id", request.account_id)
+            overview = consent.current_consents(
+                conn, tenant_id=principal.tenant_id, account_id=account_id, profile=self._profile(conn, principal)
+            )
+        return convert.consent_overview_pb(overview)
+
+    @override
+    def ListConsentHistory(
+        self, request: control_plane_pb2.ListConsentHistoryRequest, context: grpc.ServicerContext
+    ) -> control_plane_pb2.ListConsentHistoryResponse:
+        """Returns every consent record of an account, oldest first. Scope: privacy."""
+        with self._authorized(context, Scope.PRIVACY, "ListConsentHistory") as (conn, principal):
+            account_id = convert.parse_uuid("account_id", request.account_id)
+            purpose = (
+                convert.parse_enum(
+                    "purpose", request.purpose, control_plane_pb2.ConsentPurpose, convert.CONSENT_PURPOSE_FROM_PB
+                )
+                if request.purpose
+                else None
+            )
+            records = consent.consent_history(
+                conn, tenant_id=principal.tenant_id, account_id=account_id, purpose=purpose
+            )
+        return control_plane_pb2.ListConsentHistoryResponse(records=[convert.consent_record_pb(r) for r in records])
+
+    # --- data-subject requests --------------------------------------------------------------
+
+    @override
+    def RequestExport(
+        self, request: control_plane_pb2.RequestExportRequest, context: grpc.ServicerContext
+    ) -> control_plane_pb2.RequestExportResponse:
+        """Records and answers an export request. Scope: privacy."""
+        with self._authorized(context, Scope.PRIVACY, "RequestExport") as (conn, principal):
+            answered = dsr.request_export(
+                conn,
+                self._blobs,
+                self._keys,
+                tenant_id=principal.tenant_id,
+                account_id=convert.parse_uuid("account_id", request.account_id),
+                profile=self._profile(conn, principal),
+                actor=principal.actor(current_request_id()),
+                now=self._clock.now(),
+            )
+        return control_plane_pb2.RequestExportResponse(request=convert.dsr_request_pb(answered))
+
+    @override
+    def GetExportArchive(
+        self, request: control_plane_pb2.GetExportArchiveRequest, context: grpc.ServicerContext
+    ) -> control_plane_pb2.GetExportArchiveResponse:
+        """Returns a completed export's ZIP archive. Scope: privacy."""
+        with self._authorized(context, Scope.PRIVACY, "GetExportArchive") as (conn, principal):
+            archive = dsr.get_export_archive(
+                conn,
+                self._blobs,
+                self._keys,
+                tenant_id=principal.tenant_id,
+                dsr_id=convert.parse_uuid("dsr_id", request.dsr_id),
+            )
+        return control_plane_pb2.GetExportArchiveResponse(archive=archive, media_type=dsr.ARCHIVE_MEDIA_TYPE)
+
+    @override
+    def RequestErasure(
+        self, request: control_plane_pb2.RequestErasureRequest, context: grpc.ServicerContext
+    ) -> control_plane_pb2.RequestErasureResponse:
+        """Records and carries out an erasure of one item or a whole account. Scope: privacy."""
+        with self._authorized(context, Scope.PRIVACY, "RequestErasure") as (conn, principal):
+            answered = dsr.request_erasure(
+                conn,
+                self._blobs,
+                self._keys,
+                tenant_id=principal.tenant_id,
+                account_id=convert.parse_uuid("account_id", request.account_id),
+                content_id=convert.parse_optional_uuid("content_id", request.content_id),
+                profile=self._profile(conn, principal),
+                actor=principal.actor(current_request_id()),
+                now=self._clock.now(),
+            )
+        return control_plane_pb2.RequestErasureResponse(request=convert.dsr_request_pb(answered))
+
+    @override
+    def ListDsrRequests(
+        self, request: control_plane_pb2.ListDsrRequestsRequest, context: grpc.ServicerContext
+    ) -> control_plane_pb2.ListDsrRequestsResponse:
+        """Lists the tenant's data-subject requests, earliest due first. Scope: privacy."""
+        with self._authorized(context, Scope.PRIVACY, "ListDsrRequests") as (conn, principal):
+            as_of = request.as_of.ToDatetime(tzinfo=UTC) if request.HasField("as_of") else self._clock.now()
+            requests = dsr.list_requests(
+                conn,
+                tenant_id=principal.tenant_id,
+                account_id=convert.parse_optional_uuid("account_id", request.account_id),
+                overdue_only=request.overdue_only,
+                as_of=as_of,
+                limit=convert.parse_page_size(request.page_size, default=DSR_PAGE_DEFAULT, maximum=DSR_PAGE_MAX),
+            )
+        return control_plane_pb2.ListDsrRequestsResponse(requests=[convert.dsr_request_pb(r) for r in requests])
+
+    # --- audit and keys ---------------------------------------------------------------------
+
+    @override
+    def ListAuditEntries(
+        self, request: control_plane_pb2.ListAuditEntriesRequest, context: grpc.ServicerContext
+    ) -> control_plane_pb2.ListAuditEntriesResponse:
+        """Lists the audit entries about an account, newest first. Scope: privacy."""
+        with self._authorized(context, Scope.PRIVACY, "ListAuditEntries") as (conn, principal):
+            account_id = convert.parse_uuid("account_id", request.account_id)
+            limit = convert.parse_page_size(request.page_size, default=AUDIT_PAGE_DEFAULT, maximum=AUDIT_PAGE_MAX)
+            before = tokens.decode_audit_token(request.page_token, account_id)
+            accounts.get_account(conn, tenant_id=principal.tenant_id, account_id=account_id)
+            entries = audit.list_account_audit(conn, account_id, limit=limit + 1, before_id=before)
+        next_token = tokens.encode_audit_token(account_id, entries[limit - 1].id) if len(entries) > limit else ""
+        return control_plane_pb2.ListAuditEntriesResponse(
+            entries=[convert.audit_entry_pb(e) for e in entries[:limit]], next_page_token=next_token
+        )
+
+    @override
+    def RotateMasterKey(
+        self, request: control_plane_pb2.RotateMasterKeyRequest, context: grpc.ServicerContext
+    ) -> control_plane_pb2.RotateMasterKeyResponse:
+        """Re-wraps every live data key under a new master key. Scope: admin."""
+        with self._authorized(context, Scope.ADMIN, "RotateMasterKey") as (conn, principal):
+            result = self._keys.rotate_master(conn, actor=principal.actor(current_request_id()), now=self._clock.now())
+        return control_plane_pb2.RotateMasterKeyResponse(
+            previous_key_id=result.previous_key_id, key_id=result.key_id, rewrapped_keys=result.rewrapped_keys
         )
 
     # --- helpers ----------------------------------------------------------------------------
@@ -301,18 +550,15 @@ class ControlPlaneServicer(control_plane_pb2_grpc.ControlPlaneServicer):
         Authentication comes before any field is parsed: an unauthenticated caller learns
         nothing about its request, not even that a field is malformed.
         """
-        secret = _bearer_secret(context.invocation_metadata())
-        try:
-            with self._pool.connection() as conn:
-                principal = api_keys.authenticate(conn, secret)
-                if scope is not None and not principal.allows(scope):
-                    raise PermissionDenied(
-                        f"{method} needs an API key with the {scope.value!r} scope (or 'admin'); "
-                        f"this key has {', '.join(sorted(principal.scopes))}"
-                    )
-                yield conn, principal
-        except (PoolTimeout, psycopg.OperationalError) as error:
-            raise Unavailable("the database is unavailable right now; retry shortly") from error
+        with authorized(self._pool, context, scope, method) as (conn, principal):
+            yield conn, principal
+
+    def _profile(self, conn: Connection, principal: Principal) -> PolicyProfile:
+        return self._policies.for_tenant(conn, principal.tenant_id)
+
+    def _checker(self, profile: PolicyProfile) -> moderation.ModerationChecker:
+        checker = self._checkers.get(profile.name)
+        return checker if checker is not None else self._checkers["default"]
 
     def _reservation_ttl(self, ttl_seconds: int) -> timedelta:
         if ttl_seconds == 0:
@@ -323,16 +569,6 @@ class ControlPlaneServicer(control_plane_pb2_grpc.ControlPlaneServicer):
                 f"must be 0..{self._config.max_reservation_ttl_s} (0 means {self._config.reservation_ttl_s})",
             )
         return timedelta(seconds=ttl_seconds)
-
-
-def _bearer_secret(metadata: Sequence[Any] | None) -> str:
-    for key, value in metadata or ():
-        if key == "authorization":
-            scheme, _, secret = str(value).partition(" ")
-            if scheme.lower() == "bearer" and secret.strip():
-                return secret.strip()
-            break
-    raise Unauthenticated("send the API key as metadata `authorization: Bearer <secret>`")
 
 
 def _new_content(items: Sequence[control_plane_pb2.NewContent]) -> list[content.NewContent]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
@@ -73,6 +74,27 @@ def get_tenant_by_name(conn: Connection, name: str) -> Tenant:
     row = conn.execute(f"SELECT {_COLUMNS} FROM tenants WHERE name = %s", (name,)).fetchone()
     if row is None:
         raise NotFound(f"tenant {name!r} not found")
+    return Tenant(*row)
+
+
+def set_policy_profile(
+    conn: Connection, *, tenant_id: UUID, profile: str, known_profiles: Collection[str], actor: Actor, now: datetime
+) -> Tenant:
+    """Makes the tenant's accounts follow `profile` ("default" is the cluster's), with the audit row.
+
+    Raises:
+        InvalidArgument: `profile` is not one of `known_profiles`.
+        NotFound: No such tenant.
+    """
+    if profile not in known_profiles:
+        raise InvalidArgument("policy_profile", f"is {profile!r}; valid values: {', '.join(sorted(known_profiles))}")
+    with conn.transaction():
+        row = conn.execute(
+            f"UPDATE tenants SET policy_profile = %s WHERE tenant_id = %s RETURNING {_COLUMNS}", (profile, tenant_id)
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"tenant {tenant_id} not found")
+        record_audit(conn, actor, now, "tenant.policy_profile", "tenant", tenant_id, {"policy_profile": profile})
     return Tenant(*row)
 
 

@@ -10,10 +10,25 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from atelier.cli import account, credits, db, down, generate, status, up
+from atelier.cli import (
+    account,
+    audit,
+    consent,
+    credits,
+    db,
+    down,
+    dsr,
+    export,
+    gallery,
+    generate,
+    keys,
+    status,
+    sweep,
+    up,
+)
 from atelier.cli._output import CommandError, report_error
 
-_COMMANDS = (up, down, status, account, credits, generate, db)
+_COMMANDS = (up, down, status, account, credits, generate, gallery, consent, dsr, audit, keys, db, sweep, export)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,7 +12,7 @@ import grpc
 from atelier.cli._output import CommandError
 from atelier.settings import ClusterSettings, SettingsError
 from atelier.state import ClusterState, load_operator_key
-from protos.atelier.v1 import control_plane_pb2_grpc, inference_pb2_grpc
+from protos.atelier.v1 import control_plane_pb2_grpc, inference_pb2_grpc, training_pb2_grpc
 
 # Images are up to a few MiB each, eight to a response.
 _MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -35,6 +35,7 @@ class Connection:
     metadata: tuple[tuple[str, str], ...]
     control_plane: control_plane_pb2_grpc.ControlPlaneStub
     inference: inference_pb2_grpc.InferenceStub
+    training: training_pb2_grpc.TrainingDataStub
 
 
 @contextmanager
@@ -62,6 +63,7 @@ def connect() -> Iterator[Connection]:
             metadata=(("authorization", f"Bearer {key}"),),
             control_plane=control_plane_pb2_grpc.ControlPlaneStub(cp_channel),
             inference=inference_pb2_grpc.InferenceStub(serve_channel),
+            training=training_pb2_grpc.TrainingDataStub(cp_channel),
         )
 
 

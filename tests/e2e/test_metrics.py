@@ -17,7 +17,15 @@ INFERENCE_FAMILIES = {
     "ray_atelier_inference_requests_in_flight",
     "ray_atelier_inference_credits",
 }
-CONTROL_PLANE_FAMILIES = {"atelier_control_plane_rpc_duration_seconds"}
+CONTROL_PLANE_FAMILIES = {
+    "atelier_control_plane_rpc_duration_seconds",
+    "atelier_credit_reservations_held",
+    "atelier_credit_reservation_oldest_held_age_seconds",
+    "atelier_dsr_open_requests",
+    "atelier_dsr_overdue_requests",
+    "atelier_sweep_lag_seconds",
+    "atelier_sweep_deleted_items",
+}
 
 
 def _scrape(url: str) -> dict[str, float]:

@@ -159,6 +159,125 @@ CONTENT_KIND_UPLOAD: ContentKind.ValueType  # 2
 """An image a user uploaded for editing; kept only temporarily."""
 Global___ContentKind: _TypeAlias = ContentKind  # noqa: Y015
 
+class _ConsentPurpose:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ConsentPurposeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ConsentPurpose.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CONSENT_PURPOSE_UNSPECIFIED: _ConsentPurpose.ValueType  # 0
+    CONSENT_PURPOSE_TRAINING: _ConsentPurpose.ValueType  # 1
+    """Use of the account's content to train models."""
+    CONSENT_PURPOSE_ANALYTICS: _ConsentPurpose.ValueType  # 2
+    """Usage analytics beyond the aggregated daily counts."""
+    CONSENT_PURPOSE_MARKETING: _ConsentPurpose.ValueType  # 3
+    """Promotional messages."""
+    CONSENT_PURPOSE_PROCESSING: _ConsentPurpose.ValueType  # 4
+    """Processing at all; a guardian's grant (method GUARDIAN) unlocks accounts
+    under the profile's guardian age.
+    """
+
+class ConsentPurpose(_ConsentPurpose, metaclass=_ConsentPurposeEnumTypeWrapper):
+    """--- consent -----------------------------------------------------------------"""
+
+CONSENT_PURPOSE_UNSPECIFIED: ConsentPurpose.ValueType  # 0
+CONSENT_PURPOSE_TRAINING: ConsentPurpose.ValueType  # 1
+"""Use of the account's content to train models."""
+CONSENT_PURPOSE_ANALYTICS: ConsentPurpose.ValueType  # 2
+"""Usage analytics beyond the aggregated daily counts."""
+CONSENT_PURPOSE_MARKETING: ConsentPurpose.ValueType  # 3
+"""Promotional messages."""
+CONSENT_PURPOSE_PROCESSING: ConsentPurpose.ValueType  # 4
+"""Processing at all; a guardian's grant (method GUARDIAN) unlocks accounts
+under the profile's guardian age.
+"""
+Global___ConsentPurpose: _TypeAlias = ConsentPurpose  # noqa: Y015
+
+class _ConsentMethod:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ConsentMethodEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ConsentMethod.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CONSENT_METHOD_UNSPECIFIED: _ConsentMethod.ValueType  # 0
+    CONSENT_METHOD_SETTINGS: _ConsentMethod.ValueType  # 1
+    """A settings toggle in the integrating product."""
+    CONSENT_METHOD_API: _ConsentMethod.ValueType  # 2
+    """Directly through the API."""
+    CONSENT_METHOD_GUARDIAN: _ConsentMethod.ValueType  # 3
+    """A verified parent or guardian."""
+
+class ConsentMethod(_ConsentMethod, metaclass=_ConsentMethodEnumTypeWrapper): ...
+
+CONSENT_METHOD_UNSPECIFIED: ConsentMethod.ValueType  # 0
+CONSENT_METHOD_SETTINGS: ConsentMethod.ValueType  # 1
+"""A settings toggle in the integrating product."""
+CONSENT_METHOD_API: ConsentMethod.ValueType  # 2
+"""Directly through the API."""
+CONSENT_METHOD_GUARDIAN: ConsentMethod.ValueType  # 3
+"""A verified parent or guardian."""
+Global___ConsentMethod: _TypeAlias = ConsentMethod  # noqa: Y015
+
+class _TrainingConsentMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TrainingConsentModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TrainingConsentMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TRAINING_CONSENT_MODE_UNSPECIFIED: _TrainingConsentMode.ValueType  # 0
+    TRAINING_CONSENT_MODE_OPT_IN: _TrainingConsentMode.ValueType  # 1
+    """No training use without an explicit grant."""
+    TRAINING_CONSENT_MODE_OPT_OUT: _TrainingConsentMode.ValueType  # 2
+    """Eligible unless withdrawn."""
+
+class TrainingConsentMode(_TrainingConsentMode, metaclass=_TrainingConsentModeEnumTypeWrapper): ...
+
+TRAINING_CONSENT_MODE_UNSPECIFIED: TrainingConsentMode.ValueType  # 0
+TRAINING_CONSENT_MODE_OPT_IN: TrainingConsentMode.ValueType  # 1
+"""No training use without an explicit grant."""
+TRAINING_CONSENT_MODE_OPT_OUT: TrainingConsentMode.ValueType  # 2
+"""Eligible unless withdrawn."""
+Global___TrainingConsentMode: _TypeAlias = TrainingConsentMode  # noqa: Y015
+
+class _DsrKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DsrKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DsrKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DSR_KIND_UNSPECIFIED: _DsrKind.ValueType  # 0
+    DSR_KIND_EXPORT: _DsrKind.ValueType  # 1
+    DSR_KIND_ERASURE: _DsrKind.ValueType  # 2
+
+class DsrKind(_DsrKind, metaclass=_DsrKindEnumTypeWrapper):
+    """--- data-subject requests ---------------------------------------------------"""
+
+DSR_KIND_UNSPECIFIED: DsrKind.ValueType  # 0
+DSR_KIND_EXPORT: DsrKind.ValueType  # 1
+DSR_KIND_ERASURE: DsrKind.ValueType  # 2
+Global___DsrKind: _TypeAlias = DsrKind  # noqa: Y015
+
+class _DsrState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DsrStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DsrState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DSR_STATE_UNSPECIFIED: _DsrState.ValueType  # 0
+    DSR_STATE_RECEIVED: _DsrState.ValueType  # 1
+    DSR_STATE_IN_PROGRESS: _DsrState.ValueType  # 2
+    DSR_STATE_COMPLETED: _DsrState.ValueType  # 3
+    DSR_STATE_REJECTED: _DsrState.ValueType  # 4
+
+class DsrState(_DsrState, metaclass=_DsrStateEnumTypeWrapper): ...
+
+DSR_STATE_UNSPECIFIED: DsrState.ValueType  # 0
+DSR_STATE_RECEIVED: DsrState.ValueType  # 1
+DSR_STATE_IN_PROGRESS: DsrState.ValueType  # 2
+DSR_STATE_COMPLETED: DsrState.ValueType  # 3
+DSR_STATE_REJECTED: DsrState.ValueType  # 4
+Global___DsrState: _TypeAlias = DsrState  # noqa: Y015
+
 @_typing.final
 class Account(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -688,6 +807,7 @@ class ReserveCreditsRequest(_message.Message):
     AMOUNT_FIELD_NUMBER: _builtins.int
     TTL_SECONDS_FIELD_NUMBER: _builtins.int
     PURPOSE_FIELD_NUMBER: _builtins.int
+    PROMPT_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     amount: _builtins.int
     """Credits to hold, 1..1e9."""
@@ -695,6 +815,12 @@ class ReserveCreditsRequest(_message.Message):
     """Seconds until the hold expires, 1..3600; 0 means the server default (600)."""
     purpose: _builtins.str
     """What the credits are for, e.g. "generate tiny-sd 64x64x20"; 0..200 characters."""
+    prompt: _builtins.str
+    """The prompt about to be generated, 0..2000 characters. When set it is
+    moderated first: a blocked prompt is FAILED_PRECONDITION (ErrorInfo reason
+    PROMPT_BLOCKED), nothing is reserved and a moderation flag is recorded.
+    The prompt itself is not stored unless the moderation policy says so.
+    """
     def __init__(
         self,
         *,
@@ -702,10 +828,11 @@ class ReserveCreditsRequest(_message.Message):
         amount: _builtins.int = ...,
         ttl_seconds: _builtins.int = ...,
         purpose: _builtins.str = ...,
+        prompt: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "purpose", b"purpose", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "prompt", b"prompt", "purpose", b"purpose", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -988,18 +1115,25 @@ class GetContentRequest(_message.Message):
 
     CONTENT_ID_FIELD_NUMBER: _builtins.int
     INCLUDE_DATA_FIELD_NUMBER: _builtins.int
+    VIEWER_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     content_id: _builtins.str
     include_data: _builtins.bool
     """Also return the bytes."""
+    viewer_account_id: _builtins.str
+    """The account the caller acts for (UUID). When set and not the owner, only
+    public, unflagged content is found (else NOT_FOUND), without its prompt.
+    Empty: the tenant's own view of any of its accounts' content.
+    """
     def __init__(
         self,
         *,
         content_id: _builtins.str = ...,
         include_data: _builtins.bool = ...,
+        viewer_account_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_id", b"content_id", "include_data", b"include_data"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_id", b"content_id", "include_data", b"include_data", "viewer_account_id", b"viewer_account_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1036,21 +1170,27 @@ class ListContentRequest(_message.Message):
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    VIEWER_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     page_size: _builtins.int
     """1..100; 0 means 20."""
     page_token: _builtins.str
     """From a previous response; empty for the newest content."""
+    viewer_account_id: _builtins.str
+    """The account the caller acts for (UUID). When set and not the owner, only
+    the owner's public, unflagged content is listed, without prompts.
+    """
     def __init__(
         self,
         *,
         account_id: _builtins.str = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        viewer_account_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "page_size", b"page_size", "page_token", b"page_token", "viewer_account_id", b"viewer_account_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1081,3 +1221,739 @@ class ListContentResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListContentResponse: _TypeAlias = ListContentResponse  # noqa: Y015
+
+@_typing.final
+class SetVisibilityRequest(_message.Message):
+    """--- gallery -----------------------------------------------------------------"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTENT_ID_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    VISIBILITY_FIELD_NUMBER: _builtins.int
+    APPLY_TO_DEFAULT_FIELD_NUMBER: _builtins.int
+    content_id: _builtins.str
+    """One item (UUID). Exactly one of content_id and account_id is set."""
+    account_id: _builtins.str
+    """All of this account's live content at once (UUID)."""
+    visibility: _common_pb2.Visibility.ValueType
+    """VISIBILITY_PRIVATE or VISIBILITY_PUBLIC. Flagged content cannot be made
+    public (FAILED_PRECONDITION, reason CONTENT_FLAGGED); with account_id,
+    flagged items stay private.
+    """
+    apply_to_default: _builtins.bool
+    """With account_id: also make this the account's default for new content."""
+    def __init__(
+        self,
+        *,
+        content_id: _builtins.str = ...,
+        account_id: _builtins.str = ...,
+        visibility: _common_pb2.Visibility.ValueType = ...,
+        apply_to_default: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "apply_to_default", b"apply_to_default", "content_id", b"content_id", "visibility", b"visibility"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetVisibilityRequest: _TypeAlias = SetVisibilityRequest  # noqa: Y015
+
+@_typing.final
+class SetVisibilityResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UPDATED_COUNT_FIELD_NUMBER: _builtins.int
+    CONTENT_FIELD_NUMBER: _builtins.int
+    updated_count: _builtins.int
+    """Items whose visibility changed."""
+    @_builtins.property
+    def content(self) -> Global___Content:
+        """The item, when content_id was set."""
+
+    def __init__(
+        self,
+        *,
+        updated_count: _builtins.int = ...,
+        content: Global___Content | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["content", b"content"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "updated_count", b"updated_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetVisibilityResponse: _TypeAlias = SetVisibilityResponse  # noqa: Y015
+
+@_typing.final
+class ListPublicGalleryRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """1..100; 0 means 20."""
+    page_token: _builtins.str
+    """From a previous response; empty for the newest content."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPublicGalleryRequest: _TypeAlias = ListPublicGalleryRequest  # noqa: Y015
+
+@_typing.final
+class ListPublicGalleryResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTENTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty when there is no more content."""
+    @_builtins.property
+    def contents(self) -> _containers.RepeatedCompositeFieldContainer[Global___Content]:
+        """Public, live, unflagged content of the caller's tenant, newest first,
+        without prompts.
+        """
+
+    def __init__(
+        self,
+        *,
+        contents: _abc.Iterable[Global___Content] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contents", b"contents", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPublicGalleryResponse: _TypeAlias = ListPublicGalleryResponse  # noqa: Y015
+
+@_typing.final
+class ConsentRecord(_message.Message):
+    """One append-only consent record."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONSENT_ID_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    PURPOSE_FIELD_NUMBER: _builtins.int
+    GRANTED_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    POLICY_VERSION_FIELD_NUMBER: _builtins.int
+    RECORDED_AT_FIELD_NUMBER: _builtins.int
+    ACTOR_KEY_ID_FIELD_NUMBER: _builtins.int
+    consent_id: _builtins.int
+    """Monotonic id."""
+    account_id: _builtins.str
+    purpose: Global___ConsentPurpose.ValueType
+    granted: _builtins.bool
+    """False records a withdrawal."""
+    method: Global___ConsentMethod.ValueType
+    source: _builtins.str
+    """Where it was collected, e.g. "web", "ios"; 1..100 characters."""
+    policy_version: _builtins.str
+    """Version of the privacy policy the user saw; 0..50 characters."""
+    actor_key_id: _builtins.str
+    """API key that recorded it."""
+    @_builtins.property
+    def recorded_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        consent_id: _builtins.int = ...,
+        account_id: _builtins.str = ...,
+        purpose: Global___ConsentPurpose.ValueType = ...,
+        granted: _builtins.bool = ...,
+        method: Global___ConsentMethod.ValueType = ...,
+        source: _builtins.str = ...,
+        policy_version: _builtins.str = ...,
+        recorded_at: _timestamp_pb2.Timestamp | None = ...,
+        actor_key_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["recorded_at", b"recorded_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "actor_key_id", b"actor_key_id", "consent_id", b"consent_id", "granted", b"granted", "method", b"method", "policy_version", b"policy_version", "purpose", b"purpose", "recorded_at", b"recorded_at", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConsentRecord: _TypeAlias = ConsentRecord  # noqa: Y015
+
+@_typing.final
+class ConsentState(_message.Message):
+    """The current state of one purpose."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PURPOSE_FIELD_NUMBER: _builtins.int
+    GRANTED_FIELD_NUMBER: _builtins.int
+    EXPLICIT_FIELD_NUMBER: _builtins.int
+    RECORDED_AT_FIELD_NUMBER: _builtins.int
+    purpose: Global___ConsentPurpose.ValueType
+    granted: _builtins.bool
+    explicit: _builtins.bool
+    """False when no record exists and the profile's default applies."""
+    @_builtins.property
+    def recorded_at(self) -> _timestamp_pb2.Timestamp:
+        """Of the newest record; unset when not explicit."""
+
+    def __init__(
+        self,
+        *,
+        purpose: Global___ConsentPurpose.ValueType = ...,
+        granted: _builtins.bool = ...,
+        explicit: _builtins.bool = ...,
+        recorded_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["recorded_at", b"recorded_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["explicit", b"explicit", "granted", b"granted", "purpose", b"purpose", "recorded_at", b"recorded_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConsentState: _TypeAlias = ConsentState  # noqa: Y015
+
+@_typing.final
+class RecordConsentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    PURPOSE_FIELD_NUMBER: _builtins.int
+    GRANTED_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    POLICY_VERSION_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    purpose: Global___ConsentPurpose.ValueType
+    granted: _builtins.bool
+    """True grants, false withdraws."""
+    method: Global___ConsentMethod.ValueType
+    source: _builtins.str
+    """1..100 characters."""
+    policy_version: _builtins.str
+    """0..50 characters; empty records the profile's policy version."""
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        purpose: Global___ConsentPurpose.ValueType = ...,
+        granted: _builtins.bool = ...,
+        method: Global___ConsentMethod.ValueType = ...,
+        source: _builtins.str = ...,
+        policy_version: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "granted", b"granted", "method", b"method", "policy_version", b"policy_version", "purpose", b"purpose", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordConsentRequest: _TypeAlias = RecordConsentRequest  # noqa: Y015
+
+@_typing.final
+class RecordConsentResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORD_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def record(self) -> Global___ConsentRecord: ...
+    def __init__(
+        self,
+        *,
+        record: Global___ConsentRecord | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["record", b"record"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["record", b"record"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordConsentResponse: _TypeAlias = RecordConsentResponse  # noqa: Y015
+
+@_typing.final
+class GetConsentsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetConsentsRequest: _TypeAlias = GetConsentsRequest  # noqa: Y015
+
+@_typing.final
+class GetConsentsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONSENTS_FIELD_NUMBER: _builtins.int
+    TRAINING_CONSENT_MODE_FIELD_NUMBER: _builtins.int
+    GUARDIAN_CONSENT_REQUIRED_FIELD_NUMBER: _builtins.int
+    MAY_PROCESS_FIELD_NUMBER: _builtins.int
+    training_consent_mode: Global___TrainingConsentMode.ValueType
+    """The profile's training consent mode."""
+    guardian_consent_required: _builtins.bool
+    """The account is under the guardian age."""
+    may_process: _builtins.bool
+    """Whether the account may generate and store content now."""
+    @_builtins.property
+    def consents(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConsentState]:
+        """One per purpose, in enum order."""
+
+    def __init__(
+        self,
+        *,
+        consents: _abc.Iterable[Global___ConsentState] | None = ...,
+        training_consent_mode: Global___TrainingConsentMode.ValueType = ...,
+        guardian_consent_required: _builtins.bool = ...,
+        may_process: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consents", b"consents", "guardian_consent_required", b"guardian_consent_required", "may_process", b"may_process", "training_consent_mode", b"training_consent_mode"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetConsentsResponse: _TypeAlias = GetConsentsResponse  # noqa: Y015
+
+@_typing.final
+class ListConsentHistoryRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    PURPOSE_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    purpose: Global___ConsentPurpose.ValueType
+    """Unspecified lists every purpose."""
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        purpose: Global___ConsentPurpose.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "purpose", b"purpose"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListConsentHistoryRequest: _TypeAlias = ListConsentHistoryRequest  # noqa: Y015
+
+@_typing.final
+class ListConsentHistoryResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def records(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConsentRecord]:
+        """Oldest first."""
+
+    def __init__(
+        self,
+        *,
+        records: _abc.Iterable[Global___ConsentRecord] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["records", b"records"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListConsentHistoryResponse: _TypeAlias = ListConsentHistoryResponse  # noqa: Y015
+
+@_typing.final
+class DsrRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DSR_ID_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    RECEIVED_AT_FIELD_NUMBER: _builtins.int
+    DUE_AT_FIELD_NUMBER: _builtins.int
+    COMPLETED_AT_FIELD_NUMBER: _builtins.int
+    CONTENT_ID_FIELD_NUMBER: _builtins.int
+    ARCHIVE_SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    dsr_id: _builtins.str
+    """UUID."""
+    account_id: _builtins.str
+    kind: Global___DsrKind.ValueType
+    state: Global___DsrState.ValueType
+    content_id: _builtins.str
+    """Erasure of one item; empty for the whole account."""
+    archive_size_bytes: _builtins.int
+    """Size of an export's archive in bytes; 0 otherwise."""
+    @_builtins.property
+    def received_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def due_at(self) -> _timestamp_pb2.Timestamp:
+        """received_at + the profile's DSR deadline (30 days by default)."""
+
+    @_builtins.property
+    def completed_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        dsr_id: _builtins.str = ...,
+        account_id: _builtins.str = ...,
+        kind: Global___DsrKind.ValueType = ...,
+        state: Global___DsrState.ValueType = ...,
+        received_at: _timestamp_pb2.Timestamp | None = ...,
+        due_at: _timestamp_pb2.Timestamp | None = ...,
+        completed_at: _timestamp_pb2.Timestamp | None = ...,
+        content_id: _builtins.str = ...,
+        archive_size_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["completed_at", b"completed_at", "due_at", b"due_at", "received_at", b"received_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "archive_size_bytes", b"archive_size_bytes", "completed_at", b"completed_at", "content_id", b"content_id", "dsr_id", b"dsr_id", "due_at", b"due_at", "kind", b"kind", "received_at", b"received_at", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DsrRequest: _TypeAlias = DsrRequest  # noqa: Y015
+
+@_typing.final
+class RequestExportRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RequestExportRequest: _TypeAlias = RequestExportRequest  # noqa: Y015
+
+@_typing.final
+class RequestExportResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def request(self) -> Global___DsrRequest: ...
+    def __init__(
+        self,
+        *,
+        request: Global___DsrRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RequestExportResponse: _TypeAlias = RequestExportResponse  # noqa: Y015
+
+@_typing.final
+class GetExportArchiveRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DSR_ID_FIELD_NUMBER: _builtins.int
+    dsr_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        dsr_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dsr_id", b"dsr_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetExportArchiveRequest: _TypeAlias = GetExportArchiveRequest  # noqa: Y015
+
+@_typing.final
+class GetExportArchiveResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ARCHIVE_FIELD_NUMBER: _builtins.int
+    MEDIA_TYPE_FIELD_NUMBER: _builtins.int
+    archive: _builtins.bytes
+    """A ZIP archive: account.json, consents.json, ledger.json, content.json,
+    moderation_flags.json, audit.json and images/<content_id>.png.
+    """
+    media_type: _builtins.str
+    """"application/zip"."""
+    def __init__(
+        self,
+        *,
+        archive: _builtins.bytes = ...,
+        media_type: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["archive", b"archive", "media_type", b"media_type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetExportArchiveResponse: _TypeAlias = GetExportArchiveResponse  # noqa: Y015
+
+@_typing.final
+class RequestErasureRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    CONTENT_ID_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    content_id: _builtins.str
+    """One item of the account (UUID); empty erases the whole account: its data
+    key is destroyed, content rows and blobs deleted, personal data removed,
+    and a pseudonymous tombstone kept for the ledger and audit log.
+    """
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        content_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "content_id", b"content_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RequestErasureRequest: _TypeAlias = RequestErasureRequest  # noqa: Y015
+
+@_typing.final
+class RequestErasureResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def request(self) -> Global___DsrRequest: ...
+    def __init__(
+        self,
+        *,
+        request: Global___DsrRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RequestErasureResponse: _TypeAlias = RequestErasureResponse  # noqa: Y015
+
+@_typing.final
+class ListDsrRequestsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OVERDUE_ONLY_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    overdue_only: _builtins.bool
+    """Only requests still open past their due date."""
+    account_id: _builtins.str
+    """Only this account's requests (UUID); empty for the whole tenant."""
+    page_size: _builtins.int
+    """1..1000; 0 means 100. Oldest due date first."""
+    @_builtins.property
+    def as_of(self) -> _timestamp_pb2.Timestamp:
+        """The instant "overdue" is judged at; unset means now."""
+
+    def __init__(
+        self,
+        *,
+        overdue_only: _builtins.bool = ...,
+        as_of: _timestamp_pb2.Timestamp | None = ...,
+        account_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "as_of", b"as_of", "overdue_only", b"overdue_only", "page_size", b"page_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDsrRequestsRequest: _TypeAlias = ListDsrRequestsRequest  # noqa: Y015
+
+@_typing.final
+class ListDsrRequestsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___DsrRequest]: ...
+    def __init__(
+        self,
+        *,
+        requests: _abc.Iterable[Global___DsrRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["requests", b"requests"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDsrRequestsResponse: _TypeAlias = ListDsrRequestsResponse  # noqa: Y015
+
+@_typing.final
+class AuditEntry(_message.Message):
+    """--- audit -------------------------------------------------------------------"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    ACTOR_KEY_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    TARGET_TYPE_FIELD_NUMBER: _builtins.int
+    TARGET_ID_FIELD_NUMBER: _builtins.int
+    DETAILS_JSON_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    actor_key_id: _builtins.str
+    """API key that acted; empty for the system."""
+    request_id: _builtins.str
+    """Joins the entry to the server's logs."""
+    action: _builtins.str
+    """Dotted verb, e.g. "content.store"."""
+    target_type: _builtins.str
+    """Kind of thing changed, e.g. "content"."""
+    target_id: _builtins.str
+    details_json: _builtins.str
+    """Facts as a JSON object (ids, amounts, states); never prompts or images."""
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+        actor_key_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        action: _builtins.str = ...,
+        target_type: _builtins.str = ...,
+        target_id: _builtins.str = ...,
+        details_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor_key_id", b"actor_key_id", "at", b"at", "details_json", b"details_json", "id", b"id", "request_id", b"request_id", "target_id", b"target_id", "target_type", b"target_type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuditEntry: _TypeAlias = AuditEntry  # noqa: Y015
+
+@_typing.final
+class ListAuditEntriesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    page_size: _builtins.int
+    """1..1000; 0 means 100."""
+    page_token: _builtins.str
+    """From a previous response; empty for the newest entries."""
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAuditEntriesRequest: _TypeAlias = ListAuditEntriesRequest  # noqa: Y015
+
+@_typing.final
+class ListAuditEntriesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty when there are no more entries."""
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___AuditEntry]:
+        """Entries about the account (as target or in their details), newest first."""
+
+    def __init__(
+        self,
+        *,
+        entries: _abc.Iterable[Global___AuditEntry] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAuditEntriesResponse: _TypeAlias = ListAuditEntriesResponse  # noqa: Y015
+
+@_typing.final
+class RotateMasterKeyRequest(_message.Message):
+    """--- master key --------------------------------------------------------------"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotateMasterKeyRequest: _TypeAlias = RotateMasterKeyRequest  # noqa: Y015
+
+@_typing.final
+class RotateMasterKeyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PREVIOUS_KEY_ID_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    REWRAPPED_KEYS_FIELD_NUMBER: _builtins.int
+    previous_key_id: _builtins.str
+    """Id of the master key that wrapped the data keys before."""
+    key_id: _builtins.str
+    """Id of the new master key."""
+    rewrapped_keys: _builtins.int
+    """Live data keys re-wrapped."""
+    def __init__(
+        self,
+        *,
+        previous_key_id: _builtins.str = ...,
+        key_id: _builtins.str = ...,
+        rewrapped_keys: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id", "previous_key_id", b"previous_key_id", "rewrapped_keys", b"rewrapped_keys"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotateMasterKeyResponse: _TypeAlias = RotateMasterKeyResponse  # noqa: Y015

@@ -99,6 +99,61 @@ class ControlPlaneStub:
                 request_serializer=protos_dot_atelier_dot_v1_dot_control__plane__pb2.ListContentRequest.SerializeToString,
                 response_deserializer=protos_dot_atelier_dot_v1_dot_control__plane__pb2.ListContentResponse.FromString,
                 _registered_method=True)
+        self.SetVisibility = channel.unary_unary(
+                '/atelier.v1.ControlPlane/SetVisibility',
+                request_serializer=protos_dot_atelier_dot_v1_dot_control__plane__pb2.SetVisibilityRequest.SerializeToString,
+                response_deserializer=protos_dot_atelier_dot_v1_dot_control__plane__pb2.SetVisibilityResponse.FromString,
+                _registered_method=True)
+        self.ListPublicGallery = channel.unary_unary(
+                '/atelier.v1.ControlPlane/ListPublicGallery',
+                request_serializer=protos_dot_atelier_dot_v1_dot_control__plane__pb2.ListPublicGalleryRequest.SerializeToString,
+                response_deserializer=protos_dot_atelier_dot_v1_dot_control__plane__pb2.ListPublicGalleryResponse.FromString,
+                _registered_method=True)
+        self.RecordConsent = channel.unary_unary(
+                '/atelier.v1.ControlPlane/RecordConsent',
+                request_serializer=protos_dot_atelier_dot_v1_dot_control__plane__pb2.RecordConsentRequest.SerializeToString,
+                response_deserializer=protos_dot_atelier_dot_v1_dot_control__plane__pb2.RecordConsentResponse.FromString,
+                _registered_method=True)
+        self.GetConsents = channel.unary_unary(
+                '/atelier.v1.ControlPlane/GetConsents',
+                request_serializer=protos_dot_atelier_dot_v1_dot_control__plane__pb2.GetConsentsRequest.SerializeToString,
+                response_deserializer=protos_dot_atelier_dot_v1_dot_control__plane__pb2.GetConsentsResponse.FromString,
+                _registered_method=True)
+        self.ListConsentHistory = channel.unary_unary(
+                '/atelier.v1.ControlPlane/ListConsentHistory',
+                request_serializer=protos_dot_atelier_dot_v1_dot_control__plane__pb2.ListConsentHistoryRequest.SerializeToString,
+                response_deserializer=protos_dot_atelier_dot_v1_dot_control__plane__pb2.ListConsentHistoryResponse.FromString,
+                _registered_method=True)
+        self.RequestExport = channel.unary_unary(
+                '/atelier.v1.ControlPlane/RequestExport',
+                request_serializer=protos_dot_atelier_dot_v1_dot_control__plane__pb2.RequestExportRequest.SerializeToString,
+                response_deserializer=protos_dot_atelier_dot_v1_dot_control__plane__pb2.RequestExportResponse.FromString,
+                _registered_method=True)
+        self.GetExportArchive = channel.unary_unary(
+                '/atelier.v1.ControlPlane/GetExportArchive',
+                request_serializer=protos_dot_atelier_dot_v1_dot_control__plane__pb2.GetExportArchiveRequest.SerializeToString,
+                response_deserializer=protos_dot_atelier_dot_v1_dot_control__plane__pb2.GetExportArchiveResponse.FromString,
+                _registered_method=True)
+        self.RequestErasure = channel.unary_unary(
+                '/atelier.v1.ControlPlane/RequestErasure',
+                request_serializer=protos_dot_atelier_dot_v1_dot_control__plane__pb2.RequestErasureRequest.SerializeToString,
+                response_deserializer=protos_dot_atelier_dot_v1_dot_control__plane__pb2.RequestErasureResponse.FromString,
+                _registered_method=True)
+        self.ListDsrRequests = channel.unary_unary(
+                '/atelier.v1.ControlPlane/ListDsrRequests',
+                request_serializer=protos_dot_atelier_dot_v1_dot_control__plane__pb2.ListDsrRequestsRequest.SerializeToString,
+                response_deserializer=protos_dot_atelier_dot_v1_dot_control__plane__pb2.ListDsrRequestsResponse.FromString,
+                _registered_method=True)
+        self.ListAuditEntries = channel.unary_unary(
+                '/atelier.v1.ControlPlane/ListAuditEntries',
+                request_serializer=protos_dot_atelier_dot_v1_dot_control__plane__pb2.ListAuditEntriesRequest.SerializeToString,
+                response_deserializer=protos_dot_atelier_dot_v1_dot_control__plane__pb2.ListAuditEntriesResponse.FromString,
+                _registered_method=True)
+        self.RotateMasterKey = channel.unary_unary(
+                '/atelier.v1.ControlPlane/RotateMasterKey',
+                request_serializer=protos_dot_atelier_dot_v1_dot_control__plane__pb2.RotateMasterKeyRequest.SerializeToString,
+                response_deserializer=protos_dot_atelier_dot_v1_dot_control__plane__pb2.RotateMasterKeyResponse.FromString,
+                _registered_method=True)
 
 
 class ControlPlaneServicer:
@@ -189,6 +244,78 @@ class ControlPlaneServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetVisibility(self, request, context):
+        """Gallery. SetVisibility needs scope privacy; ListPublicGallery needs read.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPublicGallery(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordConsent(self, request, context):
+        """Consent (append-only records). Scope: privacy.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetConsents(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListConsentHistory(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RequestExport(self, request, context):
+        """Data-subject requests. Scope: privacy.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetExportArchive(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RequestErasure(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDsrRequests(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAuditEntries(self, request, context):
+        """The audit trail about one account. Scope: privacy.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateMasterKey(self, request, context):
+        """Re-wraps every live data key under a new master key; content is untouched.
+        Scope: admin. FAILED_PRECONDITION when the master key is not file-based.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlPlaneServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -256,6 +383,61 @@ def add_ControlPlaneServicer_to_server(servicer, server):
                     servicer.ListContent,
                     request_deserializer=protos_dot_atelier_dot_v1_dot_control__plane__pb2.ListContentRequest.FromString,
                     response_serializer=protos_dot_atelier_dot_v1_dot_control__plane__pb2.ListContentResponse.SerializeToString,
+            ),
+            'SetVisibility': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetVisibility,
+                    request_deserializer=protos_dot_atelier_dot_v1_dot_control__plane__pb2.SetVisibilityRequest.FromString,
+                    response_serializer=protos_dot_atelier_dot_v1_dot_control__plane__pb2.SetVisibilityResponse.SerializeToString,
+            ),
+            'ListPublicGallery': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPublicGallery,
+                    request_deserializer=protos_dot_atelier_dot_v1_dot_control__plane__pb2.ListPublicGalleryRequest.FromString,
+                    response_serializer=protos_dot_atelier_dot_v1_dot_control__plane__pb2.ListPublicGalleryResponse.SerializeToString,
+            ),
+            'RecordConsent': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordConsent,
+                    request_deserializer=protos_dot_atelier_dot_v1_dot_control__plane__pb2.RecordConsentRequest.FromString,
+                    response_serializer=protos_dot_atelier_dot_v1_dot_control__plane__pb2.RecordConsentResponse.SerializeToString,
+            ),
+            'GetConsents': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetConsents,
+                    request_deserializer=protos_dot_atelier_dot_v1_dot_control__plane__pb2.GetConsentsRequest.FromString,
+                    response_serializer=protos_dot_atelier_dot_v1_dot_control__plane__pb2.GetConsentsResponse.SerializeToString,
+            ),
+            'ListConsentHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListConsentHistory,
+                    request_deserializer=protos_dot_atelier_dot_v1_dot_control__plane__pb2.ListConsentHistoryRequest.FromString,
+                    response_serializer=protos_dot_atelier_dot_v1_dot_control__plane__pb2.ListConsentHistoryResponse.SerializeToString,
+            ),
+            'RequestExport': grpc.unary_unary_rpc_method_handler(
+                    servicer.RequestExport,
+                    request_deserializer=protos_dot_atelier_dot_v1_dot_control__plane__pb2.RequestExportRequest.FromString,
+                    response_serializer=protos_dot_atelier_dot_v1_dot_control__plane__pb2.RequestExportResponse.SerializeToString,
+            ),
+            'GetExportArchive': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetExportArchive,
+                    request_deserializer=protos_dot_atelier_dot_v1_dot_control__plane__pb2.GetExportArchiveRequest.FromString,
+                    response_serializer=protos_dot_atelier_dot_v1_dot_control__plane__pb2.GetExportArchiveResponse.SerializeToString,
+            ),
+            'RequestErasure': grpc.unary_unary_rpc_method_handler(
+                    servicer.RequestErasure,
+                    request_deserializer=protos_dot_atelier_dot_v1_dot_control__plane__pb2.RequestErasureRequest.FromString,
+                    response_serializer=protos_dot_atelier_dot_v1_dot_control__plane__pb2.RequestErasureResponse.SerializeToString,
+            ),
+            'ListDsrRequests': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDsrRequests,
+                    request_deserializer=protos_dot_atelier_dot_v1_dot_control__plane__pb2.ListDsrRequestsRequest.FromString,
+                    response_serializer=protos_dot_atelier_dot_v1_dot_control__plane__pb2.ListDsrRequestsResponse.SerializeToString,
+            ),
+            'ListAuditEntries': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAuditEntries,
+                    request_deserializer=protos_dot_atelier_dot_v1_dot_control__plane__pb2.ListAuditEntriesRequest.FromString,
+                    response_serializer=protos_dot_atelier_dot_v1_dot_control__plane__pb2.ListAuditEntriesResponse.SerializeToString,
+            ),
+            'RotateMasterKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateMasterKey,
+                    request_deserializer=protos_dot_atelier_dot_v1_dot_control__plane__pb2.RotateMasterKeyRequest.FromString,
+                    response_serializer=protos_dot_atelier_dot_v1_dot_control__plane__pb2.RotateMasterKeyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -609,6 +791,303 @@ class ControlPlane:
             '/atelier.v1.ControlPlane/ListContent',
             protos_dot_atelier_dot_v1_dot_control__plane__pb2.ListContentRequest.SerializeToString,
             protos_dot_atelier_dot_v1_dot_control__plane__pb2.ListContentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetVisibility(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/atelier.v1.ControlPlane/SetVisibility',
+            protos_dot_atelier_dot_v1_dot_control__plane__pb2.SetVisibilityRequest.SerializeToString,
+            protos_dot_atelier_dot_v1_dot_control__plane__pb2.SetVisibilityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPublicGallery(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/atelier.v1.ControlPlane/ListPublicGallery',
+            protos_dot_atelier_dot_v1_dot_control__plane__pb2.ListPublicGalleryRequest.SerializeToString,
+            protos_dot_atelier_dot_v1_dot_control__plane__pb2.ListPublicGalleryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordConsent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/atelier.v1.ControlPlane/RecordConsent',
+            protos_dot_atelier_dot_v1_dot_control__plane__pb2.RecordConsentRequest.SerializeToString,
+            protos_dot_atelier_dot_v1_dot_control__plane__pb2.RecordConsentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetConsents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/atelier.v1.ControlPlane/GetConsents',
+            protos_dot_atelier_dot_v1_dot_control__plane__pb2.GetConsentsRequest.SerializeToString,
+            protos_dot_atelier_dot_v1_dot_control__plane__pb2.GetConsentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListConsentHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/atelier.v1.ControlPlane/ListConsentHistory',
+            protos_dot_atelier_dot_v1_dot_control__plane__pb2.ListConsentHistoryRequest.SerializeToString,
+            protos_dot_atelier_dot_v1_dot_control__plane__pb2.ListConsentHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RequestExport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/atelier.v1.ControlPlane/RequestExport',
+            protos_dot_atelier_dot_v1_dot_control__plane__pb2.RequestExportRequest.SerializeToString,
+            protos_dot_atelier_dot_v1_dot_control__plane__pb2.RequestExportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetExportArchive(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/atelier.v1.ControlPlane/GetExportArchive',
+            protos_dot_atelier_dot_v1_dot_control__plane__pb2.GetExportArchiveRequest.SerializeToString,
+            protos_dot_atelier_dot_v1_dot_control__plane__pb2.GetExportArchiveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RequestErasure(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/atelier.v1.ControlPlane/RequestErasure',
+            protos_dot_atelier_dot_v1_dot_control__plane__pb2.RequestErasureRequest.SerializeToString,
+            protos_dot_atelier_dot_v1_dot_control__plane__pb2.RequestErasureResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDsrRequests(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/atelier.v1.ControlPlane/ListDsrRequests',
+            protos_dot_atelier_dot_v1_dot_control__plane__pb2.ListDsrRequestsRequest.SerializeToString,
+            protos_dot_atelier_dot_v1_dot_control__plane__pb2.ListDsrRequestsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAuditEntries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/atelier.v1.ControlPlane/ListAuditEntries',
+            protos_dot_atelier_dot_v1_dot_control__plane__pb2.ListAuditEntriesRequest.SerializeToString,
+            protos_dot_atelier_dot_v1_dot_control__plane__pb2.ListAuditEntriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateMasterKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/atelier.v1.ControlPlane/RotateMasterKey',
+            protos_dot_atelier_dot_v1_dot_control__plane__pb2.RotateMasterKeyRequest.SerializeToString,
+            protos_dot_atelier_dot_v1_dot_control__plane__pb2.RotateMasterKeyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -67,6 +67,24 @@ class ControlPlaneStub:
     """Content. Store needs scope generate; get and list need read."""
     GetContent: _grpc.UnaryUnaryMultiCallable[_control_plane_pb2.GetContentRequest, _control_plane_pb2.GetContentResponse]
     ListContent: _grpc.UnaryUnaryMultiCallable[_control_plane_pb2.ListContentRequest, _control_plane_pb2.ListContentResponse]
+    SetVisibility: _grpc.UnaryUnaryMultiCallable[_control_plane_pb2.SetVisibilityRequest, _control_plane_pb2.SetVisibilityResponse]
+    """Gallery. SetVisibility needs scope privacy; ListPublicGallery needs read."""
+    ListPublicGallery: _grpc.UnaryUnaryMultiCallable[_control_plane_pb2.ListPublicGalleryRequest, _control_plane_pb2.ListPublicGalleryResponse]
+    RecordConsent: _grpc.UnaryUnaryMultiCallable[_control_plane_pb2.RecordConsentRequest, _control_plane_pb2.RecordConsentResponse]
+    """Consent (append-only records). Scope: privacy."""
+    GetConsents: _grpc.UnaryUnaryMultiCallable[_control_plane_pb2.GetConsentsRequest, _control_plane_pb2.GetConsentsResponse]
+    ListConsentHistory: _grpc.UnaryUnaryMultiCallable[_control_plane_pb2.ListConsentHistoryRequest, _control_plane_pb2.ListConsentHistoryResponse]
+    RequestExport: _grpc.UnaryUnaryMultiCallable[_control_plane_pb2.RequestExportRequest, _control_plane_pb2.RequestExportResponse]
+    """Data-subject requests. Scope: privacy."""
+    GetExportArchive: _grpc.UnaryUnaryMultiCallable[_control_plane_pb2.GetExportArchiveRequest, _control_plane_pb2.GetExportArchiveResponse]
+    RequestErasure: _grpc.UnaryUnaryMultiCallable[_control_plane_pb2.RequestErasureRequest, _control_plane_pb2.RequestErasureResponse]
+    ListDsrRequests: _grpc.UnaryUnaryMultiCallable[_control_plane_pb2.ListDsrRequestsRequest, _control_plane_pb2.ListDsrRequestsResponse]
+    ListAuditEntries: _grpc.UnaryUnaryMultiCallable[_control_plane_pb2.ListAuditEntriesRequest, _control_plane_pb2.ListAuditEntriesResponse]
+    """The audit trail about one account. Scope: privacy."""
+    RotateMasterKey: _grpc.UnaryUnaryMultiCallable[_control_plane_pb2.RotateMasterKeyRequest, _control_plane_pb2.RotateMasterKeyResponse]
+    """Re-wraps every live data key under a new master key; content is untouched.
+    Scope: admin. FAILED_PRECONDITION when the master key is not file-based.
+    """
 
 @_typing.type_check_only
 class ControlPlaneAsyncStub(ControlPlaneStub):
@@ -92,6 +110,24 @@ class ControlPlaneAsyncStub(ControlPlaneStub):
     """Content. Store needs scope generate; get and list need read."""
     GetContent: _aio.UnaryUnaryMultiCallable[_control_plane_pb2.GetContentRequest, _control_plane_pb2.GetContentResponse]  # type: ignore[assignment]
     ListContent: _aio.UnaryUnaryMultiCallable[_control_plane_pb2.ListContentRequest, _control_plane_pb2.ListContentResponse]  # type: ignore[assignment]
+    SetVisibility: _aio.UnaryUnaryMultiCallable[_control_plane_pb2.SetVisibilityRequest, _control_plane_pb2.SetVisibilityResponse]  # type: ignore[assignment]
+    """Gallery. SetVisibility needs scope privacy; ListPublicGallery needs read."""
+    ListPublicGallery: _aio.UnaryUnaryMultiCallable[_control_plane_pb2.ListPublicGalleryRequest, _control_plane_pb2.ListPublicGalleryResponse]  # type: ignore[assignment]
+    RecordConsent: _aio.UnaryUnaryMultiCallable[_control_plane_pb2.RecordConsentRequest, _control_plane_pb2.RecordConsentResponse]  # type: ignore[assignment]
+    """Consent (append-only records). Scope: privacy."""
+    GetConsents: _aio.UnaryUnaryMultiCallable[_control_plane_pb2.GetConsentsRequest, _control_plane_pb2.GetConsentsResponse]  # type: ignore[assignment]
+    ListConsentHistory: _aio.UnaryUnaryMultiCallable[_control_plane_pb2.ListConsentHistoryRequest, _control_plane_pb2.ListConsentHistoryResponse]  # type: ignore[assignment]
+    RequestExport: _aio.UnaryUnaryMultiCallable[_control_plane_pb2.RequestExportRequest, _control_plane_pb2.RequestExportResponse]  # type: ignore[assignment]
+    """Data-subject requests. Scope: privacy."""
+    GetExportArchive: _aio.UnaryUnaryMultiCallable[_control_plane_pb2.GetExportArchiveRequest, _control_plane_pb2.GetExportArchiveResponse]  # type: ignore[assignment]
+    RequestErasure: _aio.UnaryUnaryMultiCallable[_control_plane_pb2.RequestErasureRequest, _control_plane_pb2.RequestErasureResponse]  # type: ignore[assignment]
+    ListDsrRequests: _aio.UnaryUnaryMultiCallable[_control_plane_pb2.ListDsrRequestsRequest, _control_plane_pb2.ListDsrRequestsResponse]  # type: ignore[assignment]
+    ListAuditEntries: _aio.UnaryUnaryMultiCallable[_control_plane_pb2.ListAuditEntriesRequest, _control_plane_pb2.ListAuditEntriesResponse]  # type: ignore[assignment]
+    """The audit trail about one account. Scope: privacy."""
+    RotateMasterKey: _aio.UnaryUnaryMultiCallable[_control_plane_pb2.RotateMasterKeyRequest, _control_plane_pb2.RotateMasterKeyResponse]  # type: ignore[assignment]
+    """Re-wraps every live data key under a new master key; content is untouched.
+    Scope: admin. FAILED_PRECONDITION when the master key is not file-based.
+    """
 
 class ControlPlaneServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -192,5 +228,89 @@ class ControlPlaneServicer(metaclass=_abc_1.ABCMeta):
         request: _control_plane_pb2.ListContentRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_control_plane_pb2.ListContentResponse, _abc.Awaitable[_control_plane_pb2.ListContentResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def SetVisibility(
+        self,
+        request: _control_plane_pb2.SetVisibilityRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_plane_pb2.SetVisibilityResponse, _abc.Awaitable[_control_plane_pb2.SetVisibilityResponse]]:
+        """Gallery. SetVisibility needs scope privacy; ListPublicGallery needs read."""
+
+    @_abc_1.abstractmethod
+    def ListPublicGallery(
+        self,
+        request: _control_plane_pb2.ListPublicGalleryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_plane_pb2.ListPublicGalleryResponse, _abc.Awaitable[_control_plane_pb2.ListPublicGalleryResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RecordConsent(
+        self,
+        request: _control_plane_pb2.RecordConsentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_plane_pb2.RecordConsentResponse, _abc.Awaitable[_control_plane_pb2.RecordConsentResponse]]:
+        """Consent (append-only records). Scope: privacy."""
+
+    @_abc_1.abstractmethod
+    def GetConsents(
+        self,
+        request: _control_plane_pb2.GetConsentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_plane_pb2.GetConsentsResponse, _abc.Awaitable[_control_plane_pb2.GetConsentsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListConsentHistory(
+        self,
+        request: _control_plane_pb2.ListConsentHistoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_plane_pb2.ListConsentHistoryResponse, _abc.Awaitable[_control_plane_pb2.ListConsentHistoryResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RequestExport(
+        self,
+        request: _control_plane_pb2.RequestExportRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_plane_pb2.RequestExportResponse, _abc.Awaitable[_control_plane_pb2.RequestExportResponse]]:
+        """Data-subject requests. Scope: privacy."""
+
+    @_abc_1.abstractmethod
+    def GetExportArchive(
+        self,
+        request: _control_plane_pb2.GetExportArchiveRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_plane_pb2.GetExportArchiveResponse, _abc.Awaitable[_control_plane_pb2.GetExportArchiveResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RequestErasure(
+        self,
+        request: _control_plane_pb2.RequestErasureRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_plane_pb2.RequestErasureResponse, _abc.Awaitable[_control_plane_pb2.RequestErasureResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListDsrRequests(
+        self,
+        request: _control_plane_pb2.ListDsrRequestsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_plane_pb2.ListDsrRequestsResponse, _abc.Awaitable[_control_plane_pb2.ListDsrRequestsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListAuditEntries(
+        self,
+        request: _control_plane_pb2.ListAuditEntriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_plane_pb2.ListAuditEntriesResponse, _abc.Awaitable[_control_plane_pb2.ListAuditEntriesResponse]]:
+        """The audit trail about one account. Scope: privacy."""
+
+    @_abc_1.abstractmethod
+    def RotateMasterKey(
+        self,
+        request: _control_plane_pb2.RotateMasterKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_plane_pb2.RotateMasterKeyResponse, _abc.Awaitable[_control_plane_pb2.RotateMasterKeyResponse]]:
+        """Re-wraps every live data key under a new master key; content is untouched.
+        Scope: admin. FAILED_PRECONDITION when the master key is not file-based.
+        """
 
 def add_ControlPlaneServicer_to_server(servicer: ControlPlaneServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -20,8 +20,11 @@ from control_plane.blobstore import LocalBlobStore
 from control_plane.bootstrap import ControlPlaneDeps
 from control_plane.clock import ManualClock
 from control_plane.config import ControlPlaneConfig
+from control_plane.crypto import ensure_master_key_file
 from control_plane.db.migrations import apply_migrations
 from control_plane.db.pool import Pool, open_pool
+from control_plane.keystore import PostgresKeyStore
+from control_plane.policy import PolicyRegistry
 from control_plane.server import add_listen_port, build_server
 from protos.atelier.v1 import control_plane_pb2, control_plane_pb2_grpc
 from tests.integration._postgres import fresh_database, postgres_server
@@ -110,6 +113,30 @@ def config(database_url: str, blob_dir: Path, tmp_path_factory: pytest.TempPathF
 
 
 @pytest.fixture(scope="session")
+def master_key_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session server's master key file (0600), as the launcher creates it."""
+    path = tmp_path_factory.mktemp("keys") / "master.key"
+    ensure_master_key_file(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def keys(master_key_file: Path) -> PostgresKeyStore:
+    """The session server's key store (rotations in tests move its master key)."""
+    from control_plane.crypto import read_master_key_file
+
+    return PostgresKeyStore(read_master_key_file(master_key_file), master_key_file)
+
+
+@pytest.fixture(scope="session")
+def policies(config: ControlPlaneConfig) -> PolicyRegistry:
+    """The shipped policy profiles (deploy/policies), product defaults as the default."""
+    from control_plane.bootstrap import load_policies
+
+    return load_policies(config)
+
+
+@pytest.fixture(scope="session")
 def metrics_registry() -> CollectorRegistry:
     """Where the session's server records its metrics."""
     return CollectorRegistry()
@@ -122,9 +149,13 @@ def server_address(
     blobs: LocalBlobStore,
     clock: ManualClock,
     metrics_registry: CollectorRegistry,
+    keys: PostgresKeyStore,
+    policies: PolicyRegistry,
 ) -> Iterator[str]:
     """host:port of a running control-plane server (the real one, built as `serve` builds it)."""
-    deps = ControlPlaneDeps(pool=pool, blobs=blobs, clock=clock, registry=metrics_registry)
+    deps = ControlPlaneDeps(
+        pool=pool, blobs=blobs, clock=clock, keys=keys, policies=policies, registry=metrics_registry
+    )
     server = build_server(config, deps)
     port = add_listen_port(server, config.listen_address)
     server.start()

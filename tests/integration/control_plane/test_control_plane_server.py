@@ -17,6 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client import CollectorRegistry
 
+from control_plane.db.migrations import load_migrations
 from control_plane.server import wait_until_serving
 from protos.atelier.v1 import control_plane_pb2 as pb
 from protos.atelier.v1.control_plane_pb2_grpc import ControlPlaneStub
@@ -42,6 +43,7 @@ def test_reflection_lists_the_control_plane_health_and_reflection_services(chann
     services = {service.name for service in next(iter(responses)).list_services_response.service}
     assert services == {
         "atelier.v1.ControlPlane",
+        "atelier.v1.TrainingData",
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
     }
@@ -122,7 +124,7 @@ def test_migrate_command_prints_what_it_applied(postgres_url: str, tmp_path: Pat
         first = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60)
         second = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert first.returncode == 0, first.stderr
-    assert first.stdout.split() == ["0001_initial"]
+    assert first.stdout.split() == [m.version for m in load_migrations()]
     assert second.returncode == 0, second.stderr
     assert second.stdout == ""
 

@@ -1,0 +1,98 @@
+"""`atelier export training|removals`: training exports (run here) and their removal manifests.
+
+`export training -o DIR` writes every item eligible for training to `DIR/<export id>/` as
+Parquet with a `manifest.json`; it runs against the database like the sweep. `export removals
+EXPORT_ID` asks the running control plane which items of an export must be deleted since
+(`--since` the cursor a previous call printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from atelier.cli._cluster import add_json_flag, connect, rpc_errors
+from atelier.cli._jobs import job_deps, parse_as_of
+from atelier.cli._output import emit
+from protos.atelier.v1 import training_pb2
+
+_PAGE_SIZE = 10_000
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("export", help="training exports and their removal manifests")
+    commands = parser.add_subparsers(dest="export_command", required=True, metavar="COMMAND")
+
+    training = commands.add_parser("training", help="export every item eligible for training to Parquet")
+    training.add_argument("-o", "--output", required=True, type=Path, metavar="DIR", help="parent directory")
+    training.add_argument("--no-images", action="store_true", help="metadata only: leave the image column empty")
+    training.add_argument("--as-of", metavar="TIMESTAMP", help="judge eligibility at this ISO 8601 time")
+    add_json_flag(training)
+    training.set_defaults(run=run_training)
+
+    removals = commands.add_parser("removals", help="items of an export to delete from training data")
+    removals.add_argument("export_id")
+    removals.add_argument("--since", metavar="CURSOR", default="", help="only removals after this cursor")
+    add_json_flag(removals)
+    removals.set_defaults(run=run_removals)
+
+
+def run_training(args: argparse.Namespace) -> int:
+    from control_plane.audit import SYSTEM
+    from control_plane.encrypted_blobs import EncryptedBlobStore
+    from control_plane.training_exports import ExportMetrics, create_training_export
+
+    with job_deps(parse_as_of(args.as_of)) as (_, deps):
+        export = create_training_export(
+            deps.pool,
+            EncryptedBlobStore(deps.blobs),
+            deps.keys,
+            deps.policies,
+            output_dir=args.output,
+            actor=SYSTEM,
+            now=deps.clock.now(),
+            include_images=not args.no_images,
+            metrics=ExportMetrics.for_registry(deps.registry),
+        )
+    result = {
+        "export_id": str(export.export_id),
+        "directory": str(export.directory),
+        "items": export.item_count,
+        "files": [f.name for f in export.files],
+        "seconds": round(export.seconds, 3),
+    }
+    emit(
+        result,
+        f"exported {export.item_count} items to {export.directory} ({len(export.files)} files, "
+        f"{export.seconds:.2f} s); removals: atelier export removals {export.export_id}",
+        json_output=args.json,
+    )
+    return 0
+
+
+def run_removals(args: argparse.Namespace) -> int:
+    rows: list[dict[str, str]] = []
+    cursor = args.since
+    with connect() as cluster, rpc_errors():
+        while True:
+            page = cluster.training.ListRemovals(
+                training_pb2.ListRemovalsRequest(export_id=args.export_id, page_token=cursor, page_size=_PAGE_SIZE),
+                metadata=cluster.metadata,
+            )
+            cursor = page.next_page_token
+            rows.extend(
+                {
+                    "item_id": r.item_id,
+                    "reason": training_pb2.IneligibilityReason.Name(r.reason)
+                    .removeprefix("INELIGIBILITY_REASON_")
+                    .lower(),
+                    "removed_at": r.removed_at.ToJsonString(),
+                }
+                for r in page.removals
+            )
+            if len(page.removals) < _PAGE_SIZE:
+                break
+    lines = [f"{r['item_id']}  {r['reason']:17} {r['removed_at']}" for r in rows]
+    lines.append(f"next: atelier export removals {args.export_id} --since {cursor}")
+    emit({"removals": rows, "next_cursor": cursor}, "\n".join(lines), json_output=args.json)
+    return 0

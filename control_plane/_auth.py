@@ -1,0 +1,59 @@
+"""Authentication of an RPC, shared by every servicer: the bearer key, its scope, a connection."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import grpc
+import psycopg
+from psycopg_pool import PoolTimeout
+
+from control_plane import api_keys
+from control_plane.api_keys import Principal, Scope
+from control_plane.db.pool import Connection, Pool
+from control_plane.errors import PermissionDenied, Unauthenticated, Unavailable
+
+
+@contextmanager
+def authorized(
+    pool: Pool, context: grpc.ServicerContext, scope: Scope | None, method: str
+) -> Iterator[tuple[Connection, Principal]]:
+    """Borrows a connection, authenticates the caller on it and checks `scope`.
+
+    Authentication comes before any field is parsed: an unauthenticated caller learns
+    nothing about its request, not even that a field is malformed.
+
+    Raises:
+        Unauthenticated: No bearer key, or an unknown or revoked one.
+        PermissionDenied: The key lacks `scope` (and 'admin').
+        Unavailable: The database cannot be reached.
+    """
+    secret = bearer_secret(context.invocation_metadata())
+    try:
+        with pool.connection() as conn:
+            principal = api_keys.authenticate(conn, secret)
+            if scope is not None and not principal.allows(scope):
+                raise PermissionDenied(
+                    f"{method} needs an API key with the {scope.value!r} scope (or 'admin'); "
+                    f"this key has {', '.join(sorted(principal.scopes))}"
+                )
+            yield conn, principal
+    except (PoolTimeout, psycopg.OperationalError) as error:
+        raise Unavailable("the database is unavailable right now; retry shortly") from error
+
+
+def bearer_secret(metadata: Sequence[Any] | None) -> str:
+    """The secret of `authorization: Bearer <secret>` metadata.
+
+    Raises:
+        Unauthenticated: There is none.
+    """
+    for key, value in metadata or ():
+        if key == "authorization":
+            scheme, _, secret = str(value).partition(" ")
+            if scheme.lower() == "bearer" and secret.strip():
+                return secret.strip()
+            break
+    raise Unauthenticated("send the API key as metadata `authorization: Bearer <secret>`")

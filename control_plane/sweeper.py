@@ -1,0 +1,527 @@
+"""The retention sweeper: deletes what the policy says must go, in bounded, crash-safe batches.
+
+One pass (`run_sweep`) works through every rule:
+
+- `generated_retention`: generated images past the profile's age limit (e.g. free tier, 30 days);
+- `inactivity`: generated images of accounts inactive past the limit (e.g. 90 days, not premium);
+- `upload_lifetime`: uploads for editing past their lifetime (24 hours);
+- `deleted_purge`: soft-deleted items past their purge time (30 days);
+- `reservation_expired`: held credit reservations past their expiry (credits given back);
+- `usage_retention`: aggregated usage rows older than the profile keeps them (730 days);
+
+and aggregates the finished days' usage into `usage_daily` first.
+
+A content batch is one transaction: `DELETE ... WHERE content_id = ANY(ARRAY(SELECT ... LIMIT n
+FOR UPDATE SKIP LOCKED)) RETURNING blob_key`, then the blobs are unlinked, the removal
+manifests of exports holding the items are appended and one audit row counts the batch; then
+COMMIT. Several sweepers skip each other's locked rows, so they never do the same work. A
+crash before COMMIT rolls the rows back, so the next pass takes them again (unlinking a blob
+that is already gone is a no-op): nothing is missed and no row is deleted, or counted, twice.
+Which items are due is `retention.DEADLINE_SQL`, the same definition training eligibility uses.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any, ClassVar
+from uuid import uuid4
+from weakref import WeakKeyDictionary
+
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from control_plane import credits, removals
+from control_plane.audit import SYSTEM, Actor, record_audit
+from control_plane.blobstore import BlobStore
+from control_plane.clock import Clock
+from control_plane.db.pool import Connection, Pool
+from control_plane.errors import InvalidArgument
+from control_plane.policy import PolicyRegistry
+from control_plane.retention import DEADLINE_SQL, POLICY_CTE, TenantPolicies
+
+_logger = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE = 1000
+MAX_BATCH_SIZE = 100_000
+
+
+class SweepReason(StrEnum):
+    """Why an item was deleted: the `reason` label of `atelier_sweep_deleted_items_total`."""
+
+    GENERATED_RETENTION = "generated_retention"
+    INACTIVITY = "inactivity"
+    UPLOAD_LIFETIME = "upload_lifetime"
+    DELETED_PURGE = "deleted_purge"
+    RESERVATION_EXPIRED = "reservation_expired"
+    USAGE_RETENTION = "usage_retention"
+
+
+# Candidate rows of each content rule, oldest first, in a form the partial indexes of 0003
+# serve: an outer bound (`%(bound)s`: no tenant's deadline can come sooner) on an indexed sort
+# key, then DEADLINE_SQL decides exactly. `%(after)s` is where the previous batch of the pass
+# stopped (keyset), so rows a rule keeps (say, premium accounts' old images) are walked past
+# once per pass, not once per batch. Each entry: profile field of the bound, the sort key as
+# DELETE ... RETURNING can name it, and the queue.
+_CONTENT_QUEUES: dict[SweepReason, tuple[str, str, str]] = {
+    SweepReason.GENERATED_RETENTION: (
+        "generated_retention",
+        "created_at",
+        """
+        SELECT c.content_id FROM content c
+        JOIN accounts a ON a.account_id = c.account_id JOIN policy p ON p.tenant_id = a.tenant_id
+        WHERE c.deleted_at IS NULL AND c.kind = 'generated' AND c.created_at <= %(bound)s
+          AND c.created_at >= %(after)s AND {deadline} <= %(now)s
+        ORDER BY c.created_at
+        """,
+    ),
+    SweepReason.INACTIVITY: (
+        "inactivity_purge",
+        "(SELECT last_active_at FROM accounts WHERE accounts.account_id = content.account_id)",
+        """
+        SELECT c.content_id FROM accounts a
+        JOIN policy p ON p.tenant_id = a.tenant_id
+        JOIN content c ON c.account_id = a.account_id AND c.deleted_at IS NULL AND c.kind = 'generated'
+        WHERE a.status = 'active' AND NOT a.legal_hold AND NOT a.keep AND a.last_active_at <= %(bound)s
+          AND a.last_active_at >= %(after)s AND {deadline} <= %(now)s
+        ORDER BY a.last_active_at
+        """,
+    ),
+    SweepReason.UPLOAD_LIFETIME: (
+        "upload_lifetime",
+        "created_at",
+        """
+        SELECT c.content_id FROM content c
+        JOIN accounts a ON a.account_id = c.account_id JOIN policy p ON p.tenant_id = a.tenant_id
+        WHERE c.deleted_at IS NULL AND c.kind = 'upload' AND c.created_at <= %(bound)s
+          AND c.created_at >= %(after)s AND {deadline} <= %(now)s
+        ORDER BY c.created_at
+        """,
+    ),
+    SweepReason.DELETED_PURGE: (
+        "deleted_purge",
+        "deleted_at",
+        """
+        SELECT c.content_id FROM content c
+        JOIN accounts a ON a.account_id = c.account_id JOIN policy p ON p.tenant_id = a.tenant_id
+        WHERE c.deleted_at IS NOT NULL AND c.deleted_at <= %(bound)s AND c.deleted_at >= %(after)s
+          AND {deadline} <= %(now)s
+        ORDER BY c.deleted_at
+        """,
+    ),
+}
+
+
+@dataclass
+class SweepReport:
+    """What one pass did."""
+
+    as_of: datetime
+    deleted: dict[SweepReason, int] = field(default_factory=lambda: {reason: 0 for reason in SweepReason})
+    """Items (rows with their blobs), reservations or usage rows, by reason."""
+    batches: int = 0
+    """Committed batches, all rules together."""
+    usage_days_aggregated: int = 0
+    removals: int = 0
+    """Exported items this pass found ineligible and added to removal manifests."""
+    seconds: float = 0.0
+
+    @property
+    def total(self) -> int:
+        """Everything this pass deleted or expired."""
+        return sum(self.deleted.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form, for `atelier sweep --json`."""
+        return {
+            "as_of": self.as_of.isoformat(),
+            "deleted": {reason.value: count for reason, count in self.deleted.items()},
+            "total": self.total,
+            "batches": self.batches,
+            "usage_days_aggregated": self.usage_days_aggregated,
+            "removals": self.removals,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+class SweepMetrics:
+    """The sweeper's counter, registered once per registry."""
+
+    _by_registry: ClassVar[WeakKeyDictionary[CollectorRegistry, SweepMetrics]] = WeakKeyDictionary()
+    _lock = threading.Lock()
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.deleted_items = Counter(
+            "atelier_sweep_deleted_items",
+            "Items the retention sweeper deleted (rows with their blobs), reservations it expired and usage "
+            "rows it dropped, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+
+    @classmethod
+    def for_registry(cls, registry: CollectorRegistry) -> SweepMetrics:
+        """The metrics registered in `registry` (registering them on first use)."""
+        with cls._lock:
+            metrics = cls._by_registry.get(registry)
+            if metrics is None:
+                metrics = cls._by_registry[registry] = cls(registry)
+            return metrics
+
+
+BatchCallback = Callable[[SweepReason, int], None]
+"""Called after each committed batch with its reason and size (progress output, tests)."""
+
+
+def sweep_content_batch(
+    conn: Connection,
+    blobs: BlobStore,
+    reason: SweepReason,
+    policies: TenantPolicies,
+    *,
+    now: datetime,
+    limit: int,
+    after: datetime | None = None,
+    actor: Actor = SYSTEM,
+) -> tuple[int, datetime | None]:
+    """Deletes up to `limit` items due under `reason`'s rule, rows and blobs, in one transaction.
+
+    Args:
+        conn: Connection outside a transaction.
+        blobs: The (ciphertext) store the items' blobs live in.
+        reason: A content rule (not RESERVATION_EXPIRED or USAGE_RETENTION).
+        policies: Every tenant's profile.
+        now: The sweep's "now"; items whose deadline is at or before it are due.
+        limit: Batch size, 1..100000.
+        after: Only candidates at or after this sort key (the previous batch's `last_key`);
+            None from the start of the queue.
+
+    Returns:
+        How many items this batch deleted (0 when none is due, or all due ones are locked by
+        another sweeper), and the largest sort key among them (None when none).
+    """
+    if not 1 <= limit <= MAX_BATCH_SIZE:
+        raise InvalidArgument("batch_size", f"must be 1..{MAX_BATCH_SIZE}")
+    field_name, sort_key, queue = _CONTENT_QUEUES[reason]
+    shortest = policies.shortest(field_name)
+    if shortest is None:
+        return 0, None
+    params = {
+        **policies.params(),
+        "now": now,
+        "bound": now - shortest,
+        "after": after if after is not None else datetime.min.replace(tzinfo=UTC),
+        "limit": limit,
+    }
+    with conn.transaction():
+        rows = conn.execute(
+            f"""
+            WITH {POLICY_CTE}
+            DELETE FROM content WHERE content_id = ANY(ARRAY(
+                {queue.format(deadline=DEADLINE_SQL)}
+                LIMIT %(limit)s FOR UPDATE OF c SKIP LOCKED
+            ))
+            RETURNING content_id, account_id, blob_key, {sort_key}
+            """,
+            params,
+        ).fetchall()
+        if not rows:
+            return 0, None
+        # Inside the transaction: should it fail after this, the rows come back and the next
+        # pass unlinks again, which finds nothing and carries on.
+        for _, _, blob_key, _ in rows:
+            blobs.delete(blob_key)
+        content_ids = [row[0] for row in rows]
+        conn.execute(removals.LOCK_SQL)
+        removed = conn.execute(
+            """
+            INSERT INTO export_removals (export_id, content_id, salted_id, reason, removed_at)
+            SELECT export_id, content_id, salted_id, 'swept', %s FROM export_items WHERE content_id = ANY(%s)
+            ON CONFLICT (export_id, content_id) DO NOTHING
+            """,
+            (now, content_ids),
+        ).rowcount
+        record_audit(
+            conn,
+            actor,
+            now,
+            "retention.sweep",
+            "sweep_batch",
+            uuid4(),
+            {
+                "reason": reason.value,
+                "deleted": len(rows),
+                "accounts": len({row[1] for row in rows}),
+                "export_removals": max(removed, 0),
+            },
+        )
+    return len(rows), max(row[3] for row in rows)
+
+
+def drop_old_usage(conn: Connection, policies: TenantPolicies, *, now: datetime, limit: int) -> int:
+    """Deletes up to `limit` aggregated usage rows older than their tenant's usage retention."""
+    with conn.transaction():
+        deleted = conn.execute(
+            f"""
+            WITH {POLICY_CTE}
+            DELETE FROM usage_daily WHERE (day, tenant_id, model) IN (
+                SELECT u.day, u.tenant_id, u.model FROM usage_daily u JOIN policy p USING (tenant_id)
+                WHERE u.day < (%(now)s - p.usage_retention)::date
+                LIMIT %(limit)s FOR UPDATE OF u SKIP LOCKED
+            )
+            """,
+            {**policies.params(), "now": now, "limit": limit},
+        ).rowcount
+        if deleted > 0:
+            record_audit(
+                conn,
+                SYSTEM,
+                now,
+                "retention.sweep",
+                "sweep_batch",
+                uuid4(),
+                {"reason": SweepReason.USAGE_RETENTION.value, "deleted": deleted},
+            )
+    return max(deleted, 0)
+
+
+def aggregate_usage(conn: Connection, *, now: datetime) -> int:
+    """Folds the finished days' charges into `usage_daily` (per day, tenant and model).
+
+    Days already aggregated are left alone, so running it again (or from two sweepers) adds
+    nothing: the newest aggregated day is the watermark, under a transaction-level advisory
+    lock. The raw rows stay where they are (the ledger is the tax record); only aggregates
+    outlive the content.
+
+    Returns:
+        How many days were aggregated.
+    """
+    today = now.date()
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext('atelier.usage_daily'))")
+        row = conn.execute("SELECT max(day) FROM usage_daily").fetchone()
+        watermark = row[0] if row is not None else None
+        start = conn.execute(
+            """
+            SELECT min(created_at)::date FROM credit_ledger
+            WHERE kind = 'charge' AND (%(mark)s::date IS NULL OR created_at >= %(mark)s::date + 1)
+            """,
+            {"mark": watermark},
+        ).fetchone()
+        first = start[0] if start is not None else None
+        if first is None or first >= today:
+            return 0
+        days = conn.execute(
+            """
+            INSERT INTO usage_daily (day, tenant_id, model, generations, images, credits_charged)
+            SELECT l.created_at::date, a.tenant_id, coalesce(m.model, ''), count(*), sum(coalesce(m.images, 0)),
+                   sum(-l.delta)
+            FROM credit_ledger l
+            JOIN accounts a USING (account_id)
+            LEFT JOIN LATERAL (
+                SELECT min(c.model) AS model, count(*) AS images
+                FROM content c WHERE c.reservation_id = l.reservation_id
+            ) m ON true
+            WHERE l.kind = 'charge' AND l.created_at >= %(first)s AND l.created_at < %(today)s
+            GROUP BY 1, 2, 3
+            ON CONFLICT (day, tenant_id, model) DO NOTHING
+            RETURNING day
+            """,
+            {"first": first, "today": today},
+        ).fetchall()
+    return len({d[0] for d in days})
+
+
+def run_sweep(
+    pool: Pool,
+    blobs: BlobStore,
+    registry: PolicyRegistry,
+    *,
+    now: datetime,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    metrics: SweepMetrics | None = None,
+    on_batch: BatchCallback | None = None,
+    stop: threading.Event | None = None,
+) -> SweepReport:
+    """One full pass of every rule, batch after batch, until nothing is due (or `stop` is set).
+
+    Safe to run in several processes at once and to kill at any point (see the module doc).
+
+    Args:
+        pool: Database pool; one connection is used at a time.
+        blobs: The blob store content lives in.
+        registry: The policy profiles tenants follow.
+        now: The pass's "now" (the clock, or `--as-of`).
+        batch_size: Items per transaction, 1..100000.
+        metrics: Where deletions are counted; None counts nowhere.
+        on_batch: Called after each committed batch.
+        stop: Ends the pass between batches when set.
+
+    Raises:
+        InvalidArgument: `batch_size` out of range.
+    """
+    if not 1 <= batch_size <= MAX_BATCH_SIZE:
+        raise InvalidArgument("batch_size", f"must be 1..{MAX_BATCH_SIZE}")
+    started = time.monotonic()
+    report = SweepReport(as_of=now)
+
+    def done(reason: SweepReason, count: int) -> None:
+        report.deleted[reason] += count
+        report.batches += 1
+        if metrics is not None:
+            metrics.deleted_items.labels(reason.value).inc(count)
+        if on_batch is not None:
+            on_batch(reason, count)
+
+    def stopped() -> bool:
+        return stop is not None and stop.is_set()
+
+    with pool.connection() as conn:
+        report.usage_days_aggregated = aggregate_usage(conn, now=now)
+        policies = TenantPolicies.load(conn, registry)
+        for reason in _CONTENT_QUEUES:
+            after: datetime | None = None
+            while not stopped():
+                count, last_key = sweep_content_batch(
+                    conn, blobs, reason, policies, now=now, limit=batch_size, after=after
+                )
+                if count:
+                    done(reason, count)
+                if count < batch_size:
+                    break
+                after = last_key
+        while not stopped():
+            count = credits.expire_reservations(conn, now, limit=batch_size)
+            if count:
+                done(SweepReason.RESERVATION_EXPIRED, count)
+            if count < batch_size:
+                break
+        while not stopped():
+            count = drop_old_usage(conn, policies, now=now, limit=batch_size)
+            if count:
+                done(SweepReason.USAGE_RETENTION, count)
+            if count < batch_size:
+                break
+        if not stopped():
+            report.removals = removals.reconcile_removals(conn, registry, now=now)
+    report.seconds = time.monotonic() - started
+    _logger.info(
+        "sweep done as_of=%s total=%d batches=%d seconds=%.3f %s",
+        now.isoformat(),
+        report.total,
+        report.batches,
+        report.seconds,
+        " ".join(f"{reason.value}={count}" for reason, count in report.deleted.items()),
+    )
+    return report
+
+
+def sweep_lag_seconds(conn: Connection, registry: PolicyRegistry, now: datetime) -> float:
+    """Age of the oldest item still present past its deadline, in seconds; 0 when none is.
+
+    Reads the head of each content rule's queue (no locks), so it is cheap while the sweeper
+    keeps up and grows while it does not.
+    """
+    policies = TenantPolicies.load(conn, registry)
+    oldest: datetime | None = None
+    for field_name, _, queue in _CONTENT_QUEUES.values():
+        shortest = policies.shortest(field_name)
+        if shortest is None:
+            continue
+        row = conn.execute(
+            f"""
+            WITH {POLICY_CTE}
+            SELECT min({DEADLINE_SQL}) FROM content c
+            JOIN accounts a ON a.account_id = c.account_id JOIN policy p ON p.tenant_id = a.tenant_id
+            WHERE c.content_id = ANY(ARRAY({queue.format(deadline=DEADLINE_SQL)} LIMIT 1))
+            """,
+            {**policies.params(), "now": now, "bound": now - shortest, "after": datetime.min.replace(tzinfo=UTC)},
+        ).fetchone()
+        deadline = row[0] if row is not None else None
+        if deadline is not None and (oldest is None or deadline < oldest):
+            oldest = deadline
+    row = conn.execute(
+        "SELECT min(expires_at) FROM reservations WHERE state = 'held' AND expires_at < %s", (now,)
+    ).fetchone()
+    if row is not None and row[0] is not None and (oldest is None or row[0] < oldest):
+        oldest = row[0]
+    return max((now - oldest).total_seconds(), 0.0) if oldest is not None else 0.0
+
+
+class SweepLagCollector(Collector):
+    """`atelier_sweep_lag_seconds`, read from the database at scrape time.
+
+    A gauge of state, not of this process: every replica reports the same value, whether the
+    sweeps run in the server's loop or in a CronJob.
+    """
+
+    def __init__(self, pool: Pool, registry: PolicyRegistry, clock: Clock) -> None:
+        self._pool = pool
+        self._registry = registry
+        self._clock = clock
+
+    def collect(self) -> Any:
+        with self._pool.connection() as conn:
+            lag = sweep_lag_seconds(conn, self._registry, self._clock.now())
+        gauge = GaugeMetricFamily(
+            "atelier_sweep_lag_seconds",
+            "Age of the oldest item (or held reservation) still present past its retention deadline; 0 when "
+            "the sweeper is keeping up.",
+        )
+        gauge.add_metric([], lag)
+        yield gauge
+
+
+class SweepLoop:
+    """Runs a sweep pass every `interval` in a daemon thread (the server's built-in sweeper)."""
+
+    def __init__(
+        self,
+        pool: Pool,
+        blobs: BlobStore,
+        registry: PolicyRegistry,
+        clock: Clock,
+        *,
+        interval: timedelta,
+        metrics: SweepMetrics | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> None:
+        self._pool, self._blobs, self._registry, self._clock = pool, blobs, registry, clock
+        self._interval = interval
+        self._metrics = metrics
+        self._batch_size = batch_size
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="retention-sweeper", daemon=True)
+
+    def start(self) -> SweepLoop:
+        """Starts the thread; the first pass runs at once."""
+        self._thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Ends the loop after the current batch and waits up to `timeout_s` for it."""
+        self._stop.set()
+        self._thread.join(timeout_s)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                run_sweep(
+                    self._pool,
+                    self._blobs,
+                    self._registry,
+                    now=self._clock.now(),
+                    batch_size=self._batch_size,
+                    metrics=self._metrics,
+                    stop=self._stop,
+                )
+            except Exception:
+                # The next pass retries: batches are idempotent.
+                _logger.exception("sweep pass failed; retrying next interval")
+            self._stop.wait(self._interval.total_seconds())

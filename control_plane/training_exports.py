@@ -1,0 +1,430 @@
+"""Training exports: every eligible item to Parquet, with a manifest, each item recorded.
+
+One export is one REPEATABLE READ transaction, so the files, `export_items` and the counts
+describe one snapshot:
+
+1. the export row and its random salt are inserted;
+2. `INSERT INTO export_items ... SELECT` records every eligible item (`eligibility`) with
+   its pseudonymous id, `sha256(salt || content id)`, computed in the database;
+3. `COPY (SELECT ...) TO STDOUT` streams the items as CSV, parsed by pyarrow 32 MiB at a
+   time; prompts are decrypted with their account's data key, images (optionally) read and
+   decrypted through the blob store, and the tables written to Parquet files of at most
+   `rows_per_file` rows (zstd);
+4. the manifest (export id, time, policy snapshot, counts, file checksums) is written, and
+   the export row completed.
+
+Items that become ineligible while (or after) the export runs are listed by its removal
+manifest the next time it is read (`removals.reconcile_removals`).
+
+Files carry no account or content ids: `item_id` and `subject_id` are salted per export and
+the salt never leaves the control plane, which keeps the mapping only to build removal
+manifests (DESIGN.md §9). If anything fails, the transaction rolls back and the partial
+directory is removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, ClassVar
+from uuid import UUID, uuid4
+from weakref import WeakKeyDictionary
+
+import psycopg
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+from prometheus_client import CollectorRegistry, Counter
+from psycopg.types.json import Jsonb
+
+from control_plane import crypto
+from control_plane.audit import Actor, record_audit
+from control_plane.db.pool import Connection, Pool
+from control_plane.eligibility import ELIGIBILITY_CTES, ELIGIBILITY_FROM, INELIGIBILITY_SQL, eligibility_params
+from control_plane.encrypted_blobs import EncryptedBlobStore
+from control_plane.errors import InvalidArgument
+from control_plane.keystore import DataKey, KeyStore
+from control_plane.policy import PolicyRegistry
+from control_plane.retention import RetentionPolicy
+
+MANIFEST_NAME = "_manifest.json"
+"""Leading underscore: pyarrow and Spark skip it, so `pq.read_table(directory)` reads the data alone."""
+DEFAULT_ROWS_PER_FILE = 250_000
+SCHEMA = pa.schema(
+    [
+        pa.field("item_id", pa.string(), nullable=False),
+        pa.field("subject_id", pa.string(), nullable=False),
+        pa.field("sha256", pa.string(), nullable=False),
+        pa.field("model", pa.string(), nullable=False),
+        pa.field("parameters", pa.string(), nullable=False),
+        pa.field("prompt", pa.string(), nullable=False),
+        pa.field("media_type", pa.string(), nullable=False),
+        pa.field("image", pa.binary(), nullable=True),
+    ]
+)
+"""Columns of the Parquet files: pseudonymous ids (salted per export), the image's SHA-256 (for
+CheckTrainingEligibility), model, generation parameters as JSON, the prompt, and the image
+bytes (null when the export was made without images)."""
+
+# Columns COPY streams, in order; the first five are only for decryption and never written.
+_COPY_COLUMNS = [
+    "content_id",
+    "blob_key",
+    "encryption_key_id",
+    "prompt_sealed",
+    "plain_prompt",
+    "item_id",
+    "subject_id",
+    "sha256",
+    "model",
+    "parameters",
+    "media_type",
+]
+
+
+class ExportMetrics:
+    """`atelier_export_rows_total`, registered once per registry."""
+
+    _by_registry: ClassVar[WeakKeyDictionary[CollectorRegistry, ExportMetrics]] = WeakKeyDictionary()
+    _lock = threading.Lock()
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.rows = Counter("atelier_export_rows", "Rows written to training exports.", registry=registry)
+
+    @classmethod
+    def for_registry(cls, registry: CollectorRegistry) -> ExportMetrics:
+        """The metrics registered in `registry` (registering them on first use)."""
+        with cls._lock:
+            metrics = cls._by_registry.get(registry)
+            if metrics is None:
+                metrics = cls._by_registry[registry] = cls(registry)
+            return metrics
+
+
+@dataclass(frozen=True)
+class ExportFile:
+    """One Parquet file of an export."""
+
+    name: str
+    rows: int
+    size_bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class TrainingExport:
+    """A completed export."""
+
+    export_id: UUID
+    directory: Path
+    item_count: int
+    files: list[ExportFile]
+    manifest: dict[str, Any]
+    seconds: float = field(default=0.0, compare=False)
+
+
+def create_training_export(
+    pool: Pool,
+    blobs: EncryptedBlobStore,
+    keys: KeyStore,
+    registry: PolicyRegistry,
+    *,
+    output_dir: Path,
+    actor: Actor,
+    now: datetime,
+    include_images: bool = True,
+    rows_per_file: int = DEFAULT_ROWS_PER_FILE,
+    metrics: ExportMetrics | None = None,
+) -> TrainingExport:
+    """Exports every item eligible at `now` into `output_dir/<export id>/`.
+
+    Args:
+        pool: Database pool (one connection is used).
+        blobs: The encrypted blob store images are read through.
+        keys: Data keys, to decrypt prompts and images.
+        registry: The policy profiles tenants follow (eligibility is per tenant's profile).
+        output_dir: Parent directory; created if missing.
+        actor: Who asked (the audit row's actor).
+        now: The export's "now": eligibility is judged at this instant.
+        include_images: Write the image bytes; off, the `image` column is null (metadata only).
+        rows_per_file: Most rows per Parquet file, >= 1.
+        metrics: Where written rows are counted.
+
+    Raises:
+        InvalidArgument: `rows_per_file` < 1.
+    """
+    if rows_per_file < 1:
+        raise InvalidArgument("rows_per_file", "must be >= 1")
+    started = time.monotonic()
+    export_id = uuid4()
+    salt = secrets.token_bytes(32)
+    directory = output_dir / str(export_id)
+    directory.mkdir(parents=True, exist_ok=False)
+    try:
+        with pool.connection() as conn:
+            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            try:
+                with conn.transaction():
+                    # Sorting a million eligible rows by key spills to disk under the default.
+                    conn.execute("SET LOCAL work_mem = '256MB'")
+                    params = eligibility_params(conn, registry, now)
+                    profiles = _profile_snapshot(registry)
+                    conn.execute(
+                        """
+                        INSERT INTO training_exports (export_id, state, consent_mode, salt, location,
+                                                      requested_by_key_id, created_at, started_at)
+                        VALUES (%s, 'running', %s, %s, %s, %s, %s, %s)
+                        """,
+                        (
+                            export_id,
+                            registry.default.training_consent_mode.value,
+                            salt,
+                            str(directory),
+                            actor.key_id,
+                            now,
+                            now,
+                        ),
+                    )
+                    item_count = conn.execute(
+                        f"""
+                        WITH {ELIGIBILITY_CTES}
+                        INSERT INTO export_items (export_id, content_id, account_id, salted_id)
+                        SELECT %(export_id)s, c.content_id, c.account_id,
+                               encode(sha256(%(salt)s || uuid_send(c.content_id)), 'hex')
+                        FROM {ELIGIBILITY_FROM}
+                        WHERE {INELIGIBILITY_SQL} IS NULL
+                        -- In key order, the primary key and content index grow at their right edge.
+                        ORDER BY c.content_id
+                        """,
+                        {**params, "export_id": export_id, "salt": salt},
+                    ).rowcount
+                    data_keys = _data_keys(conn, keys, export_id)
+                    # Nothing eligible: no data files, only the manifest (pyarrow refuses empty CSV).
+                    files = (
+                        []
+                        if item_count == 0
+                        else _write_files(
+                            conn,
+                            blobs,
+                            data_keys,
+                            export_id=export_id,
+                            salt=salt,
+                            directory=directory,
+                            include_images=include_images,
+                            rows_per_file=rows_per_file,
+                            metrics=metrics,
+                        )
+                    )
+                    written = sum(f.rows for f in files)
+                    if written != item_count:
+                        raise RuntimeError(f"export wrote {written} rows but recorded {item_count} items")
+                    manifest = {
+                        "export_id": str(export_id),
+                        "created_at": now.isoformat(),
+                        "format": "parquet",
+                        "schema": [{"name": f.name, "type": str(f.type)} for f in SCHEMA],
+                        "includes_images": include_images,
+                        "policy": profiles,
+                        "counts": {"items": item_count, "files": len(files)},
+                        "files": [
+                            {"name": f.name, "rows": f.rows, "size_bytes": f.size_bytes, "sha256": f.sha256}
+                            for f in files
+                        ],
+                    }
+                    (directory / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+                    conn.execute(
+                        """
+                        UPDATE training_exports SET state = 'completed', item_count = %s, completed_at = %s,
+                                                    manifest = %s
+                        WHERE export_id = %s
+                        """,
+                        (item_count, now, Jsonb(manifest), export_id),
+                    )
+                    record_audit(
+                        conn,
+                        actor,
+                        now,
+                        "training.export",
+                        "training_export",
+                        export_id,
+                        {"items": item_count, "files": len(files), "includes_images": include_images},
+                    )
+            finally:
+                conn.isolation_level = None
+    except BaseException:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+    return TrainingExport(export_id, directory, item_count, files, manifest, time.monotonic() - started)
+
+
+def _profile_snapshot(registry: PolicyRegistry) -> dict[str, Any]:
+    profiles = {"default": registry.default, **registry.named}
+    return {
+        name: {
+            "profile": profile.name,
+            "policy_version": profile.policy_version,
+            "training_consent_mode": profile.training_consent_mode.value,
+            "private_content_in_training": profile.private_content_in_training,
+            "minors_excluded": True,
+            "retention": RetentionPolicy.from_profile(profile).snapshot(),
+        }
+        for name, profile in profiles.items()
+    }
+
+
+def _data_keys(conn: Connection, keys: KeyStore, export_id: UUID) -> dict[UUID, DataKey]:
+    rows = conn.execute(
+        """
+        SELECT DISTINCT c.encryption_key_id FROM export_items e JOIN content c USING (content_id)
+        WHERE e.export_id = %s AND c.encryption_key_id IS NOT NULL
+        """,
+        (export_id,),
+    ).fetchall()
+    return {row[0]: keys.data_key(conn, row[0]) for row in rows}
+
+
+def _copy_tables(copy: Any, options: tuple[Any, Any, Any], block_bytes: int = 32 << 20) -> Iterator[pa.Table]:
+    """Tables of the CSV rows `COPY ... TO STDOUT` sends, parsed `block_bytes` at a time.
+
+    PostgreSQL sends one row per message, so a block of whole messages is whole lines; each
+    block is parsed by pyarrow's (multithreaded) reader in one call.
+    """
+    read, parse, convert = options
+    block = bytearray()
+    for chunk in copy:
+        block += chunk
+        if len(block) >= block_bytes:
+            yield pa_csv.read_csv(pa.BufferReader(bytes(block)), read, parse, convert)
+            block = bytearray()
+    if block:
+        yield pa_csv.read_csv(pa.BufferReader(bytes(block)), read, parse, convert)
+
+
+def _write_files(
+    conn: Connection,
+    blobs: EncryptedBlobStore,
+    data_keys: dict[UUID, DataKey],
+    *,
+    export_id: UUID,
+    salt: bytes,
+    directory: Path,
+    include_images: bool,
+    rows_per_file: int,
+    metrics: ExportMetrics | None,
+) -> list[ExportFile]:
+    query = f"""
+        COPY (
+            SELECT c.content_id, c.blob_key, c.encryption_key_id, encode(c.prompt_sealed, 'hex'),
+                   encode(convert_to(c.prompt, 'UTF8'), 'hex'), e.salted_id,
+                   encode(sha256({_literal(salt)} || uuid_send(c.account_id)), 'hex'),
+                   c.sha256, c.model, c.parameters::text, c.media_type
+            FROM export_items e JOIN content c USING (content_id)
+            WHERE e.export_id = '{export_id}'
+        ) TO STDOUT (FORMAT csv)
+    """
+    convert = pa_csv.ConvertOptions(
+        column_types={name: pa.string() for name in _COPY_COLUMNS}, strings_can_be_null=False
+    )
+    read = pa_csv.ReadOptions(column_names=_COPY_COLUMNS)
+    # Prompts travel as hex, so no value holds a line break and blocks split at rows.
+    parse = pa_csv.ParseOptions()
+    files: list[ExportFile] = []
+    writer: pq.ParquetWriter | None = None
+    rows_in_file = 0
+    openers = {str(key_id): crypto.SealedOpener(key.key) for key_id, key in data_keys.items()}
+
+    def close_file() -> None:
+        nonlocal writer
+        if writer is not None:
+            writer.close()
+            path = directory / files[-1].name
+            files[-1] = ExportFile(files[-1].name, rows_in_file, path.stat().st_size, _file_sha256(path))
+            writer = None
+
+    with conn.cursor() as cur, cur.copy(query) as copy:
+        for batch in _copy_tables(copy, (read, parse, convert)):
+            table = _output_table(batch, blobs, openers, include_images=include_images)
+            offset = 0
+            while offset < table.num_rows:
+                if writer is None or rows_in_file >= rows_per_file:
+                    close_file()
+                    name = f"part-{len(files):05d}.parquet"
+                    files.append(ExportFile(name, 0, 0, ""))
+                    writer = pq.ParquetWriter(directory / name, SCHEMA, compression="zstd")
+                    rows_in_file = 0
+                take = min(rows_per_file - rows_in_file, table.num_rows - offset)
+                writer.write_table(table.slice(offset, take))
+                rows_in_file += take
+                offset += take
+                if metrics is not None:
+                    metrics.rows.inc(take)
+        close_file()
+    return files
+
+
+def _output_table(
+    batch: pa.Table, blobs: EncryptedBlobStore, openers: dict[str, crypto.SealedOpener], *, include_images: bool
+) -> pa.Table:
+    # Per-row Python work is the export's cost: keys are looked up by their text form and each
+    # key's cipher is built once (`openers`), so a row costs one decrypt and one UUID.
+    content_ids = [UUID(c) for c in batch.column("content_id").to_pylist()]
+    key_ids = batch.column("encryption_key_id").to_pylist()
+    prompts: list[str] = []
+    for content_id, key_id, sealed_hex, clear in zip(
+        content_ids,
+        key_ids,
+        batch.column("prompt_sealed").to_pylist(),
+        batch.column("plain_prompt").to_pylist(),
+        strict=True,
+    ):
+        if sealed_hex:
+            sealed = bytes.fromhex(sealed_hex)
+            prompts.append(openers[key_id].open(sealed, crypto.prompt_context(content_id)).decode())
+        else:
+            # A legacy row with the prompt in clear (hex of its UTF-8).
+            prompts.append(bytes.fromhex(clear).decode())
+    images: pa.Array
+    if include_images:
+        data: list[bytes] = []
+        for content_id, key_id, blob_key in zip(
+            content_ids, key_ids, batch.column("blob_key").to_pylist(), strict=True
+        ):
+            ciphertext = blobs.inner.get(blob_key)
+            data.append(openers[key_id].open(ciphertext, crypto.blob_context(content_id)) if key_id else ciphertext)
+        images = pa.array(data, type=pa.binary())
+    else:
+        images = pa.nulls(batch.num_rows, type=pa.binary())
+    return pa.Table.from_arrays(
+        [
+            batch.column("item_id"),
+            batch.column("subject_id"),
+            batch.column("sha256"),
+            batch.column("model"),
+            batch.column("parameters"),
+            pa.array(prompts, type=pa.string()),
+            batch.column("media_type"),
+            images,
+        ],
+        schema=SCHEMA,
+    )
+
+
+def _literal(salt: bytes) -> str:
+    # COPY takes no parameters: the salt goes in as a bytea hex literal (hex digits only).
+    return f"'\\x{salt.hex()}'::bytea"
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,286 @@
+"""Opt-out registry, CheckTrainingEligibility, training exports and their removal manifests."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import timedelta
+from pathlib import Path
+from uuid import UUID
+
+import grpc
+import pyarrow.parquet as pq
+import pytest
+
+from control_plane.audit import SYSTEM
+from control_plane.encrypted_blobs import EncryptedBlobStore
+from control_plane.training_exports import MANIFEST_NAME, TrainingExport, create_training_export
+from protos.atelier.v1 import common_pb2
+from protos.atelier.v1 import control_plane_pb2 as pb
+from protos.atelier.v1 import training_pb2 as tpb
+from tests.integration.control_plane._privacy import use_profile
+from tests.integration.control_plane._support import png_bytes
+from tests.integration.control_plane._training import store, sweep, training_stub
+
+PUBLIC = common_pb2.VISIBILITY_PUBLIC
+OPT_OUT_PROFILE = "opt-out-guardian-consent"
+"""Seed 001: training unless the user opts out; only public content is used."""
+
+
+def _sha(seed: int) -> str:
+    return hashlib.sha256(png_bytes(seed)).hexdigest()
+
+
+def _check(channel, operator, seed: int) -> tpb.CheckTrainingEligibilityResponse:  # type: ignore[no-untyped-def]
+    return training_stub(channel).CheckTrainingEligibility(
+        tpb.CheckTrainingEligibilityRequest(sha256=_sha(seed)), metadata=operator.metadata
+    )
+
+
+def _consent(stub, operator, account_id: str, granted: bool) -> None:  # type: ignore[no-untyped-def]
+    stub.RecordConsent(
+        pb.RecordConsentRequest(
+            account_id=account_id,
+            purpose=pb.CONSENT_PURPOSE_TRAINING,
+            granted=granted,
+            method=pb.CONSENT_METHOD_SETTINGS,
+            source="web",
+        ),
+        metadata=operator.metadata,
+    )
+
+
+def _export(pool, blobs, keys, policies, clock, directory: Path, images: bool = True) -> TrainingExport:  # type: ignore[no-untyped-def]
+    return create_training_export(
+        pool,
+        EncryptedBlobStore(blobs),
+        keys,
+        policies,
+        output_dir=directory,
+        actor=SYSTEM,
+        now=clock.now(),
+        include_images=images,
+    )
+
+
+class TestOptOutAndEligibility:
+    def test_an_account_opt_out_makes_its_content_ineligible(  # type: ignore[no-untyped-def]
+        self, pool, policies, clock, channel, stub, operator, make_account
+    ) -> None:
+        use_profile(pool, policies, operator, OPT_OUT_PROFILE, clock.now())
+        account = make_account(credits=5)
+        store(stub, operator, account, 1, seed=1, visibility=PUBLIC)
+        assert _check(channel, operator, 1).eligible
+
+        training = training_stub(channel)
+        first = training.OptOut(tpb.OptOutRequest(account_id=account, source="web"), metadata=operator.metadata)
+        again = training.OptOut(tpb.OptOutRequest(account_id=account, source="api"), metadata=operator.metadata)
+
+        answer = _check(channel, operator, 1)
+        assert (answer.eligible, answer.reason) == (False, tpb.INELIGIBILITY_REASON_OPTED_OUT)
+        assert answer.matching_items == 1 and "opted out" in answer.explanation
+        assert (first.created, again.created) == (True, False)
+        assert first.opt_out.source == "web" and first.opt_out.created_at.ToDatetime() == clock.now().replace(
+            tzinfo=None
+        )
+        listed = training.ListOptOuts(tpb.ListOptOutsRequest(account_id=account), metadata=operator.metadata)
+        assert [o.optout_id for o in listed.opt_outs] == [first.opt_out.optout_id]
+
+    def test_an_item_opt_out_leaves_the_accounts_other_items_eligible(  # type: ignore[no-untyped-def]
+        self, pool, policies, clock, channel, stub, operator, make_account
+    ) -> None:
+        use_profile(pool, policies, operator, OPT_OUT_PROFILE, clock.now())
+        account = make_account(credits=5)
+        items = store(stub, operator, account, 2, seed=1, visibility=PUBLIC)
+        response = training_stub(channel).OptOut(
+            tpb.OptOutRequest(account_id=account, content_id=items[0].content_id, source="support"),
+            metadata=operator.metadata,
+        )
+        assert response.opt_out.sha256 == _sha(1)
+        assert _check(channel, operator, 1).reason == tpb.INELIGIBILITY_REASON_OPTED_OUT
+        assert _check(channel, operator, 2).eligible
+
+    def test_opt_in_needs_a_grant_and_a_withdrawal_ends_it(  # type: ignore[no-untyped-def]
+        self, channel, stub, operator, make_account
+    ) -> None:
+        account = make_account(credits=5)
+        store(stub, operator, account, 1, seed=3, visibility=PUBLIC)
+        assert _check(channel, operator, 3).reason == tpb.INELIGIBILITY_REASON_NO_CONSENT
+        _consent(stub, operator, account, True)
+        assert _check(channel, operator, 3).eligible
+        _consent(stub, operator, account, False)
+        assert _check(channel, operator, 3).reason == tpb.INELIGIBILITY_REASON_CONSENT_WITHDRAWN
+
+    @pytest.mark.parametrize(
+        ("change", "reason"),
+        [
+            ("UPDATE content SET visibility = 'private'", tpb.INELIGIBILITY_REASON_PRIVATE),
+            ("UPDATE content SET visibility = 'private', flagged = true", tpb.INELIGIBILITY_REASON_FLAGGED),
+            ("UPDATE content SET created_by_minor = true", tpb.INELIGIBILITY_REASON_MINOR),
+            ("UPDATE content SET deleted_at = created_at", tpb.INELIGIBILITY_REASON_DELETED),
+        ],
+    )
+    def test_private_flagged_minors_and_deleted_content_is_never_eligible(  # type: ignore[no-untyped-def]
+        self, pool, channel, stub, operator, make_account, change: str, reason: int
+    ) -> None:
+        account = make_account(credits=5)
+        store(stub, operator, account, 1, seed=4, visibility=PUBLIC)
+        _consent(stub, operator, account, True)
+        with pool.connection() as conn:
+            conn.execute(change)
+        assert _check(channel, operator, 4).reason == reason
+
+    def test_content_past_retention_is_ineligible_before_the_sweep(  # type: ignore[no-untyped-def]
+        self, clock, channel, stub, operator, make_account
+    ) -> None:
+        account = make_account(credits=5)
+        store(stub, operator, account, 1, seed=5, visibility=PUBLIC)
+        _consent(stub, operator, account, True)
+        clock.advance(timedelta(days=30))
+        assert _check(channel, operator, 5).reason == tpb.INELIGIBILITY_REASON_PAST_RETENTION
+
+    def test_unknown_bytes_are_not_found_and_a_malformed_hash_is_refused(self, channel, operator) -> None:  # type: ignore[no-untyped-def]
+        assert _check(channel, operator, 99).reason == tpb.INELIGIBILITY_REASON_NOT_FOUND
+        with pytest.raises(grpc.RpcError) as error:
+            training_stub(channel).CheckTrainingEligibility(
+                tpb.CheckTrainingEligibilityRequest(sha256="abc"), metadata=operator.metadata
+            )
+        assert error.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert "sha256" in (error.value.details() or "")
+
+
+class TestTrainingExport:
+    def test_export_holds_exactly_the_eligible_items_under_salted_ids(  # type: ignore[no-untyped-def]
+        self, pool, blobs, keys, policies, clock, stub, operator, make_account, tmp_path: Path
+    ) -> None:
+        consenting, silent = make_account(credits=20), make_account(credits=20)
+        _consent(stub, operator, consenting, True)
+        public = store(stub, operator, consenting, 3, seed=10, visibility=PUBLIC)
+        store(stub, operator, consenting, 1, seed=20)  # private
+        store(stub, operator, silent, 2, seed=30, visibility=PUBLIC)  # no consent under opt_in
+
+        export = _export(pool, blobs, keys, policies, clock, tmp_path)
+
+        table = pq.read_table(export.directory / export.files[0].name)
+        assert export.item_count == table.num_rows == 3
+        rows = {row["sha256"]: row for row in table.to_pylist()}
+        assert set(rows) == {_sha(s) for s in (10, 11, 12)}
+        for seed in (10, 11, 12):
+            row = rows[_sha(seed)]
+            assert row["image"] == png_bytes(seed)
+            assert row["prompt"] == f"a lighthouse at dusk #{seed}"
+            assert row["model"] == "tiny-sd" and json.loads(row["parameters"])["steps"] == 2
+        file_bytes = (export.directory / export.files[0].name).read_bytes()
+        for identifier in [consenting, *(c.content_id for c in public)]:
+            assert identifier.encode() not in file_bytes and str(UUID(identifier)).encode() not in file_bytes
+        assert len({row["subject_id"] for row in rows.values()}) == 1
+
+        manifest = json.loads((export.directory / MANIFEST_NAME).read_text())
+        assert manifest["export_id"] == str(export.export_id)
+        assert manifest["counts"] == {"items": 3, "files": 1}
+        assert manifest["files"][0]["sha256"] == hashlib.sha256(file_bytes).hexdigest()
+        assert manifest["policy"]["default"]["training_consent_mode"] == "opt_in"
+        with pool.connection() as conn:
+            recorded = conn.execute(
+                "SELECT salted_id FROM export_items WHERE export_id = %s", (export.export_id,)
+            ).fetchall()
+        assert {r[0] for r in recorded} == {row["item_id"] for row in rows.values()}
+
+    def test_salted_ids_differ_between_exports_and_files_split_by_rows(  # type: ignore[no-untyped-def]
+        self, pool, blobs, keys, policies, clock, stub, operator, make_account, tmp_path: Path
+    ) -> None:
+        account = make_account(credits=20)
+        _consent(stub, operator, account, True)
+        store(stub, operator, account, 5, seed=40, visibility=PUBLIC)
+        first = _export(pool, blobs, keys, policies, clock, tmp_path, images=False)
+        second = create_training_export(
+            pool,
+            EncryptedBlobStore(blobs),
+            keys,
+            policies,
+            output_dir=tmp_path,
+            actor=SYSTEM,
+            now=clock.now(),
+            include_images=False,
+            rows_per_file=2,
+        )
+        assert [f.rows for f in second.files] == [2, 2, 1]
+        ids_first = set(pq.read_table(first.directory).column("item_id").to_pylist())
+        ids_second = set(pq.read_table(second.directory).column("item_id").to_pylist())
+        assert len(ids_first) == len(ids_second) == 5 and not ids_first & ids_second
+        assert pq.read_table(first.directory).column("image").null_count == 5
+
+
+    def test_an_export_with_nothing_eligible_has_a_manifest_and_no_files(  # type: ignore[no-untyped-def]
+        self, pool, blobs, keys, policies, clock, tmp_path: Path
+    ) -> None:
+        export = _export(pool, blobs, keys, policies, clock, tmp_path)
+        manifest = json.loads((export.directory / MANIFEST_NAME).read_text())
+        assert (export.item_count, export.files, manifest["counts"]) == (0, [], {"items": 0, "files": 0})
+
+
+class TestRemovalManifests:
+    def test_items_that_become_ineligible_are_listed_with_reason_and_time(  # type: ignore[no-untyped-def]
+        self, pool, blobs, keys, policies, clock, channel, stub, operator, make_account, tmp_path: Path
+    ) -> None:
+        accounts = [make_account(credits=20) for _ in range(5)]
+        for index, account in enumerate(accounts):
+            _consent(stub, operator, account, True)
+            store(stub, operator, account, 1, seed=50 + index, visibility=PUBLIC)
+        export = _export(pool, blobs, keys, policies, clock, tmp_path, images=False)
+        item_ids = {row["sha256"]: row["item_id"] for row in pq.read_table(export.directory).to_pylist()}
+        training = training_stub(channel)
+        request = tpb.ListRemovalsRequest(export_id=str(export.export_id))
+        empty = training.ListRemovals(request, metadata=operator.metadata)
+        assert list(empty.removals) == []
+
+        clock.advance(timedelta(hours=1))
+        training.OptOut(tpb.OptOutRequest(account_id=accounts[0], source="web"), metadata=operator.metadata)
+        _consent(stub, operator, accounts[1], False)
+        stub.RequestErasure(pb.RequestErasureRequest(account_id=accounts[2]), metadata=operator.metadata)
+        stub.SetVisibility(
+            pb.SetVisibilityRequest(account_id=accounts[3], visibility=common_pb2.VISIBILITY_PRIVATE),
+            metadata=operator.metadata,
+        )
+        page = training.ListRemovals(
+            tpb.ListRemovalsRequest(export_id=str(export.export_id), page_token=empty.next_page_token),
+            metadata=operator.metadata,
+        )
+        got = {r.item_id: (r.reason, r.removed_at.ToDatetime()) for r in page.removals}
+        at = clock.now().replace(tzinfo=None)
+        assert got == {
+            item_ids[_sha(50)]: (tpb.INELIGIBILITY_REASON_OPTED_OUT, at),
+            item_ids[_sha(51)]: (tpb.INELIGIBILITY_REASON_CONSENT_WITHDRAWN, at),
+            item_ids[_sha(52)]: (tpb.INELIGIBILITY_REASON_ERASED, at),
+            item_ids[_sha(53)]: (tpb.INELIGIBILITY_REASON_PRIVATE, at),
+        }
+
+        # The sweep removes the last one (30 days after creation) and lists it as swept.
+        report = sweep(pool, blobs, policies, clock.now() + timedelta(days=30))
+        assert report.total == 4  # the last item and the three still stored ones
+        newer = training.ListRemovals(
+            tpb.ListRemovalsRequest(export_id=str(export.export_id), page_token=page.next_page_token),
+            metadata=operator.metadata,
+        )
+        assert [(r.item_id, r.reason) for r in newer.removals] == [(item_ids[_sha(54)], tpb.INELIGIBILITY_REASON_SWEPT)]
+        assert (
+            training.ListRemovals(
+                tpb.ListRemovalsRequest(export_id=str(export.export_id), page_token=newer.next_page_token),
+                metadata=operator.metadata,
+            ).removals
+            == []
+        )
+
+    def test_an_unknown_export_or_cursor_is_refused(self, channel, operator) -> None:  # type: ignore[no-untyped-def]
+        training = training_stub(channel)
+        with pytest.raises(grpc.RpcError) as missing:
+            training.ListRemovals(
+                tpb.ListRemovalsRequest(export_id="123e4567-e89b-12d3-a456-426614174000"), metadata=operator.metadata
+            )
+        assert missing.value.code() is grpc.StatusCode.NOT_FOUND
+        with pytest.raises(grpc.RpcError) as bad:
+            training.ListRemovals(
+                tpb.ListRemovalsRequest(export_id="123e4567-e89b-12d3-a456-426614174000", page_token="nope"),
+                metadata=operator.metadata,
+            )
+        assert bad.value.code() is grpc.StatusCode.INVALID_ARGUMENT
