@@ -33,13 +33,7 @@ def decode_ledger_token(token: str, account_id: UUID) -> int | None:
     Raises:
         InvalidArgument: The token is not one a ledger listing of this account returned.
     """
-    payload = _decode(token, "ledger", account_id)
-    if payload is None:
-        return None
-    entry_id = payload.get("e")
-    if not isinstance(entry_id, int) or isinstance(entry_id, bool) or entry_id < 1:
-        raise _invalid()
-    return entry_id
+    return _entry_id(_decode(token, "ledger", account_id))
 
 
 def encode_content_token(account_id: UUID, cursor: ContentCursor) -> str:
@@ -85,7 +79,11 @@ def decode_audit_token(token: str, account_id: UUID) -> int | None:
     Raises:
         InvalidArgument: The token is not one an audit listing of this account returned.
     """
-    payload = _decode(token, "audit", account_id)
+    return _entry_id(_decode(token, "audit", account_id))
+
+
+def _entry_id(payload: dict[str, object] | None) -> int | None:
+    """The positive integer id a ledger or audit token carries; None for an empty token."""
     if payload is None:
         return None
     entry_id = payload.get("e")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from control_plane.clock import Clock
@@ -19,18 +19,21 @@ _DSR_KINDS = ("export", "erasure")
 
 
 class DatabaseStateCollector(Collector):
-    """Reservation and data-subject-request gauges, one query per scrape."""
+    """Reservation, data-subject-request and export figures, read at scrape time."""
 
     def __init__(self, pool: Pool, clock: Clock) -> None:
         self._pool = pool
         self._clock = clock
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         now = self._clock.now()
         with self._pool.connection() as conn:
             held_count, oldest_held_at = conn.execute(
                 "SELECT count(*), min(created_at) FROM reservations WHERE state = 'held'"
             ).fetchone() or (0, None)
+            (exported_rows,) = conn.execute(
+                "SELECT coalesce(sum(item_count), 0) FROM training_exports WHERE state = 'completed'"
+            ).fetchone() or (0,)
             dsr_rows = conn.execute(
                 """
                 SELECT kind, count(*), count(*) FILTER (WHERE due_at < %s)
@@ -50,6 +53,10 @@ class DatabaseStateCollector(Collector):
         )
         oldest.add_metric([], (now - oldest_held_at).total_seconds() if oldest_held_at is not None else 0.0)
         yield oldest
+        # Exports run as CronJobs whose own counters die with them; the database keeps the total.
+        exports = CounterMetricFamily("atelier_export_rows", "Rows written to completed training exports.")
+        exports.add_metric([], exported_rows)
+        yield exports
         by_kind = {kind: (open_count, overdue) for kind, open_count, overdue in dsr_rows}
         open_requests = GaugeMetricFamily(
             "atelier_dsr_open_requests", "Data-subject requests received and not yet completed.", labels=["kind"]

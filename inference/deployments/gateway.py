@@ -33,6 +33,8 @@ from protos.atelier.v1 import common_pb2, control_plane_pb2, inference_pb2
 logger = logging.getLogger(__name__)
 
 _SERVICE_NAME = "atelier.v1.Inference"
+# ErrorInfo reason of a prompt the control plane's moderation refused.
+_PROMPT_BLOCKED = "PROMPT_BLOCKED"
 _STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
 ProgressSink = Callable[[StepProgress], Awaitable[None]]
@@ -141,9 +143,15 @@ class Gateway:
         params = validated.params
         purpose = f"generate {validated.model.name} {params.width}x{params.height}x{params.steps} n={params.num_images}"
         model = validated.model.name
-        reservation_id = await self._control_plane.reserve_credits(
-            api_key, validated.account_id, validated.cost, self._config.reservation_ttl_s, purpose, params.prompt
-        )
+        try:
+            reservation_id = await self._control_plane.reserve_credits(
+                api_key, validated.account_id, validated.cost, self._config.reservation_ttl_s, purpose, params.prompt
+            )
+        except RequestError as exc:
+            if (info := exc.error_info()) is not None and info.reason == _PROMPT_BLOCKED:
+                category = info.metadata.get("category", "unknown")
+                self._metrics.moderation_blocks.inc(tags={"category": category})
+            raise
         reserved = time.perf_counter()
         self._metrics.credits.inc(validated.cost, tags={"model": model, "outcome": "reserved"})
         self._track_in_flight(model, +1)

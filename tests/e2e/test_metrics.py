@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 import urllib.request
 
+import grpc
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from protos.atelier.v1 import inference_pb2
@@ -16,6 +18,8 @@ INFERENCE_FAMILIES = {
     "ray_atelier_inference_batch_size",
     "ray_atelier_inference_requests_in_flight",
     "ray_atelier_inference_credits",
+    "ray_atelier_inference_moderation_blocks",
+    "ray_serve_deployment_replica_healthy",
 }
 CONTROL_PLANE_FAMILIES = {
     "atelier_control_plane_rpc_duration_seconds",
@@ -25,6 +29,7 @@ CONTROL_PLANE_FAMILIES = {
     "atelier_dsr_overdue_requests",
     "atelier_sweep_lag_seconds",
     "atelier_sweep_deleted_items",
+    "atelier_export_rows",
 }
 
 
@@ -54,6 +59,9 @@ def test_inference_and_control_plane_metrics_are_exported_and_move(
     account_id = make_account(10)
     request = inference_pb2.GenerateRequest(account_id=account_id, prompt="a heron", steps=2, seed=1)
     inference.Generate(request, metadata=operator_metadata, timeout=120)
+    blocked = inference_pb2.GenerateRequest(account_id=account_id, prompt="a gore scene, beheading", steps=2)
+    with pytest.raises(grpc.RpcError):
+        inference.Generate(blocked, metadata=operator_metadata, timeout=120)
     before = _wait_for(cluster.ray_metrics_url, INFERENCE_FAMILIES)
     assert set(before) >= INFERENCE_FAMILIES, sorted(INFERENCE_FAMILIES - set(before))
     control_before = _scrape(cluster.control_plane_metrics_url)

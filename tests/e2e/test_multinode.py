@@ -80,16 +80,16 @@ def multinode(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, An
             home=home, ray_address=nodes.head_address, **local_cluster_ports(), demo_credits=10, start_timeout_s=300
         )
         os.environ["ATELIER_SERVE_CONFIG"] = str(config_path)
-        try:
-            cluster = LocalCluster(settings, log=lambda line: print(f"[multinode] {line}"))
-            state = cluster.up()
-        finally:
-            del os.environ["ATELIER_SERVE_CONFIG"]
+        cluster = LocalCluster(settings, log=lambda line: print(f"[multinode] {line}"))
         import ray
 
-        ray.init(address=nodes.head_address, logging_level="WARNING", log_to_driver=False)
-        key = load_operator_key(home.resolve())
         try:
+            try:
+                state = cluster.up()
+            finally:
+                del os.environ["ATELIER_SERVE_CONFIG"]
+            ray.init(address=nodes.head_address, logging_level="WARNING", log_to_driver=False)
+            key = load_operator_key(home.resolve())
             with (
                 grpc.insecure_channel(state.serve_grpc_address) as serve_channel,
                 grpc.insecure_channel(state.control_plane_address) as control_channel,

@@ -21,6 +21,7 @@ def _registry(pool: Pool, clock: ManualClock) -> CollectorRegistry:
 def test_held_reservations_and_their_age_are_reported(pool, clock, stub, operator, make_account) -> None:  # type: ignore[no-untyped-def]
     registry = _registry(pool, clock)
     assert registry.get_sample_value("atelier_credit_reservations_held") == 0
+    assert registry.get_sample_value("atelier_export_rows_total") == 0
     assert registry.get_sample_value("atelier_credit_reservation_oldest_held_age_seconds") == 0
     account_id = make_account(credits=5)
     for _ in range(2):
