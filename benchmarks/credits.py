@@ -38,7 +38,7 @@ from atelier.ports import free_port
 from control_plane import credits
 from control_plane.api_keys import ensure_operator_key
 from control_plane.db import EmbeddedPostgres, apply_migrations, open_pool
-from control_plane.db.embedded import _pg_bin_dir
+from control_plane.db.embedded import postgres_bin_dir
 from protos.atelier.v1 import control_plane_pb2, control_plane_pb2_grpc
 
 RACE_CALLERS = 64
@@ -122,7 +122,7 @@ def _pgbench_tps(url: str, clients: int, seconds: float) -> float:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("CREATE TABLE bench_hot_row (id int PRIMARY KEY, value bigint NOT NULL)")
         conn.execute("INSERT INTO bench_hot_row VALUES (1, 0)")
-    pgbench = _pg_bin_dir() / "pgbench"
+    pgbench = postgres_bin_dir() / "pgbench"
     if not pgbench.exists():
         pgbench = Path(shutil.which("pgbench") or "pgbench")
     with tempfile.NamedTemporaryFile("w", suffix=".sql") as script:

@@ -50,6 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.run(args) or 0)
     except CommandError as exc:
         return report_error(exc, json_output=getattr(args, "json", False))
+    except OSError as exc:  # an unwritable -o path, a full disk: the user can act on the file named
+        message = f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc.strerror or exc)
+        return report_error(CommandError(message), json_output=getattr(args, "json", False))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

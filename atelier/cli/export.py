@@ -13,7 +13,7 @@ from pathlib import Path
 
 from atelier.cli._cluster import add_json_flag, connect, rpc_errors
 from atelier.cli._jobs import job_deps, parse_as_of
-from atelier.cli._output import emit
+from atelier.cli._output import CommandError, emit
 from protos.atelier.v1 import training_pb2
 
 _PAGE_SIZE = 10_000
@@ -42,6 +42,11 @@ def run_training(args: argparse.Namespace) -> int:
     from control_plane.encrypted_blobs import EncryptedBlobStore
     from control_plane.training_exports import ExportMetrics, create_training_export
 
+    try:
+        # Checked before anything is recorded, so a bad -o leaves no half-made export behind.
+        args.output.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CommandError(f"-o {args.output}: cannot create the directory ({exc.strerror})") from None
     with job_deps(parse_as_of(args.as_of)) as (_, deps):
         export = create_training_export(
             deps.pool,

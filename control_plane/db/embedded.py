@@ -143,7 +143,7 @@ class EmbeddedPostgres:
     def _pg_ctl(self, args: list[str], *, timeout_s: float) -> subprocess.CompletedProcess[str]:
         try:
             return subprocess.run(
-                [str(_pg_bin_dir() / "pg_ctl"), "-D", str(self.data_dir), *args],
+                [str(postgres_bin_dir() / "pg_ctl"), "-D", str(self.data_dir), *args],
                 capture_output=True,
                 text=True,
                 timeout=timeout_s,
@@ -171,7 +171,8 @@ def _pgserver() -> ModuleType:
     return pgserver
 
 
-def _pg_bin_dir() -> Path:
+def postgres_bin_dir() -> Path:
+    """Where pgserver's PostgreSQL binaries (postgres, pg_ctl, pgbench, ...) are installed."""
     # Found without importing pgserver (which starts nothing but is slow and noisy to import).
     spec = importlib.util.find_spec("pgserver")
     if spec is None or spec.origin is None:
