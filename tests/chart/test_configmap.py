@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import yaml
-
+from control_plane.policy import PolicyProfile
 from inference.config import ServeConfig
 
 from ._chart import FULLNAME, merged, render, serve_deployments
@@ -48,12 +47,14 @@ def test_passes_a_models_settings_through(minimal: dict[str, Any]) -> None:
     assert (model.default_width, model.max_size, model.millicredits_per_step) == (512, 1024, 50)
 
 
-def test_policy_profile_is_rendered_from_values(minimal: dict[str, Any]) -> None:
+def test_policy_profile_is_rendered_in_the_control_planes_own_format(minimal: dict[str, Any]) -> None:
     values = merged(minimal, {"policyProfile": {"trainingConsentMode": "opt_out", "inactivityPurge": {"days": 0}}})
 
     data = render(values).one("ConfigMap", f"{FULLNAME}-policy-profile")["data"]
-    profile = yaml.safe_load(data["profile.yaml"])
+    profile = PolicyProfile.from_mapping(json.loads(data["profile.json"]), where="chart")
 
-    assert profile["trainingConsentMode"] == "opt_out"
-    assert profile["inactivityPurge"] == {"days": 0, "exemptTiers": ["premium"]}
-    assert profile["generatedRetention"] == {"days": 30, "tiers": ["free"]}
+    assert profile.training_consent_mode.value == "opt_out"
+    assert profile.inactivity_purge_days is None
+    assert profile.inactivity_exempt_tiers == ("premium",)
+    assert (profile.generated_retention_days, profile.generated_retention_tiers) == (30, ("free",))
+    assert profile.guardian_age is None

@@ -37,7 +37,7 @@ def test_reads_the_database_url_and_master_key_from_secrets(minimal: dict[str, A
 def test_reads_the_policy_profile_and_applies_its_visibility_and_minimum_age(minimal: dict[str, Any]) -> None:
     env = _env(merged(minimal, {"policyProfile": {"defaultVisibility": "public", "minimumAge": 16}}))
 
-    assert env["ATELIER_POLICY_PROFILE"] == "/etc/atelier/policy/profile.yaml"
+    assert env["ATELIER_POLICY_PROFILE"] == "/etc/atelier/policy/profile.json"
     assert (env["ATELIER_DEFAULT_VISIBILITY"], env["ATELIER_MINIMUM_AGE"]) == ("public", "16")
 
 

@@ -330,7 +330,7 @@ Environment shared by the control plane, the migration Job and the CronJobs.
 - name: ATELIER_MASTER_KEY_FILE
   value: /etc/atelier/master-key/master.key
 - name: ATELIER_POLICY_PROFILE
-  value: /etc/atelier/policy/profile.yaml
+  value: /etc/atelier/policy/profile.json
 - name: ATELIER_DEFAULT_VISIBILITY
   value: {{ .Values.policyProfile.defaultVisibility | quote }}
 - name: ATELIER_MINIMUM_AGE
