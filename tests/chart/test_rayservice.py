@@ -10,6 +10,8 @@ import pytest
 from helm_python import HelmRenderError
 from ray.serve.schema import ServeDeploySchema
 
+from inference.app import GRPC_SERVICER_FUNCTIONS
+
 from ._chart import FULLNAME, merged, render, serve_config, serve_deployments, worker_groups
 
 H100_POOL = {
@@ -61,16 +63,11 @@ def test_hands_the_serve_config_to_the_builder_inline_as_well(minimal: dict[str,
     assert application["args"] == {"serve_config": mounted}
 
 
-def test_starts_serves_grpc_proxy_with_the_inference_and_health_servicers(minimal: dict[str, Any]) -> None:
+def test_starts_serves_grpc_proxy_with_the_same_servicers_as_atelier_up(minimal: dict[str, Any]) -> None:
     grpc = serve_config(render(minimal))["grpc_options"]
 
-    assert grpc == {
-        "port": 9000,
-        "grpc_servicer_functions": [
-            "protos.atelier.v1.inference_pb2_grpc.add_InferenceServicer_to_server",
-            "grpc_health.v1.health_pb2_grpc.add_HealthServicer_to_server",
-        ],
-    }
+    # The same hooks as the local launcher, cancellation fix of inference.grpc_proxy included.
+    assert grpc == {"port": 9000, "grpc_servicer_functions": list(GRPC_SERVICER_FUNCTIONS)}
 
 
 def test_exposes_the_grpc_proxy_in_the_serve_service_kuberay_switches_on_upgrades(minimal: dict[str, Any]) -> None:
