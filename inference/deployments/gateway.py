@@ -9,7 +9,6 @@ reservation, so a request is charged exactly its price or nothing.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 import uuid
@@ -290,7 +289,7 @@ def _response(
             content_id=content.content_id,
             png=png,
             seed=validated.params.seed + index,
-            sha256=hashlib.sha256(png).hexdigest(),
+            sha256=content.sha256,  # hashed by the control plane as it stored the bytes
         )
         for index, (png, content) in enumerate(zip(result.pngs, stored.contents, strict=True))
     ]
@@ -305,7 +304,7 @@ def _response(
     )
     return inference_pb2.GenerateResponse(
         images=images,
-        parameters=_parameters(validated, result)[0],
+        parameters=stored.contents[0].parameters,
         credits_charged=validated.cost,
         credits_available=stored.balance.available,
         timings=timings,
