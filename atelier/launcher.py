@@ -157,6 +157,7 @@ class LocalCluster:
         env = {
             **os.environ,
             **self._master_key_env(),
+            **self.settings.tls.to_env(),
             "ATELIER_HOME": str(self.home),
             "ATELIER_DATABASE_URL": database_url,
             "ATELIER_CONTROL_PLANE_LISTEN": self.settings.control_plane_address,
@@ -230,13 +231,14 @@ class LocalCluster:
         return address, pid
 
     def _proxy_tls_env(self) -> dict[str, str]:
-        """With TLS, Serve's proxies must run atelier's start-up callback to bind a TLS port
-        (see `inference.grpc_proxy`); the variable must reach the Ray node's processes."""
+        """The TLS settings for the Ray node's processes (the gateway dials the control plane
+        with them) and, with server TLS, the start-up callback Serve's proxies must run to bind
+        a TLS port (see `inference.grpc_proxy`)."""
         if not self.settings.tls.server_enabled:
-            return {}
+            return self.settings.tls.to_env()
         from inference.grpc_proxy import PROXY_CALLBACK, PROXY_CALLBACK_VARIABLE
 
-        return {PROXY_CALLBACK_VARIABLE: PROXY_CALLBACK}
+        return {**self.settings.tls.to_env(), PROXY_CALLBACK_VARIABLE: PROXY_CALLBACK}
 
     def _ray_temp_dir(self) -> Path:
         # Ray puts Unix sockets under its temp dir, and their paths may not exceed 107 bytes:
