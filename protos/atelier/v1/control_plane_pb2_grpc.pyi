@@ -7,7 +7,7 @@ Every call carries a service API key as metadata `authorization: Bearer <key>`.
 Keys belong to a tenant and carry scopes; a call may only touch accounts of
 its key's tenant. Errors use the canonical gRPC codes:
   INVALID_ARGUMENT    a field is malformed or out of range (message names it)
-  NOT_FOUND           unknown account, reservation or content (also for
+  NOT_FOUND           unknown account, reservation, content or API key (also for
                       another tenant's ids, so ids cannot be probed)
   UNAUTHENTICATED     missing or unknown API key
   PERMISSION_DENIED   the key lacks the scope the RPC needs
