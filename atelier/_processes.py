@@ -13,6 +13,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from atelier.tls import TlsConfig
+
 
 class StartError(RuntimeError):
     """A component did not come up; the message says which and where its log is."""
@@ -87,9 +89,10 @@ def _signal_all(pids: list[int], signum: int) -> None:
             os.kill(pid, signum)
 
 
-def health_status(address: str, service: str = "", timeout_s: float = 2.0) -> str:
-    """The grpc.health.v1 status of `service` at `address`, or the error code's name."""
-    with grpc.insecure_channel(address) as channel:
+def health_status(address: str, service: str = "", timeout_s: float = 2.0, tls: TlsConfig | None = None) -> str:
+    """The grpc.health.v1 status of `service` at `address` (dialled as `tls` says, plaintext
+    when None), or the error code's name."""
+    with (tls or TlsConfig()).channel(address) as channel:
         try:
             response = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=timeout_s
@@ -100,16 +103,21 @@ def health_status(address: str, service: str = "", timeout_s: float = 2.0) -> st
 
 
 def wait_until_serving(
-    what: str, address: str, timeout_s: float, log_path: Path, still_alive: Callable[[], bool] = lambda: True
+    what: str,
+    address: str,
+    timeout_s: float,
+    log_path: Path,
+    still_alive: Callable[[], bool] = lambda: True,
+    tls: TlsConfig | None = None,
 ) -> None:
-    """Polls the health service at `address` until it answers SERVING.
+    """Polls the health service at `address` (dialled as `tls` says) until it answers SERVING.
 
     Raises:
         StartError: the deadline passed or the process died first.
     """
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if health_status(address) == "SERVING":
+        if health_status(address, tls=tls) == "SERVING":
             return
         if not still_alive():
             raise StartError(f"{what} exited during start-up; see {log_path}")

@@ -105,8 +105,8 @@ class LocalCluster:
         from atelier._processes import health_status
 
         return (
-            health_status(state.control_plane_address) == "SERVING"
-            and health_status(state.serve_grpc_address) == "SERVING"
+            health_status(state.control_plane_address, tls=self.settings.tls) == "SERVING"
+            and health_status(state.serve_grpc_address, tls=self.settings.tls) == "SERVING"
         )
 
     def _start_database(self) -> tuple[str, bool]:
@@ -157,6 +157,7 @@ class LocalCluster:
         env = {
             **os.environ,
             **self._master_key_env(),
+            **self.settings.tls.to_env(),
             "ATELIER_HOME": str(self.home),
             "ATELIER_DATABASE_URL": database_url,
             "ATELIER_CONTROL_PLANE_LISTEN": self.settings.control_plane_address,
@@ -170,6 +171,7 @@ class LocalCluster:
             self.settings.start_timeout_s,
             log_path,
             lambda: is_running(pid),
+            tls=self.settings.tls,
         )
         return pid
 
@@ -221,11 +223,22 @@ class LocalCluster:
             **os.environ,
             "HF_HUB_OFFLINE": "1",
             "TOKENIZERS_PARALLELISM": "false",
+            **self._proxy_tls_env(),
         }
         pid = spawn_daemon([a for a in argv if a], log_path, env)
         address = f"127.0.0.1:{self.settings.ray_port}"
         self._log(f"ray: starting a head node at {address} (pid {pid})")
         return address, pid
+
+    def _proxy_tls_env(self) -> dict[str, str]:
+        """The TLS settings for the Ray node's processes (the gateway dials the control plane
+        with them) and, with server TLS, the start-up callback Serve's proxies must run to bind
+        a TLS port (see `inference.grpc_proxy`)."""
+        if not self.settings.tls.server_enabled:
+            return self.settings.tls.to_env()
+        from inference.grpc_proxy import PROXY_CALLBACK, PROXY_CALLBACK_VARIABLE
+
+        return {**self.settings.tls.to_env(), PROXY_CALLBACK_VARIABLE: PROXY_CALLBACK}
 
     def _ray_temp_dir(self) -> Path:
         # Ray puts Unix sockets under its temp dir, and their paths may not exceed 107 bytes:
@@ -265,12 +278,13 @@ class LocalCluster:
             self.settings.serve_grpc_address,
             self.settings.start_timeout_s,
             self._logs / "ray-head.log",
+            tls=self.settings.tls,
         )
 
     def _ensure_demo_account(self, operator_key: str) -> str:
         saved = self.home / _DEMO_ACCOUNT_FILE
         metadata = (("authorization", f"Bearer {operator_key}"),)
-        with grpc.insecure_channel(self.settings.control_plane_address) as channel:
+        with self.settings.tls.channel(self.settings.control_plane_address) as channel:
             stub = control_plane_pb2_grpc.ControlPlaneStub(channel)
             if saved.exists():
                 # The database outlives `down`: reuse the demo account while it still exists.

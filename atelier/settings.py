@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from atelier.tls import TlsConfig, TlsConfigError
 
 
 class SettingsError(ValueError):
@@ -40,6 +42,8 @@ class ClusterSettings:
     """`ATELIER_START_TIMEOUT_S`: how long `atelier up` waits for each component to become healthy."""
     demo_credits: int = 1000
     """Credits granted to the demo account `atelier up` creates."""
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    """`ATELIER_TLS_*`: certificates of every gRPC port, and how commands dial them (see `atelier.tls`)."""
 
     def __post_init__(self) -> None:
         for name in ("control_plane_port", "serve_grpc_port", "serve_http_port", "ray_port", "ray_dashboard_port"):
@@ -100,4 +104,8 @@ class ClusterSettings:
                 values["start_timeout_s"] = float(environ["ATELIER_START_TIMEOUT_S"])
             except ValueError:
                 raise SettingsError("ATELIER_START_TIMEOUT_S: must be a number of seconds") from None
+        try:
+            values["tls"] = TlsConfig.from_env(environ)
+        except TlsConfigError as exc:
+            raise SettingsError(str(exc)) from None
         return cls(**values)  # type: ignore[arg-type]

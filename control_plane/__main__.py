@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import psycopg
 from psycopg_pool import PoolTimeout
 
+from atelier.tls import TlsConfig, TlsConfigError
 from control_plane.bootstrap import resolve_database_url
 from control_plane.config import ENV_VARS, ConfigError, ControlPlaneConfig
 from control_plane.db.embedded import EmbeddedPostgresError
@@ -53,13 +54,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             config = dataclasses.replace(config, listen_address=args.listen)
         if getattr(args, "metrics_port", None) is not None:
             config = dataclasses.replace(config, metrics_port=args.metrics_port)
-    except ConfigError as error:
+        # Checked before anything starts, so a wrong certificate path is a one-line error.
+        tls = TlsConfig.from_env()
+    except (ConfigError, TlsConfigError) as error:
         print(f"configuration error: {error}", file=sys.stderr)
         return 2
 
     try:
         if args.command == "serve":
-            return _serve(config)
+            return _serve(config, tls)
         return _migrate(config)
     except StartupError as error:
         # Expected operational failures get one line, not a traceback.
@@ -67,8 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-def _serve(config: ControlPlaneConfig) -> int:
-    serve(config)
+def _serve(config: ControlPlaneConfig, tls: TlsConfig) -> int:
+    serve(config, tls=tls)
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
 
 import grpc
@@ -18,12 +19,13 @@ from control_plane.errors import PermissionDenied, Unauthenticated, Unavailable
 
 @contextmanager
 def authorized(
-    pool: Pool, context: grpc.ServicerContext, scope: Scope | None, method: str
+    pool: Pool, context: grpc.ServicerContext, scope: Scope | None, method: str, *, now: datetime | None = None
 ) -> Iterator[tuple[Connection, Principal]]:
     """Borrows a connection, authenticates the caller on it and checks `scope`.
 
     Authentication comes before any field is parsed: an unauthenticated caller learns
-    nothing about its request, not even that a field is malformed.
+    nothing about its request, not even that a field is malformed. `now` (the server's
+    clock; the wall clock when None) decides whether a rotated key's grace period is over.
 
     Raises:
         Unauthenticated: No bearer key, or an unknown or revoked one.
@@ -33,7 +35,7 @@ def authorized(
     secret = bearer_secret(context.invocation_metadata())
     try:
         with pool.connection() as conn:
-            principal = api_keys.authenticate(conn, secret)
+            principal = api_keys.authenticate(conn, secret, now)
             if scope is not None and not principal.allows(scope):
                 raise PermissionDenied(
                     f"{method} needs an API key with the {scope.value!r} scope (or 'admin'); "

@@ -223,14 +223,17 @@ def ledger_entry_pb(entry: LedgerEntry) -> control_plane_pb2.LedgerEntry:
     )
 
 
-def api_key_pb(key: ApiKey) -> control_plane_pb2.ApiKey:
-    """The wire form of an API key (never its secret)."""
+def api_key_pb(key: ApiKey, now: datetime) -> control_plane_pb2.ApiKey:
+    """The wire form of an API key (never its secret); `active` is judged at `now`."""
     return control_plane_pb2.ApiKey(
         key_id=key.key_id,
         tenant_id=str(key.tenant_id),
         name=key.name,
         scopes=[SCOPE_TO_PB[scope] for scope in key.scopes],
         created_at=timestamp(key.created_at),
+        revoked_at=timestamp(key.revoked_at),
+        replaced_by_key_id=key.replaced_by or "",
+        active=key.is_active(now),
     )
 
 

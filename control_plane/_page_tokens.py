@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from control_plane.api_keys import KeyCursor
 from control_plane.content import ContentCursor
 from control_plane.errors import InvalidArgument
 
@@ -80,6 +81,30 @@ def decode_audit_token(token: str, account_id: UUID) -> int | None:
         InvalidArgument: The token is not one an audit listing of this account returned.
     """
     return _entry_id(_decode(token, "audit", account_id))
+
+
+def encode_api_key_token(tenant_id: UUID, cursor: KeyCursor) -> str:
+    """Token for the tenant's key page after `cursor`."""
+    return _encode({"l": "api_keys", "a": str(tenant_id), "t": cursor.created_at.isoformat(), "k": cursor.key_id})
+
+
+def decode_api_key_token(token: str, tenant_id: UUID) -> KeyCursor | None:
+    """Returns the key cursor to list after; None for an empty token.
+
+    Raises:
+        InvalidArgument: The token is not one a key listing of this tenant returned.
+    """
+    payload = _decode(token, "api_keys", tenant_id)
+    if payload is None:
+        return None
+    try:
+        created_at = datetime.fromisoformat(payload["t"])
+        key_id = payload["k"]
+    except (KeyError, TypeError, ValueError):
+        raise _invalid() from None
+    if created_at.tzinfo is None or not isinstance(key_id, str) or len(key_id) > 64:
+        raise _invalid()
+    return KeyCursor(created_at=created_at, key_id=key_id)
 
 
 def _entry_id(payload: dict[str, object] | None) -> int | None:

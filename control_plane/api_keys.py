@@ -5,6 +5,12 @@ the primary key) and random is `secrets.token_urlsafe(32)`. Only the SHA-256 of 
 secret is stored; authentication looks the key up by id and compares hashes in constant
 time. A plain hash (not a slow password hash) is right here: the secret carries 256 random
 bits, so there is nothing to brute-force, and every RPC authenticates.
+
+Rotation issues a new key with the old one's name and scopes and sets the old key's
+`revoked_at` to the end of a grace period (now, or up to MAX_ROTATION_GRACE later), so
+services can roll the new secret out while the old one still works; a key authenticates
+while `revoked_at` is unset or still in the future. A key is rotated at most once (its
+`replaced_by` names the successor); revoking a key in its grace period ends it at once.
 """
 
 from __future__ import annotations
@@ -15,18 +21,22 @@ import re
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 from uuid import UUID
 
 from control_plane.audit import SYSTEM, Actor, record_audit
 from control_plane.db.pool import Connection, Pool, expect_row
-from control_plane.errors import InvalidArgument, NotFound, Unauthenticated
+from control_plane.errors import FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
 from control_plane.tenants import ensure_tenant
 
 _SECRET_FORMAT = re.compile(r"^atk_(ak_[0-9a-f]{16})_[A-Za-z0-9_-]{43}$")
-_COLUMNS = "key_id, tenant_id, name, scopes, created_at, revoked_at"
+_KEY_ID_FORMAT = re.compile(r"^ak_[0-9a-f]{16}$")
+_COLUMNS = "key_id, tenant_id, name, scopes, created_at, revoked_at, replaced_by"
+
+MAX_ROTATION_GRACE = timedelta(days=1)
+"""Longest time a rotated key keeps working next to its successor."""
 
 OPERATOR_KEY_NAME = "operator"
 
@@ -67,6 +77,38 @@ class ApiKey:
     scopes: tuple[Scope, ...]
     created_at: datetime
     revoked_at: datetime | None
+    """When the key stopped (or, in a rotation's grace period, will stop) authenticating."""
+    replaced_by: str | None = None
+    """The key a rotation issued in its place."""
+
+    def is_active(self, now: datetime) -> bool:
+        """Whether the key authenticates at `now`."""
+        return self.revoked_at is None or self.revoked_at > now
+
+
+@dataclass(frozen=True)
+class KeyCursor:
+    """Position in a tenant's key listing (newest first): the last key of a page."""
+
+    created_at: datetime
+    key_id: str
+
+
+@dataclass(frozen=True)
+class ApiKeyPage:
+    """One page of a tenant's keys; `next_cursor` is None on the last page."""
+
+    keys: tuple[ApiKey, ...]
+    next_cursor: KeyCursor | None
+
+
+@dataclass(frozen=True)
+class Rotation:
+    """What a rotation did: the new key and its secret, and the old key with its end."""
+
+    key: ApiKey
+    secret: str
+    previous: ApiKey
 
 
 def create_api_key(
@@ -118,8 +160,14 @@ def create_api_key(
     return _api_key(expect_row(row)), secret
 
 
-def authenticate(conn: Connection, secret: str) -> Principal:
+def authenticate(conn: Connection, secret: str, now: datetime | None = None) -> Principal:
     """Returns who holds `secret`.
+
+    Args:
+        conn: Connection.
+        secret: The bearer secret.
+        now: The time to judge revocation at (a rotated key works until its grace period
+            ends); the wall clock when None.
 
     Raises:
         Unauthenticated: The secret is malformed, unknown or revoked. The message does not
@@ -135,7 +183,8 @@ def authenticate(conn: Connection, secret: str) -> Principal:
     # Hash and compare even for an unknown key id, so timing does not reveal which ids exist.
     stored_hash = row[1] if row is not None else "0" * 64
     matches = hmac.compare_digest(_hash_secret(secret), stored_hash)
-    if row is None or not matches or row[3] is not None:
+    instant = now if now is not None else datetime.now(UTC)
+    if row is None or not matches or (row[3] is not None and row[3] <= instant):
         raise Unauthenticated("the API key is unknown or revoked")
     return Principal(key_id=match.group(1), tenant_id=row[0], scopes=frozenset(Scope(s) for s in row[2]))
 
@@ -152,24 +201,117 @@ def get_api_key(conn: Connection, key_id: str) -> ApiKey:
     return _api_key(row)
 
 
-def revoke_api_key(conn: Connection, *, tenant_id: UUID, key_id: str, actor: Actor, now: datetime) -> ApiKey:
-    """Revokes a key of the tenant; later calls with it are UNAUTHENTICATED. Idempotent.
+def list_api_keys(conn: Connection, *, tenant_id: UUID, limit: int, after: KeyCursor | None) -> ApiKeyPage:
+    """Lists a tenant's keys, revoked ones included, newest first.
+
+    Args:
+        conn: Connection.
+        tenant_id: Whose keys.
+        limit: Page size, >= 1.
+        after: The previous page's `next_cursor`; None for the first page.
+    """
+    if after is None:
+        rows = conn.execute(
+            f"SELECT {_COLUMNS} FROM api_keys WHERE tenant_id = %s ORDER BY created_at DESC, key_id DESC LIMIT %s",
+            (tenant_id, limit + 1),
+        ).fetchall()
+    else:
+        rows = conn.execute(
+            f"""
+            SELECT {_COLUMNS} FROM api_keys
+            WHERE tenant_id = %s AND (created_at, key_id) < (%s, %s)
+            ORDER BY created_at DESC, key_id DESC LIMIT %s
+            """,
+            (tenant_id, after.created_at, after.key_id, limit + 1),
+        ).fetchall()
+    keys = tuple(_api_key(row) for row in rows[:limit])
+    next_cursor = KeyCursor(keys[-1].created_at, keys[-1].key_id) if len(rows) > limit else None
+    return ApiKeyPage(keys, next_cursor)
+
+
+def rotate_api_key(
+    conn: Connection, *, tenant_id: UUID, key_id: str, grace: timedelta, actor: Actor, now: datetime
+) -> Rotation:
+    """Issues a new key with the name and scopes of `key_id`, which stops working after `grace`.
+
+    The old key is locked for the transaction, so two concurrent rotations of one key
+    issue one successor and the other caller gets FAILED_PRECONDITION.
+
+    Args:
+        conn: Connection outside a transaction.
+        tenant_id: The caller's tenant; another tenant's key is NOT_FOUND.
+        key_id: The key to replace.
+        grace: How long the old key keeps working, 0..MAX_ROTATION_GRACE.
+        actor: Who rotates.
+        now: When.
 
     Raises:
+        InvalidArgument: Malformed key id or grace out of range.
         NotFound: The tenant has no such key.
+        FailedPrecondition: The key is revoked or already rotated.
     """
+    _check_key_id(key_id)
+    if not timedelta(0) <= grace <= MAX_ROTATION_GRACE:
+        raise InvalidArgument(
+            "grace_seconds", f"must be 0..{int(MAX_ROTATION_GRACE.total_seconds())} (0 revokes the old key at once)"
+        )
     with conn.transaction():
         row = conn.execute(
-            f"""
-            UPDATE api_keys SET revoked_at = coalesce(revoked_at, %s)
-            WHERE key_id = %s AND tenant_id = %s
-            RETURNING {_COLUMNS}
-            """,
-            (now, key_id, tenant_id),
+            f"SELECT {_COLUMNS} FROM api_keys WHERE key_id = %s AND tenant_id = %s FOR UPDATE", (key_id, tenant_id)
         ).fetchone()
         if row is None:
             raise NotFound(f"API key {key_id} not found")
-        record_audit(conn, actor, now, "api_key.revoke", "api_key", key_id)
+        old = _api_key(row)
+        if old.replaced_by is not None:
+            raise FailedPrecondition(
+                f"API key {key_id} was already rotated to {old.replaced_by}: rotate that key instead",
+                reason="API_KEY_ROTATED",
+            )
+        if old.revoked_at is not None:
+            raise FailedPrecondition(f"API key {key_id} is revoked: create a new key instead", reason="API_KEY_REVOKED")
+        new, secret = create_api_key(conn, tenant_id=tenant_id, name=old.name, scopes=old.scopes, actor=actor, now=now)
+        ends_at = now + grace
+        row = conn.execute(
+            f"UPDATE api_keys SET revoked_at = %s, replaced_by = %s WHERE key_id = %s RETURNING {_COLUMNS}",
+            (ends_at, new.key_id, key_id),
+        ).fetchone()
+        details = {
+            "replaced_by": new.key_id,
+            "grace_seconds": int(grace.total_seconds()),
+            "revoked_at": ends_at.isoformat(),
+        }
+        record_audit(conn, actor, now, "api_key.rotate", "api_key", key_id, details)
+    return Rotation(key=new, secret=secret, previous=_api_key(expect_row(row)))
+
+
+def revoke_api_key(conn: Connection, *, tenant_id: UUID, key_id: str, actor: Actor, now: datetime) -> ApiKey:
+    """Revokes a key of the tenant; later calls with it are UNAUTHENTICATED. Idempotent.
+
+    A key in a rotation's grace period stops working at once. Revoking a revoked key
+    changes nothing and writes no audit row.
+
+    Raises:
+        InvalidArgument: Malformed key id.
+        NotFound: The tenant has no such key.
+    """
+    _check_key_id(key_id)
+    with conn.transaction():
+        row = conn.execute(
+            f"""
+            UPDATE api_keys SET revoked_at = %s
+            WHERE key_id = %s AND tenant_id = %s AND (revoked_at IS NULL OR revoked_at > %s)
+            RETURNING {_COLUMNS}
+            """,
+            (now, key_id, tenant_id, now),
+        ).fetchone()
+        if row is not None:
+            record_audit(conn, actor, now, "api_key.revoke", "api_key", key_id)
+            return _api_key(row)
+        row = conn.execute(
+            f"SELECT {_COLUMNS} FROM api_keys WHERE key_id = %s AND tenant_id = %s", (key_id, tenant_id)
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"API key {key_id} not found")
     return _api_key(row)
 
 
@@ -222,6 +364,11 @@ def _hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+def _check_key_id(key_id: str) -> None:
+    if _KEY_ID_FORMAT.match(key_id) is None:
+        raise InvalidArgument("key_id", "must look like ak_ and 16 hex digits, as ListApiKeys shows it")
+
+
 def _api_key(row: tuple[Any, ...]) -> ApiKey:
-    key_id, tenant_id, name, scopes, created_at, revoked_at = row
-    return ApiKey(key_id, tenant_id, name, tuple(Scope(s) for s in scopes), created_at, revoked_at)
+    key_id, tenant_id, name, scopes, created_at, revoked_at, replaced_by = row
+    return ApiKey(key_id, tenant_id, name, tuple(Scope(s) for s in scopes), created_at, revoked_at, replaced_by)

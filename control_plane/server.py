@@ -15,6 +15,7 @@ import prometheus_client
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from atelier.tls import TlsConfig
 from control_plane._interceptor import ControlPlaneInterceptor
 from control_plane.bootstrap import ControlPlaneDeps, bootstrap
 from control_plane.config import ControlPlaneConfig
@@ -76,14 +77,17 @@ class ListenError(RuntimeError):
     """The server cannot bind its address."""
 
 
-def add_listen_port(server: grpc.Server, address: str) -> int:
-    """Binds `address` (host:port; port 0 picks one) without TLS and returns the port bound.
+def add_listen_port(server: grpc.Server, address: str, tls: TlsConfig | None = None) -> int:
+    """Binds `address` (host:port; port 0 picks one) and returns the port bound.
+
+    With `tls.server_enabled` the port speaks TLS only (and requires client certificates
+    when `tls.mutual`); otherwise it is plaintext.
 
     Raises:
         ListenError: The address cannot be bound (in use, or not a local address).
     """
     try:
-        port = server.add_insecure_port(address)
+        port = (tls or TlsConfig()).add_port(server, address)
     except RuntimeError as error:
         raise ListenError(f"cannot listen on {address}: {error}") from error
     if port == 0:
@@ -91,16 +95,17 @@ def add_listen_port(server: grpc.Server, address: str) -> int:
     return port
 
 
-def wait_until_serving(address: str, timeout_s: float = 30.0) -> None:
+def wait_until_serving(address: str, timeout_s: float = 30.0, tls: TlsConfig | None = None) -> None:
     """Blocks until the health service at `address` answers SERVING for the control plane.
 
-    For launchers that start `python -m control_plane serve` as a subprocess.
+    For launchers that start `python -m control_plane serve` as a subprocess; `tls` is how
+    to dial it (plaintext when None).
 
     Raises:
         TimeoutError: It did not within `timeout_s`.
     """
     deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(address) as channel:
+    with (tls or TlsConfig()).channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while True:
             remaining = deadline - time.monotonic()
@@ -115,7 +120,7 @@ def wait_until_serving(address: str, timeout_s: float = 30.0) -> None:
             time.sleep(min(0.1, max(deadline - time.monotonic(), 0)))
 
 
-def serve(config: ControlPlaneConfig, *, stop: threading.Event | None = None) -> None:
+def serve(config: ControlPlaneConfig, *, stop: threading.Event | None = None, tls: TlsConfig | None = None) -> None:
     """Runs the control plane until SIGTERM or SIGINT (or until `stop` is set).
 
     Bootstraps (pool, migrations, blob store), starts the Prometheus endpoint when
@@ -127,6 +132,8 @@ def serve(config: ControlPlaneConfig, *, stop: threading.Event | None = None) ->
         config: The configuration.
         stop: Set it to stop the server; signal handlers are installed only when this
             runs in the main thread.
+        tls: Certificates of the gRPC port (`TlsConfig.from_env()` in `__main__`);
+            plaintext when None. The metrics port stays plain HTTP.
     """
     stop_event = stop if stop is not None else threading.Event()
     if threading.current_thread() is threading.main_thread():
@@ -147,7 +154,7 @@ def serve(config: ControlPlaneConfig, *, stop: threading.Event | None = None) ->
                 config.metrics_port, addr=_host_of(config.listen_address), registry=deps.registry
             )
         server = build_server(config, deps)
-        port = add_listen_port(server, config.listen_address)
+        port = add_listen_port(server, config.listen_address, tls)
         server.start()
         sweep_loop = None
         if config.sweep_interval_s > 0:
@@ -160,10 +167,11 @@ def serve(config: ControlPlaneConfig, *, stop: threading.Event | None = None) ->
                 metrics=SweepMetrics.for_registry(deps.registry),
             ).start()
         _logger.info(
-            "control plane serving address=%s port=%d metrics_port=%d",
+            "control plane serving address=%s port=%d metrics_port=%d tls=%s",
             config.listen_address,
             port,
             config.metrics_port,
+            ("mutual" if tls.mutual else "on") if tls is not None and tls.server_enabled else "off",
         )
         try:
             stop_event.wait()

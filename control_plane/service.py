@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, timedelta
+from datetime import UTC, datetime, timedelta
 
 import grpc
 from typing_extensions import override
@@ -32,6 +32,7 @@ LEDGER_PAGE_DEFAULT, LEDGER_PAGE_MAX = 50, 500
 CONTENT_PAGE_DEFAULT, CONTENT_PAGE_MAX = 20, 100
 DSR_PAGE_DEFAULT, DSR_PAGE_MAX = 100, 1000
 AUDIT_PAGE_DEFAULT, AUDIT_PAGE_MAX = 100, 1000
+API_KEY_PAGE_DEFAULT, API_KEY_PAGE_MAX = 100, 500
 
 
 class ControlPlaneServicer(control_plane_pb2_grpc.ControlPlaneServicer):
@@ -103,7 +104,8 @@ class ControlPlaneServicer(control_plane_pb2_grpc.ControlPlaneServicer):
         self, request: control_plane_pb2.CreateApiKeyRequest, context: grpc.ServicerContext
     ) -> control_plane_pb2.CreateApiKeyResponse:
         """Creates a key of the caller's tenant and returns its secret once. Scope: admin."""
-        with self._authorized(context, Scope.ADMIN, "CreateApiKey") as (conn, principal):
+        now = self._clock.now()
+        with self._authorized(context, Scope.ADMIN, "CreateApiKey", now) as (conn, principal):
             if not request.scopes:
                 raise InvalidArgument("scopes", "must name at least one scope")
             scopes = [
@@ -116,18 +118,73 @@ class ControlPlaneServicer(control_plane_pb2_grpc.ControlPlaneServicer):
                 name=request.name,
                 scopes=scopes,
                 actor=principal.actor(current_request_id()),
-                now=self._clock.now(),
+                now=now,
             )
-        return control_plane_pb2.CreateApiKeyResponse(key=convert.api_key_pb(key), secret=secret)
+        return control_plane_pb2.CreateApiKeyResponse(key=convert.api_key_pb(key, now), secret=secret)
 
     @override
     def WhoAmI(
         self, request: control_plane_pb2.WhoAmIRequest, context: grpc.ServicerContext
     ) -> control_plane_pb2.WhoAmIResponse:
         """Describes the calling key. Any valid key."""
-        with self._authorized(context, None, "WhoAmI") as (conn, principal):
+        now = self._clock.now()
+        with self._authorized(context, None, "WhoAmI", now) as (conn, principal):
             key = api_keys.get_api_key(conn, principal.key_id)
-        return control_plane_pb2.WhoAmIResponse(key=convert.api_key_pb(key))
+        return control_plane_pb2.WhoAmIResponse(key=convert.api_key_pb(key, now))
+
+    @override
+    def ListApiKeys(
+        self, request: control_plane_pb2.ListApiKeysRequest, context: grpc.ServicerContext
+    ) -> control_plane_pb2.ListApiKeysResponse:
+        """Lists the tenant's keys, revoked ones included, newest first. Scope: admin."""
+        now = self._clock.now()
+        with self._authorized(context, Scope.ADMIN, "ListApiKeys", now) as (conn, principal):
+            limit = convert.parse_page_size(request.page_size, default=API_KEY_PAGE_DEFAULT, maximum=API_KEY_PAGE_MAX)
+            after = tokens.decode_api_key_token(request.page_token, principal.tenant_id)
+            page = api_keys.list_api_keys(conn, tenant_id=principal.tenant_id, limit=limit, after=after)
+        next_token = (
+            tokens.encode_api_key_token(principal.tenant_id, page.next_cursor) if page.next_cursor is not None else ""
+        )
+        return control_plane_pb2.ListApiKeysResponse(
+            keys=[convert.api_key_pb(key, now) for key in page.keys], next_page_token=next_token
+        )
+
+    @override
+    def RotateApiKey(
+        self, request: control_plane_pb2.RotateApiKeyRequest, context: grpc.ServicerContext
+    ) -> control_plane_pb2.RotateApiKeyResponse:
+        """Replaces a key of the tenant with a new secret; the old one ends after the grace. Scope: admin."""
+        now = self._clock.now()
+        with self._authorized(context, Scope.ADMIN, "RotateApiKey", now) as (conn, principal):
+            rotation = api_keys.rotate_api_key(
+                conn,
+                tenant_id=principal.tenant_id,
+                key_id=request.key_id,
+                grace=timedelta(seconds=request.grace_seconds),
+                actor=principal.actor(current_request_id()),
+                now=now,
+            )
+        return control_plane_pb2.RotateApiKeyResponse(
+            key=convert.api_key_pb(rotation.key, now),
+            secret=rotation.secret,
+            previous=convert.api_key_pb(rotation.previous, now),
+        )
+
+    @override
+    def RevokeApiKey(
+        self, request: control_plane_pb2.RevokeApiKeyRequest, context: grpc.ServicerContext
+    ) -> control_plane_pb2.RevokeApiKeyResponse:
+        """Revokes a key of the tenant at once; idempotent. Scope: admin."""
+        now = self._clock.now()
+        with self._authorized(context, Scope.ADMIN, "RevokeApiKey", now) as (conn, principal):
+            key = api_keys.revoke_api_key(
+                conn,
+                tenant_id=principal.tenant_id,
+                key_id=request.key_id,
+                actor=principal.actor(current_request_id()),
+                now=now,
+            )
+        return control_plane_pb2.RevokeApiKeyResponse(key=convert.api_key_pb(key, now))
 
     # --- credits ----------------------------------------------------------------------------
 
@@ -543,14 +600,16 @@ class ControlPlaneServicer(control_plane_pb2_grpc.ControlPlaneServicer):
 
     @contextmanager
     def _authorized(
-        self, context: grpc.ServicerContext, scope: Scope | None, method: str
+        self, context: grpc.ServicerContext, scope: Scope | None, method: str, now: datetime | None = None
     ) -> Iterator[tuple[Connection, Principal]]:
         """Borrows a connection, authenticates the caller on it and checks `scope`.
 
         Authentication comes before any field is parsed: an unauthenticated caller learns
-        nothing about its request, not even that a field is malformed.
+        nothing about its request, not even that a field is malformed. Keys are judged at
+        `now` (the server clock's time when None), so a rotation's grace period follows it.
         """
-        with authorized(self._pool, context, scope, method) as (conn, principal):
+        instant = now if now is not None else self._clock.now()
+        with authorized(self._pool, context, scope, method, now=instant) as (conn, principal):
             yield conn, principal
 
     def _profile(self, conn: Connection, principal: Principal) -> PolicyProfile:

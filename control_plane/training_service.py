@@ -41,7 +41,7 @@ class TrainingDataServicer(training_pb2_grpc.TrainingDataServicer):
     @override
     def OptOut(self, request: training_pb2.OptOutRequest, context: grpc.ServicerContext) -> training_pb2.OptOutResponse:
         """Records an opt-out of an account's content or one item. Scope: privacy."""
-        with authorized(self._pool, context, Scope.PRIVACY, "OptOut") as (conn, principal):
+        with authorized(self._pool, context, Scope.PRIVACY, "OptOut", now=self._clock.now()) as (conn, principal):
             optout, created = optouts.record_optout(
                 conn,
                 tenant_id=principal.tenant_id,
@@ -58,7 +58,7 @@ class TrainingDataServicer(training_pb2_grpc.TrainingDataServicer):
         self, request: training_pb2.ListOptOutsRequest, context: grpc.ServicerContext
     ) -> training_pb2.ListOptOutsResponse:
         """Lists an account's active opt-outs. Scope: privacy."""
-        with authorized(self._pool, context, Scope.PRIVACY, "ListOptOuts") as (conn, principal):
+        with authorized(self._pool, context, Scope.PRIVACY, "ListOptOuts", now=self._clock.now()) as (conn, principal):
             found = optouts.list_optouts(
                 conn,
                 tenant_id=principal.tenant_id,
@@ -71,7 +71,10 @@ class TrainingDataServicer(training_pb2_grpc.TrainingDataServicer):
         self, request: training_pb2.CheckTrainingEligibilityRequest, context: grpc.ServicerContext
     ) -> training_pb2.CheckTrainingEligibilityResponse:
         """Whether content with these bytes may be used for training. Scope: read."""
-        with authorized(self._pool, context, Scope.READ, "CheckTrainingEligibility") as (conn, principal):
+        with authorized(self._pool, context, Scope.READ, "CheckTrainingEligibility", now=self._clock.now()) as (
+            conn,
+            principal,
+        ):
             answer = eligibility.check_training_eligibility(
                 conn, self._policies, tenant_id=principal.tenant_id, sha256=request.sha256, now=self._clock.now()
             )
@@ -92,7 +95,7 @@ class TrainingDataServicer(training_pb2_grpc.TrainingDataServicer):
         self, request: training_pb2.ListRemovalsRequest, context: grpc.ServicerContext
     ) -> training_pb2.ListRemovalsResponse:
         """An export's removal manifest from a cursor on. Scope: read."""
-        with authorized(self._pool, context, Scope.READ, "ListRemovals") as (conn, principal):
+        with authorized(self._pool, context, Scope.READ, "ListRemovals", now=self._clock.now()) as (conn, principal):
             export_id = convert.parse_uuid("export_id", request.export_id)
             page = removals.list_removals(
                 conn,

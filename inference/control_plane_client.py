@@ -10,6 +10,7 @@ import logging
 
 import grpc
 
+from atelier.tls import TlsConfig
 from inference.errors import RequestError
 from protos.atelier.v1 import common_pb2, control_plane_pb2, control_plane_pb2_grpc
 
@@ -34,16 +35,23 @@ _STATUS_DETAILS_KEY = "grpc-status-details-bin"
 class ControlPlaneClient:
     """Async client bound to the event loop of the replica that first uses it."""
 
-    def __init__(self, address: str, timeout_s: float) -> None:
+    def __init__(self, address: str, timeout_s: float, tls: TlsConfig | None = None) -> None:
+        """Dials `address` as `tls` says; None reads `ATELIER_TLS_*` when the channel is made.
+
+        The default reads the replica process's own environment (where the chart mounts the
+        certificates), not the driver's that built the deployment.
+        """
         self._address = address
         self._timeout_s = timeout_s
+        self._tls = tls
         self._stub: control_plane_pb2_grpc.ControlPlaneStub | None = None
 
     def _control_plane(self) -> control_plane_pb2_grpc.ControlPlaneStub:
         # grpc.aio channels belong to the loop they are created on: create it lazily on the
         # replica's request loop, not in the deployment's constructor.
         if self._stub is None:
-            self._stub = control_plane_pb2_grpc.ControlPlaneStub(grpc.aio.insecure_channel(self._address))
+            tls = self._tls if self._tls is not None else TlsConfig.from_env()
+            self._stub = control_plane_pb2_grpc.ControlPlaneStub(tls.aio_channel(self._address))
         return self._stub
 
     async def reserve_credits(

@@ -1,4 +1,4 @@
-"""Servicer hooks for Serve's gRPC proxy, with a fix for streams the caller abandons.
+"""Servicer hooks for Serve's gRPC proxy: TLS on its port, and a fix for streams the caller abandons.
 
 Ray Serve 2.60's gRPC proxy loses cancellations of server-streaming calls: when the caller cancels
 while the proxy is suspended at ``yield result`` in `gRPCProxy.send_request_to_replica`, the
@@ -11,6 +11,16 @@ imports and calls it inside every proxy process while building the proxy's serve
 so it is where the fix is applied. The fix replaces `send_request_to_replica` by a copy of Ray's that
 cancels the replica's response when the generator is closed or cancelled (the change upstream would
 make), and is applied only to the Ray version whose source it was checked against.
+
+TLS: Ray 2.60's `start_grpc_server` binds the proxy's port with
+`ray.serve._private.default_impl.add_grpc_address` (always `add_insecure_port`) *before* it calls the
+servicer functions, so the servicer hook is too late to choose the port's credentials. Serve calls one
+earlier hook in every proxy process: the callback named by `RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH`,
+in `ProxyActor.__init__`, before the gRPC server task runs. `install_proxy_tls` is that callback (it
+adds no HTTP middleware): when `ATELIER_TLS_CERT_FILE` is set it replaces `add_grpc_address` by one that
+binds a TLS port (mutual TLS with `ATELIER_TLS_CLIENT_CA_FILE`). The launcher and the chart set the
+variable on the Ray nodes; if TLS is configured but the callback did not run, the servicer hook refuses
+to serve (the proxy fails to start) rather than serve plaintext.
 """
 
 from __future__ import annotations
@@ -23,6 +33,7 @@ from typing import Any
 import grpc
 import ray
 
+from atelier.tls import TlsConfig
 from protos.atelier.v1.inference_pb2_grpc import add_InferenceServicer_to_server
 
 logger = logging.getLogger(__name__)
@@ -30,12 +41,63 @@ logger = logging.getLogger(__name__)
 # The Ray releases whose `gRPCProxy.send_request_to_replica` the patched copy below mirrors.
 _PATCHED_RAY_SERIES = "2.60."
 _PATCH_MARKER = "_atelier_cancels_abandoned_streams"
+_TLS_MARKER = "_atelier_binds_with_tls"
+
+PROXY_CALLBACK_VARIABLE = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
+"""Serve's variable naming a function it calls in every proxy process at start-up."""
+PROXY_CALLBACK = "inference.grpc_proxy.install_proxy_tls"
+"""Its value on atelier's Ray nodes (set by `atelier up` and the chart)."""
 
 
 def add_inference_servicer_to_server(servicer: Any, server: Any) -> None:
-    """Registers `atelier.v1.Inference` on Serve's proxy server, first fixing stream cancellation."""
+    """Registers `atelier.v1.Inference` on Serve's proxy server, first fixing stream cancellation.
+
+    Raises:
+        RuntimeError: TLS is configured but the proxy's port was bound without it (the
+            start-up callback is not installed); the proxy then fails instead of serving plaintext.
+    """
+    if TlsConfig.from_env().server_enabled and not proxy_binds_with_tls():
+        raise RuntimeError(
+            f"ATELIER_TLS_CERT_FILE is set but Serve's gRPC proxy bound its port without TLS: "
+            f"set {PROXY_CALLBACK_VARIABLE}={PROXY_CALLBACK} in the Ray nodes' environment"
+        )
     patch_grpc_proxy_stream_cancellation()
     add_InferenceServicer_to_server(servicer, server)
+
+
+def install_proxy_tls() -> list[Any]:
+    """Serve's proxy start-up callback: binds the gRPC proxy's port with TLS when configured.
+
+    Reads `ATELIER_TLS_*` in the proxy process (the Ray node's environment, where the chart
+    mounts the certificates). Returns no HTTP middlewares.
+
+    Raises:
+        atelier.tls.TlsConfigError: A TLS file is missing or wrong; the proxy does not start
+            and Serve reports this message.
+    """
+    tls = TlsConfig.from_env()
+    if tls.server_enabled:
+        bind_grpc_proxy_with_tls(tls)
+    return []
+
+
+def bind_grpc_proxy_with_tls(tls: TlsConfig) -> None:
+    """Makes Serve's `add_grpc_address` bind proxy ports with `tls`'s server credentials. Idempotent."""
+    from ray.serve._private import default_impl
+
+    def add_grpc_address(grpc_server: Any, server_address: str) -> None:
+        tls.add_port(grpc_server, server_address)
+
+    setattr(add_grpc_address, _TLS_MARKER, True)
+    default_impl.add_grpc_address = add_grpc_address
+    logger.info("grpc_proxy_tls mutual=%s", tls.mutual)
+
+
+def proxy_binds_with_tls() -> bool:
+    """Whether `bind_grpc_proxy_with_tls` is in effect in this process."""
+    from ray.serve._private import default_impl
+
+    return bool(getattr(default_impl.add_grpc_address, _TLS_MARKER, False))
 
 
 def patch_grpc_proxy_stream_cancellation() -> bool:
@@ -106,4 +168,12 @@ def patch_grpc_proxy_stream_cancellation() -> bool:
     return True
 
 
-__all__ = ["add_inference_servicer_to_server", "patch_grpc_proxy_stream_cancellation"]
+__all__ = [
+    "PROXY_CALLBACK",
+    "PROXY_CALLBACK_VARIABLE",
+    "add_inference_servicer_to_server",
+    "bind_grpc_proxy_with_tls",
+    "install_proxy_tls",
+    "patch_grpc_proxy_stream_cancellation",
+    "proxy_binds_with_tls",
+]

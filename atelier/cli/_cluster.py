@@ -6,6 +6,7 @@ import argparse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 
@@ -31,6 +32,9 @@ def add_json_flag(parser: argparse.ArgumentParser) -> None:
 
 @dataclass
 class Connection:
+    home: Path
+    key_id: str
+    """Id of the operator key the calls carry (`ak_...`)."""
     state: ClusterState
     metadata: tuple[tuple[str, str], ...]
     control_plane: control_plane_pb2_grpc.ControlPlaneStub
@@ -42,10 +46,13 @@ class Connection:
 def connect() -> Iterator[Connection]:
     """Stubs for the cluster `atelier up` started, authenticated with the operator key.
 
+    Channels use TLS (and a client certificate) as `ATELIER_TLS_*` says.
+
     Raises:
         CommandError: no cluster is running from this home.
     """
-    home = settings().home.resolve()
+    cluster_settings = settings()
+    home = cluster_settings.home.resolve()
     state = ClusterState.load(home)
     key = load_operator_key(home)
     if state is None or key is None:
@@ -54,11 +61,14 @@ def connect() -> Iterator[Connection]:
         ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
     ]
+    tls = cluster_settings.tls
     with (
-        grpc.insecure_channel(state.control_plane_address, options=options) as cp_channel,
-        grpc.insecure_channel(state.serve_grpc_address, options=options) as serve_channel,
+        tls.channel(state.control_plane_address, options) as cp_channel,
+        tls.channel(state.serve_grpc_address, options) as serve_channel,
     ):
         yield Connection(
+            home=home,
+            key_id="_".join(key.split("_")[1:3]),
             state=state,
             metadata=(("authorization", f"Bearer {key}"),),
             control_plane=control_plane_pb2_grpc.ControlPlaneStub(cp_channel),

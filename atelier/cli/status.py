@@ -18,13 +18,14 @@ def run(args: argparse.Namespace) -> int:
     from atelier._processes import health_status
     from atelier.state import ClusterState
 
-    state = ClusterState.load(settings().home.resolve())
+    cluster_settings = settings()
+    state = ClusterState.load(cluster_settings.home.resolve())
     if state is None:
         emit({"running": False}, "atelier is not running", json_output=args.json)
         return 1
     components = {
-        "control_plane": health_status(state.control_plane_address),
-        "inference": health_status(state.serve_grpc_address),
+        "control_plane": health_status(state.control_plane_address, tls=cluster_settings.tls),
+        "inference": health_status(state.serve_grpc_address, tls=cluster_settings.tls),
     }
     healthy = all(value == "SERVING" for value in components.values())
     lines = [f"atelier is {'healthy' if healthy else 'DEGRADED'}:"]

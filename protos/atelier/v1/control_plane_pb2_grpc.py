@@ -54,6 +54,21 @@ class ControlPlaneStub:
                 request_serializer=protos_dot_atelier_dot_v1_dot_control__plane__pb2.WhoAmIRequest.SerializeToString,
                 response_deserializer=protos_dot_atelier_dot_v1_dot_control__plane__pb2.WhoAmIResponse.FromString,
                 _registered_method=True)
+        self.ListApiKeys = channel.unary_unary(
+                '/atelier.v1.ControlPlane/ListApiKeys',
+                request_serializer=protos_dot_atelier_dot_v1_dot_control__plane__pb2.ListApiKeysRequest.SerializeToString,
+                response_deserializer=protos_dot_atelier_dot_v1_dot_control__plane__pb2.ListApiKeysResponse.FromString,
+                _registered_method=True)
+        self.RotateApiKey = channel.unary_unary(
+                '/atelier.v1.ControlPlane/RotateApiKey',
+                request_serializer=protos_dot_atelier_dot_v1_dot_control__plane__pb2.RotateApiKeyRequest.SerializeToString,
+                response_deserializer=protos_dot_atelier_dot_v1_dot_control__plane__pb2.RotateApiKeyResponse.FromString,
+                _registered_method=True)
+        self.RevokeApiKey = channel.unary_unary(
+                '/atelier.v1.ControlPlane/RevokeApiKey',
+                request_serializer=protos_dot_atelier_dot_v1_dot_control__plane__pb2.RevokeApiKeyRequest.SerializeToString,
+                response_deserializer=protos_dot_atelier_dot_v1_dot_control__plane__pb2.RevokeApiKeyResponse.FromString,
+                _registered_method=True)
         self.GrantCredits = channel.unary_unary(
                 '/atelier.v1.ControlPlane/GrantCredits',
                 request_serializer=protos_dot_atelier_dot_v1_dot_control__plane__pb2.GrantCreditsRequest.SerializeToString,
@@ -182,6 +197,30 @@ class ControlPlaneServicer:
 
     def WhoAmI(self, request, context):
         """Returns who the calling key is; any valid key may call it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListApiKeys(self, request, context):
+        """Lists the caller's tenant's keys, revoked ones included, newest first.
+        Scope: admin.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateApiKey(self, request, context):
+        """Issues a new secret for a key's name and scopes (a new key id) and revokes
+        the old key at once or after a grace period. Scope: admin.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeApiKey(self, request, context):
+        """Revokes a key at once (also one in a rotation's grace period); revoking a
+        revoked key changes nothing. Scope: admin.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -338,6 +377,21 @@ def add_ControlPlaneServicer_to_server(servicer, server):
                     servicer.WhoAmI,
                     request_deserializer=protos_dot_atelier_dot_v1_dot_control__plane__pb2.WhoAmIRequest.FromString,
                     response_serializer=protos_dot_atelier_dot_v1_dot_control__plane__pb2.WhoAmIResponse.SerializeToString,
+            ),
+            'ListApiKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListApiKeys,
+                    request_deserializer=protos_dot_atelier_dot_v1_dot_control__plane__pb2.ListApiKeysRequest.FromString,
+                    response_serializer=protos_dot_atelier_dot_v1_dot_control__plane__pb2.ListApiKeysResponse.SerializeToString,
+            ),
+            'RotateApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateApiKey,
+                    request_deserializer=protos_dot_atelier_dot_v1_dot_control__plane__pb2.RotateApiKeyRequest.FromString,
+                    response_serializer=protos_dot_atelier_dot_v1_dot_control__plane__pb2.RotateApiKeyResponse.SerializeToString,
+            ),
+            'RevokeApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeApiKey,
+                    request_deserializer=protos_dot_atelier_dot_v1_dot_control__plane__pb2.RevokeApiKeyRequest.FromString,
+                    response_serializer=protos_dot_atelier_dot_v1_dot_control__plane__pb2.RevokeApiKeyResponse.SerializeToString,
             ),
             'GrantCredits': grpc.unary_unary_rpc_method_handler(
                     servicer.GrantCredits,
@@ -548,6 +602,87 @@ class ControlPlane:
             '/atelier.v1.ControlPlane/WhoAmI',
             protos_dot_atelier_dot_v1_dot_control__plane__pb2.WhoAmIRequest.SerializeToString,
             protos_dot_atelier_dot_v1_dot_control__plane__pb2.WhoAmIResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListApiKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/atelier.v1.ControlPlane/ListApiKeys',
+            protos_dot_atelier_dot_v1_dot_control__plane__pb2.ListApiKeysRequest.SerializeToString,
+            protos_dot_atelier_dot_v1_dot_control__plane__pb2.ListApiKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/atelier.v1.ControlPlane/RotateApiKey',
+            protos_dot_atelier_dot_v1_dot_control__plane__pb2.RotateApiKeyRequest.SerializeToString,
+            protos_dot_atelier_dot_v1_dot_control__plane__pb2.RotateApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/atelier.v1.ControlPlane/RevokeApiKey',
+            protos_dot_atelier_dot_v1_dot_control__plane__pb2.RevokeApiKeyRequest.SerializeToString,
+            protos_dot_atelier_dot_v1_dot_control__plane__pb2.RevokeApiKeyResponse.FromString,
             options,
             channel_credentials,
             insecure,

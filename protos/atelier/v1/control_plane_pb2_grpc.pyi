@@ -7,7 +7,7 @@ Every call carries a service API key as metadata `authorization: Bearer <key>`.
 Keys belong to a tenant and carry scopes; a call may only touch accounts of
 its key's tenant. Errors use the canonical gRPC codes:
   INVALID_ARGUMENT    a field is malformed or out of range (message names it)
-  NOT_FOUND           unknown account, reservation or content (also for
+  NOT_FOUND           unknown account, reservation, content or API key (also for
                       another tenant's ids, so ids cannot be probed)
   UNAUTHENTICATED     missing or unknown API key
   PERMISSION_DENIED   the key lacks the scope the RPC needs
@@ -54,6 +54,18 @@ class ControlPlaneStub:
     """Service API keys. Scope: admin."""
     WhoAmI: _grpc.UnaryUnaryMultiCallable[_control_plane_pb2.WhoAmIRequest, _control_plane_pb2.WhoAmIResponse]
     """Returns who the calling key is; any valid key may call it."""
+    ListApiKeys: _grpc.UnaryUnaryMultiCallable[_control_plane_pb2.ListApiKeysRequest, _control_plane_pb2.ListApiKeysResponse]
+    """Lists the caller's tenant's keys, revoked ones included, newest first.
+    Scope: admin.
+    """
+    RotateApiKey: _grpc.UnaryUnaryMultiCallable[_control_plane_pb2.RotateApiKeyRequest, _control_plane_pb2.RotateApiKeyResponse]
+    """Issues a new secret for a key's name and scopes (a new key id) and revokes
+    the old key at once or after a grace period. Scope: admin.
+    """
+    RevokeApiKey: _grpc.UnaryUnaryMultiCallable[_control_plane_pb2.RevokeApiKeyRequest, _control_plane_pb2.RevokeApiKeyResponse]
+    """Revokes a key at once (also one in a rotation's grace period); revoking a
+    revoked key changes nothing. Scope: admin.
+    """
     GrantCredits: _grpc.UnaryUnaryMultiCallable[_control_plane_pb2.GrantCreditsRequest, _control_plane_pb2.GrantCreditsResponse]
     """Credits. Grant needs scope admin; balance needs read; reserve, commit and
     release need generate.
@@ -97,6 +109,18 @@ class ControlPlaneAsyncStub(ControlPlaneStub):
     """Service API keys. Scope: admin."""
     WhoAmI: _aio.UnaryUnaryMultiCallable[_control_plane_pb2.WhoAmIRequest, _control_plane_pb2.WhoAmIResponse]  # type: ignore[assignment]
     """Returns who the calling key is; any valid key may call it."""
+    ListApiKeys: _aio.UnaryUnaryMultiCallable[_control_plane_pb2.ListApiKeysRequest, _control_plane_pb2.ListApiKeysResponse]  # type: ignore[assignment]
+    """Lists the caller's tenant's keys, revoked ones included, newest first.
+    Scope: admin.
+    """
+    RotateApiKey: _aio.UnaryUnaryMultiCallable[_control_plane_pb2.RotateApiKeyRequest, _control_plane_pb2.RotateApiKeyResponse]  # type: ignore[assignment]
+    """Issues a new secret for a key's name and scopes (a new key id) and revokes
+    the old key at once or after a grace period. Scope: admin.
+    """
+    RevokeApiKey: _aio.UnaryUnaryMultiCallable[_control_plane_pb2.RevokeApiKeyRequest, _control_plane_pb2.RevokeApiKeyResponse]  # type: ignore[assignment]
+    """Revokes a key at once (also one in a rotation's grace period); revoking a
+    revoked key changes nothing. Scope: admin.
+    """
     GrantCredits: _aio.UnaryUnaryMultiCallable[_control_plane_pb2.GrantCreditsRequest, _control_plane_pb2.GrantCreditsResponse]  # type: ignore[assignment]
     """Credits. Grant needs scope admin; balance needs read; reserve, commit and
     release need generate.
@@ -161,6 +185,36 @@ class ControlPlaneServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_control_plane_pb2.WhoAmIResponse, _abc.Awaitable[_control_plane_pb2.WhoAmIResponse]]:
         """Returns who the calling key is; any valid key may call it."""
+
+    @_abc_1.abstractmethod
+    def ListApiKeys(
+        self,
+        request: _control_plane_pb2.ListApiKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_plane_pb2.ListApiKeysResponse, _abc.Awaitable[_control_plane_pb2.ListApiKeysResponse]]:
+        """Lists the caller's tenant's keys, revoked ones included, newest first.
+        Scope: admin.
+        """
+
+    @_abc_1.abstractmethod
+    def RotateApiKey(
+        self,
+        request: _control_plane_pb2.RotateApiKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_plane_pb2.RotateApiKeyResponse, _abc.Awaitable[_control_plane_pb2.RotateApiKeyResponse]]:
+        """Issues a new secret for a key's name and scopes (a new key id) and revokes
+        the old key at once or after a grace period. Scope: admin.
+        """
+
+    @_abc_1.abstractmethod
+    def RevokeApiKey(
+        self,
+        request: _control_plane_pb2.RevokeApiKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_plane_pb2.RevokeApiKeyResponse, _abc.Awaitable[_control_plane_pb2.RevokeApiKeyResponse]]:
+        """Revokes a key at once (also one in a rotation's grace period); revoking a
+        revoked key changes nothing. Scope: admin.
+        """
 
     @_abc_1.abstractmethod
     def GrantCredits(

@@ -15,6 +15,7 @@ import grpc
 import pytest
 from prometheus_client import CollectorRegistry
 
+from atelier.state import ClusterState, save_operator_key
 from control_plane.api_keys import ensure_operator_key
 from control_plane.blobstore import LocalBlobStore
 from control_plane.bootstrap import ControlPlaneDeps
@@ -208,3 +209,30 @@ def make_account(stub: control_plane_pb2_grpc.ControlPlaneStub, operator: Caller
         return response.account.account_id
 
     return make
+
+
+@pytest.fixture
+def cli_env(  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, database_url, blob_dir, master_key_file, server_address, operator
+) -> Path:
+    """ATELIER_* settings of the session's control plane, and a home whose state names its server."""
+    home = tmp_path / "home"
+    home.mkdir()
+    for name, value in {
+        "ATELIER_HOME": str(home),
+        "ATELIER_DATABASE_URL": database_url,
+        "ATELIER_BLOB_DIR": str(blob_dir),
+        "ATELIER_MASTER_KEY_FILE": str(master_key_file),
+    }.items():
+        monkeypatch.setenv(name, value)
+    ClusterState(
+        control_plane_address=server_address,
+        serve_grpc_address="127.0.0.1:1",
+        control_plane_metrics_url="",
+        ray_address="",
+        ray_dashboard_url="",
+        ray_metrics_url="",
+        embedded_database=False,
+    ).save(home)
+    save_operator_key(home, operator.secret)
+    return home

@@ -9,37 +9,9 @@ from pathlib import Path
 import pytest
 
 from atelier.cli import main
-from atelier.state import ClusterState, save_operator_key
 from protos.atelier.v1 import common_pb2
 from protos.atelier.v1 import control_plane_pb2 as pb
 from tests.integration.control_plane._training import live_ids, store
-
-
-@pytest.fixture
-def cli_env(  # type: ignore[no-untyped-def]
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, database_url, blob_dir, master_key_file, server_address, operator
-) -> Path:
-    """ATELIER_* settings of the session's control plane, and a home whose state names its server."""
-    home = tmp_path / "home"
-    home.mkdir()
-    for name, value in {
-        "ATELIER_HOME": str(home),
-        "ATELIER_DATABASE_URL": database_url,
-        "ATELIER_BLOB_DIR": str(blob_dir),
-        "ATELIER_MASTER_KEY_FILE": str(master_key_file),
-    }.items():
-        monkeypatch.setenv(name, value)
-    ClusterState(
-        control_plane_address=server_address,
-        serve_grpc_address="127.0.0.1:1",
-        control_plane_metrics_url="",
-        ray_address="",
-        ray_dashboard_url="",
-        ray_metrics_url="",
-        embedded_database=False,
-    ).save(home)
-    save_operator_key(home, operator.secret)
-    return home
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> dict:  # type: ignore[type-arg]

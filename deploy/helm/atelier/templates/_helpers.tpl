@@ -339,6 +339,59 @@ Environment shared by the control plane, the migration Job and the CronJobs.
   value: /tmp
 - name: PYTHONDONTWRITEBYTECODE
   value: "1"
+{{ include "atelier.tlsEnv" . }}
+{{- end }}
+
+{{/*
+TLS (`tls.*` values): the Secret's files at /etc/atelier/tls, named by ATELIER_TLS_* (see atelier/tls.py).
+Servers use tls.crt/tls.key; clients trust ca.crt; mutual TLS makes servers require client certificates
+signed by ca.crt and clients present tls.crt. Each helper renders nothing when TLS is off.
+*/}}
+{{- define "atelier.tlsSecretName" -}}
+{{- required "tls.secretName is required when tls.enabled: a Secret with tls.crt, tls.key and ca.crt" .Values.tls.secretName }}
+{{- end }}
+
+{{- define "atelier.tlsEnv" -}}
+{{- if .Values.tls.enabled -}}
+- name: ATELIER_TLS_CERT_FILE
+  value: /etc/atelier/tls/tls.crt
+- name: ATELIER_TLS_KEY_FILE
+  value: /etc/atelier/tls/tls.key
+- name: ATELIER_TLS_CA_FILE
+  value: /etc/atelier/tls/ca.crt
+{{- if .Values.tls.mutual }}
+- name: ATELIER_TLS_CLIENT_CA_FILE
+  value: /etc/atelier/tls/ca.crt
+- name: ATELIER_TLS_CLIENT_CERT_FILE
+  value: /etc/atelier/tls/tls.crt
+- name: ATELIER_TLS_CLIENT_KEY_FILE
+  value: /etc/atelier/tls/tls.key
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "atelier.tlsVolume" -}}
+{{- if .Values.tls.enabled -}}
+- name: tls
+  secret:
+    secretName: {{ include "atelier.tlsSecretName" . }}
+    defaultMode: 0400
+    items:
+      - key: tls.crt
+        path: tls.crt
+      - key: tls.key
+        path: tls.key
+      - key: ca.crt
+        path: ca.crt
+{{- end }}
+{{- end }}
+
+{{- define "atelier.tlsVolumeMount" -}}
+{{- if .Values.tls.enabled -}}
+- name: tls
+  mountPath: /etc/atelier/tls
+  readOnly: true
+{{- end }}
 {{- end }}
 
 {{/*
@@ -365,6 +418,7 @@ Volumes of the control plane and the jobs: state, blobs, master key, policy prof
 - name: policy-profile
   configMap:
     name: {{ include "atelier.policyProfileName" . }}
+{{ include "atelier.tlsVolume" . }}
 {{- end }}
 
 {{- define "atelier.controlPlaneVolumeMounts" -}}
@@ -379,6 +433,7 @@ Volumes of the control plane and the jobs: state, blobs, master key, policy prof
 - name: policy-profile
   mountPath: /etc/atelier/policy
   readOnly: true
+{{ include "atelier.tlsVolumeMount" . }}
 {{- end }}
 
 {{/*
@@ -393,6 +448,12 @@ Environment of Ray containers.
   value: {{ include "atelier.serveConfigPath" . }}
 - name: ATELIER_HOME
   value: /var/lib/atelier
+{{- if .Values.tls.enabled }}
+# Serve's proxies call this at start-up; it binds the gRPC proxy's port with TLS (inference/grpc_proxy.py).
+- name: RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH
+  value: inference.grpc_proxy.install_proxy_tls
+{{ include "atelier.tlsEnv" . }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -415,6 +476,7 @@ Volumes of Ray pods: `include "atelier.rayVolumes" (list $ isWorker)`. /tmp hold
     claimName: {{ $root.Values.ray.modelVolume.existingClaim }}
     readOnly: true
 {{- end }}
+{{ include "atelier.tlsVolume" $root }}
 {{- end }}
 
 {{- define "atelier.rayVolumeMounts" -}}
@@ -432,4 +494,5 @@ Volumes of Ray pods: `include "atelier.rayVolumes" (list $ isWorker)`. /tmp hold
   mountPath: {{ $root.Values.ray.modelVolume.mountPath }}
   readOnly: true
 {{- end }}
+{{ include "atelier.tlsVolumeMount" $root }}
 {{- end }}
