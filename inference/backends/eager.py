@@ -50,7 +50,7 @@ class EagerBackend:
         """
         self.pipeline = pipeline
         self._lock = threading.Lock()
-        # Image-to-image and inpainting views of `pipeline`, made on first use (under `_lock`).
+        # Image-to-image and inpainting views of `pipeline`, made on first use (see `edit_pipeline`).
         self._edit_pipelines: dict[str, DiffusionPipeline] = {}
 
     def generate(self, request: GenerationParams, on_step: StepCallback | None = None) -> list[PIL.Image.Image]:
@@ -140,6 +140,31 @@ class EagerBackend:
             offset += request.num_images
         return results
 
+    def edit_pipeline(self, mode: str) -> DiffusionPipeline:
+        """The pipeline that runs edits of `mode` (`IMAGE_TO_IMAGE` or `INPAINT`), made on first use.
+
+        It holds this backend's own modules (the same UNet, VAE, text encoder and scheduler objects), so
+        it costs no memory for weights, and a backend that replaced a module (a compiled UNet) edits
+        with it too.
+
+        Raises:
+            ValueError: `mode` is not an edit mode, this backend does not edit, or diffusers has no
+                pipeline of that mode for the model's family.
+        """
+        if not self.supports_editing:
+            raise ValueError(f"backend {self.name!r} does not run image edits; use 'eager' or 'compile'.")
+        if mode not in (IMAGE_TO_IMAGE, INPAINT):
+            raise ValueError(f"mode {mode!r} is not an edit mode; use {IMAGE_TO_IMAGE!r} or {INPAINT!r}.")
+        pipeline = self._edit_pipelines.get(mode)
+        if pipeline is None:
+            # from_pipe shares the loaded modules (no copy of the weights) and picks the model family's
+            # image-to-image or inpainting class; unlike DiffusionPipeline.from_pipe it casts nothing.
+            auto = AutoPipelineForImage2Image if mode == IMAGE_TO_IMAGE else AutoPipelineForInpainting
+            pipeline = auto.from_pipe(self.pipeline)
+            pipeline.set_progress_bar_config(**getattr(self.pipeline, "_progress_bar_config", {}))
+            self._edit_pipelines[mode] = pipeline
+        return pipeline
+
     def _pipeline_for(
         self, key: BatchKey, requests: Sequence[GenerationParams]
     ) -> tuple[DiffusionPipeline, dict[str, Any]]:
@@ -151,16 +176,7 @@ class EagerBackend:
         """
         if key.mode not in (IMAGE_TO_IMAGE, INPAINT):
             return self.pipeline, {"width": key.width, "height": key.height}
-        if not self.supports_editing:
-            raise ValueError(f"backend {self.name!r} does not run image edits; use 'eager' or 'compile'.")
-        pipeline = self._edit_pipelines.get(key.mode)
-        if pipeline is None:
-            # from_pipe shares the loaded modules (no copy of the weights) and picks the model family's
-            # image-to-image or inpainting class; unlike DiffusionPipeline.from_pipe it casts nothing.
-            auto = AutoPipelineForImage2Image if key.mode == IMAGE_TO_IMAGE else AutoPipelineForInpainting
-            pipeline = auto.from_pipe(self.pipeline)
-            pipeline.set_progress_bar_config(**getattr(self.pipeline, "_progress_bar_config", {}))
-            self._edit_pipelines[key.mode] = pipeline
+        pipeline = self.edit_pipeline(key.mode)
         edits = [request.edit for request in requests for _ in range(request.num_images)]
         kwargs: dict[str, Any] = {
             "image": [_decode_png(edit.init_png, "RGB") for edit in edits if edit is not None],
