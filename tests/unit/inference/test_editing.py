@@ -22,6 +22,7 @@ from inference.backends import EagerBackend, GenerationParams
 from inference.backends.base import IMAGE_TO_IMAGE, INPAINT, ImageEdit, batch_key
 from inference.config import BACKENDS, EDITING_BACKENDS
 from inference.deployments.batching import BatchScheduler
+from inference.models import build_tiny_sd
 from tests.unit.inference.conftest import _pixels
 
 MakeParams = Callable[..., GenerationParams]
@@ -86,6 +87,14 @@ class TestPipelines:
             for name in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
                 assert getattr(pipeline, name) is getattr(base, name), f"{mode} has its own {name}"
             assert eager_backend.edit_pipeline(mode) is pipeline, "made once"
+
+    def test_making_edit_pipelines_casts_no_shared_module(self) -> None:
+        # DiffusionPipeline.from_pipe casts every module to float32 unless told otherwise, which would
+        # silently change the text-to-image model's dtype too.
+        backend = EagerBackend(build_tiny_sd(seed=0).to(dtype=torch.bfloat16))
+        for mode in (IMAGE_TO_IMAGE, INPAINT):
+            backend.edit_pipeline(mode)
+        assert {module.dtype for module in (backend.pipeline.unet, backend.pipeline.vae)} == {torch.bfloat16}
 
     def test_backends_that_edit_are_the_ones_config_says(self) -> None:
         classes = {

@@ -7,7 +7,7 @@ import io
 import grpc
 import PIL.Image
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from inference.backends.base import IMAGE_TO_IMAGE, INPAINT, TEXT_TO_IMAGE
@@ -196,3 +196,21 @@ class TestEditRequests:
             validate_generate_request(_request(init_image=_png()), config)
         assert raised.value.code == grpc.StatusCode.FAILED_PRECONDITION
         assert "init_image" in raised.value.message and "supports_editing" in raised.value.message
+
+
+_SMALL_PNG = _png(8, 8)
+
+
+@settings(max_examples=80, deadline=None)
+@given(strength=st.floats(width=32, allow_nan=True, allow_infinity=True), steps=st.integers(1, 50))
+def test_any_strength_is_refused_by_name_or_runs_and_charges_at_least_one_step(strength: float, steps: int) -> None:
+    request = _request(init_image=_SMALL_PNG, strength=strength, steps=steps)
+    try:
+        validated = validate_generate_request(request, CONFIG)
+    except RequestError as exc:
+        assert exc.code == grpc.StatusCode.INVALID_ARGUMENT and exc.message.startswith("strength: ")
+        assert not (0 < strength <= 1) or int(steps * round(strength, 6)) < 1
+        return
+    run = validated.params.denoising_steps
+    assert 1 <= run <= steps and 0 < strength <= 1
+    assert validated.cost == generation_cost(CONFIG.default_model, width=64, height=64, steps=run, num_images=1)
