@@ -148,10 +148,7 @@ class Gateway:
         api_key = _api_key(grpc_context)
         validated = await _validate(request, self._config)
         params = validated.params
-        purpose = (
-            f"generate {validated.model.name} {params.width}x{params.height}x{params.denoising_steps} "
-            f"n={params.num_images} mode={params.mode}"
-        )
+        purpose = _purpose(validated)
         model = validated.model.name
         try:
             reservation_id = await self._control_plane.reserve_credits(
@@ -254,6 +251,14 @@ async def _validate(request: inference_pb2.GenerateRequest, config: ServeConfig)
     if request.init_image or request.mask_image:
         return await asyncio.to_thread(validate_generate_request, request, config)
     return validate_generate_request(request, config)
+
+
+def _purpose(validated: ValidatedRequest) -> str:
+    """The reservation's purpose, which the ledger keeps as the charge's reason."""
+    params = validated.params
+    size = f"{params.width}x{params.height}x{params.denoising_steps}"
+    edit = f" {params.mode} strength={params.edit.strength:g}" if params.edit is not None else ""
+    return f"generate {validated.model.name} {size} n={params.num_images}{edit}"
 
 
 def _request_id(grpc_context: RayServegRPCContext) -> str:
