@@ -110,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
         f"charged {result.credits_charged} credits, {result.credits_available} left; "
         f"{result.timings.total_ms:.0f} ms"
     )
+    if result.upload_content_id:
+        text += f"; edited at strength {summary['strength']:g}, init image stored as upload {result.upload_content_id}"
     emit(summary, text, json_output=args.json)
     return 0
 
