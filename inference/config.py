@@ -15,6 +15,9 @@ from typing import Any
 
 # Kept in step with inference.backends.BACKEND_NAMES (a unit test checks), without importing torch here.
 BACKENDS = ("compile", "eager", "onnxruntime", "tensorrt")
+# Backends that run image edits (each backend class's `supports_editing`; a unit test checks): the
+# onnxruntime and tensorrt exports hold no VAE encoder.
+EDITING_BACKENDS = ("compile", "eager")
 DEVICES = ("cpu", "cuda")
 DTYPES = ("float32", "float16", "bfloat16")
 # SD-family models work on latents 1/8 of the image size.
@@ -90,6 +93,11 @@ class ModelConfig:
     fill batches better on a GPU at the price of that much latency."""
     description: str = "Tiny random-weight Stable Diffusion pipeline; images are noise."
     """Shown by ListModels."""
+
+    @property
+    def supports_editing(self) -> bool:
+        """Whether requests with an init image (image-to-image, inpainting) can run on this model."""
+        return self.backend in EDITING_BACKENDS
 
     def __post_init__(self) -> None:
         _require(

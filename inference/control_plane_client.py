@@ -101,6 +101,24 @@ class ControlPlaneClient:
         )
         return await self._call(self._control_plane().StoreContent, request, api_key)
 
+    async def store_upload(self, api_key: str, account_id: str, png: bytes) -> str:
+        """Stores an init image for editing as a private upload of the account; returns its content id.
+
+        Uploads cost nothing and are deleted by the retention sweep after the upload lifetime.
+
+        Raises:
+            RequestError: the control plane refused or is unreachable; nothing was stored.
+        """
+        item = control_plane_pb2.NewContent(
+            kind=control_plane_pb2.CONTENT_KIND_UPLOAD,
+            media_type="image/png",
+            data=png,
+            visibility=common_pb2.VISIBILITY_PRIVATE,
+        )
+        request = control_plane_pb2.StoreContentRequest(account_id=account_id, items=[item])
+        response = await self._call(self._control_plane().StoreContent, request, api_key)
+        return str(response.contents[0].content_id)
+
     async def release_reservation(self, api_key: str, reservation_id: str) -> None:
         """Returns held credits; failures are logged, since the reservation also expires on its own."""
         request = control_plane_pb2.ReleaseReservationRequest(reservation_id=reservation_id)

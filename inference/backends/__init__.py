@@ -13,15 +13,21 @@ from typing import Protocol
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 
 from inference.backends.base import (
+    GENERATION_MODES,
+    IMAGE_TO_IMAGE,
+    INPAINT,
+    TEXT_TO_IMAGE,
     Backend,
     BackendOptions,
     BackendUnavailable,
     BatchKey,
     GenerationCancelled,
     GenerationParams,
+    ImageEdit,
     LatentsCallback,
     StepCallback,
     batch_key,
+    denoising_steps,
 )
 from inference.backends.eager import EagerBackend
 
@@ -68,6 +74,10 @@ def create_backend(name: str, pipeline: DiffusionPipeline, options: BackendOptio
 
 __all__ = [
     "BACKEND_NAMES",
+    "GENERATION_MODES",
+    "IMAGE_TO_IMAGE",
+    "INPAINT",
+    "TEXT_TO_IMAGE",
     "Backend",
     "BackendOptions",
     "BackendUnavailable",
@@ -75,8 +85,10 @@ __all__ = [
     "EagerBackend",
     "GenerationCancelled",
     "GenerationParams",
+    "ImageEdit",
     "LatentsCallback",
     "StepCallback",
     "batch_key",
     "create_backend",
+    "denoising_steps",
 ]

@@ -41,6 +41,8 @@ class OnnxRuntimeBackend(EagerBackend):
     """Runs diffusers' denoising loop with the three networks executed by ONNX Runtime on the CPU."""
 
     name: str = "onnxruntime"
+    # Its exported graphs hold no VAE encoder, which edits need; validation refuses edits for it.
+    supports_editing: bool = False
 
     def __init__(self, pipeline: DiffusionPipeline, options: BackendOptions | None = None) -> None:
         """Export (or reuse the cached export of) `pipeline`'s networks and swap ONNX Runtime sessions in.

@@ -58,6 +58,8 @@ class TensorRTBackend(EagerBackend):
     """Runs the pipeline with the UNet and VAE decoder replaced by TensorRT engines."""
 
     name: str = "tensorrt"
+    # Its engines hold no VAE encoder, which edits need; validation refuses edits for it.
+    supports_editing: bool = False
 
     def __init__(self, pipeline: DiffusionPipeline, options: BackendOptions | None = None) -> None:
         """Build (or load) the engines for `pipeline` and swap them in.

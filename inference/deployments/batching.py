@@ -1,7 +1,8 @@
 """Batches compatible requests into one pipeline call, per replica.
 
-Requests are queued by `batch_key` (size, steps, guidance scale): only requests with the same key
-share a pipeline call, so incompatible requests never wait for each other's batch to fill. The
+Requests are queued by `batch_key` (mode, size, steps, guidance scale, edit strength): only requests
+with the same key share a pipeline call, so incompatible requests never wait for each other's batch to
+fill; edits with different init images and masks do share one (each image row has its own). The
 pipeline runs one batch at a time; while it is busy, requests pile up in their key's queue and the
 next batch of that key takes as many as fit (up to `max_batch_images` images). With a wait time
 above zero, a batch also waits that long for more requests before it starts, even when the pipeline
@@ -192,7 +193,7 @@ class BatchScheduler:
             if pending.stop.is_set():  # cancelled while queued: never starts
                 queue.popleft()
                 if not pending.future.done():
-                    pending.future.set_exception(GenerationCancelled(0, pending.params.steps))
+                    pending.future.set_exception(GenerationCancelled(0, pending.params.denoising_steps))
                 continue
             if batch and images + pending.params.num_images > self._max_images:
                 break
@@ -260,7 +261,8 @@ class BatchScheduler:
             if pending.future.done():
                 continue
             if pending.stop.is_set():
-                pending.future.set_exception(GenerationCancelled(pending.params.steps, pending.params.steps))
+                steps = pending.params.denoising_steps
+                pending.future.set_exception(GenerationCancelled(steps, steps))
                 continue
             pending.future.set_result(
                 BatchedResult(

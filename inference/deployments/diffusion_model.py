@@ -196,7 +196,7 @@ class DiffusionModel:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
             if not finished:
-                logger.info("generation_stopped model=%s steps_total=%d", model.name, params.steps)
+                logger.info("generation_stopped model=%s steps_total=%d", model.name, params.denoising_steps)
 
     def stats(self) -> SchedulerStats:
         """What this replica's schedulers have done, summed over its loaded models."""

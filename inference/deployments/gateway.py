@@ -4,6 +4,13 @@ Per request: validate, reserve the price with the control plane (which also
 authenticates the caller's key), run the model, then store the images and commit the
 charge in one control-plane transaction. Any failure or cancellation releases the
 reservation, so a request is charged exactly its price or nothing.
+
+An edit stores its fitted init image as an upload after the reservation and before the
+model runs, in its own (free) control-plane call: the generated images' parameters name
+the upload's content id, which exists only once it is stored, and the generated images
+still go in with the charge in one transaction. A failed edit therefore leaves no
+generated content and no charge; its upload stays until the retention sweep deletes it
+with every upload (24 hours by default), as any upload of the account would.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from ray import serve
 from ray.serve.grpc_util import RayServegRPCContext
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
+from inference.backends.base import IMAGE_TO_IMAGE, INPAINT, TEXT_TO_IMAGE
 from inference.config import ModelConfig, ServeConfig
 from inference.control_plane_client import ControlPlaneClient
 from inference.deployments.diffusion_model import GenerationResult, StepProgress
@@ -138,9 +146,9 @@ class Gateway:
     ) -> inference_pb2.GenerateResponse:
         started = time.perf_counter()
         api_key = _api_key(grpc_context)
-        validated = validate_generate_request(request, self._config)
+        validated = await _validate(request, self._config)
         params = validated.params
-        purpose = f"generate {validated.model.name} {params.width}x{params.height}x{params.steps} n={params.num_images}"
+        purpose = _purpose(validated)
         model = validated.model.name
         try:
             reservation_id = await self._control_plane.reserve_credits(
@@ -155,6 +163,7 @@ class Gateway:
         self._metrics.credits.inc(validated.cost, tags={"model": model, "outcome": "reserved"})
         self._track_in_flight(model, +1)
         try:
+            upload_id = await self._store_upload(api_key, validated)
             result = await self._run_model(validated, on_progress)
             generated = time.perf_counter()
             stored = await self._control_plane.store_and_commit(
@@ -163,7 +172,7 @@ class Gateway:
                 reservation_id,
                 result.pngs,
                 params.prompt,
-                _parameters(validated, result),
+                _parameters(validated, result, upload_id),
                 request.visibility,
             )
         except BaseException:
@@ -186,9 +195,17 @@ class Gateway:
             (finished - started) * 1000,
         )
         response = _response(validated, result, stored, request_id, started, reserved, generated, finished)
+        response.upload_content_id = upload_id
         timings = response.timings
         self._metrics.observe_stages(model, {stage: getattr(timings, f"{stage}_ms") / 1000 for stage in STAGES})
         return response
+
+    async def _store_upload(self, api_key: str, validated: ValidatedRequest) -> str:
+        """Stores an edit's fitted init image as an upload of the account; "" for text-to-image."""
+        edit = validated.params.edit
+        if edit is None:
+            return ""
+        return await self._control_plane.store_upload(api_key, validated.account_id, edit.init_png)
 
     def _track_in_flight(self, model: str, delta: int) -> None:
         self._in_flight[model] += delta
@@ -228,6 +245,22 @@ class Gateway:
         raise RuntimeError("model stream ended without a result")
 
 
+async def _validate(request: inference_pb2.GenerateRequest, config: ServeConfig) -> ValidatedRequest:
+    # Decoding an edit's images takes up to a few hundred milliseconds: off the event loop, so other
+    # requests' streams keep flowing meanwhile.
+    if request.init_image or request.mask_image:
+        return await asyncio.to_thread(validate_generate_request, request, config)
+    return validate_generate_request(request, config)
+
+
+def _purpose(validated: ValidatedRequest) -> str:
+    """The reservation's purpose, which the ledger keeps as the charge's reason."""
+    params = validated.params
+    size = f"{params.width}x{params.height}x{params.denoising_steps}"
+    edit = f" {params.mode} strength={params.edit.strength:g}" if params.edit is not None else ""
+    return f"generate {validated.model.name} {size} n={params.num_images}{edit}"
+
+
 def _request_id(grpc_context: RayServegRPCContext) -> str:
     for key, value in grpc_context.invocation_metadata():
         if key == "request_id" and value:
@@ -257,7 +290,16 @@ def _set_error(grpc_context: RayServegRPCContext, error: RequestError, request_i
     grpc_context.set_trailing_metadata(trailing)
 
 
-def _parameters(validated: ValidatedRequest, result: GenerationResult) -> list[common_pb2.GenerationParameters]:
+_MODES = {
+    TEXT_TO_IMAGE: common_pb2.GENERATION_MODE_TEXT_TO_IMAGE,
+    IMAGE_TO_IMAGE: common_pb2.GENERATION_MODE_IMAGE_TO_IMAGE,
+    INPAINT: common_pb2.GENERATION_MODE_INPAINT,
+}
+
+
+def _parameters(
+    validated: ValidatedRequest, result: GenerationResult, upload_id: str
+) -> list[common_pb2.GenerationParameters]:
     params = validated.params
     return [
         common_pb2.GenerationParameters(
@@ -269,6 +311,9 @@ def _parameters(validated: ValidatedRequest, result: GenerationResult) -> list[c
             seed=params.seed + index,
             scheduler=result.scheduler,
             backend=result.backend,
+            mode=_MODES[params.mode],
+            source_content_id=upload_id,
+            strength=params.edit.strength if params.edit is not None else None,
         )
         for index in range(params.num_images)
     ]
@@ -327,4 +372,5 @@ def _model_info(model: ModelConfig, is_default: bool, pool: str) -> inference_pb
         millicredits_per_step=model.millicredits_per_step,
         description=model.description,
         pool=pool,
+        supports_editing=model.supports_editing,
     )

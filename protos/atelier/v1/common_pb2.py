@@ -24,15 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eprotos/atelier/v1/common.proto\x12\natelier.v1\"\x9d\x01\n\x14GenerationParameters\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0e\n\x06height\x18\x03 \x01(\r\x12\r\n\x05steps\x18\x04 \x01(\r\x12\x16\n\x0eguidance_scale\x18\x05 \x01(\x02\x12\x0c\n\x04seed\x18\x06 \x01(\x04\x12\x11\n\tscheduler\x18\x07 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x08 \x01(\t*W\n\nVisibility\x12\x1a\n\x16VISIBILITY_UNSPECIFIED\x10\x00\x12\x16\n\x12VISIBILITY_PRIVATE\x10\x01\x12\x15\n\x11VISIBILITY_PUBLIC\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eprotos/atelier/v1/common.proto\x12\natelier.v1\"\x86\x02\n\x14GenerationParameters\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0e\n\x06height\x18\x03 \x01(\r\x12\r\n\x05steps\x18\x04 \x01(\r\x12\x16\n\x0eguidance_scale\x18\x05 \x01(\x02\x12\x0c\n\x04seed\x18\x06 \x01(\x04\x12\x11\n\tscheduler\x18\x07 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x08 \x01(\t\x12\x19\n\x11source_content_id\x18\t \x01(\t\x12\x15\n\x08strength\x18\n \x01(\x02H\x00\x88\x01\x01\x12(\n\x04mode\x18\x0b \x01(\x0e\x32\x1a.atelier.v1.GenerationModeB\x0b\n\t_strength*W\n\nVisibility\x12\x1a\n\x16VISIBILITY_UNSPECIFIED\x10\x00\x12\x16\n\x12VISIBILITY_PRIVATE\x10\x01\x12\x15\n\x11VISIBILITY_PUBLIC\x10\x02*\x95\x01\n\x0eGenerationMode\x12\x1f\n\x1bGENERATION_MODE_UNSPECIFIED\x10\x00\x12!\n\x1dGENERATION_MODE_TEXT_TO_IMAGE\x10\x01\x12\"\n\x1eGENERATION_MODE_IMAGE_TO_IMAGE\x10\x02\x12\x1b\n\x17GENERATION_MODE_INPAINT\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.atelier.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_VISIBILITY']._serialized_start=206
-  _globals['_VISIBILITY']._serialized_end=293
+  _globals['_VISIBILITY']._serialized_start=311
+  _globals['_VISIBILITY']._serialized_end=398
+  _globals['_GENERATIONMODE']._serialized_start=401
+  _globals['_GENERATIONMODE']._serialized_end=550
   _globals['_GENERATIONPARAMETERS']._serialized_start=47
-  _globals['_GENERATIONPARAMETERS']._serialized_end=204
+  _globals['_GENERATIONPARAMETERS']._serialized_end=309
 # @@protoc_insertion_point(module_scope)

@@ -10,10 +10,10 @@ import builtins as _builtins
 import sys
 import typing as _typing
 
-if sys.version_info >= (3, 11):
-    from typing import TypeAlias as _TypeAlias, Never as _Never
+if sys.version_info >= (3, 10):
+    from typing import TypeAlias as _TypeAlias
 else:
-    from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
+    from typing_extensions import TypeAlias as _TypeAlias
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -41,6 +41,32 @@ VISIBILITY_PUBLIC: Visibility.ValueType  # 2
 """Listed in the public gallery and readable by any authenticated caller."""
 Global___Visibility: _TypeAlias = Visibility  # noqa: Y015
 
+class _GenerationMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _GenerationModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_GenerationMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    GENERATION_MODE_UNSPECIFIED: _GenerationMode.ValueType  # 0
+    GENERATION_MODE_TEXT_TO_IMAGE: _GenerationMode.ValueType  # 1
+    """From noise and the prompt alone."""
+    GENERATION_MODE_IMAGE_TO_IMAGE: _GenerationMode.ValueType  # 2
+    """From an init image, partly re-noised (by strength) and denoised."""
+    GENERATION_MODE_INPAINT: _GenerationMode.ValueType  # 3
+    """From an init image, repainting only where the mask is white."""
+
+class GenerationMode(_GenerationMode, metaclass=_GenerationModeEnumTypeWrapper):
+    """How a generation makes its images."""
+
+GENERATION_MODE_UNSPECIFIED: GenerationMode.ValueType  # 0
+GENERATION_MODE_TEXT_TO_IMAGE: GenerationMode.ValueType  # 1
+"""From noise and the prompt alone."""
+GENERATION_MODE_IMAGE_TO_IMAGE: GenerationMode.ValueType  # 2
+"""From an init image, partly re-noised (by strength) and denoised."""
+GENERATION_MODE_INPAINT: GenerationMode.ValueType  # 3
+"""From an init image, repainting only where the mask is white."""
+Global___GenerationMode: _TypeAlias = GenerationMode  # noqa: Y015
+
 @_typing.final
 class GenerationParameters(_message.Message):
     """The parameters a generation ran with; stored beside each image so it can be
@@ -57,6 +83,9 @@ class GenerationParameters(_message.Message):
     SEED_FIELD_NUMBER: _builtins.int
     SCHEDULER_FIELD_NUMBER: _builtins.int
     BACKEND_FIELD_NUMBER: _builtins.int
+    SOURCE_CONTENT_ID_FIELD_NUMBER: _builtins.int
+    STRENGTH_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Model name as listed by Inference.ListModels, e.g. "tiny-sd"."""
     width: _builtins.int
@@ -75,6 +104,18 @@ class GenerationParameters(_message.Message):
     """Scheduler class that ran the denoising loop, e.g. "EulerDiscreteScheduler"."""
     backend: _builtins.str
     """Backend that ran the model: "eager", "compile" or "tensorrt"."""
+    source_content_id: _builtins.str
+    """Edits only: content id of the upload (the fitted init image) this image was
+    edited from; the upload itself is deleted after its retention lifetime.
+    """
+    strength: _builtins.float
+    """Edits only: strength the edit ran with, 0 < strength <= 1; it ran
+    int(steps * strength) of the steps.
+    """
+    mode: Global___GenerationMode.ValueType
+    """How the image was made; unspecified on images stored before editing existed
+    (those are text-to-image).
+    """
     def __init__(
         self,
         *,
@@ -86,11 +127,16 @@ class GenerationParameters(_message.Message):
         seed: _builtins.int = ...,
         scheduler: _builtins.str = ...,
         backend: _builtins.str = ...,
+        source_content_id: _builtins.str = ...,
+        strength: _builtins.float | None = ...,
+        mode: Global___GenerationMode.ValueType = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_strength", b"_strength", "strength", b"strength"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "guidance_scale", b"guidance_scale", "height", b"height", "model", b"model", "scheduler", b"scheduler", "seed", b"seed", "steps", b"steps", "width", b"width"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_strength", b"_strength", "backend", b"backend", "guidance_scale", b"guidance_scale", "height", b"height", "mode", b"mode", "model", b"model", "scheduler", b"scheduler", "seed", b"seed", "source_content_id", b"source_content_id", "steps", b"steps", "strength", b"strength", "width", b"width"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__strength: _TypeAlias = _typing.Literal["strength"]  # noqa: Y015
+    _WhichOneofArgType__strength: _TypeAlias = _typing.Literal["_strength", b"_strength"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__strength) -> _WhichOneofReturnType__strength | None: ...
 
 Global___GenerationParameters: _TypeAlias = GenerationParameters  # noqa: Y015

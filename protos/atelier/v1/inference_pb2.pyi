@@ -49,6 +49,9 @@ class GenerateRequest(_message.Message):
     NUM_IMAGES_FIELD_NUMBER: _builtins.int
     VISIBILITY_FIELD_NUMBER: _builtins.int
     PREVIEW_EVERY_N_STEPS_FIELD_NUMBER: _builtins.int
+    INIT_IMAGE_FIELD_NUMBER: _builtins.int
+    STRENGTH_FIELD_NUMBER: _builtins.int
+    MASK_IMAGE_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """Account to charge and to own the images (UUID)."""
     model: _builtins.str
@@ -83,6 +86,28 @@ class GenerateRequest(_message.Message):
     Previews are PNGs at latent resolution (1/8 of width and height), an
     approximation computed from the latents without the VAE.
     """
+    init_image: _builtins.bytes
+    """Editing: the image to edit, PNG or JPEG, at most 10 MiB and 4096x4096
+    pixels (16,777,216); empty for text-to-image. It is scaled, keeping its
+    aspect ratio, to the smallest size covering width x height and centre-
+    cropped to exactly width x height (EXIF rotation applied first). The fitted
+    image is stored as a temporary upload of the account (deleted by the
+    retention sweep after the policy's upload lifetime, 24 hours by default).
+    Needs a model whose ModelInfo.supports_editing is set (else
+    FAILED_PRECONDITION).
+    """
+    strength: _builtins.float
+    """Editing only: how much of the denoising schedule runs over init_image,
+    0 < strength <= 1; absent means 0.75. 1.0 repaints from noise, small values
+    keep the image nearly as it is. An edit runs int(steps * strength) denoising
+    steps (at least 1 is required) and is charged for those steps only.
+    """
+    mask_image: _builtins.bytes
+    """Inpainting only (needs init_image): a PNG or JPEG mask with the same
+    dimensions as init_image, white (grey >= 128) where the image is repainted
+    and black where it is kept. It is fitted exactly as init_image is, so it
+    stays aligned. Not stored.
+    """
     def __init__(
         self,
         *,
@@ -98,10 +123,13 @@ class GenerateRequest(_message.Message):
         num_images: _builtins.int | None = ...,
         visibility: _common_pb2.Visibility.ValueType = ...,
         preview_every_n_steps: _builtins.int | None = ...,
+        init_image: _builtins.bytes = ...,
+        strength: _builtins.float | None = ...,
+        mask_image: _builtins.bytes = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_guidance_scale", b"_guidance_scale", "_height", b"_height", "_num_images", b"_num_images", "_preview_every_n_steps", b"_preview_every_n_steps", "_seed", b"_seed", "_steps", b"_steps", "_width", b"_width", "guidance_scale", b"guidance_scale", "height", b"height", "num_images", b"num_images", "preview_every_n_steps", b"preview_every_n_steps", "seed", b"seed", "steps", b"steps", "width", b"width"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_guidance_scale", b"_guidance_scale", "_height", b"_height", "_num_images", b"_num_images", "_preview_every_n_steps", b"_preview_every_n_steps", "_seed", b"_seed", "_steps", b"_steps", "_strength", b"_strength", "_width", b"_width", "guidance_scale", b"guidance_scale", "height", b"height", "num_images", b"num_images", "preview_every_n_steps", b"preview_every_n_steps", "seed", b"seed", "steps", b"steps", "strength", b"strength", "width", b"width"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_guidance_scale", b"_guidance_scale", "_height", b"_height", "_num_images", b"_num_images", "_preview_every_n_steps", b"_preview_every_n_steps", "_seed", b"_seed", "_steps", b"_steps", "_width", b"_width", "account_id", b"account_id", "guidance_scale", b"guidance_scale", "height", b"height", "model", b"model", "negative_prompt", b"negative_prompt", "num_images", b"num_images", "preview_every_n_steps", b"preview_every_n_steps", "prompt", b"prompt", "seed", b"seed", "steps", b"steps", "visibility", b"visibility", "width", b"width"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_guidance_scale", b"_guidance_scale", "_height", b"_height", "_num_images", b"_num_images", "_preview_every_n_steps", b"_preview_every_n_steps", "_seed", b"_seed", "_steps", b"_steps", "_strength", b"_strength", "_width", b"_width", "account_id", b"account_id", "guidance_scale", b"guidance_scale", "height", b"height", "init_image", b"init_image", "mask_image", b"mask_image", "model", b"model", "negative_prompt", b"negative_prompt", "num_images", b"num_images", "preview_every_n_steps", b"preview_every_n_steps", "prompt", b"prompt", "seed", b"seed", "steps", b"steps", "strength", b"strength", "visibility", b"visibility", "width", b"width"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__guidance_scale: _TypeAlias = _typing.Literal["guidance_scale"]  # noqa: Y015
     _WhichOneofArgType__guidance_scale: _TypeAlias = _typing.Literal["_guidance_scale", b"_guidance_scale"]  # noqa: Y015
@@ -115,6 +143,8 @@ class GenerateRequest(_message.Message):
     _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015
     _WhichOneofReturnType__steps: _TypeAlias = _typing.Literal["steps"]  # noqa: Y015
     _WhichOneofArgType__steps: _TypeAlias = _typing.Literal["_steps", b"_steps"]  # noqa: Y015
+    _WhichOneofReturnType__strength: _TypeAlias = _typing.Literal["strength"]  # noqa: Y015
+    _WhichOneofArgType__strength: _TypeAlias = _typing.Literal["_strength", b"_strength"]  # noqa: Y015
     _WhichOneofReturnType__width: _TypeAlias = _typing.Literal["width"]  # noqa: Y015
     _WhichOneofArgType__width: _TypeAlias = _typing.Literal["_width", b"_width"]  # noqa: Y015
     @_typing.overload
@@ -129,6 +159,8 @@ class GenerateRequest(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__seed) -> _WhichOneofReturnType__seed | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__steps) -> _WhichOneofReturnType__steps | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__strength) -> _WhichOneofReturnType__strength | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__width) -> _WhichOneofReturnType__width | None: ...
 
@@ -218,12 +250,18 @@ class GenerateResponse(_message.Message):
     CREDITS_AVAILABLE_FIELD_NUMBER: _builtins.int
     TIMINGS_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    UPLOAD_CONTENT_ID_FIELD_NUMBER: _builtins.int
     credits_charged: _builtins.int
     """Credits charged for this request."""
     credits_available: _builtins.int
     """Credits the account has available after the charge."""
     request_id: _builtins.str
     """Request id, also in the logs; quote it when reporting a problem."""
+    upload_content_id: _builtins.str
+    """Edits only: content id of the stored init image (kind CONTENT_KIND_UPLOAD,
+    owned by the account, deleted by the retention sweep after the upload
+    lifetime); each image's parameters.source_content_id names it too.
+    """
     @_builtins.property
     def images(self) -> _containers.RepeatedCompositeFieldContainer[Global___GeneratedImage]:
         """Images in seed order."""
@@ -245,10 +283,11 @@ class GenerateResponse(_message.Message):
         credits_available: _builtins.int = ...,
         timings: Global___StageTimings | None = ...,
         request_id: _builtins.str = ...,
+        upload_content_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["parameters", b"parameters", "timings", b"timings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["credits_available", b"credits_available", "credits_charged", b"credits_charged", "images", b"images", "parameters", b"parameters", "request_id", b"request_id", "timings", b"timings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["credits_available", b"credits_available", "credits_charged", b"credits_charged", "images", b"images", "parameters", b"parameters", "request_id", b"request_id", "timings", b"timings", "upload_content_id", b"upload_content_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -350,6 +389,7 @@ class ModelInfo(_message.Message):
     MILLICREDITS_PER_STEP_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     POOL_FIELD_NUMBER: _builtins.int
+    SUPPORTS_EDITING_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Name to pass as GenerateRequest.model."""
     backend: _builtins.str
@@ -376,6 +416,10 @@ class ModelInfo(_message.Message):
     """Pool (Serve deployment) whose replicas serve the model. Models of one pool
     share its replicas, which keep a bounded number of them loaded.
     """
+    supports_editing: _builtins.bool
+    """Whether GenerateRequest.init_image (image-to-image, inpainting) is accepted:
+    true for the eager and compile backends.
+    """
     def __init__(
         self,
         *,
@@ -392,10 +436,11 @@ class ModelInfo(_message.Message):
         millicredits_per_step: _builtins.int = ...,
         description: _builtins.str = ...,
         pool: _builtins.str = ...,
+        supports_editing: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "default_guidance_scale", b"default_guidance_scale", "default_height", b"default_height", "default_steps", b"default_steps", "default_width", b"default_width", "description", b"description", "is_default", b"is_default", "max_size", b"max_size", "max_steps", b"max_steps", "millicredits_per_step", b"millicredits_per_step", "min_size", b"min_size", "name", b"name", "pool", b"pool"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "default_guidance_scale", b"default_guidance_scale", "default_height", b"default_height", "default_steps", b"default_steps", "default_width", b"default_width", "description", b"description", "is_default", b"is_default", "max_size", b"max_size", "max_steps", b"max_steps", "millicredits_per_step", b"millicredits_per_step", "min_size", b"min_size", "name", b"name", "pool", b"pool", "supports_editing", b"supports_editing"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -3,22 +3,39 @@ where it cannot run; compiled artefacts are built once and reused."""
 
 from __future__ import annotations
 
+import io
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import PIL.Image
 import pytest
 import torch
 
-from inference.backends import BACKEND_NAMES, BackendOptions, BackendUnavailable, GenerationParams, create_backend
+from inference.backends import (
+    BACKEND_NAMES,
+    BackendOptions,
+    BackendUnavailable,
+    EagerBackend,
+    GenerationParams,
+    create_backend,
+)
 from inference.backends._artifacts import cached_artifact, weights_hash
+from inference.backends.base import IMAGE_TO_IMAGE, ImageEdit
 from inference.config import BACKENDS, ConfigError, ModelConfig
 from inference.models import build_tiny_sd
 from tests.unit.inference.conftest import _pixels
 
 MakeParams = Callable[..., GenerationParams]
+
+
+def _gradient_png() -> bytes:
+    yy, xx = np.mgrid[0:64, 0:64]
+    buffer = io.BytesIO()
+    PIL.Image.fromarray(np.stack([xx * 4, yy * 4, (xx + yy) * 2], -1).astype(np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def _max_pixel_difference(first: list, second: list) -> int:  # type: ignore[type-arg]
@@ -76,6 +93,12 @@ class TestCompile:
         assert compiled.name == "compile"
         params = make_params(steps=2)
         assert _max_pixel_difference(compiled.generate(params), eager_backend.generate(params)) <= 1
+        # Edits run the same compiled UNet (same shapes: no second compile) through diffusers' img2img.
+        assert isinstance(compiled, EagerBackend)
+        assert compiled.edit_pipeline(IMAGE_TO_IMAGE).unet is compiled.pipeline.unet
+        assert type(compiled.pipeline.unet).__name__ == "OptimizedModule"
+        edit = make_params(steps=2, edit=ImageEdit(init_png=_gradient_png(), strength=1.0))
+        assert _max_pixel_difference(compiled.generate(edit), eager_backend.generate(edit)) <= 1
 
 
 class TestArtifactCache:

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import io
+
 import grpc
+import PIL.Image
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from inference.backends.base import IMAGE_TO_IMAGE, INPAINT, TEXT_TO_IMAGE
 from inference.config import ConfigError, ModelConfig, ServeConfig
 from inference.errors import RequestError
 from inference.pricing import generation_cost
-from inference.validation import validate_generate_request
+from inference.validation import DEFAULT_STRENGTH, validate_generate_request
 from protos.atelier.v1 import inference_pb2
 
 ACCOUNT = "6f1c1a4e-8a9b-4c1d-9e2f-0123456789ab"
@@ -124,3 +128,89 @@ class TestPreviewsAndBatchingSettings:
     def test_batching_settings_out_of_range_name_the_setting(self, setting: str, value: float) -> None:
         with pytest.raises(ConfigError, match=setting):
             ModelConfig(name="m", **{setting: value})  # type: ignore[arg-type]
+
+
+def _png(width: int = 32, height: int = 32, mode: str = "RGB") -> bytes:
+    buffer = io.BytesIO()
+    PIL.Image.new(mode, (width, height), 255).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class TestEditRequests:
+    def test_text_to_image_has_no_edit_and_charges_every_step(self) -> None:
+        validated = validate_generate_request(_request(steps=20), CONFIG)
+        assert validated.params.edit is None and validated.params.mode == TEXT_TO_IMAGE
+        assert validated.params.denoising_steps == 20
+
+    def test_init_image_is_fitted_to_the_request_size_with_the_default_strength(self) -> None:
+        validated = validate_generate_request(_request(init_image=_png(100, 50), width=64, height=128), CONFIG)
+        edit = validated.params.edit
+        assert edit is not None and edit.strength == DEFAULT_STRENGTH == 0.75 and edit.mask_png is None
+        assert validated.params.mode == IMAGE_TO_IMAGE
+        assert PIL.Image.open(io.BytesIO(edit.init_png)).size == (64, 128)
+
+    def test_a_mask_makes_it_inpainting(self) -> None:
+        validated = validate_generate_request(_request(init_image=_png(), mask_image=_png(mode="L")), CONFIG)
+        assert validated.params.mode == INPAINT
+
+    @pytest.mark.parametrize(("strength", "steps", "run"), [(1.0, 20, 20), (0.75, 20, 15), (0.7, 10, 7), (0.3, 10, 3)])
+    def test_an_edit_is_charged_for_the_steps_it_runs(self, strength: float, steps: int, run: int) -> None:
+        # 0.7 and 0.3 arrive as float32 (0.69999999...): int(steps * strength) must still count 7 and 3.
+        model = ModelConfig(name="m", millicredits_per_step=100_000)
+        config = ServeConfig(models=(model,))
+        validated = validate_generate_request(
+            _request(init_image=_png(), strength=strength, steps=steps, width=64, height=64), config
+        )
+        assert validated.params.denoising_steps == run
+        assert validated.cost == generation_cost(model, width=64, height=64, steps=run, num_images=1)
+        assert validated.cost < generation_cost(model, width=64, height=64, steps=steps, num_images=1) or run == steps
+
+    @pytest.mark.parametrize(
+        ("fields", "field", "message"),
+        [
+            ({"strength": 0.5}, "strength", "only valid with init_image"),
+            ({"mask_image": b"x"}, "mask_image", "only valid with init_image"),
+            ({"init_image": b"garbage"}, "init_image", "is not a PNG or JPEG image"),
+            ({"init_image": _png()[:-30]}, "init_image", "cannot be decoded"),
+            ({"init_image": _png(), "strength": 0.0}, "strength", "(0, 1]"),
+            ({"init_image": _png(), "strength": 1.5}, "strength", "(0, 1]"),
+            ({"init_image": _png(), "strength": float("nan")}, "strength", "(0, 1]"),
+            ({"init_image": _png(), "strength": 0.05, "steps": 10}, "strength", "at least 1"),
+            ({"init_image": _png(), "mask_image": b"garbage"}, "mask_image", "is not a PNG or JPEG image"),
+            ({"init_image": _png(32, 32), "mask_image": _png(16, 32, "L")}, "mask_image", "dimensions 32x32"),
+        ],
+    )
+    def test_bad_edit_fields_are_invalid_arguments_naming_the_field(
+        self, fields: dict[str, object], field: str, message: str
+    ) -> None:
+        with pytest.raises(RequestError) as raised:
+            validate_generate_request(_request(**fields), CONFIG)
+        assert raised.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert raised.value.message.startswith(f"{field}: ") and message in raised.value.message
+
+    @pytest.mark.parametrize("backend", ["onnxruntime", "tensorrt"])
+    def test_an_edit_of_a_model_that_cannot_edit_is_a_failed_precondition(self, backend: str) -> None:
+        config = ServeConfig(models=(ModelConfig(name="fast", backend=backend),))
+        assert not config.default_model.supports_editing
+        with pytest.raises(RequestError) as raised:
+            validate_generate_request(_request(init_image=_png()), config)
+        assert raised.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert "init_image" in raised.value.message and "supports_editing" in raised.value.message
+
+
+_SMALL_PNG = _png(8, 8)
+
+
+@settings(max_examples=80, deadline=None)
+@given(strength=st.floats(width=32, allow_nan=True, allow_infinity=True), steps=st.integers(1, 50))
+def test_any_strength_is_refused_by_name_or_runs_and_charges_at_least_one_step(strength: float, steps: int) -> None:
+    request = _request(init_image=_SMALL_PNG, strength=strength, steps=steps)
+    try:
+        validated = validate_generate_request(request, CONFIG)
+    except RequestError as exc:
+        assert exc.code == grpc.StatusCode.INVALID_ARGUMENT and exc.message.startswith("strength: ")
+        assert not (0 < strength <= 1) or int(steps * round(strength, 6)) < 1
+        return
+    run = validated.params.denoising_steps
+    assert 1 <= run <= steps and 0 < strength <= 1
+    assert validated.cost == generation_cost(CONFIG.default_model, width=64, height=64, steps=run, num_images=1)
