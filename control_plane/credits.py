@@ -23,7 +23,15 @@ from uuid import UUID
 from control_plane.audit import SYSTEM, Actor, AuditEntry, record_audit, record_audits
 from control_plane.consent import PROCESSING_ALLOWED_SQL, require_may_process
 from control_plane.db.pool import Connection, expect_row
-from control_plane.errors import AccountNotActive, FailedPrecondition, InsufficientCredits, InvalidArgument, NotFound
+from control_plane.errors import (
+    Aborted,
+    AccountNotActive,
+    FailedPrecondition,
+    InsufficientCredits,
+    InvalidArgument,
+    NotFound,
+    TooManyConcurrentRequests,
+)
 
 MAX_GRANT = 10**12
 """Largest single grant, in credits."""
@@ -33,6 +41,12 @@ MAX_RESERVATION = 10**9
 
 MAX_REASON_CHARS = 200
 """Longest grant reason or reservation purpose."""
+
+MAX_IDEMPOTENCY_KEY_CHARS = 128
+"""Longest idempotency key; keys are printable ASCII (space to tilde)."""
+
+IN_FLIGHT_RETRY_S = 1.0
+"""Retry hint sent when a request with the same idempotency key is still in flight."""
 
 _RESERVATION_COLUMNS = "reservation_id, account_id, amount, state, purpose, created_at, expires_at, settled_at"
 _PROCESSING_ALLOWED = PROCESSING_ALLOWED_SQL.format(account_column="a.account_id")
@@ -74,6 +88,52 @@ class Reservation:
     created_at: datetime
     expires_at: datetime
     settled_at: datetime | None
+
+
+@dataclass(frozen=True)
+class ConcurrencyLimit:
+    """The bound on an account's generations in flight: its held, unexpired reservations.
+
+    Attributes:
+        max_held: Most held reservations at once, >= 1.
+        retry_after_s: Retry hint sent when the bound is reached, > 0.
+    """
+
+    max_held: int
+    retry_after_s: float
+
+
+@dataclass(frozen=True)
+class IdempotencyKey:
+    """Makes a reservation retry-safe: one live use of `key` per account.
+
+    Attributes:
+        key: Chosen by the caller, 1..128 printable ASCII characters.
+        fingerprint: SHA-256 (32 bytes) of the request the key was sent with; a retry must
+            send the same one.
+    """
+
+    key: str
+    fingerprint: bytes
+
+    def __post_init__(self) -> None:
+        if not 1 <= len(self.key) <= MAX_IDEMPOTENCY_KEY_CHARS or not all(" " <= c <= "~" for c in self.key):
+            raise InvalidArgument(
+                "idempotency_key", f"must be 1..{MAX_IDEMPOTENCY_KEY_CHARS} printable ASCII characters"
+            )
+        if len(self.fingerprint) != 32:
+            raise InvalidArgument("idempotency_key", "needs a 32-byte SHA-256 request fingerprint")
+
+
+@dataclass(frozen=True)
+class Reserved:
+    """What an idempotent reservation returns."""
+
+    reservation: Reservation
+    balance: Balance
+    replayed_content_ids: tuple[UUID, ...] | None
+    """None for a new hold; for a retry of a committed request, the content its
+    reservation paid for (in content id order), and `reservation` is that committed one."""
 
 
 @dataclass(frozen=True)
@@ -208,16 +268,20 @@ def reserve_credits(
     purpose: str,
     actor: Actor,
     now: datetime,
+    concurrency: ConcurrencyLimit | None = None,
 ) -> tuple[Reservation, Balance]:
     """Holds `amount` credits of an account until commit, release or `now + ttl`.
 
     Race-free: the hold is a single `UPDATE ... WHERE total - held >= amount`, so of many
-    concurrent callers exactly as many succeed as the balance covers.
+    concurrent callers exactly as many succeed as the balance covers. That UPDATE also locks
+    the account's balance row, so the concurrency bound, counted right after it in the same
+    transaction, sees every other hold of the account: it is exact across replicas.
 
     Args:
         amount: Credits, 1..MAX_RESERVATION.
         ttl: How long the hold lasts, > 0.
         purpose: What the credits are for, 0..200 characters; becomes the charge's reason.
+        concurrency: Bound on the account's held, unexpired reservations; None for none.
 
     Raises:
         InvalidArgument: Amount, ttl or purpose out of range.
@@ -225,41 +289,165 @@ def reserve_credits(
         AccountNotActive: The account is suspended or erased.
         GuardianConsentRequired: The account needs a guardian's consent first.
         InsufficientCredits: Fewer than `amount` credits are available.
+        TooManyConcurrentRequests: The account holds `concurrency.max_held` reservations.
     """
+    _check_reservation(amount, ttl, purpose)
+    with conn.transaction():
+        return _hold(conn, tenant_id, account_id, amount, ttl, purpose, actor, now, concurrency, None)
+
+
+def reserve_credits_idempotently(
+    conn: Connection,
+    *,
+    tenant_id: UUID,
+    account_id: UUID,
+    amount: int,
+    ttl: timedelta,
+    purpose: str,
+    actor: Actor,
+    now: datetime,
+    idempotency: IdempotencyKey,
+    concurrency: ConcurrencyLimit | None = None,
+) -> Reserved:
+    """`reserve_credits`, made safe to retry with the caller's idempotency key.
+
+    Keys are per account. The first use of a key holds credits as `reserve_credits` does and
+    records the key with the request's fingerprint. A later call with the same key:
+    - after the reservation was committed, with the same fingerprint: holds nothing and
+      returns the committed reservation with the content ids it paid for (a replay);
+    - while it is still held: Aborted (retry later to get the result);
+    - with a different fingerprint while held or committed: FailedPrecondition;
+    - after it was released or expired: the key is free, and this is a new first use.
+    Keys live as long as their reservation row (the ledger keeps committed ones).
+
+    Raises:
+        Everything `reserve_credits` raises, and:
+        Aborted: The key's first request is still in flight (reason IDEMPOTENCY_KEY_IN_FLIGHT).
+        FailedPrecondition: The key was used with a different request (reason
+            IDEMPOTENCY_KEY_REUSED).
+    """
+    _check_reservation(amount, ttl, purpose)
+    with conn.transaction():
+        row = conn.execute(
+            f"""
+            SELECT {_RESERVATION_COLUMNS}, request_fingerprint FROM reservations
+            WHERE account_id = %(account_id)s AND idempotency_key = %(key)s AND state IN ('held', 'committed')
+              AND account_id IN (SELECT account_id FROM accounts WHERE tenant_id = %(tenant_id)s)
+            FOR UPDATE
+            """,
+            {"account_id": account_id, "key": idempotency.key, "tenant_id": tenant_id},
+        ).fetchone()
+        if row is not None:
+            earlier = _reservation(row[:-1])
+            if bytes(row[-1]) != idempotency.fingerprint:
+                raise FailedPrecondition(
+                    "idempotency_key was already used with a different request: "
+                    "send a new key for a new request, or resend the original request to get its result",
+                    reason="IDEMPOTENCY_KEY_REUSED",
+                )
+            if earlier.state is ReservationState.COMMITTED:
+                content_ids = conn.execute(
+                    "SELECT content_id FROM content WHERE reservation_id = %s AND deleted_at IS NULL "
+                    "ORDER BY content_id",
+                    (earlier.reservation_id,),
+                ).fetchall()
+                balance = get_balance(conn, tenant_id=tenant_id, account_id=account_id)
+                return Reserved(earlier, balance, tuple(content_id for (content_id,) in content_ids))
+            if now <= earlier.expires_at:
+                raise _in_flight()
+            # Held past its expiry but not swept yet: expire it here, which frees the key.
+            _settle(conn, earlier, ReservationState.EXPIRED, now)
+            conn.execute(
+                "UPDATE credit_balances SET held = held - %s WHERE account_id = %s", (earlier.amount, account_id)
+            )
+            details = {"account_id": str(account_id), "amount": earlier.amount}
+            record_audit(conn, SYSTEM, now, "credits.expire", "reservation", earlier.reservation_id, details)
+        reservation, balance = _hold(
+            conn, tenant_id, account_id, amount, ttl, purpose, actor, now, concurrency, idempotency
+        )
+    return Reserved(reservation, balance, None)
+
+
+def _hold(
+    conn: Connection,
+    tenant_id: UUID,
+    account_id: UUID,
+    amount: int,
+    ttl: timedelta,
+    purpose: str,
+    actor: Actor,
+    now: datetime,
+    concurrency: ConcurrencyLimit | None,
+    idempotency: IdempotencyKey | None,
+) -> tuple[Reservation, Balance]:
+    # Call inside a transaction: the balance UPDATE's row lock orders every hold of the account.
+    row = conn.execute(
+        f"""
+        UPDATE credit_balances b SET held = b.held + %(amount)s
+        FROM accounts a
+        WHERE b.account_id = %(account_id)s AND a.account_id = b.account_id
+          AND a.tenant_id = %(tenant_id)s AND a.status = 'active'
+          AND b.total - b.held >= %(amount)s
+          AND {_PROCESSING_ALLOWED}
+        RETURNING b.total, b.held
+        """,
+        {"amount": amount, "account_id": account_id, "tenant_id": tenant_id},
+    ).fetchone()
+    if row is None:
+        _raise_why_not_reservable(conn, tenant_id=tenant_id, account_id=account_id, amount=amount)
+    if concurrency is not None:
+        # A new statement, so a new snapshot taken after the lock: every hold committed by a
+        # caller that held the lock before us is counted. Expired holds do not count.
+        (in_flight,) = expect_row(
+            conn.execute(
+                "SELECT count(*) FROM reservations WHERE account_id = %s AND state = 'held' AND expires_at >= %s",
+                (account_id, now),
+            ).fetchone()
+        )
+        if in_flight >= concurrency.max_held:
+            raise TooManyConcurrentRequests(concurrency.max_held, concurrency.retry_after_s)
+    inserted = conn.execute(
+        f"""
+        INSERT INTO reservations (account_id, amount, purpose, actor_key_id, created_at, expires_at,
+                                  idempotency_key, request_fingerprint)
+        VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
+        ON CONFLICT (account_id, idempotency_key)
+            WHERE idempotency_key IS NOT NULL AND state IN ('held', 'committed') DO NOTHING
+        RETURNING {_RESERVATION_COLUMNS}
+        """,
+        (
+            account_id,
+            amount,
+            purpose,
+            actor.key_id,
+            now,
+            now + ttl,
+            idempotency.key if idempotency else None,
+            idempotency.fingerprint if idempotency else None,
+        ),
+    ).fetchone()
+    if inserted is None:
+        # Another call with the same key inserted first (after our lookup): it is in flight.
+        raise _in_flight()
+    reservation = _reservation(inserted)
+    details = {"account_id": str(account_id), "amount": amount, "expires_at": reservation.expires_at.isoformat()}
+    record_audit(conn, actor, now, "credits.reserve", "reservation", reservation.reservation_id, details)
+    return reservation, Balance(account_id=account_id, total=row[0], held=row[1])
+
+
+def _in_flight() -> Aborted:
+    return Aborted(
+        f"a request with this idempotency_key is still in flight: retry in {IN_FLIGHT_RETRY_S:.0f} s to get its result",
+        reason="IDEMPOTENCY_KEY_IN_FLIGHT",
+        retry_after_s=IN_FLIGHT_RETRY_S,
+    )
+
+
+def _check_reservation(amount: int, ttl: timedelta, purpose: str) -> None:
     _check_amount("amount", amount, MAX_RESERVATION)
     _check_text("purpose", purpose, MAX_REASON_CHARS)
     if ttl <= timedelta(0):
         raise InvalidArgument("ttl_seconds", "must be positive")
-    with conn.transaction():
-        row = conn.execute(
-            f"""
-            UPDATE credit_balances b SET held = b.held + %(amount)s
-            FROM accounts a
-            WHERE b.account_id = %(account_id)s AND a.account_id = b.account_id
-              AND a.tenant_id = %(tenant_id)s AND a.status = 'active'
-              AND b.total - b.held >= %(amount)s
-              AND {_PROCESSING_ALLOWED}
-            RETURNING b.total, b.held
-            """,
-            {"amount": amount, "account_id": account_id, "tenant_id": tenant_id},
-        ).fetchone()
-        if row is None:
-            _raise_why_not_reservable(conn, tenant_id=tenant_id, account_id=account_id, amount=amount)
-        reservation = _reservation(
-            expect_row(
-                conn.execute(
-                    f"""
-                    INSERT INTO reservations (account_id, amount, purpose, actor_key_id, created_at, expires_at)
-                    VALUES (%s, %s, %s, %s, %s, %s)
-                    RETURNING {_RESERVATION_COLUMNS}
-                    """,
-                    (account_id, amount, purpose, actor.key_id, now, now + ttl),
-                ).fetchone()
-            )
-        )
-        details = {"account_id": str(account_id), "amount": amount, "expires_at": reservation.expires_at.isoformat()}
-        record_audit(conn, actor, now, "credits.reserve", "reservation", reservation.reservation_id, details)
-    return reservation, Balance(account_id=account_id, total=row[0], held=row[1])
 
 
 def commit_reservation(

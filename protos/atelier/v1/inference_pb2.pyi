@@ -49,6 +49,7 @@ class GenerateRequest(_message.Message):
     NUM_IMAGES_FIELD_NUMBER: _builtins.int
     VISIBILITY_FIELD_NUMBER: _builtins.int
     PREVIEW_EVERY_N_STEPS_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """Account to charge and to own the images (UUID)."""
     model: _builtins.str
@@ -83,6 +84,14 @@ class GenerateRequest(_message.Message):
     Previews are PNGs at latent resolution (1/8 of width and height), an
     approximation computed from the latents without the VAE.
     """
+    idempotency_key: _builtins.str
+    """Makes the request safe to retry, 1..128 printable ASCII characters, per account.
+    A retry with the same key and the same request after success returns the same
+    images and content ids (replayed = true) and charges nothing more; while the first
+    is still running: ABORTED with a RetryInfo; with a different request:
+    FAILED_PRECONDITION (ErrorInfo IDEMPOTENCY_KEY_REUSED). A key whose request failed
+    may be used again. Absent: every request generates and charges anew.
+    """
     def __init__(
         self,
         *,
@@ -98,15 +107,18 @@ class GenerateRequest(_message.Message):
         num_images: _builtins.int | None = ...,
         visibility: _common_pb2.Visibility.ValueType = ...,
         preview_every_n_steps: _builtins.int | None = ...,
+        idempotency_key: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_guidance_scale", b"_guidance_scale", "_height", b"_height", "_num_images", b"_num_images", "_preview_every_n_steps", b"_preview_every_n_steps", "_seed", b"_seed", "_steps", b"_steps", "_width", b"_width", "guidance_scale", b"guidance_scale", "height", b"height", "num_images", b"num_images", "preview_every_n_steps", b"preview_every_n_steps", "seed", b"seed", "steps", b"steps", "width", b"width"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_guidance_scale", b"_guidance_scale", "_height", b"_height", "_idempotency_key", b"_idempotency_key", "_num_images", b"_num_images", "_preview_every_n_steps", b"_preview_every_n_steps", "_seed", b"_seed", "_steps", b"_steps", "_width", b"_width", "guidance_scale", b"guidance_scale", "height", b"height", "idempotency_key", b"idempotency_key", "num_images", b"num_images", "preview_every_n_steps", b"preview_every_n_steps", "seed", b"seed", "steps", b"steps", "width", b"width"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_guidance_scale", b"_guidance_scale", "_height", b"_height", "_num_images", b"_num_images", "_preview_every_n_steps", b"_preview_every_n_steps", "_seed", b"_seed", "_steps", b"_steps", "_width", b"_width", "account_id", b"account_id", "guidance_scale", b"guidance_scale", "height", b"height", "model", b"model", "negative_prompt", b"negative_prompt", "num_images", b"num_images", "preview_every_n_steps", b"preview_every_n_steps", "prompt", b"prompt", "seed", b"seed", "steps", b"steps", "visibility", b"visibility", "width", b"width"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_guidance_scale", b"_guidance_scale", "_height", b"_height", "_idempotency_key", b"_idempotency_key", "_num_images", b"_num_images", "_preview_every_n_steps", b"_preview_every_n_steps", "_seed", b"_seed", "_steps", b"_steps", "_width", b"_width", "account_id", b"account_id", "guidance_scale", b"guidance_scale", "height", b"height", "idempotency_key", b"idempotency_key", "model", b"model", "negative_prompt", b"negative_prompt", "num_images", b"num_images", "preview_every_n_steps", b"preview_every_n_steps", "prompt", b"prompt", "seed", b"seed", "steps", b"steps", "visibility", b"visibility", "width", b"width"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__guidance_scale: _TypeAlias = _typing.Literal["guidance_scale"]  # noqa: Y015
     _WhichOneofArgType__guidance_scale: _TypeAlias = _typing.Literal["_guidance_scale", b"_guidance_scale"]  # noqa: Y015
     _WhichOneofReturnType__height: _TypeAlias = _typing.Literal["height"]  # noqa: Y015
     _WhichOneofArgType__height: _TypeAlias = _typing.Literal["_height", b"_height"]  # noqa: Y015
+    _WhichOneofReturnType__idempotency_key: _TypeAlias = _typing.Literal["idempotency_key"]  # noqa: Y015
+    _WhichOneofArgType__idempotency_key: _TypeAlias = _typing.Literal["_idempotency_key", b"_idempotency_key"]  # noqa: Y015
     _WhichOneofReturnType__num_images: _TypeAlias = _typing.Literal["num_images"]  # noqa: Y015
     _WhichOneofArgType__num_images: _TypeAlias = _typing.Literal["_num_images", b"_num_images"]  # noqa: Y015
     _WhichOneofReturnType__preview_every_n_steps: _TypeAlias = _typing.Literal["preview_every_n_steps"]  # noqa: Y015
@@ -121,6 +133,8 @@ class GenerateRequest(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__guidance_scale) -> _WhichOneofReturnType__guidance_scale | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__height) -> _WhichOneofReturnType__height | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__idempotency_key) -> _WhichOneofReturnType__idempotency_key | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__num_images) -> _WhichOneofReturnType__num_images | None: ...
     @_typing.overload
@@ -218,12 +232,18 @@ class GenerateResponse(_message.Message):
     CREDITS_AVAILABLE_FIELD_NUMBER: _builtins.int
     TIMINGS_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    REPLAYED_FIELD_NUMBER: _builtins.int
     credits_charged: _builtins.int
     """Credits charged for this request."""
     credits_available: _builtins.int
     """Credits the account has available after the charge."""
     request_id: _builtins.str
     """Request id, also in the logs; quote it when reporting a problem."""
+    replayed: _builtins.bool
+    """True when this replays the stored result of an earlier request with the same
+    idempotency_key: nothing was generated or charged now (credits_charged is what
+    the original request was charged; timings are those of this replay).
+    """
     @_builtins.property
     def images(self) -> _containers.RepeatedCompositeFieldContainer[Global___GeneratedImage]:
         """Images in seed order."""
@@ -245,10 +265,11 @@ class GenerateResponse(_message.Message):
         credits_available: _builtins.int = ...,
         timings: Global___StageTimings | None = ...,
         request_id: _builtins.str = ...,
+        replayed: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["parameters", b"parameters", "timings", b"timings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["credits_available", b"credits_available", "credits_charged", b"credits_charged", "images", b"images", "parameters", b"parameters", "request_id", b"request_id", "timings", b"timings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["credits_available", b"credits_available", "credits_charged", b"credits_charged", "images", b"images", "parameters", b"parameters", "replayed", b"replayed", "request_id", b"request_id", "timings", b"timings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
