@@ -337,24 +337,8 @@ def reserve_credits_idempotently(
             """,
             {"account_id": account_id, "key": idempotency.key, "tenant_id": tenant_id},
         ).fetchone()
-        if row is not None:
-            earlier = _reservation(row[:-1])
-            if bytes(row[-1]) != idempotency.fingerprint:
-                raise FailedPrecondition(
-                    "idempotency_key was already used with a different request: "
-                    "send a new key for a new request, or resend the original request to get its result",
-                    reason="IDEMPOTENCY_KEY_REUSED",
-                )
-            if earlier.state is ReservationState.COMMITTED:
-                content_ids = conn.execute(
-                    "SELECT content_id FROM content WHERE reservation_id = %s AND deleted_at IS NULL "
-                    "ORDER BY content_id",
-                    (earlier.reservation_id,),
-                ).fetchall()
-                balance = get_balance(conn, tenant_id=tenant_id, account_id=account_id)
-                return Reserved(earlier, balance, tuple(content_id for (content_id,) in content_ids))
-            if now <= earlier.expires_at:
-                raise _in_flight()
+        earlier = _reservation(row[:-1]) if row is not None else None
+        if earlier is not None and earlier.state is ReservationState.HELD and now > earlier.expires_at:
             # Held past its expiry but not swept yet: expire it here, which frees the key.
             _settle(conn, earlier, ReservationState.EXPIRED, now)
             conn.execute(
@@ -362,6 +346,22 @@ def reserve_credits_idempotently(
             )
             details = {"account_id": str(account_id), "amount": earlier.amount}
             record_audit(conn, SYSTEM, now, "credits.expire", "reservation", earlier.reservation_id, details)
+            earlier = None
+        if row is not None and earlier is not None:
+            if bytes(row[-1]) != idempotency.fingerprint:
+                raise FailedPrecondition(
+                    "idempotency_key was already used with a different request: "
+                    "send a new key for a new request, or resend the original request to get its result",
+                    reason="IDEMPOTENCY_KEY_REUSED",
+                )
+            if earlier.state is ReservationState.HELD:
+                raise _in_flight()
+            content_ids = conn.execute(
+                "SELECT content_id FROM content WHERE reservation_id = %s AND deleted_at IS NULL ORDER BY content_id",
+                (earlier.reservation_id,),
+            ).fetchall()
+            balance = get_balance(conn, tenant_id=tenant_id, account_id=account_id)
+            return Reserved(earlier, balance, tuple(content_id for (content_id,) in content_ids))
         reservation, balance = _hold(
             conn, tenant_id, account_id, amount, ttl, purpose, actor, now, concurrency, idempotency
         )

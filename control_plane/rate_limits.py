@@ -26,11 +26,11 @@ a flood of random keys cannot grow memory without bound.
 from __future__ import annotations
 
 import threading
-import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Hashable
 from dataclasses import dataclass
 
+from control_plane.clock import Clock
 from control_plane.config import ControlPlaneConfig
 from control_plane.errors import RateLimited
 
@@ -61,7 +61,7 @@ class RateLimiter:
     Args:
         rate: Refill rate and capacity of every bucket.
         scope: What a key is ("API key", "account"), for the caller's error message.
-        monotonic: Seconds from a monotonic clock; tests pass a fake one.
+        clock: The server's clock (tests pass a manual one). A step backwards refills nothing.
         max_buckets: Most buckets kept at once.
     """
 
@@ -70,12 +70,12 @@ class RateLimiter:
         rate: BucketRate,
         *,
         scope: str,
-        monotonic: Callable[[], float] = time.monotonic,
+        clock: Clock,
         max_buckets: int = DEFAULT_MAX_BUCKETS,
     ) -> None:
         self._rate = rate
         self._scope = scope
-        self._monotonic = monotonic
+        self._clock = clock
         self._max_buckets = max_buckets
         self._lock = threading.Lock()
         # key -> (tokens, time of the last refill); most recently used last.
@@ -87,10 +87,11 @@ class RateLimiter:
         Raises:
             RateLimited: The bucket is empty; its `retry_after_s` is when a token will be back.
         """
-        now = self._monotonic()
+        now = self._clock.now().timestamp()
         rate = self._rate
         with self._lock:
             tokens, last = self._buckets.pop(key, (float(rate.burst), now))
+            now = max(now, last)  # a clock stepped back refills nothing, and never twice
             tokens = min(float(rate.burst), tokens + (now - last) * rate.per_second)
             if tokens < 1.0:
                 self._buckets[key] = (tokens, now)
@@ -105,15 +106,15 @@ class RateLimiter:
             return len(self._buckets)
 
 
-def key_rate_limiter(config: ControlPlaneConfig) -> RateLimiter | None:
+def key_rate_limiter(config: ControlPlaneConfig, clock: Clock) -> RateLimiter | None:
     """The per-API-key limiter `config` asks for; None when `key_rate_per_s` is 0 (off)."""
     if config.key_rate_per_s == 0:
         return None
-    return RateLimiter(BucketRate(config.key_rate_per_s, config.key_burst), scope="API key")
+    return RateLimiter(BucketRate(config.key_rate_per_s, config.key_burst), scope="API key", clock=clock)
 
 
-def account_rate_limiter(config: ControlPlaneConfig) -> RateLimiter | None:
+def account_rate_limiter(config: ControlPlaneConfig, clock: Clock) -> RateLimiter | None:
     """The per-account limiter `config` asks for; None when `account_rate_per_s` is 0 (off)."""
     if config.account_rate_per_s == 0:
         return None
-    return RateLimiter(BucketRate(config.account_rate_per_s, config.account_burst), scope="account")
+    return RateLimiter(BucketRate(config.account_rate_per_s, config.account_burst), scope="account", clock=clock)

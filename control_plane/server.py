@@ -47,7 +47,7 @@ def build_server(config: ControlPlaneConfig, deps: ControlPlaneDeps) -> grpc.Ser
     """
     server = grpc.server(
         ThreadPoolExecutor(max_workers=config.grpc_workers, thread_name_prefix="control-plane-rpc"),
-        interceptors=[ControlPlaneInterceptor(deps.registry, key_limiter=key_rate_limiter(config))],
+        interceptors=[ControlPlaneInterceptor(deps.registry, key_limiter=key_rate_limiter(config, deps.clock))],
         options=[
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),

@@ -48,7 +48,7 @@ class ControlPlaneServicer(control_plane_pb2_grpc.ControlPlaneServicer):
         self._keys = deps.keys
         self._policies = deps.policies
         self._clock = deps.clock
-        self._account_limiter = rate_limits.account_rate_limiter(config)
+        self._account_limiter = rate_limits.account_rate_limiter(config, deps.clock)
         self._concurrency = (
             credits.ConcurrencyLimit(config.max_concurrent_generations, float(config.concurrency_retry_s))
             if config.max_concurrent_generations

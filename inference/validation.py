@@ -6,6 +6,7 @@ INVALID_ARGUMENT (or NOT_FOUND for a model that is not served) naming the field.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from protos.atelier.v1 import inference_pb2
 _RANDOM_SEED_BITS = 63
 _MAX_SEED = 2**64 - 1
 _MAX_GUIDANCE = 30.0
+_MAX_IDEMPOTENCY_KEY_CHARS = 128
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,10 @@ class ValidatedRequest:
     """Credits this request costs (see `inference.pricing`)."""
     preview_every: int = 0
     """Streamed progress carries a preview every this many steps; 0 for none."""
+    idempotency_key: str | None = None
+    """The caller's idempotency key, when it sent one."""
+    request_fingerprint: bytes = b""
+    """SHA-256 of the request as sent, without its idempotency key; a retry must match it."""
 
 
 def validate_generate_request(request: inference_pb2.GenerateRequest, config: ServeConfig) -> ValidatedRequest:
@@ -95,7 +101,34 @@ def validate_generate_request(request: inference_pb2.GenerateRequest, config: Se
         num_images=num_images,
     )
     cost = generation_cost(model, width=width, height=height, steps=steps, num_images=num_images)
-    return ValidatedRequest(account_id=account_id, model=model, params=params, cost=cost, preview_every=preview_every)
+    idempotency_key = _validate_idempotency_key(request)
+    return ValidatedRequest(
+        account_id=account_id,
+        model=model,
+        params=params,
+        cost=cost,
+        preview_every=preview_every,
+        idempotency_key=idempotency_key,
+        request_fingerprint=_fingerprint(request) if idempotency_key is not None else b"",
+    )
+
+
+def _validate_idempotency_key(request: inference_pb2.GenerateRequest) -> str | None:
+    if not request.HasField("idempotency_key"):
+        return None
+    key = request.idempotency_key
+    if not 1 <= len(key) <= _MAX_IDEMPOTENCY_KEY_CHARS or not all(" " <= c <= "~" for c in key):
+        raise _invalid("idempotency_key", f"must be 1..{_MAX_IDEMPOTENCY_KEY_CHARS} printable ASCII characters")
+    return key
+
+
+def _fingerprint(request: inference_pb2.GenerateRequest) -> bytes:
+    # The request as the caller sent it (an absent seed stays absent, so a retry matches),
+    # minus the key itself; deterministic serialisation makes equal messages equal bytes.
+    unkeyed = inference_pb2.GenerateRequest()
+    unkeyed.CopyFrom(request)
+    unkeyed.ClearField("idempotency_key")
+    return hashlib.sha256(unkeyed.SerializeToString(deterministic=True)).digest()
 
 
 def _validate_uuid(field_name: str, value: str) -> str:
