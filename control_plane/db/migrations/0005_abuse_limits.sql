@@ -1,5 +1,5 @@
--- 0005: idempotency keys on reservations, and the index the per-account concurrency bound reads
--- (issue 8, part 2). Only columns of 0001 are touched besides the two added here.
+-- 0005: idempotency keys on reservations, and what the per-account bound on generations in
+-- flight reads (issue 8, part 2). Only columns of 0001 are touched besides those added here.
 
 -- A caller-chosen key (1..128 printable ASCII characters) and the SHA-256 of the request it
 -- was first used with. A retry with the same key and fingerprint replays the committed
@@ -16,5 +16,13 @@ ALTER TABLE reservations ADD CONSTRAINT reservations_key_has_fingerprint
 CREATE UNIQUE INDEX reservations_idempotency_key_idx ON reservations (account_id, idempotency_key)
     WHERE idempotency_key IS NOT NULL AND state IN ('held', 'committed');
 
--- Reserving counts the account's held, unexpired reservations (the concurrency bound).
+-- Reserving at the concurrency bound expires the account's overdue holds first.
 CREATE INDEX reservations_account_held_idx ON reservations (account_id, expires_at) WHERE state = 'held';
+
+-- How many of the account's reservations are held, kept by every transition in the same
+-- statement or transaction as the reservation's state, so reserving can check the bound on
+-- generations in flight against the balance row it already locks (one statement, exact).
+ALTER TABLE credit_balances ADD COLUMN held_count integer NOT NULL DEFAULT 0 CHECK (held_count >= 0);
+UPDATE credit_balances b SET held_count = h.holds
+FROM (SELECT account_id, count(*) AS holds FROM reservations WHERE state = 'held' GROUP BY account_id) h
+WHERE b.account_id = h.account_id;
