@@ -81,6 +81,20 @@ def _details(error: grpc.RpcError) -> tuple[error_details_pb2.ErrorInfo | None, 
     return info, delay
 
 
+def _assert_holds_counted(pool: Pool, account_id: str) -> None:
+    """The balance row's held_count (what the bound reads) is the number of held reservations."""
+    with pool.connection() as conn:
+        row = conn.execute(
+            """
+            SELECT b.held_count, (SELECT count(*) FROM reservations r WHERE r.account_id = b.account_id
+                                  AND r.state = 'held')
+            FROM credit_balances b WHERE b.account_id = %s
+            """,
+            (account_id,),
+        ).fetchone()
+    assert row is not None and row[0] == row[1]
+
+
 def _refusal(call: Callable[[], object]) -> grpc.RpcError:
     with pytest.raises(grpc.RpcError) as caught:
         call()
@@ -225,7 +239,12 @@ class TestConcurrentGenerations:
         _reserve(stub, operator.metadata, account_id)
 
     def test_expired_holds_do_not_count(
-        self, start_server: StartServer, operator: Caller, make_account: Callable[..., str], clock: ManualClock
+        self,
+        start_server: StartServer,
+        operator: Caller,
+        make_account: Callable[..., str],
+        clock: ManualClock,
+        pool: Pool,
     ) -> None:
         account_id = make_account(credits=10)
         stub = start_server(max_concurrent_generations=1)
@@ -237,6 +256,8 @@ class TestConcurrentGenerations:
         clock.advance(timedelta(seconds=6))  # past expiry, not swept yet
 
         _reserve(stub, operator.metadata, account_id)
+        assert _balance(stub, operator, account_id).held == 1  # the expired hold was given back
+        _assert_holds_counted(pool, account_id)
 
     def test_racing_callers_never_exceed_the_bound(
         self, start_server: StartServer, operator: Caller, make_account: Callable[..., str], pool: Pool
@@ -260,6 +281,7 @@ class TestConcurrentGenerations:
                 "SELECT count(*) FROM reservations WHERE account_id = %s AND state = 'held'", (account_id,)
             ).fetchone()
         assert held == (3,)
+        _assert_holds_counted(pool, account_id)
 
 
 class TestIdempotencyKeys:
@@ -357,6 +379,7 @@ class TestIdempotencyKeys:
         assert outcomes.count("OK") == 1
         assert set(outcomes) == {"OK", "ABORTED"}
         assert _balance(stub, operator, account_id).held == 5
+        _assert_holds_counted(pool, account_id)
         with pool.connection() as conn:
             assert conn.execute(
                 "SELECT count(*) FROM reservations WHERE account_id = %s", (account_id,)
