@@ -75,6 +75,29 @@ class TestIdempotentGenerate:
             assert _details(error)[0] == "IDEMPOTENCY_KEY_REUSED"
         assert balance_of(account_id).total == total
 
+    def test_a_retry_while_the_first_runs_is_aborted_with_a_retry_hint_then_replays(
+        self, inference, operator_metadata, make_account, balance_of
+    ) -> None:
+        account_id = make_account(10)
+        request = _request(account_id, steps=8, seed=5, idempotency_key="running")
+        stream = inference.GenerateStream(request, metadata=operator_metadata, timeout=120)
+        first_progress = next(stream)  # the model runs, so the reservation is held
+        assert first_progress.HasField("progress")
+        try:
+            inference.Generate(request, metadata=operator_metadata, timeout=60)
+            raise AssertionError("a retry of a running request was accepted")
+        except grpc.RpcError as error:
+            assert error.code() == grpc.StatusCode.ABORTED
+            assert _details(error) == ("IDEMPOTENCY_KEY_IN_FLIGHT", 1.0)
+            assert "retry in 1 s" in (error.details() or "")
+        result = next(message for message in stream if message.HasField("result")).result
+
+        retry = inference.Generate(request, metadata=operator_metadata, timeout=120)
+
+        assert retry.replayed
+        assert [i.png for i in retry.images] == [i.png for i in result.images]
+        assert balance_of(account_id).total == 10 - result.credits_charged
+
     def test_a_malformed_key_is_invalid_argument(self, inference, operator_metadata, make_account) -> None:
         account_id = make_account(10)
         try:
