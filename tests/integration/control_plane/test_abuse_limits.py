@@ -418,6 +418,7 @@ class TestMessageSizes:
         )
 
         assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "vs. 1048576)" in (error.details() or "")  # gRPC names the limit it applied
         with pool.connection() as conn:
             assert conn.execute("SELECT count(*) FROM content").fetchone() == (0,)
         small = pb.NewContent(kind=pb.CONTENT_KIND_UPLOAD, media_type="image/png", data=png_bytes(3))

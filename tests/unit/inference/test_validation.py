@@ -124,3 +124,26 @@ class TestPreviewsAndBatchingSettings:
     def test_batching_settings_out_of_range_name_the_setting(self, setting: str, value: float) -> None:
         with pytest.raises(ConfigError, match=setting):
             ModelConfig(name="m", **{setting: value})  # type: ignore[arg-type]
+
+
+class TestIdempotencyKey:
+    def test_no_key_means_no_fingerprint(self) -> None:
+        validated = validate_generate_request(_request(), CONFIG)
+        assert (validated.idempotency_key, validated.request_fingerprint) == (None, b"")
+
+    def test_the_fingerprint_covers_the_request_as_sent_but_not_the_key(self) -> None:
+        # An absent seed draws a random one, but the fingerprint is of what the caller sent,
+        # so a retry of the same message matches.
+        first = validate_generate_request(_request(idempotency_key="a"), CONFIG)
+        again = validate_generate_request(_request(idempotency_key="b"), CONFIG)
+        other = validate_generate_request(_request(idempotency_key="a", seed=3), CONFIG)
+        assert first.idempotency_key == "a" and len(first.request_fingerprint) == 32
+        assert first.params.seed != again.params.seed
+        assert first.request_fingerprint == again.request_fingerprint != other.request_fingerprint
+
+    @pytest.mark.parametrize("key", ["", "x" * 129, "new\nline", "café"])
+    def test_a_malformed_key_names_the_field(self, key: str) -> None:
+        with pytest.raises(RequestError) as raised:
+            validate_generate_request(_request(idempotency_key=key), CONFIG)
+        assert raised.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert raised.value.message.startswith("idempotency_key:")
