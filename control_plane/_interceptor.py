@@ -11,8 +11,8 @@
 - Every unary call is timed into `atelier_control_plane_rpc_duration_seconds{method,code}`.
 - With a per-key `RateLimiter`, every unary call of an API key takes a token before the
   servicer (and its database connection) is reached; an empty bucket is RESOURCE_EXHAUSTED
-  with ErrorInfo reason RATE_LIMITED and a RetryInfo. Calls that settle admitted work are
-  exempt (see `control_plane/rate_limits.py` for why the bucket lives here, in memory).
+  with ErrorInfo reason RATE_LIMITED and a RetryInfo. Calls that settle admitted work may
+  borrow (see `control_plane/rate_limits.py`, also for why the bucket lives here, in memory).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _ERROR_DOMAIN = "atelier.v1"
 
 # Calls that finish work already admitted (and paid for): refusing them would waste a finished
-# generation or keep its credits held until expiry, so the per-key bucket never charges them.
+# generation or keep its credits held until expiry, so they may borrow from the per-key bucket.
 _SETTLING_METHODS = frozenset(
     {"atelier.v1.ControlPlane/CommitReservation", "atelier.v1.ControlPlane/ReleaseReservation"}
 )
@@ -135,10 +135,9 @@ class ControlPlaneInterceptor(grpc.ServerInterceptor):
         code = grpc.StatusCode.OK
         try:
             context.send_initial_metadata(((REQUEST_ID_HEADER, request_id),))
-            if self._key_limiter is not None and not _settles(method, request):
-                secret = _bearer_secret(metadata)
-                if secret is not None:
-                    self._key_limiter.take(hashlib.sha256(secret.encode()).digest())
+            if self._key_limiter is not None and (secret := _bearer_secret(metadata)) is not None:
+                digest = hashlib.sha256(secret.encode()).digest()
+                self._key_limiter.take(digest, borrow=_settles(method, request))
             return behavior(request, context)
         except errors.DomainError as error:
             code = status_code_of(error)

@@ -5,9 +5,12 @@ Two buckets guard the control plane (issue 8, part 2):
 - **Per API key**, in the server interceptor, before authentication touches the database: every
   unary RPC of a key takes one token, so a runaway client is refused without costing a
   connection. Calls that settle work already admitted (ReleaseReservation, CommitReservation,
-  StoreContent with `commit_reservation_id`) take none: refusing them would waste a finished
-  generation or keep credits held until expiry. The bucket is keyed by the SHA-256 of the
-  bearer secret, so unknown keys are limited too and no secret is kept in memory.
+  StoreContent with `commit_reservation_id`) may borrow: they pass while the bucket is above
+  minus one burst, because refusing them would waste a finished generation or keep credits
+  held until expiry; the debt delays the key's next calls, and a flood of them (e.g. stores
+  naming bogus reservations) is refused once the debt reaches a burst. The bucket is keyed by
+  the SHA-256 of the bearer secret, so unknown keys are limited too and no secret is kept in
+  memory.
 - **Per account**, in ReserveCredits, after authentication: every reservation attempt of an
   account (keyed by tenant and account, so another tenant cannot drain it) takes one token.
   That is the one call every Generate makes first, whichever key or gateway sends it.
@@ -81,11 +84,16 @@ class RateLimiter:
         # key -> (tokens, time of the last refill); most recently used last.
         self._buckets: OrderedDict[Hashable, tuple[float, float]] = OrderedDict()
 
-    def take(self, key: Hashable) -> None:
+    def take(self, key: Hashable, *, borrow: bool = False) -> None:
         """Takes one token from `key`'s bucket.
 
+        Args:
+            borrow: Take it even from an empty bucket, down to minus one burst (for calls
+                that settle admitted work); later calls wait until the debt is refilled.
+
         Raises:
-            RateLimited: The bucket is empty; its `retry_after_s` is when a token will be back.
+            RateLimited: The bucket is empty (or, borrowing, a burst in debt); its
+                `retry_after_s` is when the call would pass.
         """
         now = self._clock.now().timestamp()
         rate = self._rate
@@ -93,9 +101,10 @@ class RateLimiter:
             tokens, last = self._buckets.pop(key, (float(rate.burst), now))
             now = max(now, last)  # a clock stepped back refills nothing, and never twice
             tokens = min(float(rate.burst), tokens + (now - last) * rate.per_second)
-            if tokens < 1.0:
+            floor = 1.0 - rate.burst if borrow else 1.0  # the fewest tokens a call may take from
+            if tokens < floor:
                 self._buckets[key] = (tokens, now)
-                raise RateLimited(self._scope, retry_after_s=(1.0 - tokens) / rate.per_second)
+                raise RateLimited(self._scope, retry_after_s=(floor - tokens) / rate.per_second)
             self._buckets[key] = (tokens - 1.0, now)
             if len(self._buckets) > self._max_buckets:
                 self._buckets.popitem(last=False)

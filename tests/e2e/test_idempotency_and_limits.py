@@ -168,3 +168,18 @@ class TestLimitsThroughTheGateway:
                     metadata=operator_metadata,
                 )
         assert len(inference.Generate(_request(account_id), metadata=operator_metadata, timeout=120).images) == 1
+
+
+def test_the_serve_grpc_proxy_refuses_a_request_over_its_maximum_message_size(
+    inference, operator_metadata, make_account
+) -> None:
+    # `atelier up` caps Serve's proxy at 64 MiB (Ray's own default is 2 GiB): a bigger request is
+    # refused by gRPC before any replica parses it, not by the prompt's length check.
+    account_id = make_account(10)
+    request = _request(account_id, prompt="x" * (65 * 1024 * 1024))
+    try:
+        inference.Generate(request, metadata=operator_metadata, timeout=60)
+        raise AssertionError("a 65 MiB request was accepted")
+    except grpc.RpcError as error:
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert f"vs. {64 * 1024 * 1024})" in (error.details() or "")  # gRPC names the limit it applied

@@ -161,15 +161,16 @@ class TestRateLimitPerKey:
             grpc.StatusCode.UNAUTHENTICATED
         )
 
-    def test_releasing_and_storing_with_commit_are_never_rate_limited(
+    def test_releasing_and_storing_with_commit_borrow_up_to_a_burst(
         self, start_server: StartServer, stub: ControlPlaneStub, operator: Caller, make_account: Callable[..., str]
     ) -> None:
         account_id = make_account(credits=10)
         # Held through the unlimited session server, settled through the limited one.
         first = _reserve(stub, operator.metadata, account_id).reservation.reservation_id
         second = _reserve(stub, operator.metadata, account_id).reservation.reservation_id
-        limited = start_server(key_rate_per_s=1, key_burst=1)
-        _balance(limited, operator, account_id)
+        limited = start_server(key_rate_per_s=1, key_burst=2)
+        for _ in range(2):
+            _balance(limited, operator, account_id)
         assert error_reason(_refusal(lambda: _balance(limited, operator, account_id))) == "RATE_LIMITED"
 
         _release(limited, operator, first)
@@ -181,6 +182,11 @@ class TestRateLimitPerKey:
 
         assert stored.reservation.state == pb.RESERVATION_STATE_COMMITTED
         assert (stored.balance.total, stored.balance.held) == (9, 0)
+        # Two tokens in debt now: even settling calls (here, naming a made-up reservation) wait.
+        bogus = pb.StoreContentRequest(account_id=account_id, items=[item], commit_reservation_id=first)
+        error = _refusal(lambda: limited.StoreContent(bogus, metadata=operator.metadata))
+        assert error_reason(error) == "RATE_LIMITED"
+        assert _details(error)[1] == pytest.approx(1.0)
 
     def test_zero_turns_the_limit_off(
         self, start_server: StartServer, operator: Caller, make_account: Callable[..., str]

@@ -46,6 +46,22 @@ def test_tokens_come_back_at_the_rate_and_never_beyond_the_burst() -> None:
         limiter.take("a")
 
 
+def test_settling_calls_borrow_down_to_minus_one_burst_and_the_debt_delays_later_calls() -> None:
+    clock = ManualClock(START)
+    limiter = _limiter(1, 2, clock)
+    limiter.take("a")
+    limiter.take("a")
+    limiter.take("a", borrow=True)
+    limiter.take("a", borrow=True)
+    with pytest.raises(RateLimited) as caught:
+        limiter.take("a", borrow=True)
+    assert caught.value.retry_after_s == pytest.approx(1.0)
+    clock.advance(timedelta(seconds=2))
+    with pytest.raises(RateLimited) as caught:
+        limiter.take("a")  # the debt is paid back first
+    assert caught.value.retry_after_s == pytest.approx(1.0)
+
+
 def test_a_clock_stepping_back_refills_nothing() -> None:
     clock = ManualClock(START)
     limiter = _limiter(1, 1, clock)
