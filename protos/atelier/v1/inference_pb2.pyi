@@ -90,7 +90,8 @@ class GenerateRequest(_message.Message):
     images and content ids (replayed = true) and charges nothing more; while the first
     is still running: ABORTED with a RetryInfo; with a different request:
     FAILED_PRECONDITION (ErrorInfo IDEMPOTENCY_KEY_REUSED). A key whose request failed
-    may be used again. Absent: every request generates and charges anew.
+    may be used again. A replay reads the stored images, so the key needs the read
+    scope too. Absent: every request generates and charges anew.
     """
     def __init__(
         self,
