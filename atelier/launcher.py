@@ -220,6 +220,9 @@ class LocalCluster:
             # Replicas share a few cores with the gateway and the control plane: OpenMP threads
             # that spin after each parallel region would steal their CPU (~8 ms per request).
             "OMP_WAIT_POLICY": "PASSIVE",
+            # Serve's gRPC proxy accepts 2 GiB messages unless told otherwise; a Generate
+            # request or reply (8 PNGs) is far below 64 MiB. Larger: RESOURCE_EXHAUSTED.
+            "RAY_SERVE_GRPC_MAX_MESSAGE_SIZE": str(64 * 1024 * 1024),
             **os.environ,
             "HF_HUB_OFFLINE": "1",
             "TOKENIZERS_PARALLELISM": "false",

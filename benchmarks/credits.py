@@ -162,6 +162,11 @@ def _control_plane(url: str) -> Iterator[str]:
             "ATELIER_HOME": home,
             "ATELIER_CONTROL_PLANE_LISTEN": f"127.0.0.1:{port}",
             "ATELIER_CONTROL_PLANE_METRICS_PORT": "0",
+            # Rate limits would cap what this measures; the bound on reservations in flight
+            # stays on (so its cost is measured) but above the race's 64 callers.
+            "ATELIER_KEY_RATE_PER_S": "0",
+            "ATELIER_ACCOUNT_RATE_PER_S": "0",
+            "ATELIER_MAX_CONCURRENT_GENERATIONS": str(RACE_CALLERS),
         }
         process = subprocess.Popen(
             [sys.executable, "-m", "control_plane", "serve"],
@@ -201,6 +206,7 @@ def _sql_pairs_per_s(url: str, principal, account_id: uuid.UUID, clients: int, s
                     purpose="bench",
                     actor=actor,
                     now=now,
+                    concurrency=credits.ConcurrencyLimit(max_held=RACE_CALLERS, retry_after_s=1.0),
                 )
                 credits.commit_reservation(
                     conn,

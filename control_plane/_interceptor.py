@@ -9,12 +9,18 @@
 - Anything else becomes INTERNAL "internal error (request id X)"; the traceback goes to the
   log, never to the caller.
 - Every unary call is timed into `atelier_control_plane_rpc_duration_seconds{method,code}`.
+- With a per-key `RateLimiter`, every unary call of an API key takes a token before the
+  servicer (and its database connection) is reached; an empty bucket is RESOURCE_EXHAUSTED
+  with ErrorInfo reason RATE_LIMITED and a RetryInfo. Calls that settle admitted work may
+  borrow (see `control_plane/rate_limits.py`, also for why the bucket lives here, in memory).
 """
 
 from __future__ import annotations
 
 import contextvars
+import hashlib
 import logging
+import math
 import re
 import time
 import uuid
@@ -28,12 +34,21 @@ from grpc_status import rpc_status
 from prometheus_client import CollectorRegistry, Histogram
 
 from control_plane import errors
+from control_plane._auth import bearer_secret
+from control_plane.rate_limits import RateLimiter
 
 _logger = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "x-request-id"
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _ERROR_DOMAIN = "atelier.v1"
+
+# Calls that finish work already admitted (and paid for): refusing them would waste a finished
+# generation or keep its credits held until expiry, so they may borrow from the per-key bucket.
+_SETTLING_METHODS = frozenset(
+    {"atelier.v1.ControlPlane/CommitReservation", "atelier.v1.ControlPlane/ReleaseReservation"}
+)
+_STORE_CONTENT = "atelier.v1.ControlPlane/StoreContent"
 
 _request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("atelier_request_id", default=None)
 
@@ -43,6 +58,9 @@ _STATUS_OF_ERROR: dict[type[errors.DomainError], grpc.StatusCode] = {
     errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     errors.InsufficientCredits: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.RateLimited: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.TooManyConcurrentRequests: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.Aborted: grpc.StatusCode.ABORTED,
     errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
@@ -65,8 +83,14 @@ def status_code_of(error: errors.DomainError) -> grpc.StatusCode:
 class ControlPlaneInterceptor(grpc.ServerInterceptor):
     """Wraps every unary-unary handler; streaming handlers pass through untouched."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
-        """Registers the RPC duration histogram in `registry`."""
+    def __init__(self, registry: CollectorRegistry, key_limiter: RateLimiter | None = None) -> None:
+        """Registers the RPC duration histogram in `registry`.
+
+        Args:
+            registry: Where the RPC metrics go.
+            key_limiter: Token buckets per API key; None lets every call through.
+        """
+        self._key_limiter = key_limiter
         self._duration = Histogram(
             "atelier_control_plane_rpc_duration_seconds",
             "Time to serve a control-plane RPC, by method and status code.",
@@ -111,6 +135,9 @@ class ControlPlaneInterceptor(grpc.ServerInterceptor):
         code = grpc.StatusCode.OK
         try:
             context.send_initial_metadata(((REQUEST_ID_HEADER, request_id),))
+            if self._key_limiter is not None and (secret := _bearer_secret(metadata)) is not None:
+                digest = hashlib.sha256(secret.encode()).digest()
+                self._key_limiter.take(digest, borrow=_settles(method, request))
             return behavior(request, context)
         except errors.DomainError as error:
             code = status_code_of(error)
@@ -145,6 +172,11 @@ def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, error: errors.D
     if isinstance(error, errors.Unavailable):
         retry = error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=1))
         details.append(_packed(retry))
+    if isinstance(error, errors.RetryLater):
+        delay = duration_pb2.Duration()
+        # Rounded up to the millisecond, so a caller that waits exactly this long finds a token.
+        delay.FromMilliseconds(max(1, math.ceil(error.retry_after_s * 1000)))
+        details.append(_packed(error_details_pb2.RetryInfo(retry_delay=delay)))
     if not details:
         context.abort(code, error.message)
     status = status_pb2.Status(code=getattr(code_pb2, code.name), message=error.message, details=details)
@@ -155,6 +187,20 @@ def _packed(message: Any) -> any_pb2.Any:
     packed = any_pb2.Any()
     packed.Pack(message)
     return packed
+
+
+def _settles(method: str, request: Any) -> bool:
+    if method in _SETTLING_METHODS:
+        return True
+    return method == _STORE_CONTENT and bool(getattr(request, "commit_reservation_id", ""))
+
+
+def _bearer_secret(metadata: Any) -> str | None:
+    # The servicer authenticates; here a missing or malformed key only means "no bucket".
+    try:
+        return bearer_secret(metadata)
+    except errors.Unauthenticated:
+        return None
 
 
 def _request_id_from(metadata: Any) -> str:

@@ -30,6 +30,12 @@ ENV_VARS: Mapping[str, str] = {
     "policy_profile": "ATELIER_POLICY_PROFILE",
     "policy_dir": "ATELIER_POLICY_DIR",
     "sweep_interval_s": "ATELIER_SWEEP_INTERVAL_S",
+    "key_rate_per_s": "ATELIER_KEY_RATE_PER_S",
+    "key_burst": "ATELIER_KEY_BURST",
+    "account_rate_per_s": "ATELIER_ACCOUNT_RATE_PER_S",
+    "account_burst": "ATELIER_ACCOUNT_BURST",
+    "max_concurrent_generations": "ATELIER_MAX_CONCURRENT_GENERATIONS",
+    "concurrency_retry_s": "ATELIER_CONCURRENCY_RETRY_S",
 }
 
 
@@ -116,6 +122,30 @@ class ControlPlaneConfig:
     """Seconds between the retention sweeps the server runs in a background thread (0..86400);
     0 turns the built-in sweeper off (e.g. when a CronJob runs `atelier sweep --once`)."""
 
+    # --- abuse limits (see control_plane/rate_limits.py) -------------------------------------
+
+    key_rate_per_s: int = 100
+    """RPCs per second one API key may make, per control-plane replica (token bucket refill);
+    0 turns the per-key limit off. Settling calls (commit, release, store-and-commit) are free."""
+
+    key_burst: int = 200
+    """RPCs one API key may make at once after a quiet spell (bucket capacity), >= 1."""
+
+    account_rate_per_s: int = 10
+    """Credit reservations (so Generate requests) per second per account, per control-plane
+    replica; 0 turns the per-account limit off."""
+
+    account_burst: int = 40
+    """Reservations one account may make at once after a quiet spell, >= 1."""
+
+    max_concurrent_generations: int = 8
+    """Held (unexpired) reservations, i.e. generations in flight, an account may have at once;
+    checked in the database, so exact across replicas. 0 turns the bound off. 8 lets one
+    account fill a batch of 8."""
+
+    concurrency_retry_s: int = 1
+    """Retry hint, in seconds, sent with TOO_MANY_CONCURRENT_REQUESTS, 1..3600."""
+
     def __post_init__(self) -> None:
         if self.database_url is not None and not self.database_url.strip():
             _fail("database_url", "must not be blank (leave it unset for the embedded server)")
@@ -134,6 +164,12 @@ class ControlPlaneConfig:
             )
         _check_range("minimum_age", self.minimum_age, 0, 150)
         _check_range("sweep_interval_s", self.sweep_interval_s, 0, 86400, "0 turns the built-in sweeper off")
+        _check_range("key_rate_per_s", self.key_rate_per_s, 0, 10**6, "0 turns the per-key limit off")
+        _check_range("key_burst", self.key_burst, 1, 10**6)
+        _check_range("account_rate_per_s", self.account_rate_per_s, 0, 10**6, "0 turns the per-account limit off")
+        _check_range("account_burst", self.account_burst, 1, 10**6)
+        _check_range("max_concurrent_generations", self.max_concurrent_generations, 0, 10**6, "0 turns the bound off")
+        _check_range("concurrency_retry_s", self.concurrency_retry_s, 1, 3600)
 
     @property
     def blob_root(self) -> Path:

@@ -89,3 +89,46 @@ class AccountNotActive(FailedPrecondition):
             f"account {account_id} is {status}: it cannot generate or store content",
             reason=f"ACCOUNT_{status.upper()}",
         )
+
+
+class RetryLater(DomainError):
+    """A refusal that goes away with time; the caller should retry after `retry_after_s`.
+
+    The interceptor sends `retry_after_s` as a `google.rpc.RetryInfo` next to the ErrorInfo.
+
+    Attributes:
+        retry_after_s: Seconds to wait before retrying, > 0.
+    """
+
+    def __init__(self, message: str, *, reason: str, retry_after_s: float, metadata: Mapping[str, str] | None = None):
+        super().__init__(message, reason=reason, metadata=metadata)
+        self.retry_after_s = retry_after_s
+
+
+class RateLimited(RetryLater):
+    """A token bucket (per API key or per account) is empty."""
+
+    def __init__(self, scope: str, retry_after_s: float) -> None:
+        super().__init__(
+            f"rate limit of this {scope} exceeded: retry in {retry_after_s:.3f} s",
+            reason="RATE_LIMITED",
+            retry_after_s=retry_after_s,
+            metadata={"scope": scope},
+        )
+
+
+class TooManyConcurrentRequests(RetryLater):
+    """The account already has the maximum number of generations in flight."""
+
+    def __init__(self, limit: int, retry_after_s: float) -> None:
+        super().__init__(
+            f"the account already has {limit} generations in flight, its limit: "
+            f"retry in {retry_after_s:.0f} s or when one of them finishes",
+            reason="TOO_MANY_CONCURRENT_REQUESTS",
+            retry_after_s=retry_after_s,
+            metadata={"limit": str(limit)},
+        )
+
+
+class Aborted(RetryLater):
+    """A concurrent request with the same idempotency key is still in flight."""

@@ -20,6 +20,7 @@ from control_plane._interceptor import ControlPlaneInterceptor
 from control_plane.bootstrap import ControlPlaneDeps, bootstrap
 from control_plane.config import ControlPlaneConfig
 from control_plane.metrics import DatabaseStateCollector
+from control_plane.rate_limits import key_rate_limiter
 from control_plane.service import ControlPlaneServicer
 from control_plane.sweeper import SweepLagCollector, SweepLoop, SweepMetrics
 from control_plane.training_service import TrainingDataServicer
@@ -47,7 +48,7 @@ def build_server(config: ControlPlaneConfig, deps: ControlPlaneDeps) -> grpc.Ser
     """
     server = grpc.server(
         ThreadPoolExecutor(max_workers=config.grpc_workers, thread_name_prefix="control-plane-rpc"),
-        interceptors=[ControlPlaneInterceptor(deps.registry)],
+        interceptors=[ControlPlaneInterceptor(deps.registry, key_limiter=key_rate_limiter(config, deps.clock))],
         options=[
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),

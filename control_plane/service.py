@@ -6,16 +6,18 @@ module never sets a status itself.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from uuid import UUID
 
 import grpc
 from typing_extensions import override
 
 from control_plane import _convert as convert
 from control_plane import _page_tokens as tokens
-from control_plane import accounts, api_keys, audit, consent, content, credits, dsr, moderation
+from control_plane import accounts, api_keys, audit, consent, content, credits, dsr, moderation, rate_limits
 from control_plane._auth import authorized
 from control_plane._interceptor import current_request_id
 from control_plane.accounts import AgeEvidence, Tier, Visibility
@@ -33,6 +35,7 @@ CONTENT_PAGE_DEFAULT, CONTENT_PAGE_MAX = 20, 100
 DSR_PAGE_DEFAULT, DSR_PAGE_MAX = 100, 1000
 AUDIT_PAGE_DEFAULT, AUDIT_PAGE_MAX = 100, 1000
 API_KEY_PAGE_DEFAULT, API_KEY_PAGE_MAX = 100, 500
+MAX_CALLER_FINGERPRINT_BYTES = 64
 
 
 class ControlPlaneServicer(control_plane_pb2_grpc.ControlPlaneServicer):
@@ -46,6 +49,12 @@ class ControlPlaneServicer(control_plane_pb2_grpc.ControlPlaneServicer):
         self._keys = deps.keys
         self._policies = deps.policies
         self._clock = deps.clock
+        self._account_limiter = rate_limits.account_rate_limiter(config, deps.clock)
+        self._concurrency = (
+            credits.ConcurrencyLimit(config.max_concurrent_generations, float(config.concurrency_retry_s))
+            if config.max_concurrent_generations
+            else None
+        )
         self._checkers = {
             name: deps.moderation(self._policies.get(name).moderation) for name in ("default", *self._policies.named)
         }
@@ -245,6 +254,9 @@ class ControlPlaneServicer(control_plane_pb2_grpc.ControlPlaneServicer):
         """Holds credits for a generation. Scope: generate."""
         with self._authorized(context, Scope.GENERATE, "ReserveCredits") as (conn, principal):
             account_id = convert.parse_uuid("account_id", request.account_id)
+            if self._account_limiter is not None:
+                # Keyed by tenant too, so no other tenant's calls can drain this account's bucket.
+                self._account_limiter.take((principal.tenant_id, account_id))
             if request.prompt:
                 # Blocked prompts are recorded and refused before anything is held. The
                 # account is checked first, so flags never name another tenant's account.
@@ -259,18 +271,12 @@ class ControlPlaneServicer(control_plane_pb2_grpc.ControlPlaneServicer):
                     actor=principal.actor(current_request_id()),
                     now=self._clock.now(),
                 )
-            reservation, balance = credits.reserve_credits(
-                conn,
-                tenant_id=principal.tenant_id,
-                account_id=account_id,
-                amount=request.amount,
-                ttl=self._reservation_ttl(request.ttl_seconds),
-                purpose=request.purpose,
-                actor=principal.actor(current_request_id()),
-                now=self._clock.now(),
-            )
+            reserved = self._reserve(conn, principal, account_id, request)
         return control_plane_pb2.ReserveCreditsResponse(
-            reservation=convert.reservation_pb(reservation), balance=convert.balance_pb(balance)
+            reservation=convert.reservation_pb(reserved.reservation),
+            balance=convert.balance_pb(reserved.balance),
+            replayed=reserved.replayed_content_ids is not None,
+            replayed_content_ids=[str(content_id) for content_id in reserved.replayed_content_ids or ()],
         )
 
     @override
@@ -612,6 +618,43 @@ class ControlPlaneServicer(control_plane_pb2_grpc.ControlPlaneServicer):
         with authorized(self._pool, context, scope, method, now=instant) as (conn, principal):
             yield conn, principal
 
+    def _reserve(
+        self,
+        conn: Connection,
+        principal: Principal,
+        account_id: UUID,
+        request: control_plane_pb2.ReserveCreditsRequest,
+    ) -> credits.Reserved:
+        ttl = self._reservation_ttl(request.ttl_seconds)
+        actor = principal.actor(current_request_id())
+        if not request.HasField("idempotency"):
+            reservation, balance = credits.reserve_credits(
+                conn,
+                tenant_id=principal.tenant_id,
+                account_id=account_id,
+                amount=request.amount,
+                ttl=ttl,
+                purpose=request.purpose,
+                actor=actor,
+                now=self._clock.now(),
+                concurrency=self._concurrency,
+            )
+            return credits.Reserved(reservation, balance, None)
+        if len(request.idempotency.request_fingerprint) > MAX_CALLER_FINGERPRINT_BYTES:
+            raise InvalidArgument("idempotency.request_fingerprint", f"must be 0..{MAX_CALLER_FINGERPRINT_BYTES} bytes")
+        return credits.reserve_credits_idempotently(
+            conn,
+            tenant_id=principal.tenant_id,
+            account_id=account_id,
+            amount=request.amount,
+            ttl=ttl,
+            purpose=request.purpose,
+            actor=actor,
+            now=self._clock.now(),
+            idempotency=credits.IdempotencyKey(request.idempotency.key, _request_fingerprint(request)),
+            concurrency=self._concurrency,
+        )
+
     def _profile(self, conn: Connection, principal: Principal) -> PolicyProfile:
         return self._policies.for_tenant(conn, principal.tenant_id)
 
@@ -628,6 +671,22 @@ class ControlPlaneServicer(control_plane_pb2_grpc.ControlPlaneServicer):
                 f"must be 0..{self._config.max_reservation_ttl_s} (0 means {self._config.reservation_ttl_s})",
             )
         return timedelta(seconds=ttl_seconds)
+
+
+def _request_fingerprint(request: control_plane_pb2.ReserveCreditsRequest) -> bytes:
+    # Everything that shapes the reservation's result, each part length-prefixed so no two
+    # different requests can concatenate to the same bytes.
+    digest = hashlib.sha256()
+    parts = (
+        request.idempotency.request_fingerprint,
+        str(request.amount).encode(),
+        request.purpose.encode(),
+        request.prompt.encode(),
+    )
+    for part in parts:
+        digest.update(len(part).to_bytes(8, "big"))
+        digest.update(part)
+    return digest.digest()
 
 
 def _new_content(items: Sequence[control_plane_pb2.NewContent]) -> list[content.NewContent]:

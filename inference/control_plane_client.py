@@ -26,22 +26,31 @@ _CALLER_CODES = frozenset(
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         grpc.StatusCode.FAILED_PRECONDITION,
         grpc.StatusCode.ALREADY_EXISTS,
+        # An idempotent retry whose first request is still in flight (with a RetryInfo).
+        grpc.StatusCode.ABORTED,
     }
 )
 _RETRYABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 _STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+"""Largest message sent to or accepted from the control plane: its own server default
+(`ControlPlaneConfig.max_message_bytes`); a store of 8 large PNGs stays far below it."""
+
 
 class ControlPlaneClient:
     """Async client bound to the event loop of the replica that first uses it."""
 
-    def __init__(self, address: str, timeout_s: float, tls: TlsConfig | None = None) -> None:
+    def __init__(
+        self, address: str, timeout_s: float, tls: TlsConfig | None = None, max_message_bytes: int = MAX_MESSAGE_BYTES
+    ) -> None:
         """Dials `address` as `tls` says; None reads `ATELIER_TLS_*` when the channel is made.
 
         The default reads the replica process's own environment (where the chart mounts the
         certificates), not the driver's that built the deployment.
         """
         self._address = address
+        self._max_message_bytes = max_message_bytes
         self._timeout_s = timeout_s
         self._tls = tls
         self._stub: control_plane_pb2_grpc.ControlPlaneStub | None = None
@@ -51,24 +60,57 @@ class ControlPlaneClient:
         # replica's request loop, not in the deployment's constructor.
         if self._stub is None:
             tls = self._tls if self._tls is not None else TlsConfig.from_env()
-            self._stub = control_plane_pb2_grpc.ControlPlaneStub(tls.aio_channel(self._address))
+            options = [
+                ("grpc.max_send_message_length", self._max_message_bytes),
+                ("grpc.max_receive_message_length", self._max_message_bytes),
+            ]
+            self._stub = control_plane_pb2_grpc.ControlPlaneStub(tls.aio_channel(self._address, options))
         return self._stub
 
     async def reserve_credits(
-        self, api_key: str, account_id: str, amount: int, ttl_s: int, purpose: str, prompt: str = ""
-    ) -> str:
-        """Holds `amount` credits of the account; returns the reservation id.
+        self,
+        api_key: str,
+        account_id: str,
+        amount: int,
+        ttl_s: int,
+        purpose: str,
+        prompt: str = "",
+        idempotency: control_plane_pb2.IdempotencyKey | None = None,
+    ) -> control_plane_pb2.ReserveCreditsResponse:
+        """Holds `amount` credits of the account; the reply names the reservation.
 
-        The control plane moderates `prompt` first: a blocked prompt reserves nothing.
+        The control plane moderates `prompt` first: a blocked prompt reserves nothing. With
+        `idempotency`, a retry of a committed request holds nothing: the reply says
+        `replayed` and lists the content ids the first request stored.
 
         Raises:
-            RequestError: the control plane refused (its code and message) or is unreachable.
+            RequestError: the control plane refused (its code, message and rich details) or
+                is unreachable.
         """
         request = control_plane_pb2.ReserveCreditsRequest(
-            account_id=account_id, amount=amount, ttl_seconds=ttl_s, purpose=purpose, prompt=prompt
+            account_id=account_id,
+            amount=amount,
+            ttl_seconds=ttl_s,
+            purpose=purpose,
+            prompt=prompt,
+            idempotency=idempotency,
         )
-        response = await self._call(self._control_plane().ReserveCredits, request, api_key)
-        return str(response.reservation.reservation_id)
+        response: control_plane_pb2.ReserveCreditsResponse = await self._call(
+            self._control_plane().ReserveCredits, request, api_key
+        )
+        return response
+
+    async def get_content(self, api_key: str, content_id: str) -> control_plane_pb2.GetContentResponse:
+        """An item's metadata and bytes (decrypted by the control plane).
+
+        Raises:
+            RequestError: the control plane refused or is unreachable.
+        """
+        request = control_plane_pb2.GetContentRequest(content_id=content_id, include_data=True)
+        response: control_plane_pb2.GetContentResponse = await self._call(
+            self._control_plane().GetContent, request, api_key
+        )
+        return response
 
     async def store_and_commit(
         self,

@@ -11,6 +11,7 @@ gateway runs validation of a request with images off its event loop.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ DEFAULT_STRENGTH = 0.75
 # float fields arrive as float32: 0.7 becomes 0.69999999; rounding restores what the caller wrote, so
 # int(steps * strength) counts the steps they expect (and pricing and the pipeline agree on it).
 _STRENGTH_DIGITS = 6
+_MAX_IDEMPOTENCY_KEY_CHARS = 128
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,10 @@ class ValidatedRequest:
     """Credits this request costs (see `inference.pricing`)."""
     preview_every: int = 0
     """Streamed progress carries a preview every this many steps; 0 for none."""
+    idempotency_key: str | None = None
+    """The caller's idempotency key, when it sent one."""
+    request_fingerprint: bytes = b""
+    """SHA-256 of the request as sent, without its idempotency key; a retry must match it."""
 
 
 def validate_generate_request(request: inference_pb2.GenerateRequest, config: ServeConfig) -> ValidatedRequest:
@@ -107,7 +113,34 @@ def validate_generate_request(request: inference_pb2.GenerateRequest, config: Se
     )
     # Edits are priced by the denoising steps they actually run (see inference.pricing).
     cost = generation_cost(model, width=width, height=height, steps=params.denoising_steps, num_images=num_images)
-    return ValidatedRequest(account_id=account_id, model=model, params=params, cost=cost, preview_every=preview_every)
+    idempotency_key = _validate_idempotency_key(request)
+    return ValidatedRequest(
+        account_id=account_id,
+        model=model,
+        params=params,
+        cost=cost,
+        preview_every=preview_every,
+        idempotency_key=idempotency_key,
+        request_fingerprint=_fingerprint(request) if idempotency_key is not None else b"",
+    )
+
+
+def _validate_idempotency_key(request: inference_pb2.GenerateRequest) -> str | None:
+    if not request.HasField("idempotency_key"):
+        return None
+    key = request.idempotency_key
+    if not 1 <= len(key) <= _MAX_IDEMPOTENCY_KEY_CHARS or not all(" " <= c <= "~" for c in key):
+        raise _invalid("idempotency_key", f"must be 1..{_MAX_IDEMPOTENCY_KEY_CHARS} printable ASCII characters")
+    return key
+
+
+def _fingerprint(request: inference_pb2.GenerateRequest) -> bytes:
+    # The request as the caller sent it (an absent seed stays absent, so a retry matches),
+    # minus the key itself; deterministic serialisation makes equal messages equal bytes.
+    unkeyed = inference_pb2.GenerateRequest()
+    unkeyed.CopyFrom(request)
+    unkeyed.ClearField("idempotency_key")
+    return hashlib.sha256(unkeyed.SerializeToString(deterministic=True)).digest()
 
 
 def _validate_edit(

@@ -11,6 +11,13 @@ the upload's content id, which exists only once it is stored, and the generated 
 still go in with the charge in one transaction. A failed edit therefore leaves no
 generated content and no charge; its upload stays until the retention sweep deletes it
 with every upload (24 hours by default), as any upload of the account would.
+
+With an `idempotency_key`, the reservation carries it: a retry of a request that already
+succeeded gets a replay from the control plane (the committed reservation and its content
+ids), and the gateway rebuilds the response from the stored images (GetContent) without
+running the model or charging again. Refusals of the control plane (rate limits, the bound on
+generations in flight, a key in flight) reach the caller with their code, message and rich
+details (ErrorInfo, RetryInfo) unchanged.
 """
 
 from __future__ import annotations
@@ -150,15 +157,31 @@ class Gateway:
         params = validated.params
         purpose = _purpose(validated)
         model = validated.model.name
+        idempotency = (
+            control_plane_pb2.IdempotencyKey(
+                key=validated.idempotency_key, request_fingerprint=validated.request_fingerprint
+            )
+            if validated.idempotency_key is not None
+            else None
+        )
         try:
-            reservation_id = await self._control_plane.reserve_credits(
-                api_key, validated.account_id, validated.cost, self._config.reservation_ttl_s, purpose, params.prompt
+            reservation = await self._control_plane.reserve_credits(
+                api_key,
+                validated.account_id,
+                validated.cost,
+                self._config.reservation_ttl_s,
+                purpose,
+                params.prompt,
+                idempotency,
             )
         except RequestError as exc:
             if (info := exc.error_info()) is not None and info.reason == _PROMPT_BLOCKED:
                 category = info.metadata.get("category", "unknown")
                 self._metrics.moderation_blocks.inc(tags={"category": category})
             raise
+        if reservation.replayed:
+            return await self._replay(api_key, reservation, request_id, started)
+        reservation_id = reservation.reservation.reservation_id
         reserved = time.perf_counter()
         self._metrics.credits.inc(validated.cost, tags={"model": model, "outcome": "reserved"})
         self._track_in_flight(model, +1)
@@ -206,6 +229,61 @@ class Gateway:
         if edit is None:
             return ""
         return await self._control_plane.store_upload(api_key, validated.account_id, edit.init_png)
+
+    async def _replay(
+        self,
+        api_key: str,
+        reservation: control_plane_pb2.ReserveCreditsResponse,
+        request_id: str,
+        started: float,
+    ) -> inference_pb2.GenerateResponse:
+        """Rebuilds the response of an idempotent request that already succeeded, from the
+        content its reservation paid for; nothing is generated or charged."""
+        reserved = time.perf_counter()
+        gone = RequestError(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "the images of this idempotency_key's request were deleted: send the request with a new key",
+        )
+        if not reservation.replayed_content_ids:
+            raise gone
+        try:
+            fetched = await asyncio.gather(
+                *(self._control_plane.get_content(api_key, cid) for cid in reservation.replayed_content_ids)
+            )
+        except RequestError as exc:
+            if exc.code == grpc.StatusCode.NOT_FOUND:
+                raise gone from None
+            raise
+        fetched.sort(key=lambda item: item.content.parameters.seed)
+        finished = time.perf_counter()
+        logger.info(
+            "replayed request_id=%s reservation_id=%s images=%d",
+            request_id,
+            reservation.reservation.reservation_id,
+            len(fetched),
+        )
+        return inference_pb2.GenerateResponse(
+            images=[
+                inference_pb2.GeneratedImage(
+                    content_id=item.content.content_id,
+                    png=item.data,
+                    seed=item.content.parameters.seed,
+                    sha256=item.content.sha256,
+                )
+                for item in fetched
+            ],
+            parameters=fetched[0].content.parameters,
+            credits_charged=reservation.reservation.amount,
+            credits_available=reservation.balance.available,
+            timings=inference_pb2.StageTimings(
+                reserve_ms=(reserved - started) * 1000,
+                store_ms=(finished - reserved) * 1000,
+                total_ms=(finished - started) * 1000,
+            ),
+            request_id=request_id,
+            upload_content_id=fetched[0].content.parameters.source_content_id,
+            replayed=True,
+        )
 
     def _track_in_flight(self, model: str, delta: int) -> None:
         self._in_flight[model] += delta

@@ -979,6 +979,7 @@ class ReserveCreditsRequest(_message.Message):
     TTL_SECONDS_FIELD_NUMBER: _builtins.int
     PURPOSE_FIELD_NUMBER: _builtins.int
     PROMPT_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     amount: _builtins.int
     """Credits to hold, 1..1e9."""
@@ -992,6 +993,12 @@ class ReserveCreditsRequest(_message.Message):
     PROMPT_BLOCKED), nothing is reserved and a moderation flag is recorded.
     The prompt itself is not stored unless the moderation policy says so.
     """
+    @_builtins.property
+    def idempotency(self) -> Global___IdempotencyKey:
+        """Makes the reservation safe to retry; absent: every call holds anew.
+        See IdempotencyKey for the semantics.
+        """
+
     def __init__(
         self,
         *,
@@ -1000,14 +1007,51 @@ class ReserveCreditsRequest(_message.Message):
         ttl_seconds: _builtins.int = ...,
         purpose: _builtins.str = ...,
         prompt: _builtins.str = ...,
+        idempotency: Global___IdempotencyKey | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["idempotency", b"idempotency"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "prompt", b"prompt", "purpose", b"purpose", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "idempotency", b"idempotency", "prompt", b"prompt", "purpose", b"purpose", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReserveCreditsRequest: _TypeAlias = ReserveCreditsRequest  # noqa: Y015
+
+@_typing.final
+class IdempotencyKey(_message.Message):
+    """A caller-chosen key that makes ReserveCredits (and so Generate) safe to retry.
+    Keys are per account and live as long as their reservation. A retry with the same
+    key and the same request (same fingerprint, amount, purpose and prompt) after the
+    reservation was committed holds nothing and replays it (ReserveCreditsResponse.replayed);
+    while it is still held: ABORTED (ErrorInfo IDEMPOTENCY_KEY_IN_FLIGHT, RetryInfo);
+    with a different request: FAILED_PRECONDITION (IDEMPOTENCY_KEY_REUSED); after it was
+    released or expired, the key may be used again.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    REQUEST_FINGERPRINT_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    """1..128 printable ASCII characters (space to tilde)."""
+    request_fingerprint: _builtins.bytes
+    """0..64 bytes identifying request parameters the control plane does not see (the
+    gateway sends the SHA-256 of the GenerateRequest); combined with amount, purpose and
+    prompt into the stored fingerprint.
+    """
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        request_fingerprint: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "request_fingerprint", b"request_fingerprint"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IdempotencyKey: _TypeAlias = IdempotencyKey  # noqa: Y015
 
 @_typing.final
 class ReserveCreditsResponse(_message.Message):
@@ -1015,19 +1059,35 @@ class ReserveCreditsResponse(_message.Message):
 
     RESERVATION_FIELD_NUMBER: _builtins.int
     BALANCE_FIELD_NUMBER: _builtins.int
+    REPLAYED_FIELD_NUMBER: _builtins.int
+    REPLAYED_CONTENT_IDS_FIELD_NUMBER: _builtins.int
+    replayed: _builtins.bool
+    """True when this answers a retry of an already committed idempotent request:
+    nothing was held or charged now.
+    """
     @_builtins.property
-    def reservation(self) -> Global___Reservation: ...
+    def reservation(self) -> Global___Reservation:
+        """The new hold; for a replay, the committed reservation of the idempotency key."""
+
     @_builtins.property
     def balance(self) -> Global___Balance: ...
+    @_builtins.property
+    def replayed_content_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """For a replay, the content the committed reservation paid for (UUIDs, in id
+        order; deleted content is left out); empty otherwise.
+        """
+
     def __init__(
         self,
         *,
         reservation: Global___Reservation | None = ...,
         balance: Global___Balance | None = ...,
+        replayed: _builtins.bool = ...,
+        replayed_content_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "reservation", b"reservation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "reservation", b"reservation"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "replayed", b"replayed", "replayed_content_ids", b"replayed_content_ids", "reservation", b"reservation"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

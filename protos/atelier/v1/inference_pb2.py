@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from protos.atelier.v1 import common_pb2 as protos_dot_atelier_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!protos/atelier/v1/inference.proto\x12\natelier.v1\x1a\x1eprotos/atelier/v1/common.proto\"\xe3\x03\n\x0fGenerateRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12\x17\n\x0fnegative_prompt\x18\x04 \x01(\t\x12\x12\n\x05width\x18\x05 \x01(\rH\x00\x88\x01\x01\x12\x13\n\x06height\x18\x06 \x01(\rH\x01\x88\x01\x01\x12\x12\n\x05steps\x18\x07 \x01(\rH\x02\x88\x01\x01\x12\x1b\n\x0eguidance_scale\x18\x08 \x01(\x02H\x03\x88\x01\x01\x12\x11\n\x04seed\x18\t \x01(\x04H\x04\x88\x01\x01\x12\x17\n\nnum_images\x18\n \x01(\rH\x05\x88\x01\x01\x12*\n\nvisibility\x18\x0b \x01(\x0e\x32\x16.atelier.v1.Visibility\x12\"\n\x15preview_every_n_steps\x18\x0c \x01(\rH\x06\x88\x01\x01\x12\x12\n\ninit_image\x18\x0e \x01(\x0c\x12\x15\n\x08strength\x18\x0f \x01(\x02H\x07\x88\x01\x01\x12\x12\n\nmask_image\x18\x10 \x01(\x0c\x42\x08\n\x06_widthB\t\n\x07_heightB\x08\n\x06_stepsB\x11\n\x0f_guidance_scaleB\x07\n\x05_seedB\r\n\x0b_num_imagesB\x18\n\x16_preview_every_n_stepsB\x0b\n\t_strength\"O\n\x0eGeneratedImage\x12\x12\n\ncontent_id\x18\x01 \x01(\t\x12\x0b\n\x03png\x18\x02 \x01(\x0c\x12\x0c\n\x04seed\x18\x03 \x01(\x04\x12\x0e\n\x06sha256\x18\x04 \x01(\t\"\x7f\n\x0cStageTimings\x12\x12\n\nreserve_ms\x18\x01 \x01(\x01\x12\x10\n\x08queue_ms\x18\x02 \x01(\x01\x12\x12\n\ndenoise_ms\x18\x03 \x01(\x01\x12\x11\n\tdecode_ms\x18\x04 \x01(\x01\x12\x10\n\x08store_ms\x18\x05 \x01(\x01\x12\x10\n\x08total_ms\x18\x06 \x01(\x01\"\x82\x02\n\x10GenerateResponse\x12*\n\x06images\x18\x01 \x03(\x0b\x32\x1a.atelier.v1.GeneratedImage\x12\x34\n\nparameters\x18\x02 \x01(\x0b\x32 .atelier.v1.GenerationParameters\x12\x17\n\x0f\x63redits_charged\x18\x03 \x01(\x04\x12\x19\n\x11\x63redits_available\x18\x04 \x01(\x03\x12)\n\x07timings\x18\x05 \x01(\x0b\x32\x18.atelier.v1.StageTimings\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\x19\n\x11upload_content_id\x18\x07 \x01(\t\"`\n\x12GenerationProgress\x12\x0c\n\x04step\x18\x01 \x01(\r\x12\x13\n\x0btotal_steps\x18\x02 \x01(\r\x12\x12\n\nelapsed_ms\x18\x03 \x01(\x01\x12\x13\n\x0bpreview_png\x18\x04 \x01(\x0c\"\x85\x01\n\x16GenerateStreamResponse\x12\x32\n\x08progress\x18\x01 \x01(\x0b\x32\x1e.atelier.v1.GenerationProgressH\x00\x12.\n\x06result\x18\x02 \x01(\x0b\x32\x1c.atelier.v1.GenerateResponseH\x00\x42\x07\n\x05\x65vent\"\x13\n\x11ListModelsRequest\"\xb7\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\x12\n\nis_default\x18\x03 \x01(\x08\x12\x15\n\rdefault_width\x18\x04 \x01(\r\x12\x16\n\x0e\x64\x65\x66\x61ult_height\x18\x05 \x01(\r\x12\x10\n\x08min_size\x18\x06 \x01(\r\x12\x10\n\x08max_size\x18\x07 \x01(\r\x12\x15\n\rdefault_steps\x18\x08 \x01(\r\x12\x11\n\tmax_steps\x18\t \x01(\r\x12\x1e\n\x16\x64\x65\x66\x61ult_guidance_scale\x18\n \x01(\x02\x12\x1d\n\x15millicredits_per_step\x18\x0b \x01(\r\x12\x13\n\x0b\x64\x65scription\x18\x0c \x01(\t\x12\x0c\n\x04pool\x18\r \x01(\t\x12\x18\n\x10supports_editing\x18\x0e \x01(\x08\";\n\x12ListModelsResponse\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.atelier.v1.ModelInfo2\xf4\x01\n\tInference\x12\x45\n\x08Generate\x12\x1b.atelier.v1.GenerateRequest\x1a\x1c.atelier.v1.GenerateResponse\x12S\n\x0eGenerateStream\x12\x1b.atelier.v1.GenerateRequest\x1a\".atelier.v1.GenerateStreamResponse0\x01\x12K\n\nListModels\x12\x1d.atelier.v1.ListModelsRequest\x1a\x1e.atelier.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!protos/atelier/v1/inference.proto\x12\natelier.v1\x1a\x1eprotos/atelier/v1/common.proto\"\x95\x04\n\x0fGenerateRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12\x17\n\x0fnegative_prompt\x18\x04 \x01(\t\x12\x12\n\x05width\x18\x05 \x01(\rH\x00\x88\x01\x01\x12\x13\n\x06height\x18\x06 \x01(\rH\x01\x88\x01\x01\x12\x12\n\x05steps\x18\x07 \x01(\rH\x02\x88\x01\x01\x12\x1b\n\x0eguidance_scale\x18\x08 \x01(\x02H\x03\x88\x01\x01\x12\x11\n\x04seed\x18\t \x01(\x04H\x04\x88\x01\x01\x12\x17\n\nnum_images\x18\n \x01(\rH\x05\x88\x01\x01\x12*\n\nvisibility\x18\x0b \x01(\x0e\x32\x16.atelier.v1.Visibility\x12\"\n\x15preview_every_n_steps\x18\x0c \x01(\rH\x06\x88\x01\x01\x12\x1c\n\x0fidempotency_key\x18\r \x01(\tH\x07\x88\x01\x01\x12\x12\n\ninit_image\x18\x0e \x01(\x0c\x12\x15\n\x08strength\x18\x0f \x01(\x02H\x08\x88\x01\x01\x12\x12\n\nmask_image\x18\x10 \x01(\x0c\x42\x08\n\x06_widthB\t\n\x07_heightB\x08\n\x06_stepsB\x11\n\x0f_guidance_scaleB\x07\n\x05_seedB\r\n\x0b_num_imagesB\x18\n\x16_preview_every_n_stepsB\x12\n\x10_idempotency_keyB\x0b\n\t_strength\"O\n\x0eGeneratedImage\x12\x12\n\ncontent_id\x18\x01 \x01(\t\x12\x0b\n\x03png\x18\x02 \x01(\x0c\x12\x0c\n\x04seed\x18\x03 \x01(\x04\x12\x0e\n\x06sha256\x18\x04 \x01(\t\"\x7f\n\x0cStageTimings\x12\x12\n\nreserve_ms\x18\x01 \x01(\x01\x12\x10\n\x08queue_ms\x18\x02 \x01(\x01\x12\x12\n\ndenoise_ms\x18\x03 \x01(\x01\x12\x11\n\tdecode_ms\x18\x04 \x01(\x01\x12\x10\n\x08store_ms\x18\x05 \x01(\x01\x12\x10\n\x08total_ms\x18\x06 \x01(\x01\"\x94\x02\n\x10GenerateResponse\x12*\n\x06images\x18\x01 \x03(\x0b\x32\x1a.atelier.v1.GeneratedImage\x12\x34\n\nparameters\x18\x02 \x01(\x0b\x32 .atelier.v1.GenerationParameters\x12\x17\n\x0f\x63redits_charged\x18\x03 \x01(\x04\x12\x19\n\x11\x63redits_available\x18\x04 \x01(\x03\x12)\n\x07timings\x18\x05 \x01(\x0b\x32\x18.atelier.v1.StageTimings\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\x19\n\x11upload_content_id\x18\x07 \x01(\t\x12\x10\n\x08replayed\x18\x08 \x01(\x08\"`\n\x12GenerationProgress\x12\x0c\n\x04step\x18\x01 \x01(\r\x12\x13\n\x0btotal_steps\x18\x02 \x01(\r\x12\x12\n\nelapsed_ms\x18\x03 \x01(\x01\x12\x13\n\x0bpreview_png\x18\x04 \x01(\x0c\"\x85\x01\n\x16GenerateStreamResponse\x12\x32\n\x08progress\x18\x01 \x01(\x0b\x32\x1e.atelier.v1.GenerationProgressH\x00\x12.\n\x06result\x18\x02 \x01(\x0b\x32\x1c.atelier.v1.GenerateResponseH\x00\x42\x07\n\x05\x65vent\"\x13\n\x11ListModelsRequest\"\xb7\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\x12\n\nis_default\x18\x03 \x01(\x08\x12\x15\n\rdefault_width\x18\x04 \x01(\r\x12\x16\n\x0e\x64\x65\x66\x61ult_height\x18\x05 \x01(\r\x12\x10\n\x08min_size\x18\x06 \x01(\r\x12\x10\n\x08max_size\x18\x07 \x01(\r\x12\x15\n\rdefault_steps\x18\x08 \x01(\r\x12\x11\n\tmax_steps\x18\t \x01(\r\x12\x1e\n\x16\x64\x65\x66\x61ult_guidance_scale\x18\n \x01(\x02\x12\x1d\n\x15millicredits_per_step\x18\x0b \x01(\r\x12\x13\n\x0b\x64\x65scription\x18\x0c \x01(\t\x12\x0c\n\x04pool\x18\r \x01(\t\x12\x18\n\x10supports_editing\x18\x0e \x01(\x08\";\n\x12ListModelsResponse\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.atelier.v1.ModelInfo2\xf4\x01\n\tInference\x12\x45\n\x08Generate\x12\x1b.atelier.v1.GenerateRequest\x1a\x1c.atelier.v1.GenerateResponse\x12S\n\x0eGenerateStream\x12\x1b.atelier.v1.GenerateRequest\x1a\".atelier.v1.GenerateStreamResponse0\x01\x12K\n\nListModels\x12\x1d.atelier.v1.ListModelsRequest\x1a\x1e.atelier.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,23 +33,23 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.atelier.v1.inference
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GENERATEREQUEST']._serialized_start=82
-  _globals['_GENERATEREQUEST']._serialized_end=565
-  _globals['_GENERATEDIMAGE']._serialized_start=567
-  _globals['_GENERATEDIMAGE']._serialized_end=646
-  _globals['_STAGETIMINGS']._serialized_start=648
-  _globals['_STAGETIMINGS']._serialized_end=775
-  _globals['_GENERATERESPONSE']._serialized_start=778
-  _globals['_GENERATERESPONSE']._serialized_end=1036
-  _globals['_GENERATIONPROGRESS']._serialized_start=1038
-  _globals['_GENERATIONPROGRESS']._serialized_end=1134
-  _globals['_GENERATESTREAMRESPONSE']._serialized_start=1137
-  _globals['_GENERATESTREAMRESPONSE']._serialized_end=1270
-  _globals['_LISTMODELSREQUEST']._serialized_start=1272
-  _globals['_LISTMODELSREQUEST']._serialized_end=1291
-  _globals['_MODELINFO']._serialized_start=1294
-  _globals['_MODELINFO']._serialized_end=1605
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1607
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1666
-  _globals['_INFERENCE']._serialized_start=1669
-  _globals['_INFERENCE']._serialized_end=1913
+  _globals['_GENERATEREQUEST']._serialized_end=615
+  _globals['_GENERATEDIMAGE']._serialized_start=617
+  _globals['_GENERATEDIMAGE']._serialized_end=696
+  _globals['_STAGETIMINGS']._serialized_start=698
+  _globals['_STAGETIMINGS']._serialized_end=825
+  _globals['_GENERATERESPONSE']._serialized_start=828
+  _globals['_GENERATERESPONSE']._serialized_end=1104
+  _globals['_GENERATIONPROGRESS']._serialized_start=1106
+  _globals['_GENERATIONPROGRESS']._serialized_end=1202
+  _globals['_GENERATESTREAMRESPONSE']._serialized_start=1205
+  _globals['_GENERATESTREAMRESPONSE']._serialized_end=1338
+  _globals['_LISTMODELSREQUEST']._serialized_start=1340
+  _globals['_LISTMODELSREQUEST']._serialized_end=1359
+  _globals['_MODELINFO']._serialized_start=1362
+  _globals['_MODELINFO']._serialized_end=1673
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1675
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1734
+  _globals['_INFERENCE']._serialized_start=1737
+  _globals['_INFERENCE']._serialized_end=1981
 # @@protoc_insertion_point(module_scope)

@@ -49,6 +49,7 @@ class GenerateRequest(_message.Message):
     NUM_IMAGES_FIELD_NUMBER: _builtins.int
     VISIBILITY_FIELD_NUMBER: _builtins.int
     PREVIEW_EVERY_N_STEPS_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     INIT_IMAGE_FIELD_NUMBER: _builtins.int
     STRENGTH_FIELD_NUMBER: _builtins.int
     MASK_IMAGE_FIELD_NUMBER: _builtins.int
@@ -85,6 +86,15 @@ class GenerateRequest(_message.Message):
     every Nth progress message (1..150 steps); absent or 0 sends none.
     Previews are PNGs at latent resolution (1/8 of width and height), an
     approximation computed from the latents without the VAE.
+    """
+    idempotency_key: _builtins.str
+    """Makes the request safe to retry, 1..128 printable ASCII characters, per account.
+    A retry with the same key and the same request after success returns the same
+    images and content ids (replayed = true) and charges nothing more; while the first
+    is still running: ABORTED with a RetryInfo; with a different request:
+    FAILED_PRECONDITION (ErrorInfo IDEMPOTENCY_KEY_REUSED). A key whose request failed
+    may be used again. A replay reads the stored images, so the key needs the read
+    scope too. Absent: every request generates and charges anew.
     """
     init_image: _builtins.bytes
     """Editing: the image to edit, PNG or JPEG, at most 10 MiB and 4096x4096
@@ -123,18 +133,21 @@ class GenerateRequest(_message.Message):
         num_images: _builtins.int | None = ...,
         visibility: _common_pb2.Visibility.ValueType = ...,
         preview_every_n_steps: _builtins.int | None = ...,
+        idempotency_key: _builtins.str | None = ...,
         init_image: _builtins.bytes = ...,
         strength: _builtins.float | None = ...,
         mask_image: _builtins.bytes = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_guidance_scale", b"_guidance_scale", "_height", b"_height", "_num_images", b"_num_images", "_preview_every_n_steps", b"_preview_every_n_steps", "_seed", b"_seed", "_steps", b"_steps", "_strength", b"_strength", "_width", b"_width", "guidance_scale", b"guidance_scale", "height", b"height", "num_images", b"num_images", "preview_every_n_steps", b"preview_every_n_steps", "seed", b"seed", "steps", b"steps", "strength", b"strength", "width", b"width"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_guidance_scale", b"_guidance_scale", "_height", b"_height", "_idempotency_key", b"_idempotency_key", "_num_images", b"_num_images", "_preview_every_n_steps", b"_preview_every_n_steps", "_seed", b"_seed", "_steps", b"_steps", "_strength", b"_strength", "_width", b"_width", "guidance_scale", b"guidance_scale", "height", b"height", "idempotency_key", b"idempotency_key", "num_images", b"num_images", "preview_every_n_steps", b"preview_every_n_steps", "seed", b"seed", "steps", b"steps", "strength", b"strength", "width", b"width"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_guidance_scale", b"_guidance_scale", "_height", b"_height", "_num_images", b"_num_images", "_preview_every_n_steps", b"_preview_every_n_steps", "_seed", b"_seed", "_steps", b"_steps", "_strength", b"_strength", "_width", b"_width", "account_id", b"account_id", "guidance_scale", b"guidance_scale", "height", b"height", "init_image", b"init_image", "mask_image", b"mask_image", "model", b"model", "negative_prompt", b"negative_prompt", "num_images", b"num_images", "preview_every_n_steps", b"preview_every_n_steps", "prompt", b"prompt", "seed", b"seed", "steps", b"steps", "strength", b"strength", "visibility", b"visibility", "width", b"width"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_guidance_scale", b"_guidance_scale", "_height", b"_height", "_idempotency_key", b"_idempotency_key", "_num_images", b"_num_images", "_preview_every_n_steps", b"_preview_every_n_steps", "_seed", b"_seed", "_steps", b"_steps", "_strength", b"_strength", "_width", b"_width", "account_id", b"account_id", "guidance_scale", b"guidance_scale", "height", b"height", "idempotency_key", b"idempotency_key", "init_image", b"init_image", "mask_image", b"mask_image", "model", b"model", "negative_prompt", b"negative_prompt", "num_images", b"num_images", "preview_every_n_steps", b"preview_every_n_steps", "prompt", b"prompt", "seed", b"seed", "steps", b"steps", "strength", b"strength", "visibility", b"visibility", "width", b"width"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__guidance_scale: _TypeAlias = _typing.Literal["guidance_scale"]  # noqa: Y015
     _WhichOneofArgType__guidance_scale: _TypeAlias = _typing.Literal["_guidance_scale", b"_guidance_scale"]  # noqa: Y015
     _WhichOneofReturnType__height: _TypeAlias = _typing.Literal["height"]  # noqa: Y015
     _WhichOneofArgType__height: _TypeAlias = _typing.Literal["_height", b"_height"]  # noqa: Y015
+    _WhichOneofReturnType__idempotency_key: _TypeAlias = _typing.Literal["idempotency_key"]  # noqa: Y015
+    _WhichOneofArgType__idempotency_key: _TypeAlias = _typing.Literal["_idempotency_key", b"_idempotency_key"]  # noqa: Y015
     _WhichOneofReturnType__num_images: _TypeAlias = _typing.Literal["num_images"]  # noqa: Y015
     _WhichOneofArgType__num_images: _TypeAlias = _typing.Literal["_num_images", b"_num_images"]  # noqa: Y015
     _WhichOneofReturnType__preview_every_n_steps: _TypeAlias = _typing.Literal["preview_every_n_steps"]  # noqa: Y015
@@ -151,6 +164,8 @@ class GenerateRequest(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__guidance_scale) -> _WhichOneofReturnType__guidance_scale | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__height) -> _WhichOneofReturnType__height | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__idempotency_key) -> _WhichOneofReturnType__idempotency_key | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__num_images) -> _WhichOneofReturnType__num_images | None: ...
     @_typing.overload
@@ -251,6 +266,7 @@ class GenerateResponse(_message.Message):
     TIMINGS_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     UPLOAD_CONTENT_ID_FIELD_NUMBER: _builtins.int
+    REPLAYED_FIELD_NUMBER: _builtins.int
     credits_charged: _builtins.int
     """Credits charged for this request."""
     credits_available: _builtins.int
@@ -261,6 +277,11 @@ class GenerateResponse(_message.Message):
     """Edits only: content id of the stored init image (kind CONTENT_KIND_UPLOAD,
     owned by the account, deleted by the retention sweep after the upload
     lifetime); each image's parameters.source_content_id names it too.
+    """
+    replayed: _builtins.bool
+    """True when this replays the stored result of an earlier request with the same
+    idempotency_key: nothing was generated or charged now (credits_charged is what
+    the original request was charged; timings are those of this replay).
     """
     @_builtins.property
     def images(self) -> _containers.RepeatedCompositeFieldContainer[Global___GeneratedImage]:
@@ -284,10 +305,11 @@ class GenerateResponse(_message.Message):
         timings: Global___StageTimings | None = ...,
         request_id: _builtins.str = ...,
         upload_content_id: _builtins.str = ...,
+        replayed: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["parameters", b"parameters", "timings", b"timings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["credits_available", b"credits_available", "credits_charged", b"credits_charged", "images", b"images", "parameters", b"parameters", "request_id", b"request_id", "timings", b"timings", "upload_content_id", b"upload_content_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["credits_available", b"credits_available", "credits_charged", b"credits_charged", "images", b"images", "parameters", b"parameters", "replayed", b"replayed", "request_id", b"request_id", "timings", b"timings", "upload_content_id", b"upload_content_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -110,6 +110,11 @@ def config(database_url: str, blob_dir: Path, tmp_path_factory: pytest.TempPathF
         home=tmp_path_factory.mktemp("home"),
         blob_dir=blob_dir,
         grpc_workers=32,
+        # Abuse limits off: tests race many calls of one key and account on purpose.
+        # test_abuse_limits.py starts its own server with tight limits.
+        key_rate_per_s=0,
+        account_rate_per_s=0,
+        max_concurrent_generations=0,
     )
 
 

@@ -2,7 +2,8 @@
 
 Random sequences of grants, reservations, commits, releases, clock moves and expiry sweeps
 must keep, after every step: total == sum of the ledger, held == sum of held reservations,
-available >= 0, and each outcome must match a simple model of the rules.
+held_count == their number, available >= 0, and each outcome must match a simple model of
+the rules.
 """
 
 from __future__ import annotations
@@ -130,15 +131,17 @@ def test_credit_arithmetic_holds_for_any_sequence_of_operations(
 
 
 def _check_invariants(conn: Connection, account_id: UUID, model: Model) -> None:
-    total, held = conn.execute(
-        "SELECT total, held FROM credit_balances WHERE account_id = %s", (account_id,)
+    total, held, held_count = conn.execute(
+        "SELECT total, held, held_count FROM credit_balances WHERE account_id = %s", (account_id,)
     ).fetchone()  # type: ignore[misc]
     (ledger_sum,) = conn.execute(
         "SELECT coalesce(sum(delta), 0) FROM credit_ledger WHERE account_id = %s", (account_id,)
     ).fetchone()  # type: ignore[misc]
-    (held_sum,) = conn.execute(
-        "SELECT coalesce(sum(amount), 0) FROM reservations WHERE account_id = %s AND state = 'held'", (account_id,)
+    held_sum, holds = conn.execute(
+        "SELECT coalesce(sum(amount), 0), count(*) FROM reservations WHERE account_id = %s AND state = 'held'",
+        (account_id,),
     ).fetchone()  # type: ignore[misc]
     assert total == ledger_sum == model.total
     assert held == held_sum == model.held
+    assert held_count == holds
     assert total - held >= 0

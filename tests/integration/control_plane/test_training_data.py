@@ -210,7 +210,6 @@ class TestTrainingExport:
         assert len(ids_first) == len(ids_second) == 5 and not ids_first & ids_second
         assert pq.read_table(first.directory).column("image").null_count == 5
 
-
     def test_an_export_with_nothing_eligible_has_a_manifest_and_no_files(  # type: ignore[no-untyped-def]
         self, pool, blobs, keys, policies, clock, tmp_path: Path
     ) -> None:

@@ -214,3 +214,26 @@ def test_any_strength_is_refused_by_name_or_runs_and_charges_at_least_one_step(s
     run = validated.params.denoising_steps
     assert 1 <= run <= steps and 0 < strength <= 1
     assert validated.cost == generation_cost(CONFIG.default_model, width=64, height=64, steps=run, num_images=1)
+
+
+class TestIdempotencyKey:
+    def test_no_key_means_no_fingerprint(self) -> None:
+        validated = validate_generate_request(_request(), CONFIG)
+        assert (validated.idempotency_key, validated.request_fingerprint) == (None, b"")
+
+    def test_the_fingerprint_covers_the_request_as_sent_but_not_the_key(self) -> None:
+        # An absent seed draws a random one, but the fingerprint is of what the caller sent,
+        # so a retry of the same message matches.
+        first = validate_generate_request(_request(idempotency_key="a"), CONFIG)
+        again = validate_generate_request(_request(idempotency_key="b"), CONFIG)
+        other = validate_generate_request(_request(idempotency_key="a", seed=3), CONFIG)
+        assert first.idempotency_key == "a" and len(first.request_fingerprint) == 32
+        assert first.params.seed != again.params.seed
+        assert first.request_fingerprint == again.request_fingerprint != other.request_fingerprint
+
+    @pytest.mark.parametrize("key", ["", "x" * 129, "new\nline", "café"])
+    def test_a_malformed_key_names_the_field(self, key: str) -> None:
+        with pytest.raises(RequestError) as raised:
+            validate_generate_request(_request(idempotency_key=key), CONFIG)
+        assert raised.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert raised.value.message.startswith("idempotency_key:")
