@@ -387,6 +387,12 @@ async def _soak(
     duration_s = args.minutes * 60
     clients = _Clients(state, metadata, accounts, args.steps, args.size)
     samples: list[Sample] = []
+    curve = None
+    if args.out is not None:
+        # Written as it is sampled, so a soak cut short still leaves its curve behind.
+        args.out.mkdir(parents=True, exist_ok=True)
+        curve = open(args.out / "memory.csv", "w", newline="")  # noqa: SIM115 (closed below)
+        csv.writer(curve).writerow(["elapsed_s", "pid", "label", "rss_mb"])
     started = time.monotonic()
 
     async def sample_memory() -> None:
@@ -394,7 +400,12 @@ async def _soak(
             elapsed = time.monotonic() - started
             # psutil reads /proc synchronously: off the event loop, so arrivals stay on schedule.
             pids = await asyncio.to_thread(cluster_pids, state, home)
-            samples.extend(await asyncio.to_thread(sample_rss, pids, elapsed))
+            batch = await asyncio.to_thread(sample_rss, pids, elapsed)
+            samples.extend(batch)
+            if curve is not None:
+                csv.writer(curve).writerows((round(s.elapsed_s, 1), s.pid, s.label, round(s.rss_mb, 2)) for s in batch)
+                curve.flush()
+            print(f"{elapsed:.0f} s: {len(batch)} processes, {sum(s.rss_mb for s in batch):.0f} MB", file=sys.stderr)
             if elapsed >= duration_s:
                 return
             await asyncio.sleep(min(args.sample_every, max(0.0, duration_s - elapsed)))
@@ -405,6 +416,8 @@ async def _soak(
         await sampler
     finally:
         await clients.close()
+        if curve is not None:
+            curve.close()
     trends = memory_trends(samples, duration_s, args.growth_mb_per_hour, args.growth_fraction_per_hour)
     result = {
         "mode": "soak",
@@ -423,11 +436,6 @@ async def _soak(
         "growing": [f"{t.label} (pid {t.pid})" for t in trends if t.growing],
     }
     if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        with open(args.out / "memory.csv", "w", newline="") as file:
-            writer = csv.writer(file)
-            writer.writerow(["elapsed_s", "pid", "label", "rss_mb"])
-            writer.writerows((round(s.elapsed_s, 1), s.pid, s.label, round(s.rss_mb, 2)) for s in samples)
         (args.out / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
         result["written"] = [str(args.out / "memory.csv"), str(args.out / "summary.json")]
     return result
