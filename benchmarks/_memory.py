@@ -32,6 +32,10 @@ class Sample:
     label: str
     """What the process is: `control-plane`, `gcs_server`, `ray::ServeReplica:atelier:Gateway`, ..."""
     rss_mb: float
+    private_mb: float
+    """Resident pages no other process maps (RSS less file-backed and shared memory): where a leak of
+    the process's own heap shows. RSS also counts shared pages, e.g. PostgreSQL's shared buffers, which
+    each backend's RSS takes in as it touches them, up to `shared_buffers`."""
 
 
 @dataclass(frozen=True)
@@ -45,9 +49,13 @@ class MemoryTrend:
     last_mb: float
     max_mb: float
     slope_mb_per_hour: float
-    """Least-squares slope over the second half of the soak (the first half includes warm-up)."""
+    """RSS: least-squares slope over the second half of the soak (the first half includes warm-up)."""
+    first_private_mb: float
+    last_private_mb: float
+    private_slope_mb_per_hour: float
+    """Private memory: least-squares slope over the second half."""
     growing: bool
-    """The slope exceeds the growth threshold it was judged against."""
+    """The private memory's slope exceeds the growth threshold it was judged against."""
 
 
 def cluster_pids(state: ClusterState, home: Path) -> list[int]:
@@ -79,11 +87,13 @@ def sample_rss(pids: Iterable[int], elapsed_s: float) -> list[Sample]:
         try:
             process = psutil.Process(pid)
             with process.oneshot():
-                rss = process.memory_info().rss
+                memory = process.memory_info()
                 label = process_label(process.cmdline())
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
-        samples.append(Sample(elapsed_s=elapsed_s, pid=pid, label=label, rss_mb=rss / _MB))
+        # On Linux `shared` is RssFile + RssShmem, so the rest is the anonymous, private part.
+        private = memory.rss - getattr(memory, "shared", 0)
+        samples.append(Sample(elapsed_s, pid, label, rss_mb=memory.rss / _MB, private_mb=private / _MB))
     return samples
 
 
@@ -134,12 +144,14 @@ extrapolates a few hundred kB of allocator noise to a steep hourly slope."""
 def memory_trends(
     samples: Sequence[Sample], duration_s: float, growth_mb_per_hour: float, growth_fraction_per_hour: float
 ) -> list[MemoryTrend]:
-    """Per process: first, last and max RSS and the least-squares slope over the second half.
+    """Per process: first, last and max RSS, and least-squares slopes over the second half.
 
-    A process is `growing` when its slope exceeds both `growth_mb_per_hour` and `growth_fraction_per_hour`
-    of its first RSS (so neither a few MB of noise on a small process nor allocator noise on a large
-    one is flagged), and the fitted rise over the second half exceeds `GROWTH_FLOOR_MB`. Processes seen
-    in fewer than 3 second-half samples get a slope of 0.
+    A process is `growing` when the slope of its private memory exceeds both `growth_mb_per_hour` and
+    `growth_fraction_per_hour` of its first RSS (so neither a few MB of noise on a small process nor
+    allocator noise on a large one is flagged), and the fitted rise over the second half exceeds
+    `GROWTH_FLOOR_MB`. Private memory, not RSS: shared pages (PostgreSQL's shared buffers, mapped
+    weights) are bounded by what is mapped. Processes seen in fewer than 3 second-half samples get a
+    slope of 0.
     """
     by_process: dict[int, list[Sample]] = defaultdict(list)
     for sample in samples:
@@ -149,8 +161,10 @@ def memory_trends(
         series.sort(key=lambda s: s.elapsed_s)
         label = series[0].label
         second_half = [s for s in series if s.elapsed_s >= duration_s / 2]
-        slope = _slope_per_hour(second_half) if len(second_half) >= 3 else 0.0
-        rise = slope * (second_half[-1].elapsed_s - second_half[0].elapsed_s) / 3600 if second_half else 0.0
+        enough = len(second_half) >= 3
+        slope = _slope_per_hour(second_half, "rss_mb") if enough else 0.0
+        private_slope = _slope_per_hour(second_half, "private_mb") if enough else 0.0
+        span_h = (second_half[-1].elapsed_s - second_half[0].elapsed_s) / 3600 if second_half else 0.0
         first = series[0].rss_mb
         trends.append(
             MemoryTrend(
@@ -161,15 +175,19 @@ def memory_trends(
                 last_mb=round(series[-1].rss_mb, 1),
                 max_mb=round(max(s.rss_mb for s in series), 1),
                 slope_mb_per_hour=round(slope, 2),
-                growing=slope > max(growth_mb_per_hour, growth_fraction_per_hour * first) and rise > GROWTH_FLOOR_MB,
+                first_private_mb=round(series[0].private_mb, 1),
+                last_private_mb=round(series[-1].private_mb, 1),
+                private_slope_mb_per_hour=round(private_slope, 2),
+                growing=private_slope > max(growth_mb_per_hour, growth_fraction_per_hour * first)
+                and private_slope * span_h > GROWTH_FLOOR_MB,
             )
         )
     return sorted(trends, key=lambda t: (t.label, t.pid))
 
 
-def _slope_per_hour(series: Sequence[Sample]) -> float:
+def _slope_per_hour(series: Sequence[Sample], field: str) -> float:
     xs = [s.elapsed_s for s in series]
-    ys = [s.rss_mb for s in series]
+    ys = [getattr(s, field) for s in series]
     mean_x = sum(xs) / len(xs)
     mean_y = sum(ys) / len(ys)
     spread = sum((x - mean_x) ** 2 for x in xs)

@@ -20,9 +20,9 @@ sent per second of arrivals), errors <= 1% of requests, and p99 <= the bound (`-
 sweep stops after the first rate past the knee, so an overloaded shared machine is not kept overloaded.
 
 Soak (`--soak`): a constant offered rate for `--minutes`, sampling the RSS of every process of the
-cluster every `--sample-every` seconds. Writes the memory curve (CSV, one row per process and sample)
-and a JSON summary, and prints per process first/last/max RSS and the least-squares slope over the
-second half in MB/hour, flagging growth.
+cluster every `--sample-every` seconds. Writes the memory curve (CSV, one row per process and sample:
+RSS and private memory) and a JSON summary, and prints per process first/last/max RSS and the
+least-squares slopes over the second half in MB/hour, flagging growth of private memory.
 
     python benchmarks/load.py                                 # own cluster, auto sweep
     python benchmarks/load.py --home .atelier --rates 2,4,8,16 --duration 30
@@ -392,7 +392,7 @@ async def _soak(
         # Written as it is sampled, so a soak cut short still leaves its curve behind.
         args.out.mkdir(parents=True, exist_ok=True)
         curve = open(args.out / "memory.csv", "w", newline="")  # noqa: SIM115 (closed below)
-        csv.writer(curve).writerow(["elapsed_s", "pid", "label", "rss_mb"])
+        csv.writer(curve).writerow(["elapsed_s", "pid", "label", "rss_mb", "private_mb"])
     started = time.monotonic()
 
     async def sample_memory() -> None:
@@ -403,7 +403,9 @@ async def _soak(
             batch = await asyncio.to_thread(sample_rss, pids, elapsed)
             samples.extend(batch)
             if curve is not None:
-                csv.writer(curve).writerows((round(s.elapsed_s, 1), s.pid, s.label, round(s.rss_mb, 2)) for s in batch)
+                csv.writer(curve).writerows(
+                    (round(s.elapsed_s, 1), s.pid, s.label, round(s.rss_mb, 2), round(s.private_mb, 2)) for s in batch
+                )
                 curve.flush()
             print(f"{elapsed:.0f} s: {len(batch)} processes, {sum(s.rss_mb for s in batch):.0f} MB", file=sys.stderr)
             if elapsed >= duration_s:
@@ -428,7 +430,7 @@ async def _soak(
         "load": summarize(outcomes, args.rate, duration_s),
         "memory_samples": len(samples),
         "growth_rule": (
-            f"second-half slope > max({args.growth_mb_per_hour} MB/h, "
+            f"second-half slope of private memory > max({args.growth_mb_per_hour} MB/h, "
             f"{args.growth_fraction_per_hour:.0%} of first RSS per hour) "
             f"and a fitted second-half rise > {GROWTH_FLOOR_MB} MB"
         ),
@@ -483,12 +485,16 @@ def _print_sweep(result: dict[str, Any]) -> None:
 def _print_soak(result: dict[str, Any]) -> None:
     print(f"soak: {result['minutes']} min at {result['load']['offered_rps']}/s, mix {result['mix']}")
     print(f"load: {_row_line(result['load'])}")
-    print(f"{'process':<48} {'pid':>7} {'first MB':>9} {'last MB':>9} {'max MB':>9} {'MB/hour':>9}")
+    print(
+        f"{'process':<48} {'pid':>7} {'first MB':>9} {'last MB':>9} {'max MB':>9} {'MB/hour':>9} "
+        f"{'private first':>13} {'last':>7} {'MB/hour':>9}"
+    )
     for p in result["processes"]:
         flag = "  GROWING" if p["growing"] else ""
         print(
             f"{p['label'][:48]:<48} {p['pid']:>7} {p['first_mb']:>9.1f} {p['last_mb']:>9.1f} {p['max_mb']:>9.1f} "
-            f"{p['slope_mb_per_hour']:>9.2f}{flag}"
+            f"{p['slope_mb_per_hour']:>9.2f} {p['first_private_mb']:>13.1f} {p['last_private_mb']:>7.1f} "
+            f"{p['private_slope_mb_per_hour']:>9.2f}{flag}"
         )
     print(f"growth rule: {result['growth_rule']}")
     print("growing: " + (", ".join(result["growing"]) or "none"))

@@ -85,8 +85,9 @@ def test_load_soak_samples_memory_of_every_cluster_process(cluster, cluster_sett
     assert any("Gateway" in label for label in replicas) and any("DiffusionModel" in label for label in replicas)
     for process in report["processes"]:
         assert 0 < process["first_mb"] <= process["max_mb"] and process["last_mb"] <= process["max_mb"]
+        assert 0 <= process["first_private_mb"] <= process["first_mb"]
     control_plane = next(p for p in report["processes"] if p["label"] == "control-plane")
     assert control_plane["samples"] >= 3  # sampled from start to end, every 3 s over 12 s
     rows = (tmp_path / "memory.csv").read_text().splitlines()
-    assert rows[0] == "elapsed_s,pid,label,rss_mb" and len(rows) > len(report["processes"])
+    assert rows[0] == "elapsed_s,pid,label,rss_mb,private_mb" and len(rows) > len(report["processes"])
     assert json.loads((tmp_path / "summary.json").read_text())["processes"] == report["processes"]

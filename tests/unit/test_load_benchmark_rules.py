@@ -63,7 +63,7 @@ class TestRequestMix:
 
 class TestMemoryTrends:
     def _series(self, pid: int, rss: list[float], every_s: float = 60.0) -> list[Sample]:
-        return [Sample(elapsed_s=i * every_s, pid=pid, label=f"p{pid}", rss_mb=mb) for i, mb in enumerate(rss)]
+        return [Sample(i * every_s, pid, f"p{pid}", rss_mb=mb, private_mb=mb) for i, mb in enumerate(rss)]
 
     def test_steady_growth_in_the_second_half_is_flagged_and_warm_up_growth_is_not(self) -> None:
         warm_up_then_flat = self._series(1, [100, 150, 200, 200, 200.2, 200, 200.1])
@@ -73,10 +73,17 @@ class TestMemoryTrends:
         assert trends[2].growing and trends[2].slope_mb_per_hour == pytest.approx(600, rel=0.01)
         assert (trends[2].first_mb, trends[2].last_mb, trends[2].max_mb) == (100, 140, 140)
 
+    def test_shared_pages_touched_over_time_are_not_growth(self) -> None:
+        # A PostgreSQL backend taking in more of the shared buffers: RSS rises, private memory does not.
+        series = [Sample(i * 60.0, 1, "postgres: backend", rss_mb=20 + 2 * i, private_mb=5) for i in range(7)]
+        (trend,) = memory_trends(series, 360, 10.0, 0.05)
+        assert trend.slope_mb_per_hour == pytest.approx(120) and trend.private_slope_mb_per_hour == 0
+        assert not trend.growing
+
     def test_a_short_run_does_not_flag_noise_extrapolated_to_an_hour(self) -> None:
         noisy = self._series(1, [100, 100.2, 100.4, 100.6, 100.8], every_s=3)
         (trend,) = memory_trends(noisy, 12, 10.0, 0.05)
-        assert trend.slope_mb_per_hour > 10 and not trend.growing
+        assert trend.private_slope_mb_per_hour > 10 and not trend.growing
 
 
 @pytest.mark.parametrize(
