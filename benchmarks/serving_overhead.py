@@ -10,6 +10,9 @@ the throughput with 4 concurrent callers against the direct path's sequential th
 pipeline cannot run two requests at once, so that is the most the replica could deliver).
 Targets (DESIGN.md §7): added p50 <= 10 ms at steps=1 on the CPU; throughput ratio >= 0.95 at 20 steps.
 
+Streaming: the same request as a `GenerateStream` with one caller, timed to its first progress message
+(vs the direct call's first denoising step) and to its final result (vs the whole direct call).
+
     python benchmarks/serving_overhead.py                 # starts its own cluster in a temp dir
     python benchmarks/serving_overhead.py --home .atelier # uses the cluster `atelier up` started there
     python benchmarks/serving_overhead.py --iterations 3 --json   # tiny mode, as the tests run it
@@ -18,26 +21,30 @@ Targets (DESIGN.md §7): added p50 <= 10 ms at steps=1 on the CPU; throughput ra
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import statistics
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
 
-from atelier.launcher import LocalCluster
-from atelier.ports import local_cluster_ports
-from atelier.settings import ClusterSettings
-from atelier.state import ClusterState, load_operator_key
-from protos.atelier.v1 import control_plane_pb2, control_plane_pb2_grpc, inference_pb2, inference_pb2_grpc
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-PROMPT = "a lighthouse at dusk, oil painting"
+from atelier.state import ClusterState
+from benchmarks._serving import (
+    PROMPT,
+    Metadata,
+    create_funded_accounts,
+    direct_generate_caller,
+    local_cluster,
+    operator_metadata,
+    percentile,
+)
+from protos.atelier.v1 import inference_pb2, inference_pb2_grpc
+
 CONCURRENT_CALLERS = 4
 
 
@@ -49,11 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args(argv)
 
-    with _cluster(args.home) as (state, home):
-        key = load_operator_key(home)
-        if key is None:
-            raise SystemExit(f"no operator key under {home}")
-        metadata = (("authorization", f"Bearer {key}"),)
+    with local_cluster(args.home) as (state, home):
+        metadata = operator_metadata(home)
         results = [_measure(state, home, metadata, steps, args.iterations) for steps in args.steps]
     if args.json:
         print(json.dumps({"results": results}, indent=2))
@@ -62,102 +66,73 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-@contextlib.contextmanager
-def _cluster(home: Path | None) -> Iterator[tuple[ClusterState, Path]]:
-    if home is not None:
-        state = ClusterState.load(home.resolve())
-        if state is None:
-            raise SystemExit(f"no cluster is running from {home}; start one with `atelier up`")
-        yield state, home.resolve()
-        return
-    with tempfile.TemporaryDirectory(prefix="atelier-bench-") as directory:
-        settings = ClusterSettings(home=Path(directory), **local_cluster_ports())
-        cluster = LocalCluster(settings, log=lambda line: print(line, file=sys.stderr))
-        try:
-            yield cluster.up(), settings.home.resolve()
-        finally:
-            cluster.down()
-
-
-def _measure(state: ClusterState, home: Path, metadata, steps: int, iterations: int) -> dict[str, float]:  # type: ignore[no-untyped-def]
-    direct = _direct_caller(home, steps)
-    with (
-        grpc.insecure_channel(state.serve_grpc_address) as serve,
-        grpc.insecure_channel(state.control_plane_address) as control,
-    ):
-        account_id = (
-            control_plane_pb2_grpc.ControlPlaneStub(control)
-            .CreateAccount(
-                control_plane_pb2.CreateAccountRequest(birth_date="1990-01-01", initial_credits=10**9),
-                metadata=metadata,
-            )
-            .account.account_id
-        )
+def _measure(state: ClusterState, home: Path, metadata: Metadata, steps: int, iterations: int) -> dict[str, float]:
+    direct = direct_generate_caller(home, steps)
+    (account_id,) = create_funded_accounts(state.control_plane_address, metadata)
+    with grpc.insecure_channel(state.serve_grpc_address) as serve:
         stub = inference_pb2_grpc.InferenceStub(serve)
         request = inference_pb2.GenerateRequest(account_id=account_id, prompt=PROMPT, steps=steps, seed=1)
 
         def served() -> None:
             stub.Generate(request, metadata=metadata, timeout=300)
 
-        for call in (direct, served):  # warm-up: caches, connections, first-call allocations
+        def streamed() -> float:
+            """Seconds to the first progress message; the stream is read to its result."""
+            started = time.perf_counter()
+            first_progress = None
+            result = None
+            for event in stub.GenerateStream(request, metadata=metadata, timeout=300):
+                if event.HasField("progress") and first_progress is None:
+                    first_progress = time.perf_counter() - started
+                elif event.HasField("result"):
+                    result = event.result
+            if first_progress is None or result is None:
+                raise RuntimeError("GenerateStream ended without a progress message and a result")
+            return first_progress
+
+        for call in (direct, served, streamed):  # warm-up: caches, connections, first-call allocations
             for _ in range(3):
                 call()
-        direct_latencies = _latencies(direct, iterations)
-        served_latencies = _latencies(served, iterations)
+        direct_latencies, direct_first_steps = _latencies(direct, iterations)
+        served_latencies, _ = _latencies(served, iterations)
+        stream_latencies, stream_first_progress = _latencies(streamed, iterations)
         served_throughput = _throughput(served, iterations, CONCURRENT_CALLERS)
     direct_throughput = 1.0 / statistics.fmean(direct_latencies)
     return {
         "steps": steps,
         "iterations": iterations,
-        "direct_p50_ms": _percentile(direct_latencies, 50) * 1000,
-        "direct_p95_ms": _percentile(direct_latencies, 95) * 1000,
-        "served_p50_ms": _percentile(served_latencies, 50) * 1000,
-        "served_p95_ms": _percentile(served_latencies, 95) * 1000,
-        "added_p50_ms": (_percentile(served_latencies, 50) - _percentile(direct_latencies, 50)) * 1000,
+        "direct_p50_ms": percentile(direct_latencies, 50) * 1000,
+        "direct_p95_ms": percentile(direct_latencies, 95) * 1000,
+        "served_p50_ms": percentile(served_latencies, 50) * 1000,
+        "served_p95_ms": percentile(served_latencies, 95) * 1000,
+        "added_p50_ms": (percentile(served_latencies, 50) - percentile(direct_latencies, 50)) * 1000,
         "direct_images_per_s": direct_throughput,
         "served_images_per_s_4_callers": served_throughput,
         "throughput_ratio": served_throughput / direct_throughput,
+        "direct_first_step_p50_ms": percentile(direct_first_steps, 50) * 1000,
+        "stream_first_progress_p50_ms": percentile(stream_first_progress, 50) * 1000,
+        "stream_first_progress_p95_ms": percentile(stream_first_progress, 95) * 1000,
+        "stream_p50_ms": percentile(stream_latencies, 50) * 1000,
+        "stream_p95_ms": percentile(stream_latencies, 95) * 1000,
+        "stream_added_first_progress_p50_ms": (
+            percentile(stream_first_progress, 50) - percentile(direct_first_steps, 50)
+        )
+        * 1000,
+        "stream_added_p50_ms": (percentile(stream_latencies, 50) - percentile(direct_latencies, 50)) * 1000,
     }
 
 
-def _direct_caller(home: Path, steps: int) -> Callable[[], None]:
-    """The baseline: the same model and backend a replica runs, called in this process."""
-    import torch
-
-    from inference.backends import GenerationParams, create_backend
-    from inference.config import ServeConfig
-    from inference.models import ModelSource, load_pipeline
-
-    model = ServeConfig().default_model
-    # Ray gives a replica OMP_NUM_THREADS = its num_cpus; the baseline gets the same compute.
-    torch.set_num_threads(max(1, int(model.num_cpus)))
-    pipeline = load_pipeline(ModelSource.from_setting(model.source, home / "models"), model.device, torch.float32)
-    backend = create_backend(model.backend, pipeline)
-    params = GenerationParams(
-        prompt=PROMPT,
-        negative_prompt="",
-        width=model.default_width,
-        height=model.default_height,
-        steps=steps,
-        guidance_scale=model.default_guidance_scale,
-        seed=1,
-        num_images=1,
-    )
-
-    def call() -> None:
-        image = backend.generate(params)[0]
-        image.save(io.BytesIO(), format="PNG", compress_level=1)
-
-    return call
-
-
-def _latencies(call: Callable[[], None], iterations: int) -> list[float]:
-    latencies = []
+def _latencies(call: Callable[[], float | None], iterations: int) -> tuple[list[float], list[float]]:
+    """Each call's latency and, for calls that return one, its time to first progress (seconds)."""
+    latencies: list[float] = []
+    first_progress: list[float] = []
     for _ in range(iterations):
         started = time.perf_counter()
-        call()
+        first = call()
         latencies.append(time.perf_counter() - started)
-    return latencies
+        if first is not None:
+            first_progress.append(first)
+    return latencies, first_progress
 
 
 def _throughput(call: Callable[[], None], iterations: int, callers: int) -> float:
@@ -167,12 +142,6 @@ def _throughput(call: Callable[[], None], iterations: int, callers: int) -> floa
         for future in [pool.submit(call) for _ in range(total)]:
             future.result()
     return total / (time.perf_counter() - started)
-
-
-def _percentile(values: list[float], percentile: int) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, round(percentile / 100 * (len(ordered) - 1)))
-    return ordered[index]
 
 
 def _print_table(results: list[dict[str, float]]) -> None:
@@ -186,6 +155,17 @@ def _print_table(results: list[dict[str, float]]) -> None:
             f"{r['steps']:>5} {r['direct_p50_ms']:>9.1f}ms {r['direct_p95_ms']:>9.1f}ms {r['served_p50_ms']:>9.1f}ms "
             f"{r['served_p95_ms']:>9.1f}ms {r['added_p50_ms']:>8.1f}ms {r['direct_images_per_s']:>13.2f} "
             f"{r['served_images_per_s_4_callers']:>17.2f} {r['throughput_ratio']:>6.3f}"
+        )
+    print()
+    print(
+        f"{'steps':>5} {'direct 1st step':>16} {'stream 1st p50':>15} {'stream 1st p95':>15} {'added 1st':>10} "
+        f"{'stream p50':>11} {'stream p95':>11} {'added p50':>10}"
+    )
+    for r in results:
+        print(
+            f"{r['steps']:>5} {r['direct_first_step_p50_ms']:>14.1f}ms {r['stream_first_progress_p50_ms']:>13.1f}ms "
+            f"{r['stream_first_progress_p95_ms']:>13.1f}ms {r['stream_added_first_progress_p50_ms']:>8.1f}ms "
+            f"{r['stream_p50_ms']:>9.1f}ms {r['stream_p95_ms']:>9.1f}ms {r['stream_added_p50_ms']:>8.1f}ms"
         )
 
 
