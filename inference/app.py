@@ -42,6 +42,7 @@ def build_app(config: ServeConfig) -> Application:
         options: dict[str, Any] = {
             "name": pool_deployment_name(pool.name),
             "max_ongoing_requests": lead.max_ongoing_requests,
+            "max_queued_requests": lead.max_queued_requests,
             "ray_actor_options": {
                 "num_cpus": lead.num_cpus,
                 "num_gpus": lead.num_gpus,

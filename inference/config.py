@@ -84,6 +84,10 @@ class ModelConfig:
     max_ongoing_requests: int = 8
     """Requests a replica accepts at once before Serve queues them elsewhere; at least `max_batch_size`
     for batches to fill."""
+    max_queued_requests: int = 64
+    """Requests each gateway replica lets wait for this model's pool beyond what its replicas accept
+    (`max_ongoing_requests` each); past it a request fails fast with UNAVAILABLE and a retry hint
+    instead of queueing until its deadline. -1 queues without bound."""
     max_batch_size: int = 8
     """Most images one pipeline call generates; compatible requests (same size, steps and guidance)
     share a call up to this many images. 1 turns batching off."""
@@ -137,6 +141,11 @@ class ModelConfig:
         _require(self.millicredits_per_step >= 0, f"models[{self.name}].millicredits_per_step", "must be >= 0")
         _require(self.num_replicas >= 1, f"models[{self.name}].num_replicas", "must be >= 1")
         _require(self.max_ongoing_requests >= 1, f"models[{self.name}].max_ongoing_requests", "must be >= 1")
+        _require(
+            self.max_queued_requests == -1 or self.max_queued_requests >= 1,
+            f"models[{self.name}].max_queued_requests",
+            "must be -1 (unbounded) or >= 1",
+        )
         _require(1 <= self.max_batch_size <= 64, f"models[{self.name}].max_batch_size", "must lie within [1, 64]")
         _require(
             0 <= self.batch_wait_timeout_ms <= 1000,
@@ -222,6 +231,7 @@ POOL_SETTINGS = (
     "num_cpus",
     "num_gpus",
     "max_ongoing_requests",
+    "max_queued_requests",
     "max_batch_size",
     "batch_wait_timeout_ms",
 )

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import grpc
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
+
+ERROR_DOMAIN = "atelier.v1"
 
 
 class RequestError(Exception):
@@ -21,6 +24,15 @@ class RequestError(Exception):
         self.code = code
         self.message = message
         self.details = details
+
+    @classmethod
+    def retry_later(cls, code: grpc.StatusCode, message: str, reason: str, retry_after_s: int) -> RequestError:
+        """An error the caller should retry: ErrorInfo `reason` and a RetryInfo of `retry_after_s`."""
+        info, retry = any_pb2.Any(), any_pb2.Any()
+        info.Pack(error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN))
+        retry.Pack(error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=retry_after_s)))
+        status = status_pb2.Status(code=code.value[0], message=message, details=[info, retry])
+        return cls(code, message, status.SerializeToString())
 
     def error_info(self) -> error_details_pb2.ErrorInfo | None:
         """The `google.rpc.ErrorInfo` among the rich details, if a dependency sent one."""

@@ -32,6 +32,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import grpc
 from grpc_health.v1 import health_pb2
 from ray import serve
+from ray.serve.exceptions import BackPressureError
 from ray.serve.grpc_util import RayServegRPCContext
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
@@ -49,6 +50,8 @@ logger = logging.getLogger(__name__)
 _SERVICE_NAME = "atelier.v1.Inference"
 # ErrorInfo reason of a prompt the control plane's moderation refused.
 _PROMPT_BLOCKED = "PROMPT_BLOCKED"
+# ErrorInfo reason of a request refused because its model pool's queue is full.
+_POOL_AT_CAPACITY = "POOL_AT_CAPACITY"
 _STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
 ProgressSink = Callable[[StepProgress], Awaitable[None]]
@@ -296,6 +299,19 @@ class Gateway:
         self._metrics.requests.inc(tags={"model": label, "method": method, "code": code.name})
 
     async def _run_model(self, validated: ValidatedRequest, on_progress: ProgressSink | None) -> GenerationResult:
+        try:
+            return await self._call_pool(validated, on_progress)
+        except BackPressureError:
+            # The pool's queue is full (ModelConfig.max_queued_requests): failing fast lets the caller back
+            # off, where queueing would only let its deadline pass.
+            raise RequestError.retry_later(
+                grpc.StatusCode.UNAVAILABLE,
+                f"model {validated.model.name!r} is at capacity; nothing was charged, retry with backoff",
+                _POOL_AT_CAPACITY,
+                retry_after_s=1,
+            ) from None
+
+    async def _call_pool(self, validated: ValidatedRequest, on_progress: ProgressSink | None) -> GenerationResult:
         model = validated.model
         pool = self._config.pool_of(model)
         handle = self._pools[pool.name]

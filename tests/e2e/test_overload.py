@@ -1,0 +1,78 @@
+"""Overload through the Gateway: once a pool's queue is full (ModelConfig.max_queued_requests, 64 by
+default on top of max_ongoing_requests=8 per replica), a request fails fast with UNAVAILABLE, reason
+POOL_AT_CAPACITY and a retry hint, instead of queueing until its deadline; it charges nothing."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from inference.config import ModelConfig
+from inference.pricing import generation_cost
+from protos.atelier.v1 import control_plane_pb2, inference_pb2
+
+DEFAULTS = ModelConfig(name="tiny-sd")
+# More than the replica takes plus the queue allows; accounts stay under their own bound on
+# generations in flight, so only the pool can refuse.
+ACCOUNTS, PER_ACCOUNT = 10, 8
+
+
+def _reason_and_delay(error: grpc.RpcError) -> tuple[str | None, float | None]:
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    reason, delay = None, None
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            reason = info.reason
+        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            retry = error_details_pb2.RetryInfo()
+            detail.Unpack(retry)
+            delay = retry.retry_delay.ToMilliseconds() / 1000
+    return reason, delay
+
+
+def test_a_full_pool_sheds_load_with_unavailable_and_charges_nothing(
+    inference, control_plane, operator_metadata, make_account, balance_of
+) -> None:
+    assert DEFAULTS.max_ongoing_requests + DEFAULTS.max_queued_requests < ACCOUNTS * PER_ACCOUNT
+    accounts = [make_account(100) for _ in range(ACCOUNTS)]
+    calls = [
+        inference.Generate.future(
+            inference_pb2.GenerateRequest(account_id=account, prompt="a queue", steps=DEFAULTS.max_steps),
+            metadata=operator_metadata,
+            timeout=300,
+        )
+        for account in accounts
+        for _ in range(PER_ACCOUNT)
+    ]
+    deadline = time.monotonic() + 120
+    while not any(call.done() and call.exception() is not None for call in calls):
+        assert time.monotonic() < deadline, "no request was shed while the pool's queue was full"
+        time.sleep(0.05)
+    for call in calls:
+        call.cancel()
+
+    shed = [call.exception() for call in calls if call.done() and not call.cancelled() and call.exception()]
+    assert shed
+    for error in shed:
+        assert error.code() == grpc.StatusCode.UNAVAILABLE, error.details()
+        assert "at capacity" in error.details()
+        assert _reason_and_delay(error) == ("POOL_AT_CAPACITY", 1.0)
+
+    # Every hold is returned, and each account paid exactly for the images it has stored.
+    deadline = time.monotonic() + 120
+    while any(balance_of(account).held for account in accounts):
+        assert time.monotonic() < deadline, "reservations of shed or cancelled requests were not released"
+        time.sleep(0.5)
+    cost = generation_cost(
+        DEFAULTS, width=DEFAULTS.default_width, height=DEFAULTS.default_height, steps=DEFAULTS.max_steps, num_images=1
+    )
+    for account in accounts:
+        stored = control_plane.ListContent(
+            control_plane_pb2.ListContentRequest(account_id=account, page_size=100), metadata=operator_metadata
+        ).contents
+        assert 100 - balance_of(account).total == cost * len(stored)
