@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import random
 import shutil
+import socket
+import struct
+import subprocess
+import sys
 import tempfile
-from collections.abc import Iterator
+import zlib
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -19,7 +26,8 @@ from control_plane.crypto import ensure_master_key_file
 from control_plane.db.embedded import EmbeddedPostgres
 from control_plane.db.pool import Pool
 from control_plane.keystore import PostgresKeyStore
-from control_plane.server import add_listen_port, build_server
+from control_plane.server import add_listen_port, build_server, wait_until_serving
+from tests.integration.control_plane._support import REPO_ROOT
 
 
 @contextmanager
@@ -63,3 +71,61 @@ def control_plane_server(config: ControlPlaneConfig, pool: Pool, clock: Clock) -
         yield f"127.0.0.1:{port}"
     finally:
         server.stop(grace=None).wait()
+
+
+def noisy_png(approx_bytes: int, seed: int = 0) -> bytes:
+    """A valid RGB PNG of random pixels (stored uncompressed) of about `approx_bytes` bytes."""
+    side = max(1, int((approx_bytes / 3) ** 0.5))
+    pixels = random.Random(seed).randbytes(side * side * 3)
+    raw = b"".join(b"\x00" + pixels[row * side * 3 : (row + 1) * side * 3] for row in range(side))
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 0)) + chunk(b"IEND", b"")
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def control_plane_process(
+    env: Mapping[str, str], log: Path, *, preexec_fn: Callable[[], None] | None = None
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`python -m control_plane serve` as its own process (configured by `env`, added to
+    ours), serving on a free port, logging to `log`; yields its address and the process,
+    which a test may kill. Stopped with SIGTERM (SIGKILL if it lingers) afterwards."""
+    address = f"127.0.0.1:{free_port()}"
+    with log.open("ab") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "control_plane", "serve"],
+            cwd=REPO_ROOT,
+            env={
+                **os.environ,
+                "ATELIER_CONTROL_PLANE_LISTEN": address,
+                "ATELIER_CONTROL_PLANE_METRICS_PORT": "0",
+                **env,
+            },
+            stdout=log_file,
+            stderr=log_file,
+            preexec_fn=preexec_fn,
+        )
+    try:
+        try:
+            wait_until_serving(address, timeout_s=60)
+        except TimeoutError:
+            raise AssertionError(f"the control plane did not start: {log.read_text()[-3000:]}") from None
+        yield address, process
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=30)
