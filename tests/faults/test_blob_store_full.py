@@ -89,7 +89,7 @@ def _limit_file_size() -> None:
 
 
 @pytest.fixture
-def database_url() -> Iterator[str]:
+def own_database_url() -> Iterator[str]:
     """A database of this test's own."""
     with postgres_server() as server, fresh_database(server, prefix="atelier_faults") as url:
         yield url
@@ -97,8 +97,9 @@ def database_url() -> Iterator[str]:
 
 @pytest.mark.parametrize("wanted", ["tmpfs", "rlimit_fsize"])
 def test_a_full_blob_store_refuses_the_store_and_leaves_nothing_behind(
-    database_url: str, tmp_path: Path, record_property: Callable[[str, object], None], wanted: str
+    own_database_url: str, tmp_path: Path, record_property: Callable[[str, object], None], wanted: str
 ) -> None:
+    database_url = own_database_url
     blob_dir = tmp_path / "blobs"
     mount = _tmpfs(blob_dir) if wanted == "tmpfs" else contextlib.nullcontext(False)
     with mount as mounted, open_pool(database_url, min_size=1, max_size=2) as pool:
