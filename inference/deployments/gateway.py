@@ -4,6 +4,11 @@ Per request: validate, reserve the price with the control plane (which also
 authenticates the caller's key), run the model, then store the images and commit the
 charge in one control-plane transaction. Any failure or cancellation releases the
 reservation, so a request is charged exactly its price or nothing.
+
+A model replica that dies mid-generation (killed, out of memory, node lost) fails the request
+with UNAVAILABLE, not INTERNAL: nothing was charged, Serve restarts the replica, and the caller
+retries with backoff. The gateway does not retry by itself: a request that crashed one replica
+could crash the next, and the caller's deadline is the caller's to spend.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import grpc
 from grpc_health.v1 import health_pb2
 from ray import serve
+from ray.exceptions import RayActorError
 from ray.serve.grpc_util import RayServegRPCContext
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
@@ -201,6 +207,16 @@ class Gateway:
         self._metrics.requests.inc(tags={"model": label, "method": method, "code": code.name})
 
     async def _run_model(self, validated: ValidatedRequest, on_progress: ProgressSink | None) -> GenerationResult:
+        try:
+            return await self._run_on_replica(validated, on_progress)
+        except RayActorError as exc:  # ActorDiedError, ActorUnavailableError
+            logger.warning("model_replica_lost model=%s error=%s", validated.model.name, type(exc).__name__)
+            raise RequestError(
+                grpc.StatusCode.UNAVAILABLE,
+                "the model replica stopped during the generation; nothing was charged: retry with backoff",
+            ) from None
+
+    async def _run_on_replica(self, validated: ValidatedRequest, on_progress: ProgressSink | None) -> GenerationResult:
         model = validated.model
         pool = self._config.pool_of(model)
         handle = self._pools[pool.name]

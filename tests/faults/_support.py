@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import shutil
@@ -129,3 +130,37 @@ def control_plane_process(
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=30)
+
+
+@contextmanager
+def small_tmpfs(directory: Path, size: str = "2m") -> Iterator[bool]:
+    """Mounts a tmpfs of `size` on `directory` (unmounted afterwards); yields whether mounting was
+    permitted (it needs CAP_SYS_ADMIN)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    mounted = (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(directory)],
+            capture_output=True,
+            check=False,
+        ).returncode
+        == 0
+    )
+    try:
+        yield mounted
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(directory)], check=False)
+
+
+def fill_up(directory: Path) -> Path:
+    """Writes a filler file until the filesystem under `directory` has no byte left."""
+    filler = directory / "filler"
+    with filler.open("wb", buffering=0) as file:
+        for size in (1 << 16, 1 << 12, 1):
+            try:
+                while True:
+                    file.write(b"\0" * size)
+            except OSError as error:
+                if error.errno != errno.ENOSPC:
+                    raise
+    return filler

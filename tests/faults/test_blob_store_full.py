@@ -21,10 +21,8 @@ rlimit, a blob small enough) the same store succeeds and charges once.
 from __future__ import annotations
 
 import contextlib
-import errno
 import resource
 import signal
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from uuid import UUID
@@ -38,47 +36,13 @@ from control_plane.db.pool import Pool, open_pool
 from protos.atelier.v1 import common_pb2
 from protos.atelier.v1 import control_plane_pb2 as pb
 from protos.atelier.v1.control_plane_pb2_grpc import ControlPlaneStub
-from tests.faults._support import control_plane_process, noisy_png
+from tests.faults._support import control_plane_process, fill_up, noisy_png, small_tmpfs
 from tests.integration._postgres import fresh_database, postgres_server
 from tests.integration.control_plane._support import bearer, error_reason
 
-TMPFS_SIZE = "2m"
 FSIZE_LIMIT_BYTES = 256 * 1024
 BIG_ITEM_BYTES = 512 * 1024
 """Over the rlimit; on the full tmpfs any item fails."""
-
-
-@contextlib.contextmanager
-def _tmpfs(directory: Path) -> Iterator[bool]:
-    """Mounts a small tmpfs on `directory`; yields whether that was permitted."""
-    directory.mkdir(parents=True, exist_ok=True)
-    mounted = (
-        subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={TMPFS_SIZE},mode=0755", "tmpfs", str(directory)],
-            capture_output=True,
-            check=False,
-        ).returncode
-        == 0
-    )
-    try:
-        yield mounted
-    finally:
-        if mounted:
-            subprocess.run(["umount", "-l", str(directory)], check=False)
-
-
-def _fill(directory: Path) -> Path:
-    """Writes a filler file until the filesystem under `directory` has no byte left."""
-    filler = directory / "filler"
-    with filler.open("wb", buffering=0) as file:
-        for size in (1 << 16, 1 << 12, 1):
-            try:
-                while True:
-                    file.write(b"\0" * size)
-            except OSError as error:
-                if error.errno != errno.ENOSPC:
-                    raise
-    return filler
 
 
 def _limit_file_size() -> None:
@@ -101,7 +65,7 @@ def test_a_full_blob_store_refuses_the_store_and_leaves_nothing_behind(
 ) -> None:
     database_url = own_database_url
     blob_dir = tmp_path / "blobs"
-    mount = _tmpfs(blob_dir) if wanted == "tmpfs" else contextlib.nullcontext(False)
+    mount = small_tmpfs(blob_dir) if wanted == "tmpfs" else contextlib.nullcontext(False)
     with mount as mounted, open_pool(database_url, min_size=1, max_size=2) as pool:
         # Where mounting is not permitted the tmpfs case falls back to the rlimit.
         mechanism = "tmpfs" if mounted else "rlimit_fsize"
@@ -132,7 +96,7 @@ def test_a_full_blob_store_refuses_the_store_and_leaves_nothing_behind(
             blobs_before = _blob_files(blob_dir)
             assert len(blobs_before) == 1
 
-            filler = _fill(blob_dir) if mounted else None
+            filler = fill_up(blob_dir) if mounted else None
             reservation_id = _reserve(stub, metadata, account_id, 10)
             big = noisy_png(BIG_ITEM_BYTES, seed=2)
             with pytest.raises(grpc.RpcError) as refused:
