@@ -145,7 +145,9 @@ def test_postgres_restart_under_load_loses_and_doubles_no_ledger_row(database, t
                 stop.set()
                 for thread in threads:
                     thread.join(timeout=CALL_DEADLINE_S * 4)
-            assert recovered, f"no call succeeded within {RECOVERY_WITHIN_S:.0f} s of the database coming back"
+            assert recovered is not None, f"no call succeeded within {RECOVERY_WITHIN_S:.0f} s of the restart"
+            codes = sum((o.codes for o in outcomes), Counter[str]())
+            print(f"calls={dict(codes)} recovered_after_s={recovered:.2f}")
             assert len(outcomes) == CLIENTS
             _assert_answers(outcomes)
             _assert_ledger_exact(pool, UUID(account_id), outcomes, clock)
@@ -153,16 +155,17 @@ def test_postgres_restart_under_load_loses_and_doubles_no_ledger_row(database, t
         pool.close()
 
 
-def _wait_for_successes(stub: ControlPlaneStub, secret: str, account_id: str, within_s: float) -> bool:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
+def _wait_for_successes(stub: ControlPlaneStub, secret: str, account_id: str, within_s: float) -> float | None:
+    """Seconds until a call succeeds again; None when none did within `within_s`."""
+    started = time.monotonic()
+    while time.monotonic() < started + within_s:
         try:
             stub.GetBalance(pb.GetBalanceRequest(account_id=account_id), metadata=bearer(secret), timeout=5)
-            return True
+            return time.monotonic() - started
         except grpc.RpcError as error:
             assert error.code() == grpc.StatusCode.UNAVAILABLE, error  # type: ignore[attr-defined]
             time.sleep(0.2)
-    return False
+    return None
 
 
 def _assert_answers(outcomes: list[Outcome]) -> None:
