@@ -1,14 +1,20 @@
-"""A diffusion replica killed mid-generation: the caller gets UNAVAILABLE, nothing is charged or kept.
+"""Faults under a running cluster: a diffusion replica killed mid-generation, a full blob store.
 
-Scenario: a local cluster of this module's own (so killing disturbs no other test), a
-Generate or GenerateStream of 50 denoising steps, and, once the replica is generating (the
-stream's first progress message, or the replica's scheduler reporting a running batch), the
-replica's worker process SIGKILLed, as the kernel's OOM killer or a crash would end it.
+Both run on a local cluster of this module's own, so killing and filling disturb no other test.
 
-Expected (the contract in inference.proto): the call fails with UNAVAILABLE (the gateway
-does not retry for the caller); the reservation is released (balance total unchanged,
-nothing held); no content row and no blob of the account exist; and Serve replaces the
-replica, so a later Generate succeeds and is charged once.
+1. A Generate or GenerateStream of 50 denoising steps; once the replica is generating (the
+   stream's first progress message, or the replica's scheduler reporting a running batch),
+   its worker process is SIGKILLed, as the kernel's OOM killer or a crash would end it.
+   Expected (the contract in inference.proto): the call fails with UNAVAILABLE (the gateway
+   does not retry for the caller); the reservation is released (balance total unchanged,
+   nothing held); no content row and no blob of the account exist; and Serve replaces the
+   replica, so a later Generate succeeds and is charged once.
+2. The control plane's blob directory becomes a 2 MiB tmpfs, filled to the last byte, under
+   the running cluster. A Generate then fails with RESOURCE_EXHAUSTED and ErrorInfo reason
+   BLOB_STORE_FULL (relayed by the gateway), charges nothing and stores nothing; once the
+   filesystem is gone again the next Generate succeeds. (Mounting needs CAP_SYS_ADMIN; where
+   it is not permitted this case is skipped, and test_blob_store_full covers the control
+   plane under RLIMIT_FSIZE.)
 """
 
 from __future__ import annotations
@@ -31,7 +37,9 @@ from atelier.state import ClusterState, load_operator_key
 from protos.atelier.v1 import control_plane_pb2, inference_pb2
 from protos.atelier.v1.control_plane_pb2_grpc import ControlPlaneStub
 from protos.atelier.v1.inference_pb2_grpc import InferenceStub
+from tests.faults._support import fill_up, small_tmpfs
 from tests.integration._postgres import TEST_DATABASE_URL_VAR, fresh_database
+from tests.integration.control_plane._support import error_reason
 
 pytestmark = pytest.mark.e2e
 
@@ -210,3 +218,26 @@ def test_a_replica_killed_mid_generate_fails_it_unavailable_and_charges_nothing(
     assert outcome[0].code() == grpc.StatusCode.UNAVAILABLE, outcome[0]  # type: ignore[attr-defined]
     _assert_nothing_charged_or_kept(control, metadata, account_id, home)
     _generate_once_recovered(control, inference, metadata, account_id)
+
+
+def test_a_generate_into_a_full_blob_store_is_refused_and_charges_nothing(
+    stubs: tuple[ControlPlaneStub, InferenceStub], metadata: tuple[tuple[str, str], ...], home: Path
+) -> None:
+    control, inference = stubs
+    account_id = _new_account(control, metadata)
+    request = inference_pb2.GenerateRequest(account_id=account_id, prompt="a fox", steps=2, seed=3)
+    # Mounted over the live blob directory: the control plane opens blob paths by name, so
+    # its next writes land on the full filesystem.
+    with small_tmpfs(home / "blobs") as mounted:
+        if not mounted:
+            pytest.skip("mounting a tmpfs is not permitted here (test_blob_store_full uses RLIMIT_FSIZE)")
+        fill_up(home / "blobs")
+        with pytest.raises(grpc.RpcError) as refused:
+            inference.Generate(request, metadata=metadata, timeout=120)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, refused.value  # type: ignore[attr-defined]
+        assert error_reason(refused.value) == "BLOB_STORE_FULL"  # type: ignore[arg-type]
+        assert "blob store is full" in refused.value.details()  # type: ignore[attr-defined]
+        _assert_nothing_charged_or_kept(control, metadata, account_id, home)
+    response = inference.Generate(request, metadata=metadata, timeout=120)
+    balance = control.GetBalance(control_plane_pb2.GetBalanceRequest(account_id=account_id), metadata=metadata).balance
+    assert (balance.total, balance.held) == (100 - response.credits_charged, 0)
