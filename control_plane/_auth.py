@@ -13,7 +13,7 @@ from psycopg_pool import PoolTimeout
 
 from control_plane import api_keys
 from control_plane.api_keys import Principal, Scope
-from control_plane.db.pool import Connection, Pool
+from control_plane.db.pool import Connection, Pool, connection_wait_s
 from control_plane.errors import PermissionDenied, Unauthenticated, Unavailable
 
 
@@ -30,11 +30,12 @@ def authorized(
     Raises:
         Unauthenticated: No bearer key, or an unknown or revoked one.
         PermissionDenied: The key lacks `scope` (and 'admin').
-        Unavailable: The database cannot be reached.
+        Unavailable: The database cannot be reached (in time for the caller's deadline).
     """
     secret = bearer_secret(context.invocation_metadata())
+    wait_s = connection_wait_s(context.time_remaining(), pool.timeout)
     try:
-        with pool.connection() as conn:
+        with pool.connection(timeout=wait_s) as conn:
             principal = api_keys.authenticate(conn, secret, now)
             if scope is not None and not principal.allows(scope):
                 raise PermissionDenied(

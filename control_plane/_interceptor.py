@@ -64,6 +64,9 @@ _STATUS_OF_ERROR: dict[type[errors.DomainError], grpc.StatusCode] = {
     errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+    # gRPC's own definition: "perhaps the entire file system is out of space"; the ErrorInfo
+    # reason BLOB_STORE_FULL tells it from a caller's quota.
+    errors.StorageFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
 

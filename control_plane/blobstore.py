@@ -9,6 +9,7 @@ wrapper can tell whose key to use from the key alone.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import re
@@ -17,8 +18,13 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import quote
 
+from control_plane.errors import StorageFull
+
 _KEY_FORMAT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*$")
 MAX_KEY_CHARS = 512
+# Out of space, out of quota, or over RLIMIT_FSIZE (with SIGXFSZ ignored): the store is full
+# for this blob, whatever the caller sends.
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
 class BlobNotFoundError(LookupError):
@@ -34,7 +40,11 @@ class BlobStore(Protocol):
 
     def put(self, key: str, data: bytes) -> None:
         """Stores `data` under `key`, replacing any blob there. Readers see the old blob
-        or the whole new one, never a part."""
+        or the whole new one, never a part.
+
+        Raises:
+            StorageFull: There is no space for it; nothing of it is left behind.
+        """
         ...
 
     def get(self, key: str) -> bytes:
@@ -71,7 +81,8 @@ class LocalBlobStore:
     few thousand entries. Writes go to a temporary file in the target directory, are
     fsynced, then renamed over the target (`os.replace`, atomic on POSIX), and the directory
     is fsynced: after `put` returns the blob survives a crash, and a reader never sees a
-    half-written file.
+    half-written file. When the disk is full the temporary file is removed and `put` raises
+    `StorageFull`, so a failed write leaves nothing and the caller gets a clear error.
     """
 
     def __init__(self, root: Path) -> None:
@@ -88,19 +99,27 @@ class LocalBlobStore:
     def put(self, key: str, data: bytes) -> None:
         """See `BlobStore.put`."""
         path = self.path_for(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
         try:
-            with os.fdopen(descriptor, "wb") as file:
-                file.write(data)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temporary, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temporary)
-            raise
-        _fsync_directory(path.parent)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            try:
+                with os.fdopen(descriptor, "wb") as file:
+                    file.write(data)
+                    file.flush()
+                    os.fsync(file.fileno())
+                os.replace(temporary, path)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(temporary)
+                raise
+            _fsync_directory(path.parent)
+        except OSError as error:
+            if error.errno not in _FULL_ERRNOS:
+                raise
+            raise StorageFull(
+                f"the blob store is full ({os.strerror(error.errno)}): nothing was stored; "
+                "retry once an operator has freed space in the blob store"
+            ) from error
 
     def get(self, key: str) -> bytes:
         """See `BlobStore.get`."""

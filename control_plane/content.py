@@ -207,8 +207,9 @@ def store_content(
     written: list[str] = []
     try:
         for stored, item in zip(prepared, items, strict=True):
-            blobs.put(stored.blob_key, item.data, data_key=data_key, context=crypto.blob_context(stored.content_id))
+            # Listed before the write: a put that fails part-way (a full disk) is cleaned up too.
             written.append(stored.blob_key)
+            blobs.put(stored.blob_key, item.data, data_key=data_key, context=crypto.blob_context(stored.content_id))
         with conn.transaction():
             _lock_for_store(conn, account_id, data_key)
             reservation: credits.Reservation | None = None

@@ -81,6 +81,13 @@ class Unavailable(DomainError):
     """A dependency (the database) cannot be reached right now; retrying may succeed."""
 
 
+class StorageFull(DomainError):
+    """The blob store has no space left (or a file would pass the process's size limit), so
+    nothing was stored. Retrying helps only once an operator frees or adds space."""
+
+    reason = "BLOB_STORE_FULL"
+
+
 class AccountNotActive(FailedPrecondition):
     """The account is suspended or erased, so it cannot generate or store content."""
 

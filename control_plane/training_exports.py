@@ -13,12 +13,22 @@ describe one snapshot:
 4. the manifest (export id, time, policy snapshot, counts, file checksums) is written, and
    the export row completed.
 
+Crash safety: files are written to a hidden staging directory, `output_dir/.partial-<id>/`
+(pyarrow and Spark skip names starting with `.`), and renamed to `output_dir/<id>/` only after
+the transaction has committed. So a directory named by an export id is always a complete
+export the database knows (its removal manifest can be built), and a process killed at any
+point leaves at most a hidden staging directory. The next export in the same `output_dir`
+finishes what a crash left (`finish_interrupted_exports`): a staging directory of a committed
+export is renamed into place, one of an export that never committed is deleted. An export
+holds a transaction-level advisory lock on its id while it runs, so that clean-up never
+touches a running export's directory.
+
 Items that become ineligible while (or after) the export runs are listed by its removal
 manifest the next time it is read (`removals.reconcile_removals`).
 
 Files carry no account or content ids: `item_id` and `subject_id` are salted per export and
 the salt never leaves the control plane, which keeps the mapping only to build removal
-manifests (DESIGN.md §9). If anything fails, the transaction rolls back and the partial
+manifests (DESIGN.md §9). If anything fails, the transaction rolls back and the staging
 directory is removed.
 """
 
@@ -26,6 +36,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 import secrets
 import shutil
 import threading
@@ -55,6 +67,10 @@ from control_plane.keystore import DataKey, KeyStore
 from control_plane.policy import PolicyRegistry
 from control_plane.retention import RetentionPolicy
 
+_logger = logging.getLogger(__name__)
+
+STAGING_PREFIX = ".partial-"
+"""An export is written to `output_dir/.partial-<export id>/` and renamed when committed."""
 MANIFEST_NAME = "_manifest.json"
 """Leading underscore: pyarrow and Spark skip it, so `pq.read_table(directory)` reads the data alone."""
 DEFAULT_ROWS_PER_FILE = 250_000
@@ -166,13 +182,18 @@ def create_training_export(
     started = time.monotonic()
     export_id = uuid4()
     salt = secrets.token_bytes(32)
-    directory = output_dir / str(export_id)
-    directory.mkdir(parents=True, exist_ok=False)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    finish_interrupted_exports(pool, output_dir)
+    final_directory = output_dir / str(export_id)
+    directory = output_dir / f"{STAGING_PREFIX}{export_id}"
     try:
         with pool.connection() as conn:
             conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
             try:
                 with conn.transaction():
+                    # Held to the commit: `finish_interrupted_exports` leaves this staging alone.
+                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_key(export_id),))
+                    directory.mkdir(exist_ok=False)
                     # Sorting a million eligible rows by key spills to disk under the default.
                     conn.execute("SET LOCAL work_mem = '256MB'")
                     params = eligibility_params(conn, registry, now)
@@ -187,7 +208,7 @@ def create_training_export(
                             export_id,
                             registry.default.training_consent_mode.value,
                             salt,
-                            str(directory),
+                            str(final_directory),
                             actor.key_id,
                             now,
                             now,
@@ -262,7 +283,60 @@ def create_training_export(
     except BaseException:
         shutil.rmtree(directory, ignore_errors=True)
         raise
-    return TrainingExport(export_id, directory, item_count, files, manifest, time.monotonic() - started)
+    _publish(directory, final_directory)
+    return TrainingExport(export_id, final_directory, item_count, files, manifest, time.monotonic() - started)
+
+
+def finish_interrupted_exports(pool: Pool, output_dir: Path) -> list[UUID]:
+    """Finishes what exports killed in `output_dir` left behind; safe while others run.
+
+    A staging directory (`.partial-<export id>`) whose export committed is renamed to its
+    final name; one whose export never committed (the process died mid-export, so the
+    database rolled it back) is deleted. Staging directories of exports still running (their
+    advisory lock is held) are left alone.
+
+    Returns:
+        The ids of the committed exports this call put in place.
+    """
+    published: list[UUID] = []
+    for staging in sorted(output_dir.glob(f"{STAGING_PREFIX}*")):
+        try:
+            export_id = UUID(staging.name.removeprefix(STAGING_PREFIX))
+        except ValueError:
+            continue  # not ours
+        with pool.connection() as conn, conn.transaction():
+            locked = conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (_lock_key(export_id),)).fetchone()
+            if locked is None or not locked[0]:
+                continue  # still running
+            row = conn.execute("SELECT state FROM training_exports WHERE export_id = %s", (export_id,)).fetchone()
+            if row is not None and row[0] == "completed":
+                _publish(staging, output_dir / str(export_id))
+                published.append(export_id)
+                _logger.info("interrupted export published export_id=%s", export_id)
+            elif row is None:
+                shutil.rmtree(staging, ignore_errors=True)
+                _logger.info("interrupted export discarded export_id=%s", export_id)
+    return published
+
+
+def _publish(staging: Path, final: Path) -> None:
+    # A rename is atomic: readers see no directory or the whole export. Another process may
+    # have published it already (it found this export committed after a crash of ours).
+    try:
+        os.rename(staging, final)
+    except FileNotFoundError:
+        if not final.is_dir():
+            raise
+    descriptor = os.open(final.parent, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _lock_key(export_id: UUID) -> int:
+    # A signed 64-bit advisory lock key from the (random) export id.
+    return int.from_bytes(export_id.bytes[:8], "big", signed=True)
 
 
 def _profile_snapshot(registry: PolicyRegistry) -> dict[str, Any]:

@@ -60,6 +60,32 @@ def open_pool(
     return pool
 
 
+CONNECTION_WAIT_MARGIN_S = 1.0
+"""Most of a caller's remaining deadline an RPC keeps for answering after waiting for a connection."""
+
+
+def connection_wait_s(deadline_remaining_s: float | None, pool_timeout_s: float) -> float:
+    """How long an RPC may wait for a pooled connection before answering UNAVAILABLE.
+
+    While the database is down or restarting, `pool.connection()` waits for a working
+    connection (the pool keeps trying to reconnect). An RPC whose caller set a deadline stops
+    waiting early enough to answer UNAVAILABLE itself, so the caller learns the database is the
+    problem instead of seeing its own DEADLINE_EXCEEDED: it keeps a fifth of the remaining time
+    (at most CONNECTION_WAIT_MARGIN_S) for the reply.
+
+    Args:
+        deadline_remaining_s: Seconds until the caller's deadline; None when it set none.
+        pool_timeout_s: The pool's own wait (`pool.timeout`), the bound without a deadline.
+
+    Returns:
+        Seconds to wait, 0 <= result <= pool_timeout_s.
+    """
+    if deadline_remaining_s is None:
+        return pool_timeout_s
+    margin = min(CONNECTION_WAIT_MARGIN_S, deadline_remaining_s / 5)
+    return max(0.0, min(pool_timeout_s, deadline_remaining_s - margin))
+
+
 def expect_row(row: tuple[Any, ...] | None) -> tuple[Any, ...]:
     """Returns the row of a statement that always yields one (`INSERT ... RETURNING`).
 

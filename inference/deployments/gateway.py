@@ -18,6 +18,11 @@ ids), and the gateway rebuilds the response from the stored images (GetContent) 
 running the model or charging again. Refusals of the control plane (rate limits, the bound on
 generations in flight, a key in flight) reach the caller with their code, message and rich
 details (ErrorInfo, RetryInfo) unchanged.
+
+A model replica that dies mid-generation (killed, out of memory, node lost) fails the request
+with UNAVAILABLE, not INTERNAL: nothing was charged, Serve restarts the replica, and the caller
+retries with backoff. The gateway does not retry by itself: a request that crashed one replica
+could crash the next, and the caller's deadline is the caller's to spend.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import grpc
 from grpc_health.v1 import health_pb2
 from ray import serve
+from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.grpc_util import RayServegRPCContext
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
@@ -309,6 +315,12 @@ class Gateway:
                 f"model {validated.model.name!r} is at capacity; nothing was charged, retry with backoff",
                 _POOL_AT_CAPACITY,
                 retry_after_s=1,
+            ) from None
+        except RayActorError as exc:  # ActorDiedError, ActorUnavailableError
+            logger.warning("model_replica_lost model=%s error=%s", validated.model.name, type(exc).__name__)
+            raise RequestError(
+                grpc.StatusCode.UNAVAILABLE,
+                "the model replica stopped during the generation; nothing was charged: retry with backoff",
             ) from None
 
     async def _call_pool(self, validated: ValidatedRequest, on_progress: ProgressSink | None) -> GenerationResult:

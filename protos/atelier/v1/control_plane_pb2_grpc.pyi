@@ -11,10 +11,17 @@ its key's tenant. Errors use the canonical gRPC codes:
                       another tenant's ids, so ids cannot be probed)
   UNAUTHENTICATED     missing or unknown API key
   PERMISSION_DENIED   the key lacks the scope the RPC needs
-  RESOURCE_EXHAUSTED  not enough credits (ErrorInfo reason INSUFFICIENT_CREDITS)
+  RESOURCE_EXHAUSTED  not enough credits (ErrorInfo reason INSUFFICIENT_CREDITS),
+                      or the blob store is full (reason BLOB_STORE_FULL: nothing
+                      was stored or charged; retry once space is freed)
   FAILED_PRECONDITION state forbids it (suspended account, reservation
                       already committed, released or expired; under age)
   ALREADY_EXISTS      a unique name is taken
+  UNAVAILABLE         the database cannot be reached (e.g. restarting); sent
+                      before the caller's deadline, with a RetryInfo. A state
+                      change that answered UNAVAILABLE happened entirely or
+                      not at all; retry with backoff (a retried commit answers
+                      FAILED_PRECONDITION when the first one went through)
 Every state change is one transaction with its audit-log row.
 """
 

@@ -10,9 +10,13 @@ GenerateStream. Errors use the canonical gRPC codes:
   NOT_FOUND           unknown model or account
   UNAUTHENTICATED     missing or unknown API key
   PERMISSION_DENIED   key lacks the scope or belongs to another tenant
-  RESOURCE_EXHAUSTED  not enough credits (ErrorInfo reason INSUFFICIENT_CREDITS)
+  RESOURCE_EXHAUSTED  not enough credits (ErrorInfo reason INSUFFICIENT_CREDITS),
+                      or the blob store is full (reason BLOB_STORE_FULL)
   FAILED_PRECONDITION account suspended or not allowed to generate
-  UNAVAILABLE         overloaded or a dependency is down; retry with backoff
+  UNAVAILABLE         overloaded, a dependency is down, or the model replica
+                      died mid-generation (Serve restarts it); nothing was
+                      charged and the request is not retried for you: retry
+                      with backoff
   DEADLINE_EXCEEDED   the caller's deadline passed; nothing was charged
 A failed or cancelled request charges nothing.
 """

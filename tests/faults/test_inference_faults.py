@@ -1,0 +1,243 @@
+"""Faults under a running cluster: a diffusion replica killed mid-generation, a full blob store.
+
+Both run on a local cluster of this module's own, so killing and filling disturb no other test.
+
+1. A Generate or GenerateStream of 50 denoising steps; once the replica is generating (the
+   stream's first progress message, or the replica's scheduler reporting a running batch),
+   its worker process is SIGKILLed, as the kernel's OOM killer or a crash would end it.
+   Expected (the contract in inference.proto): the call fails with UNAVAILABLE (the gateway
+   does not retry for the caller); the reservation is released (balance total unchanged,
+   nothing held); no content row and no blob of the account exist; and Serve replaces the
+   replica, so a later Generate succeeds and is charged once.
+2. The control plane's blob directory becomes a 2 MiB tmpfs, filled to the last byte, under
+   the running cluster. A Generate then fails with RESOURCE_EXHAUSTED and ErrorInfo reason
+   BLOB_STORE_FULL (relayed by the gateway), charges nothing and stores nothing; once the
+   filesystem is gone again the next Generate succeeds. (Mounting needs CAP_SYS_ADMIN; where
+   it is not permitted this case is skipped, and test_blob_store_full covers the control
+   plane under RLIMIT_FSIZE.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from atelier.launcher import LocalCluster
+from atelier.ports import local_cluster_ports
+from atelier.settings import ClusterSettings
+from atelier.state import ClusterState, load_operator_key
+from protos.atelier.v1 import control_plane_pb2, inference_pb2
+from protos.atelier.v1.control_plane_pb2_grpc import ControlPlaneStub
+from protos.atelier.v1.inference_pb2_grpc import InferenceStub
+from tests.faults._support import fill_up, small_tmpfs
+from tests.integration._postgres import TEST_DATABASE_URL_VAR, fresh_database
+from tests.integration.control_plane._support import error_reason
+
+pytestmark = pytest.mark.e2e
+
+MODEL_DEPLOYMENT = "DiffusionModel-tiny-sd"
+REPLICA_CLASS = f"ServeReplica:atelier:{MODEL_DEPLOYMENT}"
+RECOVERY_WITHIN_S = 180.0
+"""Serve notices the dead replica, starts another and loads tiny-sd into it."""
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("atelier-faults-home")
+
+
+@pytest.fixture(scope="module")
+def cluster(home: Path) -> Iterator[ClusterState]:
+    """A cluster of this module's own, torn down afterwards.
+
+    On ATELIER_TEST_DATABASE_URL's server it gets a database of its own: sweeps of other
+    clusters on a shared database (`atelier sweep --as-of` a month ahead) would expire its
+    reservations. Without that variable it starts its own embedded server under `home`.
+    """
+    with contextlib.ExitStack() as stack:
+        server_url = os.environ.get(TEST_DATABASE_URL_VAR) or None
+        database_url = stack.enter_context(fresh_database(server_url, "atelier_faults")) if server_url else None
+        settings = ClusterSettings(home=home, database_url=database_url, **local_cluster_ports(), demo_credits=0)
+        local = LocalCluster(settings, log=lambda line: print(f"[faults cluster] {line}"))
+        try:
+            yield local.up()
+        finally:
+            local.down()
+
+
+@pytest.fixture(scope="module")
+def metadata(cluster: ClusterState, home: Path) -> tuple[tuple[str, str], ...]:
+    key = load_operator_key(home.resolve())
+    assert key is not None
+    return (("authorization", f"Bearer {key}"),)
+
+
+@pytest.fixture(scope="module")
+def ray_driver(cluster: ClusterState) -> Iterator[Callable[[], bool]]:
+    """Connects to the cluster; yields a function telling whether the replica is generating."""
+    import ray
+    from ray import serve
+
+    ray.init(address=cluster.ray_address, logging_level="WARNING", log_to_driver=False)
+    try:
+        handle = serve.get_deployment_handle(MODEL_DEPLOYMENT, app_name="atelier")
+        yield lambda: bool(handle.stats.remote().result(timeout_s=60).running)
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def stubs(cluster: ClusterState) -> Iterator[tuple[ControlPlaneStub, InferenceStub]]:
+    with (
+        grpc.insecure_channel(cluster.control_plane_address) as control,
+        grpc.insecure_channel(cluster.serve_grpc_address) as serving,
+    ):
+        yield ControlPlaneStub(control), InferenceStub(serving)
+
+
+def _kill_replica(cluster: ClusterState) -> int:
+    """SIGKILLs the tiny-sd pool's (only) replica worker; returns its pid."""
+    from ray.util.state import list_actors
+
+    alive = list_actors(
+        address=cluster.ray_address,  # other clusters may run on this machine
+        filters=[("class_name", "=", REPLICA_CLASS), ("state", "=", "ALIVE")],
+        detail=True,
+    )
+    assert len(alive) == 1, f"expected one live {REPLICA_CLASS}, found {len(alive)}"
+    pid = int(alive[0].pid)
+    os.kill(pid, signal.SIGKILL)
+    return pid
+
+
+def _long_request(account_id: str) -> inference_pb2.GenerateRequest:
+    return inference_pb2.GenerateRequest(
+        account_id=account_id, prompt="a fox", steps=50, width=512, height=512, num_images=2, seed=1
+    )
+
+
+def _new_account(control: ControlPlaneStub, metadata: tuple[tuple[str, str], ...]) -> str:
+    request = control_plane_pb2.CreateAccountRequest(
+        tier=control_plane_pb2.TIER_FREE, birth_date="1990-01-01", initial_credits=100
+    )
+    return str(control.CreateAccount(request, metadata=metadata).account.account_id)
+
+
+def _assert_nothing_charged_or_kept(
+    control: ControlPlaneStub, metadata: tuple[tuple[str, str], ...], account_id: str, home: Path
+) -> None:
+    balance = control.GetBalance(control_plane_pb2.GetBalanceRequest(account_id=account_id), metadata=metadata).balance
+    assert (balance.total, balance.held) == (100, 0), "the reservation was charged or is still held"
+    listed = control.ListContent(control_plane_pb2.ListContentRequest(account_id=account_id), metadata=metadata)
+    assert list(listed.contents) == [], "a content row of the failed generation exists"
+    # Blob files are named by their key, `<account id>/<content id>`, percent-encoded.
+    assert not list((home / "blobs").rglob(f"{account_id}%2F*")), "a blob of the failed generation exists"
+
+
+def _generate_once_recovered(
+    control: ControlPlaneStub, inference: InferenceStub, metadata: tuple[tuple[str, str], ...], account_id: str
+) -> None:
+    deadline = time.monotonic() + RECOVERY_WITHIN_S
+    request = inference_pb2.GenerateRequest(account_id=account_id, prompt="a fox", steps=2, seed=2)
+    while True:
+        try:
+            response = inference.Generate(request, metadata=metadata, timeout=120)
+            break
+        except grpc.RpcError as error:
+            assert error.code() == grpc.StatusCode.UNAVAILABLE, error  # type: ignore[attr-defined]
+            assert time.monotonic() < deadline, "the pool did not recover from the killed replica"
+            time.sleep(1.0)
+    assert len(response.images) == 1
+    balance = control.GetBalance(control_plane_pb2.GetBalanceRequest(account_id=account_id), metadata=metadata).balance
+    charged_once = (100 - response.credits_charged, 0)
+    assert (balance.total, balance.held) == charged_once, "the recovered generation was not charged once"
+
+
+def test_a_replica_killed_mid_stream_fails_the_stream_unavailable_and_charges_nothing(
+    stubs: tuple[ControlPlaneStub, InferenceStub],
+    metadata: tuple[tuple[str, str], ...],
+    ray_driver: Callable[[], bool],
+    home: Path,
+    cluster: ClusterState,
+) -> None:
+    control, inference = stubs
+    account_id = _new_account(control, metadata)
+    stream = inference.GenerateStream(_long_request(account_id), metadata=metadata, timeout=300)
+    watchdog = threading.Timer(240, stream.cancel)
+    watchdog.start()
+    try:
+        with pytest.raises(grpc.RpcError) as failed:
+            for message in stream:
+                assert message.HasField("progress"), "the generation finished before the kill"
+                if message.progress.step == 1:
+                    _kill_replica(cluster)
+    finally:
+        watchdog.cancel()
+
+    assert failed.value.code() == grpc.StatusCode.UNAVAILABLE, failed.value  # type: ignore[attr-defined]
+    assert "replica" in failed.value.details()  # type: ignore[attr-defined]
+    _assert_nothing_charged_or_kept(control, metadata, account_id, home)
+    _generate_once_recovered(control, inference, metadata, account_id)
+
+
+def test_a_replica_killed_mid_generate_fails_it_unavailable_and_charges_nothing(
+    stubs: tuple[ControlPlaneStub, InferenceStub],
+    metadata: tuple[tuple[str, str], ...],
+    ray_driver: Callable[[], bool],
+    home: Path,
+    cluster: ClusterState,
+) -> None:
+    control, inference = stubs
+    account_id = _new_account(control, metadata)
+    outcome: list[grpc.RpcError | inference_pb2.GenerateResponse] = []
+
+    def generate() -> None:
+        try:
+            outcome.append(inference.Generate(_long_request(account_id), metadata=metadata, timeout=300))
+        except grpc.RpcError as error:
+            outcome.append(error)
+
+    caller = threading.Thread(target=generate, daemon=True)
+    caller.start()
+    deadline = time.monotonic() + 120
+    while not ray_driver():
+        assert caller.is_alive() and time.monotonic() < deadline, "the replica never started generating"
+        time.sleep(0.05)
+    _kill_replica(cluster)
+    caller.join(timeout=240)
+
+    assert len(outcome) == 1 and isinstance(outcome[0], grpc.RpcError), f"Generate answered {outcome}"
+    assert outcome[0].code() == grpc.StatusCode.UNAVAILABLE, outcome[0]  # type: ignore[attr-defined]
+    _assert_nothing_charged_or_kept(control, metadata, account_id, home)
+    _generate_once_recovered(control, inference, metadata, account_id)
+
+
+def test_a_generate_into_a_full_blob_store_is_refused_and_charges_nothing(
+    stubs: tuple[ControlPlaneStub, InferenceStub], metadata: tuple[tuple[str, str], ...], home: Path
+) -> None:
+    control, inference = stubs
+    account_id = _new_account(control, metadata)
+    request = inference_pb2.GenerateRequest(account_id=account_id, prompt="a fox", steps=2, seed=3)
+    # Mounted over the live blob directory: the control plane opens blob paths by name, so
+    # its next writes land on the full filesystem.
+    with small_tmpfs(home / "blobs") as mounted:
+        if not mounted:
+            pytest.skip("mounting a tmpfs is not permitted here (test_blob_store_full uses RLIMIT_FSIZE)")
+        fill_up(home / "blobs")
+        with pytest.raises(grpc.RpcError) as refused:
+            inference.Generate(request, metadata=metadata, timeout=120)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, refused.value  # type: ignore[attr-defined]
+        assert error_reason(refused.value) == "BLOB_STORE_FULL"  # type: ignore[arg-type]
+        assert "blob store is full" in refused.value.details()  # type: ignore[attr-defined]
+        _assert_nothing_charged_or_kept(control, metadata, account_id, home)
+    response = inference.Generate(request, metadata=metadata, timeout=120)
+    balance = control.GetBalance(control_plane_pb2.GetBalanceRequest(account_id=account_id), metadata=metadata).balance
+    assert (balance.total, balance.held) == (100 - response.credits_charged, 0)
