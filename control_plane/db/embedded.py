@@ -110,11 +110,16 @@ class EmbeddedPostgres:
         """
         if not self.is_running():
             return False
-        result = self._pg_ctl(["stop", "-m", "fast", "-w", "-t", str(int(timeout_s))], timeout_s=timeout_s + 5)
-        if result.returncode != 0 and self.is_running():
-            raise EmbeddedPostgresError(
-                f"pg_ctl stop failed for {self.data_dir}: {result.stderr.strip() or result.stdout.strip()}"
-            )
+        # A second try: pg_ctl runs as the data directory's owner, which forces a fork() (not vfork), and
+        # in a process with busy gRPC threads the child can fail before it ever executes pg_ctl.
+        for attempt in range(2):
+            result = self._pg_ctl(["stop", "-m", "fast", "-w", "-t", str(int(timeout_s))], timeout_s=timeout_s + 5)
+            if result.returncode == 0 or not self.is_running():
+                break
+            if attempt == 1:
+                raise EmbeddedPostgresError(
+                    f"pg_ctl stop failed for {self.data_dir}: {result.stderr.strip() or result.stdout.strip()}"
+                )
         _logger.info("embedded postgres stopped data_dir=%s", self.data_dir)
         return True
 
