@@ -109,7 +109,15 @@ def test_postgres_restart_under_load_loses_and_doubles_no_ledger_row(database, t
     url = database.url()
     clock = ManualClock(CLOCK_START)
     config = ControlPlaneConfig(
-        database_url=url, listen_address="127.0.0.1:0", metrics_port=0, home=tmp_path / "home", grpc_workers=16
+        database_url=url,
+        listen_address="127.0.0.1:0",
+        metrics_port=0,
+        home=tmp_path / "home",
+        grpc_workers=16,
+        # Abuse limits off: the clients hammer one key and account on purpose, to load the database.
+        key_rate_per_s=0,
+        account_rate_per_s=0,
+        max_concurrent_generations=0,
     )
     # The server's own settings: the product's pool, default wait included.
     pool = open_pool(url, config.pool_min_size, config.pool_max_size)
