@@ -79,3 +79,11 @@ def test_keeps_blobs_on_the_shared_claim_when_one_is_given(minimal: dict[str, An
 
     assert volumes["blobs"] == {"name": "blobs", "persistentVolumeClaim": {"claimName": "atelier-blobs"}}
     assert _env(values)["ATELIER_BLOB_DIR"] == "/var/lib/atelier-blobs"
+
+
+def test_passes_the_abuse_limits_to_the_control_plane(minimal: dict[str, Any]) -> None:
+    env = _env(merged(minimal, {"controlPlane": {"limits": {"keyRatePerS": 7, "maxConcurrentGenerations": 0}}}))
+    assert env["ATELIER_KEY_RATE_PER_S"] == "7"
+    assert env["ATELIER_KEY_BURST"] == "200"
+    assert env["ATELIER_ACCOUNT_RATE_PER_S"] == "10"
+    assert env["ATELIER_MAX_CONCURRENT_GENERATIONS"] == "0"

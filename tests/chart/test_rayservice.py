@@ -201,3 +201,11 @@ def test_rejects_a_model_on_a_pool_that_does_not_exist(minimal: dict[str, Any]) 
 
     with pytest.raises(HelmRenderError, match=r'models\[sd15\].pool: "a100" is not a gpuPools\[\].name; valid: l4'):
         render({**minimal, "models": [model]})
+
+
+def test_bounds_the_message_size_of_serves_grpc_proxy_on_every_ray_pod(minimal: dict[str, Any]) -> None:
+    values = merged(minimal, {"ray": {"serve": {"maxMessageBytes": 8 * 1024 * 1024}}})
+    spec = render(values).one("RayService")["spec"]["rayClusterConfig"]
+    for group in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:
+        env = {e["name"]: e.get("value") for e in group["template"]["spec"]["containers"][0]["env"]}
+        assert env["RAY_SERVE_GRPC_MAX_MESSAGE_SIZE"] == str(8 * 1024 * 1024)

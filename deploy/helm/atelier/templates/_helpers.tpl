@@ -448,6 +448,9 @@ Environment of Ray containers.
   value: {{ include "atelier.serveConfigPath" . }}
 - name: ATELIER_HOME
   value: /var/lib/atelier
+# Largest request Serve's gRPC proxy accepts (Ray's default is 2 GiB); matches the control plane's limit.
+- name: RAY_SERVE_GRPC_MAX_MESSAGE_SIZE
+  value: {{ .Values.ray.serve.maxMessageBytes | int | quote }}
 {{- if .Values.tls.enabled }}
 # Serve's proxies call this at start-up; it binds the gRPC proxy's port with TLS (inference/grpc_proxy.py).
 - name: RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH
