@@ -19,11 +19,11 @@ crash before COMMIT rolls the rows back, so the next pass takes them again (unli
 that is already gone is a no-op): nothing is missed and no row is deleted, or counted, twice.
 Which items are due is `retention.DEADLINE_SQL`, the same definition training eligibility uses.
 
-Speed: unlinking the blobs is most of a batch's cost (a file system call per item), so a
-batch's unlinks are spread over a thread pool (`os.unlink` releases the GIL), and one pass
-runs each rule's queue with `workers` side-by-side batch loops on their own connections,
-exactly as separate sweepers would: while one waits for its unlinks, another deletes its next
-rows in the database.
+Speed: unlinking the blobs is most of a batch's cost (a file system call per item), so one
+pass runs each rule's queue with `workers` side-by-side batch loops on their own connections,
+exactly as separate sweepers would: while one unlinks, another deletes its next rows in the
+database. A batch's unlinks can also be spread over a thread pool (`unlink_threads`;
+`os.unlink` releases the GIL), which pays off where a delete waits on I/O.
 """
 
 from __future__ import annotations
@@ -60,8 +60,10 @@ DEFAULT_BATCH_SIZE = 5000
 MAX_BATCH_SIZE = 100_000
 DEFAULT_WORKERS = 2
 """Batch loops one pass runs side by side per rule (each on its own connection)."""
-DEFAULT_UNLINK_THREADS = 4
-"""Threads one pass unlinks blobs with."""
+DEFAULT_UNLINK_THREADS = 0
+"""Threads one pass unlinks blobs with; 0 unlinks in the batch loop's own thread. On a local
+disk an unlink is CPU work in the kernel, and the side-by-side loops already overlap it with
+the database's; threads pay off where a delete waits (network file systems, object stores)."""
 _UNLINKS_PER_TASK = 256
 
 
