@@ -1,17 +1,23 @@
 """Training exports: every eligible item to Parquet, with a manifest, each item recorded.
 
-One export is one REPEATABLE READ transaction, so the files, `export_items` and the counts
-describe one snapshot:
+One export is one REPEATABLE READ snapshot, so the files, `export_items` and the counts
+describe the same set of items:
 
-1. the export row and its random salt are inserted;
-2. `INSERT INTO export_items ... SELECT` records every eligible item (`eligibility`) with
-   its pseudonymous id, `sha256(salt || content id)`, computed in the database;
-3. `COPY (SELECT ...) TO STDOUT` streams the items as CSV, parsed by pyarrow 32 MiB at a
-   time; prompts are decrypted with their account's data key, images (optionally) read and
-   decrypted through the blob store, and the tables written to Parquet files of at most
-   `rows_per_file` rows (zstd);
-4. the manifest (export id, time, policy snapshot, counts, file checksums) is written, and
-   the export row completed.
+1. the export row and its random salt are inserted, and the transaction's snapshot is
+   exported (`pg_export_snapshot`);
+2. two things then run at once, one per connection, both judging eligibility
+   (`eligibility`) in that one snapshot: this transaction records every eligible item in
+   `export_items` with `INSERT ... SELECT` (its pseudonymous id, `sha256(salt || content
+   id)`, computed in the database, so no id travels back), while a second, read-only
+   transaction that imported the snapshot streams the same rows with `COPY (SELECT ...) TO
+   STDOUT` as CSV, which pyarrow parses 32 MiB at a time; prompts are decrypted with their
+   account's data key (each key unwrapped once, one AES-GCM open per row), images
+   (optionally) read and decrypted through the blob store, and the tables written to Parquet
+   files of at most `rows_per_file` rows (zstd);
+3. the number of rows written must equal the number recorded; the manifest (export id,
+   time, policy snapshot, counts, file checksums) is written, and the export row completed.
+
+With a pool of one connection the two halves of step 2 run one after the other on it.
 
 Crash safety: files are written to a hidden staging directory, `output_dir/.partial-<id>/`
 (pyarrow and Spark skip names starting with `.`), and renamed to `output_dir/<id>/` only after
@@ -34,15 +40,17 @@ directory is removed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import queue
 import secrets
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -55,6 +63,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 from prometheus_client import CollectorRegistry, Counter
+from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from control_plane import crypto
@@ -74,6 +83,8 @@ STAGING_PREFIX = ".partial-"
 MANIFEST_NAME = "_manifest.json"
 """Leading underscore: pyarrow and Spark skip it, so `pq.read_table(directory)` reads the data alone."""
 DEFAULT_ROWS_PER_FILE = 250_000
+_ROW_GROUP_ROWS = 128 * 1024
+"""Rows per Parquet row group: a few MiB of metadata rows, so readers can skip and parallelise."""
 SCHEMA = pa.schema(
     [
         pa.field("item_id", pa.string(), nullable=False),
@@ -92,7 +103,7 @@ bytes (null when the export was made without images)."""
 
 # Columns COPY streams, in order; the first five are only for decryption and never written.
 _COPY_COLUMNS = [
-    "content_id",
+    "content_id_hex",
     "blob_key",
     "encryption_key_id",
     "prompt_sealed",
@@ -163,7 +174,7 @@ def create_training_export(
     """Exports every item eligible at `now` into `output_dir/<export id>/`.
 
     Args:
-        pool: Database pool (one connection is used).
+        pool: Database pool (two connections when it has them: see the module docstring).
         blobs: The encrypted blob store images are read through.
         keys: Data keys, to decrypt prompts and images.
         registry: The policy profiles tenants follow (eligibility is per tenant's profile).
@@ -214,35 +225,18 @@ def create_training_export(
                             now,
                         ),
                     )
-                    item_count = conn.execute(
-                        f"""
-                        WITH {ELIGIBILITY_CTES}
-                        INSERT INTO export_items (export_id, content_id, account_id, salted_id)
-                        SELECT %(export_id)s, c.content_id, c.account_id,
-                               encode(sha256(%(salt)s || uuid_send(c.content_id)), 'hex')
-                        FROM {ELIGIBILITY_FROM}
-                        WHERE {INELIGIBILITY_SQL} IS NULL
-                        -- In key order, the primary key and content index grow at their right edge.
-                        ORDER BY c.content_id
-                        """,
-                        {**params, "export_id": export_id, "salt": salt},
-                    ).rowcount
-                    data_keys = _data_keys(conn, keys, export_id)
-                    # Nothing eligible: no data files, only the manifest (pyarrow refuses empty CSV).
-                    files = (
-                        []
-                        if item_count == 0
-                        else _write_files(
-                            conn,
-                            blobs,
-                            data_keys,
-                            export_id=export_id,
-                            salt=salt,
-                            directory=directory,
-                            include_images=include_images,
-                            rows_per_file=rows_per_file,
-                            metrics=metrics,
-                        )
+                    item_count, files = _record_and_write(
+                        pool,
+                        conn,
+                        blobs,
+                        keys,
+                        params,
+                        export_id=export_id,
+                        salt=salt,
+                        directory=directory,
+                        include_images=include_images,
+                        rows_per_file=rows_per_file,
+                        metrics=metrics,
                     )
                     written = sum(f.rows for f in files)
                     if written != item_count:
@@ -354,38 +348,30 @@ def _profile_snapshot(registry: PolicyRegistry) -> dict[str, Any]:
     }
 
 
-def _data_keys(conn: Connection, keys: KeyStore, export_id: UUID) -> dict[UUID, DataKey]:
-    rows = conn.execute(
-        """
-        SELECT DISTINCT c.encryption_key_id FROM export_items e JOIN content c USING (content_id)
-        WHERE e.export_id = %s AND c.encryption_key_id IS NOT NULL
-        """,
-        (export_id,),
-    ).fetchall()
-    return {row[0]: keys.data_key(conn, row[0]) for row in rows}
+# crypto.prompt_context is a constant prefix and the id's 16 bytes; the prefix is taken from
+# it once, so rows need no UUID object.
+_PROMPT_CONTEXT_PREFIX = crypto.prompt_context(UUID(int=0))[:-16]
+
+_SALTED_ID_SQL = "encode(sha256({salt} || uuid_send(c.content_id)), 'hex')"
+"""An item's pseudonymous id in an export: the same expression where it is recorded and written."""
+
+_RECORD_SQL = f"""
+    WITH {ELIGIBILITY_CTES}
+    INSERT INTO export_items (export_id, content_id, account_id, salted_id)
+    SELECT %(export_id)s, c.content_id, c.account_id, {_SALTED_ID_SQL.format(salt="%(salt)s")}
+    FROM {ELIGIBILITY_FROM}
+    WHERE {INELIGIBILITY_SQL} IS NULL
+    -- In key order, the primary key and content index grow at their right edge.
+    ORDER BY c.content_id
+"""
 
 
-def _copy_tables(copy: Any, options: tuple[Any, Any, Any], block_bytes: int = 32 << 20) -> Iterator[pa.Table]:
-    """Tables of the CSV rows `COPY ... TO STDOUT` sends, parsed `block_bytes` at a time.
-
-    PostgreSQL sends one row per message, so a block of whole messages is whole lines; each
-    block is parsed by pyarrow's (multithreaded) reader in one call.
-    """
-    read, parse, convert = options
-    block = bytearray()
-    for chunk in copy:
-        block += chunk
-        if len(block) >= block_bytes:
-            yield pa_csv.read_csv(pa.BufferReader(bytes(block)), read, parse, convert)
-            block = bytearray()
-    if block:
-        yield pa_csv.read_csv(pa.BufferReader(bytes(block)), read, parse, convert)
-
-
-def _write_files(
+def _record_and_write(
+    pool: Pool,
     conn: Connection,
     blobs: EncryptedBlobStore,
-    data_keys: dict[UUID, DataKey],
+    keys: KeyStore,
+    params: dict[str, Any],
     *,
     export_id: UUID,
     salt: bytes,
@@ -393,17 +379,177 @@ def _write_files(
     include_images: bool,
     rows_per_file: int,
     metrics: ExportMetrics | None,
+) -> tuple[int, list[ExportFile]]:
+    """Records the eligible items in `export_items` and writes them to Parquet; returns both counts' sources.
+
+    `conn` is in the export's REPEATABLE READ transaction. Recording is the database's work
+    and writing mostly this process's, so when the pool has a second connection they overlap:
+    this transaction inserts (in a helper thread, which only waits on the server) while a
+    read-only transaction that imported its snapshot streams the rows, so both see exactly
+    the same items.
+    """
+    data_keys = _data_keys(conn, keys)
+    record_params = {**params, "export_id": export_id, "salt": salt}
+    if (pool.max_size or 1) < 2:
+        item_count = max(conn.execute(_RECORD_SQL, record_params).rowcount, 0)
+        files = _write_files(
+            conn,
+            blobs,
+            data_keys,
+            params,
+            salt=salt,
+            directory=directory,
+            include_images=include_images,
+            rows_per_file=rows_per_file,
+            metrics=metrics,
+        )
+        return item_count, files
+    row = conn.execute("SELECT pg_export_snapshot()").fetchone()
+    if row is None:
+        raise RuntimeError("pg_export_snapshot returned no row")
+    snapshot = row[0]
+    recorded: list[int] = []
+    failure: list[BaseException] = []
+
+    def record() -> None:
+        try:
+            recorded.append(max(conn.execute(_RECORD_SQL, record_params).rowcount, 0))
+        except BaseException as error:  # re-raised in the caller's thread
+            failure.append(error)
+
+    recorder = threading.Thread(target=record, name=f"export-record-{export_id}", daemon=True)
+    with pool.connection() as reader:
+        reader.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        reader.read_only = True
+        try:
+            with reader.transaction():
+                reader.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+                reader.execute("SET LOCAL work_mem = '256MB'")
+                recorder.start()
+                try:
+                    files = _write_files(
+                        reader,
+                        blobs,
+                        data_keys,
+                        params,
+                        salt=salt,
+                        directory=directory,
+                        include_images=include_images,
+                        rows_per_file=rows_per_file,
+                        metrics=metrics,
+                    )
+                except BaseException:
+                    # Stop the insert rather than wait for it; the caller's transaction rolls back.
+                    conn.cancel_safe()
+                    raise
+                finally:
+                    recorder.join()
+        finally:
+            reader.isolation_level = None
+            reader.read_only = None
+    if failure:
+        raise failure[0]
+    return recorded[0], files
+
+
+def _data_keys(conn: Connection, keys: KeyStore) -> dict[UUID, DataKey]:
+    # Every live key that encrypts some content: a superset of what the export needs (it
+    # cannot know which items are eligible before judging them), unwrapped once each.
+    rows = conn.execute(
+        """
+        SELECT k.key_id FROM account_keys k
+        WHERE k.wrapped_dek IS NOT NULL
+          AND k.key_id IN (SELECT encryption_key_id FROM content WHERE encryption_key_id IS NOT NULL)
+        """
+    ).fetchall()
+    return {row[0]: keys.data_key(conn, row[0]) for row in rows}
+
+
+class _Stopped(Exception):
+    """The consumer of `_copy_tables` went away; the COPY is cancelled."""
+
+
+def _copy_tables(
+    conn: Connection, query: bytes | str, options: tuple[Any, Any, Any], block_bytes: int = 32 << 20
+) -> Generator[pa.Table, None, None]:
+    """Tables of the CSV rows `COPY ... TO STDOUT` sends, parsed `block_bytes` at a time.
+
+    PostgreSQL sends one row per message, so a block of whole messages is whole lines; each
+    block is parsed by pyarrow's (multithreaded) reader in one call. A helper thread reads
+    and parses up to two blocks ahead, so the server keeps producing rows while the caller
+    decrypts and writes the previous ones. Close the generator (`contextlib.closing`) so an
+    abandoned COPY is cancelled before `conn` is used again.
+    """
+    read, parse, convert = options
+    ready: queue.Queue[pa.Table | BaseException | None] = queue.Queue(maxsize=2)
+    stop = threading.Event()
+
+    def hand_over(item: pa.Table | BaseException | None) -> None:
+        while True:
+            if stop.is_set():
+                raise _Stopped
+            try:
+                ready.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def produce() -> None:
+        try:
+            with conn.cursor() as cur, cur.copy(query) as copy:
+                block = bytearray()
+                for chunk in copy:
+                    block += chunk
+                    if len(block) >= block_bytes:
+                        hand_over(pa_csv.read_csv(pa.BufferReader(bytes(block)), read, parse, convert))
+                        block = bytearray()
+                if block:
+                    hand_over(pa_csv.read_csv(pa.BufferReader(bytes(block)), read, parse, convert))
+            hand_over(None)
+        except _Stopped:
+            return
+        except BaseException as error:  # re-raised in the consumer's thread
+            with contextlib.suppress(_Stopped):
+                hand_over(error)
+
+    producer = threading.Thread(target=produce, name="export-copy-reader", daemon=True)
+    producer.start()
+    try:
+        while (item := ready.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        producer.join()
+
+
+def _write_files(
+    conn: Connection,
+    blobs: EncryptedBlobStore,
+    data_keys: dict[UUID, DataKey],
+    params: dict[str, Any],
+    *,
+    salt: bytes,
+    directory: Path,
+    include_images: bool,
+    rows_per_file: int,
+    metrics: ExportMetrics | None,
 ) -> list[ExportFile]:
+    # COPY takes no parameters: the eligibility query's are bound client-side into literals.
     query = f"""
         COPY (
-            SELECT c.content_id, c.blob_key, c.encryption_key_id, encode(c.prompt_sealed, 'hex'),
-                   encode(convert_to(c.prompt, 'UTF8'), 'hex'), e.salted_id,
+            WITH {ELIGIBILITY_CTES}
+            SELECT encode(uuid_send(c.content_id), 'hex'), c.blob_key, c.encryption_key_id,
+                   encode(c.prompt_sealed, 'hex'), encode(convert_to(c.prompt, 'UTF8'), 'hex'),
+                   {_SALTED_ID_SQL.format(salt=_literal(salt))},
                    encode(sha256({_literal(salt)} || uuid_send(c.account_id)), 'hex'),
                    c.sha256, c.model, c.parameters::text, c.media_type
-            FROM export_items e JOIN content c USING (content_id)
-            WHERE e.export_id = '{export_id}'
+            FROM {ELIGIBILITY_FROM}
+            WHERE {INELIGIBILITY_SQL} IS NULL
         ) TO STDOUT (FORMAT csv)
     """
+    bound = psycopg.ClientCursor(conn).mogrify(query, params)
     convert = pa_csv.ConvertOptions(
         column_types={name: pa.string() for name in _COPY_COLUMNS}, strings_can_be_null=False
     )
@@ -423,8 +569,8 @@ def _write_files(
             files[-1] = ExportFile(files[-1].name, rows_in_file, path.stat().st_size, _file_sha256(path))
             writer = None
 
-    with conn.cursor() as cur, cur.copy(query) as copy:
-        for batch in _copy_tables(copy, (read, parse, convert)):
+    with contextlib.closing(_copy_tables(conn, bound, (read, parse, convert))) as tables:
+        for batch in tables:
             table = _output_table(batch, blobs, openers, include_images=include_images)
             offset = 0
             while offset < table.num_rows:
@@ -435,7 +581,7 @@ def _write_files(
                     writer = pq.ParquetWriter(directory / name, SCHEMA, compression="zstd")
                     rows_in_file = 0
                 take = min(rows_per_file - rows_in_file, table.num_rows - offset)
-                writer.write_table(table.slice(offset, take))
+                writer.write_table(table.slice(offset, take), row_group_size=_ROW_GROUP_ROWS)
                 rows_in_file += take
                 offset += take
                 if metrics is not None:
@@ -447,24 +593,25 @@ def _write_files(
 def _output_table(
     batch: pa.Table, blobs: EncryptedBlobStore, openers: dict[str, crypto.SealedOpener], *, include_images: bool
 ) -> pa.Table:
-    # Per-row Python work is the export's cost: keys are looked up by their text form and each
-    # key's cipher is built once (`openers`), so a row costs one decrypt and one UUID.
-    content_ids = [UUID(c) for c in batch.column("content_id").to_pylist()]
+    # Per-row Python work is the export's cost, so a row costs two hex decodes, a dict lookup
+    # and one AES-GCM open: keys are looked up by their text form, each key's cipher is built
+    # once (`openers`), the associated data is made from the id's bytes without a UUID object,
+    # and the prompts' UTF-8 is checked by pyarrow for the whole batch.
+    fromhex = bytes.fromhex
+    prefix = _PROMPT_CONTEXT_PREFIX
+    content_ids = [fromhex(h) for h in batch.column("content_id_hex").to_pylist()]
     key_ids = batch.column("encryption_key_id").to_pylist()
-    prompts: list[str] = []
-    for content_id, key_id, sealed_hex, clear in zip(
-        content_ids,
-        key_ids,
-        batch.column("prompt_sealed").to_pylist(),
-        batch.column("plain_prompt").to_pylist(),
-        strict=True,
-    ):
-        if sealed_hex:
-            sealed = bytes.fromhex(sealed_hex)
-            prompts.append(openers[key_id].open(sealed, crypto.prompt_context(content_id)).decode())
-        else:
-            # A legacy row with the prompt in clear (hex of its UTF-8).
-            prompts.append(bytes.fromhex(clear).decode())
+    prompts = [
+        # An empty sealed column is a legacy row with the prompt in clear (hex of its UTF-8).
+        openers[key_id].open(fromhex(sealed), prefix + content_id) if sealed else fromhex(clear)
+        for content_id, key_id, sealed, clear in zip(
+            content_ids,
+            key_ids,
+            batch.column("prompt_sealed").to_pylist(),
+            batch.column("plain_prompt").to_pylist(),
+            strict=True,
+        )
+    ]
     images: pa.Array
     if include_images:
         data: list[bytes] = []
@@ -472,7 +619,8 @@ def _output_table(
             content_ids, key_ids, batch.column("blob_key").to_pylist(), strict=True
         ):
             ciphertext = blobs.inner.get(blob_key)
-            data.append(openers[key_id].open(ciphertext, crypto.blob_context(content_id)) if key_id else ciphertext)
+            context = crypto.blob_context(UUID(bytes=content_id))
+            data.append(openers[key_id].open(ciphertext, context) if key_id else ciphertext)
         images = pa.array(data, type=pa.binary())
     else:
         images = pa.nulls(batch.num_rows, type=pa.binary())
@@ -483,7 +631,7 @@ def _output_table(
             batch.column("sha256"),
             batch.column("model"),
             batch.column("parameters"),
-            pa.array(prompts, type=pa.string()),
+            pa.array(prompts, type=pa.binary()).cast(pa.string()),
             batch.column("media_type"),
             images,
         ],

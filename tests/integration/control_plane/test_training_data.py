@@ -9,10 +9,12 @@ from pathlib import Path
 from uuid import UUID
 
 import grpc
+import psycopg
 import pyarrow.parquet as pq
 import pytest
 
 from control_plane.audit import SYSTEM
+from control_plane.db.pool import open_pool
 from control_plane.encrypted_blobs import EncryptedBlobStore
 from control_plane.training_exports import MANIFEST_NAME, TrainingExport, create_training_export
 from protos.atelier.v1 import common_pb2
@@ -216,6 +218,42 @@ class TestTrainingExport:
         export = _export(pool, blobs, keys, policies, clock, tmp_path)
         manifest = json.loads((export.directory / MANIFEST_NAME).read_text())
         assert (export.item_count, export.files, manifest["counts"]) == (0, [], {"items": 0, "files": 0})
+
+    def test_a_one_connection_pool_records_and_writes_the_same_items_one_after_the_other(  # type: ignore[no-untyped-def]
+        self, database_url, blobs, keys, policies, clock, stub, operator, make_account, tmp_path: Path
+    ) -> None:
+        account = make_account(credits=20)
+        _consent(stub, operator, account, True)
+        store(stub, operator, account, 4, seed=60, visibility=PUBLIC)
+        store(stub, operator, account, 1, seed=70)  # private: not exported
+        with open_pool(database_url, min_size=1, max_size=1) as single:
+            export = _export(single, blobs, keys, policies, clock, tmp_path)
+            with single.connection() as conn:
+                recorded = conn.execute(
+                    "SELECT salted_id FROM export_items WHERE export_id = %s", (export.export_id,)
+                ).fetchall()
+        table = pq.read_table(export.directory)
+        assert export.item_count == table.num_rows == 4
+        assert set(table.column("sha256").to_pylist()) == {_sha(s) for s in range(60, 64)}
+        assert {r[0] for r in recorded} == set(table.column("item_id").to_pylist())
+
+    def test_export_items_must_name_an_export_and_leave_with_it(  # type: ignore[no-untyped-def]
+        self, pool, blobs, keys, policies, clock, stub, operator, make_account, tmp_path: Path
+    ) -> None:
+        account = make_account(credits=20)
+        _consent(stub, operator, account, True)
+        store(stub, operator, account, 2, seed=80, visibility=PUBLIC)
+        export = _export(pool, blobs, keys, policies, clock, tmp_path, images=False)
+        with pool.connection() as conn:
+            with pytest.raises(psycopg.errors.ForeignKeyViolation, match="does not exist"):
+                conn.execute(
+                    "INSERT INTO export_items (export_id, content_id, account_id, salted_id) "
+                    "SELECT gen_random_uuid(), content_id, account_id, 'x' FROM content"
+                )
+            with conn.transaction():
+                conn.execute("DELETE FROM training_exports WHERE export_id = %s", (export.export_id,))
+            left = conn.execute("SELECT count(*) FROM export_items").fetchone()
+        assert left == (0,)
 
 
 class TestRemovalManifests:
