@@ -6,6 +6,8 @@
 - `DomainError` subclasses become their status code with the error's message; errors with a
   `reason` also carry a `google.rpc.ErrorInfo` in the rich status details (grpcio-status),
   and `Unavailable` a `google.rpc.RetryInfo`.
+- Request bytes that are not a valid message become INVALID_ARGUMENT (gRPC itself would
+  answer INTERNAL "Exception deserializing request!" and log a traceback).
 - Anything else becomes INTERNAL "internal error (request id X)"; the traceback goes to the
   log, never to the caller.
 - Every unary call is timed into `atelier_control_plane_rpc_duration_seconds{method,code}`.
@@ -23,6 +25,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from prometheus_client import CollectorRegistry, Histogram
@@ -34,6 +37,9 @@ _logger = logging.getLogger(__name__)
 REQUEST_ID_HEADER = "x-request-id"
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _ERROR_DOMAIN = "atelier.v1"
+
+_UNDECODABLE = object()
+"""Stands in for a request whose bytes did not decode, so the handler can refuse it."""
 
 _request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("atelier_request_id", default=None)
 
@@ -93,7 +99,7 @@ class ControlPlaneInterceptor(grpc.ServerInterceptor):
 
         return grpc.unary_unary_rpc_method_handler(
             serve,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
 
@@ -111,6 +117,10 @@ class ControlPlaneInterceptor(grpc.ServerInterceptor):
         code = grpc.StatusCode.OK
         try:
             context.send_initial_metadata(((REQUEST_ID_HEADER, request_id),))
+            if request is _UNDECODABLE:
+                raise errors.InvalidArgument(
+                    "request", "is not a valid protobuf message of this method; send the message its .proto declares"
+                )
             return behavior(request, context)
         except errors.DomainError as error:
             code = status_code_of(error)
@@ -135,6 +145,20 @@ class ControlPlaneInterceptor(grpc.ServerInterceptor):
         finally:
             self._duration.labels(method=method, code=code.name).observe(time.perf_counter() - started)
             _request_id.reset(token)
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """`deserializer`, answering `_UNDECODABLE` instead of raising on corrupt bytes."""
+    if deserializer is None:
+        return None
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except DecodeError:
+            return _UNDECODABLE
+
+    return deserialize
 
 
 def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, error: errors.DomainError) -> None:
