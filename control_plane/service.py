@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, timedelta
+from datetime import timedelta
 
 import grpc
 from typing_extensions import override
@@ -499,7 +499,7 @@ class ControlPlaneServicer(control_plane_pb2_grpc.ControlPlaneServicer):
     ) -> control_plane_pb2.ListDsrRequestsResponse:
         """Lists the tenant's data-subject requests, earliest due first. Scope: privacy."""
         with self._authorized(context, Scope.PRIVACY, "ListDsrRequests") as (conn, principal):
-            as_of = request.as_of.ToDatetime(tzinfo=UTC) if request.HasField("as_of") else self._clock.now()
+            as_of = convert.parse_timestamp("as_of", request.as_of) if request.HasField("as_of") else self._clock.now()
             requests = dsr.list_requests(
                 conn,
                 tenant_id=principal.tenant_id,
