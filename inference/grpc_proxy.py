@@ -11,6 +11,10 @@ imports and calls it inside every proxy process while building the proxy's serve
 so it is where the fix is applied. The fix replaces `send_request_to_replica` by a copy of Ray's that
 cancels the replica's response when the generator is closed or cancelled (the change upstream would
 make), and is applied only to the Ray version whose source it was checked against.
+
+The hook also makes request bytes that are not a valid message an INVALID_ARGUMENT: the proxy decodes
+requests with the generated deserializers, and grpc's asyncio server answers a deserializer's
+exception with UNKNOWN "Unexpected <class 'DecodeError'>: ..." (found by tests/e2e/test_inference_fuzz.py).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import Any
 
 import grpc
 import ray
+from google.protobuf.message import DecodeError
 
 from protos.atelier.v1.inference_pb2_grpc import add_InferenceServicer_to_server
 
@@ -32,10 +37,85 @@ _PATCHED_RAY_SERIES = "2.60."
 _PATCH_MARKER = "_atelier_cancels_abandoned_streams"
 
 
+_UNDECODABLE = object()
+"""What a tolerant deserializer returns for bytes that are not a valid request message."""
+UNDECODABLE_DETAILS = "request: is not a valid protobuf message of this method; send the message its .proto declares"
+
+
 def add_inference_servicer_to_server(servicer: Any, server: Any) -> None:
     """Registers `atelier.v1.Inference` on Serve's proxy server, first fixing stream cancellation."""
     patch_grpc_proxy_stream_cancellation()
-    add_InferenceServicer_to_server(servicer, server)
+    add_InferenceServicer_to_server(servicer, _RefusingUndecodable(server))
+
+
+class _RefusingUndecodable:
+    """Stands in for Serve's proxy server while the generated code registers Inference's handlers.
+
+    Gives every handler a deserializer that returns `_UNDECODABLE` instead of raising, and wraps the
+    proxy's handlers (built by its `service_handler_factory`) so they abort with INVALID_ARGUMENT
+    when they receive it. Everything else is Serve's server, untouched.
+    """
+
+    def __init__(self, server: Any) -> None:
+        self._server = server
+        factory = getattr(server, "service_handler_factory", None)
+        if factory is not None:
+            server.service_handler_factory = _refusing_factory(factory)
+
+    def add_generic_rpc_handlers(self, generic_rpc_handlers: Any) -> None:
+        for handler in generic_rpc_handlers:
+            methods = getattr(handler, "_method_handlers", None)
+            if isinstance(methods, dict):
+                handler._method_handlers = {name: _tolerant(h) for name, h in methods.items()}
+        self._server.add_generic_rpc_handlers(generic_rpc_handlers)
+
+    def add_registered_method_handlers(self, service_name: str, method_handlers: dict[str, Any]) -> None:
+        tolerant = {name: _tolerant(handler) for name, handler in method_handlers.items()}
+        self._server.add_registered_method_handlers(service_name, tolerant)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._server, name)
+
+
+def _tolerant(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    decode = handler.request_deserializer
+    if decode is None:
+        return handler
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return decode(data)
+        except DecodeError:
+            return _UNDECODABLE
+
+    return handler._replace(request_deserializer=deserialize)
+
+
+def _refusing_factory(factory: Any) -> Any:
+    """Wraps Serve's proxy handler factory so its unary and server-streaming handlers refuse `_UNDECODABLE`."""
+
+    def make(service_method: str, streaming_type: Any) -> Any:
+        handler = factory(service_method=service_method, streaming_type=streaming_type)
+        if getattr(streaming_type, "name", "") == "UNARY_UNARY":
+
+            async def unary_unary(request: Any, context: Any) -> Any:
+                if request is _UNDECODABLE:
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, UNDECODABLE_DETAILS)
+                return await handler(request, context)
+
+            return unary_unary
+        if getattr(streaming_type, "name", "") == "UNARY_STREAM":
+
+            async def unary_stream(request: Any, context: Any) -> AsyncIterator[Any]:
+                if request is _UNDECODABLE:
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, UNDECODABLE_DETAILS)
+                async for message in handler(request, context):
+                    yield message
+
+            return unary_stream
+        return handler
+
+    return make
 
 
 def patch_grpc_proxy_stream_cancellation() -> bool:
@@ -106,4 +186,4 @@ def patch_grpc_proxy_stream_cancellation() -> bool:
     return True
 
 
-__all__ = ["add_inference_servicer_to_server", "patch_grpc_proxy_stream_cancellation"]
+__all__ = ["UNDECODABLE_DETAILS", "add_inference_servicer_to_server", "patch_grpc_proxy_stream_cancellation"]
