@@ -125,14 +125,25 @@ class MessageStrategies:
             tokens from real responses...). A field named in `hints` draws from them half
             the time.
         max_depth: How deep nested messages go.
+        only: Field name -> the only values it may take, for fields whose other values cost
+            too much to send (denoising steps and image sizes of real generations).
     """
 
-    def __init__(self, hints: Mapping[str, Sequence[Any]], *, max_depth: int = 3) -> None:
+    def __init__(
+        self,
+        hints: Mapping[str, Sequence[Any]],
+        *,
+        max_depth: int = 3,
+        only: Mapping[str, Sequence[Any]] | None = None,
+    ) -> None:
         self._hints = {name: list(values) for name, values in hints.items() if values}
+        self._only = {name: list(values) for name, values in (only or {}).items()}
         self._max_depth = max_depth
 
     def message(self, descriptor: pb_descriptor.Descriptor, depth: int = 0) -> st.SearchStrategy[pb_message.Message]:
         """Messages of `descriptor` with any subset of their fields set."""
+        if not descriptor.fields:
+            return st.just(message_factory.GetMessageClass(descriptor)())
 
         @st.composite
         def build(draw: st.DrawFn) -> pb_message.Message:
@@ -159,6 +170,8 @@ class MessageStrategies:
         return build()
 
     def _value(self, field: pb_descriptor.FieldDescriptor, depth: int) -> st.SearchStrategy[Any]:
+        if field.name in self._only:
+            return st.sampled_from(self._only[field.name])
         generic = self._generic(field, depth)
         hinted = [value for value in self._hints.get(field.name, ()) if _fits(field, value)]
         if not hinted:

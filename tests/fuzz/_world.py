@@ -15,7 +15,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import grpc
 import pyarrow.parquet as pq
@@ -119,9 +119,10 @@ def _item(seed: int, prompt: str, visibility: int) -> pb.NewContent:
 def _build_tenant(
     pool: Pool, stub: ControlPlaneStub, training: TrainingDataStub, clock: ManualClock, name: str, seed_base: int
 ) -> TenantWorld:
-    principal, secret = ensure_operator_key(pool, f"fuzz tenant {name}", now=clock.now())
+    # A unique name: worlds may be built beside an earlier test's rows.
+    principal, secret = ensure_operator_key(pool, f"fuzz tenant {name} {uuid4().hex[:8]}", now=clock.now())
     if secret is None:
-        raise RuntimeError("the tables were truncated, so the tenant's admin key must be new")
+        raise RuntimeError("a new tenant's admin key must be new")
     admin = Caller(principal, secret)
     md = admin.metadata
     scoped: dict[str, str] = {}

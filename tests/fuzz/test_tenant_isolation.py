@@ -23,6 +23,11 @@ import pytest
 from google.protobuf import descriptor as pb_descriptor
 from google.protobuf import message as pb_message
 
+from control_plane.blobstore import LocalBlobStore
+from control_plane.clock import ManualClock
+from control_plane.db.pool import Pool
+from control_plane.keystore import PostgresKeyStore
+from control_plane.policy import PolicyRegistry
 from protos.atelier.v1 import common_pb2
 from protos.atelier.v1 import control_plane_pb2 as pb
 from protos.atelier.v1 import training_pb2 as tpb
@@ -30,7 +35,7 @@ from protos.atelier.v1.control_plane_pb2_grpc import ControlPlaneStub
 from protos.atelier.v1.training_pb2_grpc import TrainingDataStub
 from tests.fuzz._oracle import CASES, OBSERVED, Fingerprints, Outcome, call, changed, check_answer, check_no_leak
 from tests.fuzz._rpcs import Rpc, fuzzed_rpcs, unary
-from tests.fuzz._world import TenantWorld, World
+from tests.fuzz._world import TenantWorld, World, build_world
 from tests.integration.control_plane._support import bearer, png_bytes
 
 FD = pb_descriptor.FieldDescriptor
@@ -51,6 +56,27 @@ _STRING_DEFAULTS = {"source": "web", "name": "isolation key", "birth_date": "199
 _INT_DEFAULTS = {"amount": 1}
 
 ISOLATION_RPCS = [r for r in fuzzed_rpcs() if any(f.name in ID_KINDS for f in r.method.input_type.fields)]
+
+
+@pytest.fixture
+def clean_state() -> None:
+    """Overrides the per-test truncation: this module's tests share one world, which no attack changes."""
+
+
+@pytest.fixture(scope="module")
+def world(
+    pool: Pool,
+    stub: ControlPlaneStub,
+    channel: grpc.Channel,
+    blobs: LocalBlobStore,
+    keys: PostgresKeyStore,
+    policies: PolicyRegistry,
+    clock: ManualClock,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> World:
+    """One world for the module (the tests assert that nothing they send changes it)."""
+    export_dir = tmp_path_factory.mktemp("isolation-export")
+    return build_world(pool, stub, TrainingDataStub(channel), blobs, keys, policies, clock, export_dir)
 
 
 def _guess(field: str) -> str:
