@@ -67,3 +67,11 @@ def test_bytes_that_are_not_a_request_message_are_an_invalid_argument(
     assert caught.value.details() == (
         "request: is not a valid protobuf message of this method; send the message its .proto declares"
     )
+
+
+@pytest.mark.parametrize("age", [151, 40_000, 2**32 - 1])
+def test_an_attested_age_out_of_range_is_refused_even_beside_a_birth_date(
+    world: World, stub: ControlPlaneStub, age: int
+) -> None:
+    request = pb.CreateAccountRequest(birth_date="1990-05-17", age_attested=age)
+    assert _code(stub.CreateAccount, request, world.tenants["a"].admin.metadata) == grpc.StatusCode.INVALID_ARGUMENT
