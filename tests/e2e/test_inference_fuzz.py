@@ -32,6 +32,8 @@ from protos.atelier.v1.inference_pb2_grpc import InferenceStub
 from tests.fuzz._oracle import FORBIDDEN_IN_DETAILS, MAX_DETAILS_CHARS
 from tests.fuzz._strategies import MessageStrategies
 
+pytestmark = pytest.mark.fuzz
+
 Code = grpc.StatusCode
 Metadata = tuple[tuple[str, str], ...]
 

@@ -19,6 +19,7 @@ from uuid import UUID, uuid4
 
 import grpc
 import pyarrow.parquet as pq
+from google.protobuf.message import Message
 
 from control_plane.api_keys import ensure_operator_key
 from control_plane.audit import SYSTEM
@@ -35,6 +36,7 @@ from protos.atelier.v1 import control_plane_pb2 as pb
 from protos.atelier.v1 import training_pb2 as tpb
 from protos.atelier.v1.control_plane_pb2_grpc import ControlPlaneStub
 from protos.atelier.v1.training_pb2_grpc import TrainingDataStub
+from tests.fuzz._strategies import Derived
 from tests.integration.control_plane._support import Caller, png_bytes
 
 TENANTS = ("a", "b")
@@ -256,34 +258,69 @@ def build_world(
     )
 
 
+_ENTRY_EDGES: tuple[object, ...] = (1, 2**31, 2**63 - 1, 2**63, 2**70, -1, 0, 1.5, "7", True, None)
+_INSTANT_EDGES = (
+    "2026-03-01T12:00:00+00:00",
+    "0001-01-01T00:00:00+14:00",
+    "9999-12-31T23:59:59-14:00",
+    "2026-03-01T12:00:00",
+    "not a time",
+)
+_LISTING_OF_REQUEST = {
+    "ListLedgerRequest": "ledger",
+    "ListAuditEntriesRequest": "audit",
+    "ListContentRequest": "content",
+    "ListPublicGalleryRequest": "gallery",
+}
+
+
+def _encode_token(payload: dict[str, object]) -> str:
+    raw = json.dumps(payload, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def forge_tokens(listing: str, owner: str, content_id: str) -> list[str]:
+    """Tokens of `listing` for `owner` (account, or tenant for the gallery) a client could forge:
+    the right shape, with values at and past the edges."""
+    if listing in ("ledger", "audit"):
+        return [_encode_token({"l": listing, "a": owner, "e": entry}) for entry in _ENTRY_EDGES]
+    return [
+        _encode_token({"l": listing, "a": owner, "t": instant, "c": cid})
+        for instant in _INSTANT_EDGES
+        for cid in (content_id, "nope", 7)
+    ]
+
+
 def forged_tokens(world: World) -> list[str]:
-    """Page tokens a client could forge: right shape and account, values at and past the edges."""
+    """Forged tokens of every listing for both tenants, and forged removal cursors."""
     forged: list[str] = []
-
-    def encode(payload: dict[str, object]) -> str:
-        raw = json.dumps(payload, separators=(",", ":")).encode()
-        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
     for tenant in world.tenants.values():
-        account = tenant.rich
-        for listing in ("ledger", "audit"):
-            for entry in (1, 2**31, 2**63 - 1, 2**63, 2**70, -1, 0, 1.5, "7", True, None):
-                forged.append(encode({"l": listing, "a": account, "e": entry}))
-        for listing, owner in (("content", account), ("gallery", tenant.tenant_id)):
-            for instant in (
-                "2026-03-01T12:00:00+00:00",
-                "0001-01-01T00:00:00+14:00",
-                "9999-12-31T23:59:59-14:00",
-                "2026-03-01T12:00:00",
-                "not a time",
-            ):
-                for content_id in (tenant.content_ids[0], "nope", 7):
-                    forged.append(encode({"l": listing, "a": owner, "t": instant, "c": content_id}))
+        for listing in ("ledger", "audit", "content"):
+            forged += forge_tokens(listing, tenant.rich, tenant.content_ids[0])
+        forged += forge_tokens("gallery", tenant.tenant_id, tenant.content_ids[0])
     for after in (0, 1, 2**63 - 1, 2**63, 2**80, -5):
         forged.append(base64.urlsafe_b64encode(f"removals:{after}".encode()).decode().rstrip("="))
     forged.append(base64.urlsafe_b64encode("removals:١٢".encode()).decode().rstrip("="))
     forged.append(base64.urlsafe_b64encode(b"removals: 12 ").decode().rstrip("="))
     return forged
+
+
+def _tokens_for(world: World, static: list[str]) -> Derived:
+    """Page tokens: half forged for the listing and account of the request being built (so they
+    get past the token's own checks and into the SQL), half `static` ones."""
+    tenant_ids = [t.tenant_id for t in world.tenants.values()]
+    some_content = world.tenants["a"].content_ids[0]
+
+    def candidates(request: Message) -> list[str]:
+        listing = _LISTING_OF_REQUEST.get(request.DESCRIPTOR.name)
+        forged: list[str] = []
+        if listing == "gallery":
+            forged = [t for tenant_id in tenant_ids for t in forge_tokens(listing, tenant_id, some_content)]
+        elif listing is not None and getattr(request, "account_id", ""):
+            forged = forge_tokens(listing, request.account_id, some_content)  # type: ignore[attr-defined]
+        return forged * max(1, len(static) // max(len(forged), 1)) + static
+
+    return Derived(candidates)
 
 
 def hints(world: World) -> dict[str, list[object]]:
@@ -304,7 +341,7 @@ def hints(world: World) -> dict[str, list[object]]:
         "export_id": [world.export_id, str(UUID(int=1))],
         "key_id": a.key_ids[-1:] + b.key_ids,
         "sha256": a.sha256s + b.sha256s + [s.upper() for s in a.sha256s[:1]] + [hashlib.sha256(b"").hexdigest()],
-        "page_token": tokens,
+        "page_token": [_tokens_for(world, tokens)],
         "birth_date": ["1990-05-17", "2020-01-01", "1900-02-29", "2000-02-29", "1990-13-01", "١٩٩٠-٠٥-١٧"],
         "media_type": ["image/png", "image/jpeg", "IMAGE/PNG"],
         "data": [png_bytes(7), png_bytes(8, size=64)],

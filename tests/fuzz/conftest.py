@@ -62,6 +62,15 @@ def fingerprints(pool: Pool, data_tables: list[str]) -> Fingerprints:
     return Fingerprints(pool, data_tables)
 
 
+_HERE = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if _HERE in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.fuzz)
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """Reports how many fuzz cases ran, per service and kind (the issue asks for the count)."""
     if not CASES:
