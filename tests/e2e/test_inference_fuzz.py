@@ -152,10 +152,16 @@ def _generate_once(
 
 
 def _strategies(parties: dict[str, Party]) -> MessageStrategies:
+    """Generic strings and numbers elsewhere; ids, prompts and sizes mostly near-valid, so a fair
+    share of requests gets past validation to the control plane (and some to the model)."""
     accounts = parties["operator"].accounts + parties["stranger"].accounts
     return MessageStrategies(
-        {"account_id": [*accounts, str(uuid.uuid4())], "prompt": ["a red kite", "a gore scene", " ", "p" * 2001]},
-        only=CHEAP,
+        {"model": ["", "tiny-sd", "tiny-sd ", "TINY-SD"], "guidance_scale": [0.0, 7.5]},
+        only={
+            **CHEAP,
+            "account_id": [*accounts, *accounts, str(uuid.uuid4()), "not-a-uuid", ""],
+            "prompt": ["a red kite", "a kite at dusk", "a gore scene", " ", "p" * 2001, "é" * 2000],
+        },
     )
 
 
