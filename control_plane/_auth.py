@@ -11,6 +11,7 @@ import psycopg
 from psycopg_pool import PoolTimeout
 
 from control_plane import api_keys
+from control_plane._interceptor import reject_unstorable_text
 from control_plane.api_keys import Principal, Scope
 from control_plane.db.pool import Connection, Pool
 from control_plane.errors import PermissionDenied, Unauthenticated, Unavailable
@@ -28,6 +29,7 @@ def authorized(
     Raises:
         Unauthenticated: No bearer key, or an unknown or revoked one.
         PermissionDenied: The key lacks `scope` (and 'admin').
+        InvalidArgument: A string of the request holds NUL (U+0000).
         Unavailable: The database cannot be reached.
     """
     secret = bearer_secret(context.invocation_metadata())
@@ -39,6 +41,7 @@ def authorized(
                     f"{method} needs an API key with the {scope.value!r} scope (or 'admin'); "
                     f"this key has {', '.join(sorted(principal.scopes))}"
                 )
+            reject_unstorable_text()
             yield conn, principal
     except (PoolTimeout, psycopg.OperationalError) as error:
         raise Unavailable("the database is unavailable right now; retry shortly") from error

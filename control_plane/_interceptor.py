@@ -8,6 +8,9 @@
   and `Unavailable` a `google.rpc.RetryInfo`.
 - Request bytes that are not a valid message become INVALID_ARGUMENT (gRPC itself would
   answer INTERNAL "Exception deserializing request!" and log a traceback).
+- A request whose strings hold NUL (U+0000), which PostgreSQL text cannot store, is noted here
+  and refused as INVALID_ARGUMENT by `_auth.authorized` once the caller is authenticated
+  (`reject_unstorable_text`).
 - Anything else becomes INTERNAL "internal error (request id X)"; the traceback goes to the
   log, never to the caller.
 - Every unary call is timed into `atelier_control_plane_rpc_duration_seconds{method,code}`.
@@ -25,7 +28,8 @@ from typing import Any
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
-from google.protobuf.message import DecodeError
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import DecodeError, Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from prometheus_client import CollectorRegistry, Histogram
@@ -42,6 +46,7 @@ _UNDECODABLE = object()
 """Stands in for a request whose bytes did not decode, so the handler can refuse it."""
 
 _request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("atelier_request_id", default=None)
+_nul_field: contextvars.ContextVar[str | None] = contextvars.ContextVar("atelier_nul_field", default=None)
 
 _STATUS_OF_ERROR: dict[type[errors.DomainError], grpc.StatusCode] = {
     errors.NotFound: grpc.StatusCode.NOT_FOUND,
@@ -58,6 +63,20 @@ _STATUS_OF_ERROR: dict[type[errors.DomainError], grpc.StatusCode] = {
 def current_request_id() -> str | None:
     """The request id of the RPC the calling thread is serving; None outside an RPC."""
     return _request_id.get()
+
+
+def reject_unstorable_text() -> None:
+    """Refuses the RPC being served when one of its strings holds NUL (U+0000).
+
+    PostgreSQL text cannot store it, so the write would fail as an internal error. Called
+    after authentication, so an unauthenticated caller learns nothing about its request.
+
+    Raises:
+        InvalidArgument: Naming the first such field, e.g. `items[0].prompt`.
+    """
+    field = _nul_field.get()
+    if field is not None:
+        raise errors.InvalidArgument(field, "must not contain NUL (U+0000) characters")
 
 
 def status_code_of(error: errors.DomainError) -> grpc.StatusCode:
@@ -113,6 +132,7 @@ class ControlPlaneInterceptor(grpc.ServerInterceptor):
     ) -> Any:
         request_id = _request_id_from(metadata)
         token = _request_id.set(request_id)
+        nul_token = _nul_field.set(_first_nul_field(request))
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
@@ -145,6 +165,23 @@ class ControlPlaneInterceptor(grpc.ServerInterceptor):
         finally:
             self._duration.labels(method=method, code=code.name).observe(time.perf_counter() - started)
             _request_id.reset(token)
+            _nul_field.reset(nul_token)
+
+
+def _first_nul_field(message: Any, prefix: str = "") -> str | None:
+    """The path of the first string field of `message` (nested ones too) that holds NUL."""
+    if not isinstance(message, Message):
+        return None
+    for field, value in message.ListFields():
+        path = f"{prefix}{field.name}"
+        values = list(value) if field.is_repeated else [value]
+        for index, item in enumerate(values):
+            where = f"{path}[{index}]" if field.is_repeated else path
+            if field.type == FieldDescriptor.TYPE_STRING and "\x00" in item:
+                return where
+            if field.type == FieldDescriptor.TYPE_MESSAGE and (found := _first_nul_field(item, f"{where}.")):
+                return found
+    return None
 
 
 def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:

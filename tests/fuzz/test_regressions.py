@@ -75,3 +75,23 @@ def test_an_attested_age_out_of_range_is_refused_even_beside_a_birth_date(
 ) -> None:
     request = pb.CreateAccountRequest(birth_date="1990-05-17", age_attested=age)
     assert _code(stub.CreateAccount, request, world.tenants["a"].admin.metadata) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_strings_with_nul_are_an_invalid_argument_naming_the_field_after_authentication(
+    world: World, stub: ControlPlaneStub
+) -> None:
+    tenant = world.tenants["a"]
+    item = pb.NewContent(kind=pb.CONTENT_KIND_GENERATED, media_type="image/png", data=b"x", prompt="a\x00b")
+    cases = [
+        (stub.CreateApiKey, pb.CreateApiKeyRequest(name="\x00", scopes=[pb.SCOPE_READ]), "name"),
+        (stub.GrantCredits, pb.GrantCreditsRequest(account_id=tenant.rich, amount=1, reason="a\x00"), "reason"),
+        (stub.StoreContent, pb.StoreContentRequest(account_id=tenant.rich, items=[item]), "items[0].prompt"),
+    ]
+    for call, request, field in cases:
+        with pytest.raises(grpc.RpcError) as caught:
+            call(request, metadata=tenant.admin.metadata)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert caught.value.details() == f"{field}: must not contain NUL (U+0000) characters"
+        with pytest.raises(grpc.RpcError) as anonymous:
+            call(request)
+        assert anonymous.value.code() == grpc.StatusCode.UNAUTHENTICATED
