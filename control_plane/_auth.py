@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
 
 import grpc
 import psycopg
 from psycopg_pool import PoolTimeout
 
 from control_plane import api_keys
+from control_plane._bearer import bearer_secret
+from control_plane._interceptor import reject_unstorable_text
 from control_plane.api_keys import Principal, Scope
 from control_plane.db.pool import Connection, Pool, connection_wait_s
-from control_plane.errors import PermissionDenied, Unauthenticated, Unavailable
+from control_plane.errors import PermissionDenied, Unavailable
 
 
 @contextmanager
@@ -30,6 +31,7 @@ def authorized(
     Raises:
         Unauthenticated: No bearer key, or an unknown or revoked one.
         PermissionDenied: The key lacks `scope` (and 'admin').
+        InvalidArgument: A string of the request holds NUL (U+0000).
         Unavailable: The database cannot be reached (in time for the caller's deadline).
     """
     secret = bearer_secret(context.invocation_metadata())
@@ -42,21 +44,7 @@ def authorized(
                     f"{method} needs an API key with the {scope.value!r} scope (or 'admin'); "
                     f"this key has {', '.join(sorted(principal.scopes))}"
                 )
+            reject_unstorable_text()
             yield conn, principal
     except (PoolTimeout, psycopg.OperationalError) as error:
         raise Unavailable("the database is unavailable right now; retry shortly") from error
-
-
-def bearer_secret(metadata: Sequence[Any] | None) -> str:
-    """The secret of `authorization: Bearer <secret>` metadata.
-
-    Raises:
-        Unauthenticated: There is none.
-    """
-    for key, value in metadata or ():
-        if key == "authorization":
-            scheme, _, secret = str(value).partition(" ")
-            if scheme.lower() == "bearer" and secret.strip():
-                return secret.strip()
-            break
-    raise Unauthenticated("send the API key as metadata `authorization: Bearer <secret>`")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any, Protocol, TypeVar
 from uuid import UUID
 
@@ -125,6 +125,19 @@ def parse_birth_date(value: str) -> date | None:
 class _ProtoEnum(Protocol):
     # Any: each generated enum's Name() takes its own int NewType.
     def Name(self, number: Any) -> str: ...  # noqa: N802 (protobuf's name)
+
+
+def parse_timestamp(field: str, value: Timestamp) -> datetime:
+    """Parses a Timestamp field into an aware UTC datetime.
+
+    Raises:
+        InvalidArgument: Outside 0001-01-01..9999-12-31 or nanos outside 0..999999999 (what
+            `Timestamp` allows; the conversion would otherwise fail as an internal error).
+    """
+    try:
+        return value.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise InvalidArgument(field, "must be a valid timestamp between 0001-01-01 and 9999-12-31 UTC") from None
 
 
 def parse_enum(

@@ -6,6 +6,11 @@
 - `DomainError` subclasses become their status code with the error's message; errors with a
   `reason` also carry a `google.rpc.ErrorInfo` in the rich status details (grpcio-status),
   and `Unavailable` a `google.rpc.RetryInfo`.
+- Request bytes that are not a valid message become INVALID_ARGUMENT (gRPC itself would
+  answer INTERNAL "Exception deserializing request!" and log a traceback).
+- A request whose strings hold NUL (U+0000), which PostgreSQL text cannot store, is noted here
+  and refused as INVALID_ARGUMENT by `_auth.authorized` once the caller is authenticated
+  (`reject_unstorable_text`).
 - Anything else becomes INTERNAL "internal error (request id X)"; the traceback goes to the
   log, never to the caller.
 - Every unary call is timed into `atelier_control_plane_rpc_duration_seconds{method,code}`.
@@ -29,12 +34,14 @@ from typing import Any
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import DecodeError, Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from prometheus_client import CollectorRegistry, Histogram
 
 from control_plane import errors
-from control_plane._auth import bearer_secret
+from control_plane._bearer import bearer_secret
 from control_plane.rate_limits import RateLimiter
 
 _logger = logging.getLogger(__name__)
@@ -50,7 +57,11 @@ _SETTLING_METHODS = frozenset(
 )
 _STORE_CONTENT = "atelier.v1.ControlPlane/StoreContent"
 
+_UNDECODABLE = object()
+"""Stands in for a request whose bytes did not decode, so the handler can refuse it."""
+
 _request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("atelier_request_id", default=None)
+_nul_field: contextvars.ContextVar[str | None] = contextvars.ContextVar("atelier_nul_field", default=None)
 
 _STATUS_OF_ERROR: dict[type[errors.DomainError], grpc.StatusCode] = {
     errors.NotFound: grpc.StatusCode.NOT_FOUND,
@@ -73,6 +84,20 @@ _STATUS_OF_ERROR: dict[type[errors.DomainError], grpc.StatusCode] = {
 def current_request_id() -> str | None:
     """The request id of the RPC the calling thread is serving; None outside an RPC."""
     return _request_id.get()
+
+
+def reject_unstorable_text() -> None:
+    """Refuses the RPC being served when one of its strings holds NUL (U+0000).
+
+    PostgreSQL text cannot store it, so the write would fail as an internal error. Called
+    after authentication, so an unauthenticated caller learns nothing about its request.
+
+    Raises:
+        InvalidArgument: Naming the first such field, e.g. `items[0].prompt`.
+    """
+    field = _nul_field.get()
+    if field is not None:
+        raise errors.InvalidArgument(field, "must not contain NUL (U+0000) characters")
 
 
 def status_code_of(error: errors.DomainError) -> grpc.StatusCode:
@@ -120,7 +145,7 @@ class ControlPlaneInterceptor(grpc.ServerInterceptor):
 
         return grpc.unary_unary_rpc_method_handler(
             serve,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
 
@@ -134,10 +159,15 @@ class ControlPlaneInterceptor(grpc.ServerInterceptor):
     ) -> Any:
         request_id = _request_id_from(metadata)
         token = _request_id.set(request_id)
+        nul_token = _nul_field.set(_first_nul_field(request))
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
             context.send_initial_metadata(((REQUEST_ID_HEADER, request_id),))
+            if request is _UNDECODABLE:
+                raise errors.InvalidArgument(
+                    "request", "is not a valid protobuf message of this method; send the message its .proto declares"
+                )
             if self._key_limiter is not None and (secret := _bearer_secret(metadata)) is not None:
                 digest = hashlib.sha256(secret.encode()).digest()
                 self._key_limiter.take(digest, borrow=_settles(method, request))
@@ -165,6 +195,37 @@ class ControlPlaneInterceptor(grpc.ServerInterceptor):
         finally:
             self._duration.labels(method=method, code=code.name).observe(time.perf_counter() - started)
             _request_id.reset(token)
+            _nul_field.reset(nul_token)
+
+
+def _first_nul_field(message: Any, prefix: str = "") -> str | None:
+    """The path of the first string field of `message` (nested ones too) that holds NUL."""
+    if not isinstance(message, Message):
+        return None
+    for field, value in message.ListFields():
+        path = f"{prefix}{field.name}"
+        values = list(value) if field.is_repeated else [value]
+        for index, item in enumerate(values):
+            where = f"{path}[{index}]" if field.is_repeated else path
+            if field.type == FieldDescriptor.TYPE_STRING and "\x00" in item:
+                return where
+            if field.type == FieldDescriptor.TYPE_MESSAGE and (found := _first_nul_field(item, f"{where}.")):
+                return found
+    return None
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """`deserializer`, answering `_UNDECODABLE` instead of raising on corrupt bytes."""
+    if deserializer is None:
+        return None
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except DecodeError:
+            return _UNDECODABLE
+
+    return deserialize
 
 
 def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, error: errors.DomainError) -> None:

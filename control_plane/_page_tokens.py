@@ -21,6 +21,8 @@ from control_plane.errors import InvalidArgument
 
 _FIELD = "page_token"
 _MAX_TOKEN_CHARS = 512
+MAX_ENTRY_ID = 2**63 - 1
+"""Largest id a token may carry: ids are PostgreSQL bigints, and a larger one would fail in SQL."""
 
 
 def encode_ledger_token(account_id: UUID, before_entry_id: int) -> str:
@@ -112,7 +114,7 @@ def _entry_id(payload: dict[str, object] | None) -> int | None:
     if payload is None:
         return None
     entry_id = payload.get("e")
-    if not isinstance(entry_id, int) or isinstance(entry_id, bool) or entry_id < 1:
+    if not isinstance(entry_id, int) or isinstance(entry_id, bool) or not 1 <= entry_id <= MAX_ENTRY_ID:
         raise _invalid()
     return entry_id
 
@@ -120,6 +122,8 @@ def _entry_id(payload: dict[str, object] | None) -> int | None:
 def _content_cursor(payload: dict[str, Any] | None) -> ContentCursor | None:
     if payload is None:
         return None
+    if not isinstance(payload.get("t"), str) or not isinstance(payload.get("c"), str):
+        raise _invalid()
     try:
         created_at = datetime.fromisoformat(payload["t"])
         content_id = UUID(payload["c"])

@@ -85,6 +85,9 @@ def check_age(evidence: AgeEvidence, *, today: date, minimum_age: int) -> int:
             old, or the attested age is out of 1..150.
         FailedPrecondition: The user is younger than `minimum_age` (reason UNDER_MINIMUM_AGE).
     """
+    # Checked even beside a birth date: it is stored either way (a smallint column).
+    if evidence.age_attested is not None and not 1 <= evidence.age_attested <= MAX_AGE:
+        raise InvalidArgument("age_attested", f"must be 1..{MAX_AGE}")
     if evidence.birth_date is not None:
         if evidence.birth_date > today:
             raise InvalidArgument("birth_date", "is in the future")
@@ -92,8 +95,6 @@ def check_age(evidence: AgeEvidence, *, today: date, minimum_age: int) -> int:
         if age > MAX_AGE:
             raise InvalidArgument("birth_date", f"gives an age over {MAX_AGE}")
     elif evidence.age_attested is not None:
-        if not 1 <= evidence.age_attested <= MAX_AGE:
-            raise InvalidArgument("age_attested", f"must be 1..{MAX_AGE}")
         age = evidence.age_attested
     else:
         raise InvalidArgument("birth_date", "is required (YYYY-MM-DD) unless age_attested is set")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from uuid import UUID
 
 import grpc
@@ -562,7 +562,7 @@ class ControlPlaneServicer(control_plane_pb2_grpc.ControlPlaneServicer):
     ) -> control_plane_pb2.ListDsrRequestsResponse:
         """Lists the tenant's data-subject requests, earliest due first. Scope: privacy."""
         with self._authorized(context, Scope.PRIVACY, "ListDsrRequests") as (conn, principal):
-            as_of = request.as_of.ToDatetime(tzinfo=UTC) if request.HasField("as_of") else self._clock.now()
+            as_of = convert.parse_timestamp("as_of", request.as_of) if request.HasField("as_of") else self._clock.now()
             requests = dsr.list_requests(
                 conn,
                 tenant_id=principal.tenant_id,

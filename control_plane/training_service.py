@@ -16,6 +16,7 @@ from control_plane import _convert as convert
 from control_plane import eligibility, optouts, removals
 from control_plane._auth import authorized
 from control_plane._interceptor import current_request_id
+from control_plane._page_tokens import MAX_ENTRY_ID
 from control_plane.api_keys import Scope
 from control_plane.bootstrap import ControlPlaneDeps
 from control_plane.eligibility import Ineligibility
@@ -140,7 +141,7 @@ def decode_removals_cursor(token: str) -> int:
         after_id = int(number)
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise InvalidArgument("page_token", "is not a cursor ListRemovals returned") from None
-    if prefix != "removals" or after_id < 0:
+    if prefix != "removals" or not 0 <= after_id <= MAX_ENTRY_ID:
         raise InvalidArgument("page_token", "is not a cursor ListRemovals returned")
     return after_id
 

@@ -21,6 +21,10 @@ adds no HTTP middleware): when `ATELIER_TLS_CERT_FILE` is set it replaces `add_g
 binds a TLS port (mutual TLS with `ATELIER_TLS_CLIENT_CA_FILE`). The launcher and the chart set the
 variable on the Ray nodes; if TLS is configured but the callback did not run, the servicer hook refuses
 to serve (the proxy fails to start) rather than serve plaintext.
+
+The hook also makes request bytes that are not a valid message an INVALID_ARGUMENT: the proxy decodes
+requests with the generated deserializers, and grpc's asyncio server answers a deserializer's
+exception with UNKNOWN "Unexpected <class 'DecodeError'>: ..." (found by tests/e2e/test_inference_fuzz.py).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from typing import Any
 
 import grpc
 import ray
+from google.protobuf.message import DecodeError
 
 from atelier.tls import TlsConfig
 from protos.atelier.v1.inference_pb2_grpc import add_InferenceServicer_to_server
@@ -49,6 +54,11 @@ PROXY_CALLBACK = "inference.grpc_proxy.install_proxy_tls"
 """Its value on atelier's Ray nodes (set by `atelier up` and the chart)."""
 
 
+_UNDECODABLE = object()
+"""What a tolerant deserializer returns for bytes that are not a valid request message."""
+UNDECODABLE_DETAILS = "request: is not a valid protobuf message of this method; send the message its .proto declares"
+
+
 def add_inference_servicer_to_server(servicer: Any, server: Any) -> None:
     """Registers `atelier.v1.Inference` on Serve's proxy server, first fixing stream cancellation.
 
@@ -62,7 +72,77 @@ def add_inference_servicer_to_server(servicer: Any, server: Any) -> None:
             f"set {PROXY_CALLBACK_VARIABLE}={PROXY_CALLBACK} in the Ray nodes' environment"
         )
     patch_grpc_proxy_stream_cancellation()
-    add_InferenceServicer_to_server(servicer, server)
+    add_InferenceServicer_to_server(servicer, _RefusingUndecodable(server))
+
+
+class _RefusingUndecodable:
+    """Stands in for Serve's proxy server while the generated code registers Inference's handlers.
+
+    Gives every handler a deserializer that returns `_UNDECODABLE` instead of raising, and wraps the
+    proxy's handlers (built by its `service_handler_factory`) so they abort with INVALID_ARGUMENT
+    when they receive it. Everything else is Serve's server, untouched.
+    """
+
+    def __init__(self, server: Any) -> None:
+        self._server = server
+        factory = getattr(server, "service_handler_factory", None)
+        if factory is not None:
+            server.service_handler_factory = _refusing_factory(factory)
+
+    def add_generic_rpc_handlers(self, generic_rpc_handlers: Any) -> None:
+        for handler in generic_rpc_handlers:
+            methods = getattr(handler, "_method_handlers", None)
+            if isinstance(methods, dict):
+                handler._method_handlers = {name: _tolerant(h) for name, h in methods.items()}
+        self._server.add_generic_rpc_handlers(generic_rpc_handlers)
+
+    def add_registered_method_handlers(self, service_name: str, method_handlers: dict[str, Any]) -> None:
+        tolerant = {name: _tolerant(handler) for name, handler in method_handlers.items()}
+        self._server.add_registered_method_handlers(service_name, tolerant)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._server, name)
+
+
+def _tolerant(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    decode = handler.request_deserializer
+    if decode is None:
+        return handler
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return decode(data)
+        except DecodeError:
+            return _UNDECODABLE
+
+    return handler._replace(request_deserializer=deserialize)
+
+
+def _refusing_factory(factory: Any) -> Any:
+    """Wraps Serve's proxy handler factory so its unary and server-streaming handlers refuse `_UNDECODABLE`."""
+
+    def make(service_method: str, streaming_type: Any) -> Any:
+        handler = factory(service_method=service_method, streaming_type=streaming_type)
+        if getattr(streaming_type, "name", "") == "UNARY_UNARY":
+
+            async def unary_unary(request: Any, context: Any) -> Any:
+                if request is _UNDECODABLE:
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, UNDECODABLE_DETAILS)
+                return await handler(request, context)
+
+            return unary_unary
+        if getattr(streaming_type, "name", "") == "UNARY_STREAM":
+
+            async def unary_stream(request: Any, context: Any) -> AsyncIterator[Any]:
+                if request is _UNDECODABLE:
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, UNDECODABLE_DETAILS)
+                async for message in handler(request, context):
+                    yield message
+
+            return unary_stream
+        return handler
+
+    return make
 
 
 def install_proxy_tls() -> list[Any]:
@@ -171,6 +251,7 @@ def patch_grpc_proxy_stream_cancellation() -> bool:
 __all__ = [
     "PROXY_CALLBACK",
     "PROXY_CALLBACK_VARIABLE",
+    "UNDECODABLE_DETAILS",
     "add_inference_servicer_to_server",
     "bind_grpc_proxy_with_tls",
     "install_proxy_tls",

@@ -71,7 +71,9 @@ def validate_generate_request(request: inference_pb2.GenerateRequest, config: Se
     model = config.model(request.model) if request.model else config.default_model
     if model is None:
         served = ", ".join(m.name for m in config.models)
-        raise RequestError(grpc.StatusCode.NOT_FOUND, f"model {request.model!r} is not served; served models: {served}")
+        raise RequestError(
+            grpc.StatusCode.NOT_FOUND, f"model {request.model[:64]!r} is not served; served models: {served}"
+        )
 
     prompt = request.prompt.strip()
     if not prompt:

@@ -237,3 +237,12 @@ class TestIdempotencyKey:
             validate_generate_request(_request(idempotency_key=key), CONFIG)
         assert raised.value.code == grpc.StatusCode.INVALID_ARGUMENT
         assert raised.value.message.startswith("idempotency_key:")
+
+
+def test_an_unknown_model_name_is_echoed_only_in_part() -> None:
+    # Found by tests/e2e/test_inference_fuzz.py: a 70,000-character model name came back whole
+    # in the status details (which travel in HTTP/2 trailers).
+    with pytest.raises(RequestError) as raised:
+        validate_generate_request(_request(model="x" * 70_000), CONFIG)
+    assert raised.value.code == grpc.StatusCode.NOT_FOUND
+    assert len(raised.value.message) < 200
