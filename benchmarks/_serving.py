@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -32,8 +33,9 @@ Metadata = tuple[tuple[str, str], ...]
 def local_cluster(home: Path | None) -> Iterator[tuple[ClusterState, Path]]:
     """The cluster `atelier up` started from `home`, or a fresh one in a temporary directory.
 
-    A fresh cluster runs on free ports with the embedded PostgreSQL, and is stopped on exit; a running
-    one is left running. Yields its state and its resolved home.
+    A fresh cluster runs on free ports with the embedded PostgreSQL and the control plane's abuse limits
+    off (a benchmark drives one account and key far past a caller's fair share, on purpose), and is
+    stopped on exit; a running one is left running, limits and all. Yields its state and its resolved home.
     """
     if home is not None:
         state = ClusterState.load(home.resolve())
@@ -41,13 +43,29 @@ def local_cluster(home: Path | None) -> Iterator[tuple[ClusterState, Path]]:
             raise SystemExit(f"no cluster is running from {home}; start one with `atelier up`")
         yield state, home.resolve()
         return
-    with tempfile.TemporaryDirectory(prefix="atelier-bench-") as directory:
+    with tempfile.TemporaryDirectory(prefix="atelier-bench-") as directory, _abuse_limits_off():
         settings = ClusterSettings(home=Path(directory), **local_cluster_ports())
         cluster = LocalCluster(settings, log=lambda line: print(line, file=sys.stderr))
         try:
             yield cluster.up(), settings.home.resolve()
         finally:
             cluster.down()
+
+
+@contextlib.contextmanager
+def _abuse_limits_off() -> Iterator[None]:
+    # The launcher hands its environment to the control plane it starts.
+    names = ("ATELIER_KEY_RATE_PER_S", "ATELIER_ACCOUNT_RATE_PER_S", "ATELIER_MAX_CONCURRENT_GENERATIONS")
+    saved = {name: os.environ.get(name) for name in names}
+    os.environ.update(dict.fromkeys(names, "0"))
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def operator_metadata(home: Path) -> Metadata:
