@@ -6,30 +6,13 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from inference.config import ModelConfig
 from inference.pricing import generation_cost
 from protos.atelier.v1 import control_plane_pb2, inference_pb2
+from tests.e2e._status import reason_and_retry_delay
 
 TINY = ModelConfig(name="tiny-sd")
-
-
-def _details(error: grpc.RpcError) -> tuple[str | None, float | None]:
-    """The ErrorInfo reason and RetryInfo delay (seconds) the caller received."""
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    reason, delay = None, None
-    for detail in status.details if status is not None else ():
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            reason = info.reason
-        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-            retry = error_details_pb2.RetryInfo()
-            detail.Unpack(retry)
-            delay = retry.retry_delay.ToMilliseconds() / 1000
-    return reason, delay
 
 
 def _request(account_id: str, **fields: object) -> inference_pb2.GenerateRequest:
@@ -72,7 +55,7 @@ class TestIdempotentGenerate:
         except grpc.RpcError as error:
             assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
             assert "idempotency_key" in (error.details() or "")
-            assert _details(error)[0] == "IDEMPOTENCY_KEY_REUSED"
+            assert reason_and_retry_delay(error)[0] == "IDEMPOTENCY_KEY_REUSED"
         assert balance_of(account_id).total == total
 
     def test_a_retry_while_the_first_runs_is_aborted_with_a_retry_hint_then_replays(
@@ -88,7 +71,7 @@ class TestIdempotentGenerate:
             raise AssertionError("a retry of a running request was accepted")
         except grpc.RpcError as error:
             assert error.code() == grpc.StatusCode.ABORTED
-            assert _details(error) == ("IDEMPOTENCY_KEY_IN_FLIGHT", 1.0)
+            assert reason_and_retry_delay(error) == ("IDEMPOTENCY_KEY_IN_FLIGHT", 1.0)
             assert "retry in 1 s" in (error.details() or "")
         result = next(message for message in stream if message.HasField("result")).result
 
@@ -127,7 +110,7 @@ class TestLimitsThroughTheGateway:
                 inference.Generate(request, metadata=metadata, timeout=60)
                 return grpc.StatusCode.OK, None, None, ""
             except grpc.RpcError as error:
-                return error.code(), *_details(error), error.details() or ""
+                return error.code(), *reason_and_retry_delay(error), error.details() or ""
 
         # 40 is the default burst and 10/s the refill: 120 at once cannot all get a token.
         with ThreadPoolExecutor(32) as threads:
@@ -158,7 +141,7 @@ class TestLimitsThroughTheGateway:
                 raise AssertionError("a ninth generation in flight was accepted")
             except grpc.RpcError as error:
                 assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-                assert _details(error) == ("TOO_MANY_CONCURRENT_REQUESTS", 1.0)
+                assert reason_and_retry_delay(error) == ("TOO_MANY_CONCURRENT_REQUESTS", 1.0)
                 assert "8 generations in flight" in (error.details() or "")
             assert balance_of(account_id).held == 8
         finally:

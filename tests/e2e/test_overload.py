@@ -7,32 +7,16 @@ from __future__ import annotations
 import time
 
 import grpc
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from inference.config import ModelConfig
 from inference.pricing import generation_cost
 from protos.atelier.v1 import control_plane_pb2, inference_pb2
+from tests.e2e._status import reason_and_retry_delay
 
 DEFAULTS = ModelConfig(name="tiny-sd")
 # More than the replica takes plus the queue allows; accounts stay under their own bound on
 # generations in flight, so only the pool can refuse.
 ACCOUNTS, PER_ACCOUNT = 10, 8
-
-
-def _reason_and_delay(error: grpc.RpcError) -> tuple[str | None, float | None]:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    reason, delay = None, None
-    for detail in status.details if status is not None else ():
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            reason = info.reason
-        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-            retry = error_details_pb2.RetryInfo()
-            detail.Unpack(retry)
-            delay = retry.retry_delay.ToMilliseconds() / 1000
-    return reason, delay
 
 
 def test_a_full_pool_sheds_load_with_unavailable_and_charges_nothing(
@@ -61,7 +45,7 @@ def test_a_full_pool_sheds_load_with_unavailable_and_charges_nothing(
     for error in shed:
         assert error.code() == grpc.StatusCode.UNAVAILABLE, error.details()
         assert "at capacity" in error.details()
-        assert _reason_and_delay(error) == ("POOL_AT_CAPACITY", 1.0)
+        assert reason_and_retry_delay(error) == ("POOL_AT_CAPACITY", 1.0)
 
     # Every hold is returned, and each account paid exactly for the images it has stored.
     deadline = time.monotonic() + 120
