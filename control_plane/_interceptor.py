@@ -198,20 +198,26 @@ class ControlPlaneInterceptor(grpc.ServerInterceptor):
             _nul_field.reset(nul_token)
 
 
-def _first_nul_field(message: Any, prefix: str = "") -> str | None:
+def _first_nul_field(message: Any) -> str | None:
     """The path of the first string field of `message` (nested ones too) that holds NUL."""
     if not isinstance(message, Message):
         return None
+    # Runs on every RPC: paths are only formatted for the field that holds NUL.
     for field, value in message.ListFields():
-        path = f"{prefix}{field.name}"
-        values = list(value) if field.is_repeated else [value]
+        if field.type not in (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_MESSAGE):
+            continue
+        values = value if field.is_repeated else (value,)
         for index, item in enumerate(values):
-            where = f"{path}[{index}]" if field.is_repeated else path
-            if field.type == FieldDescriptor.TYPE_STRING and "\x00" in item:
-                return where
-            if field.type == FieldDescriptor.TYPE_MESSAGE and (found := _first_nul_field(item, f"{where}.")):
-                return found
+            if field.type == FieldDescriptor.TYPE_STRING:
+                if "\x00" in item:
+                    return _field_path(field.name, index if field.is_repeated else None)
+            elif (found := _first_nul_field(item)) is not None:
+                return f"{_field_path(field.name, index if field.is_repeated else None)}.{found}"
     return None
+
+
+def _field_path(name: str, index: int | None) -> str:
+    return name if index is None else f"{name}[{index}]"
 
 
 def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
