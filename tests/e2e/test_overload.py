@@ -17,6 +17,10 @@ DEFAULTS = ModelConfig(name="tiny-sd")
 # More than the replica takes plus the queue allows; accounts stay under their own bound on
 # generations in flight, so only the pool can refuse.
 ACCOUNTS, PER_ACCOUNT = 10, 8
+# Large enough that a batch takes seconds on the CPU: the replica must not drain the queue while the
+# requests are still arriving through the gateway (at the default 64x64 a batch of 8 takes ~1.5 s, and
+# a slow CI machine admitted all 80 that way).
+SIZE = 128
 
 
 def test_a_full_pool_sheds_load_with_unavailable_and_charges_nothing(
@@ -26,7 +30,9 @@ def test_a_full_pool_sheds_load_with_unavailable_and_charges_nothing(
     accounts = [make_account(100) for _ in range(ACCOUNTS)]
     calls = [
         inference.Generate.future(
-            inference_pb2.GenerateRequest(account_id=account, prompt="a queue", steps=DEFAULTS.max_steps),
+            inference_pb2.GenerateRequest(
+                account_id=account, prompt="a queue", steps=DEFAULTS.max_steps, width=SIZE, height=SIZE
+            ),
             metadata=operator_metadata,
             timeout=300,
         )
@@ -52,9 +58,7 @@ def test_a_full_pool_sheds_load_with_unavailable_and_charges_nothing(
     while any(balance_of(account).held for account in accounts):
         assert time.monotonic() < deadline, "reservations of shed or cancelled requests were not released"
         time.sleep(0.5)
-    cost = generation_cost(
-        DEFAULTS, width=DEFAULTS.default_width, height=DEFAULTS.default_height, steps=DEFAULTS.max_steps, num_images=1
-    )
+    cost = generation_cost(DEFAULTS, width=SIZE, height=SIZE, steps=DEFAULTS.max_steps, num_images=1)
     for account in accounts:
         stored = control_plane.ListContent(
             control_plane_pb2.ListContentRequest(account_id=account, page_size=100), metadata=operator_metadata
