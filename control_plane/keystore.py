@@ -73,6 +73,10 @@ class KeyStore(Protocol):
         """A data key by id; raises DataKeyDestroyed when it was destroyed."""
         ...
 
+    def content_data_keys(self, conn: Connection) -> dict[UUID, DataKey]:
+        """Every live data key that encrypts some content, by key id, read in one query (bulk readers)."""
+        ...
+
     def destroy_account_keys(self, conn: Connection, account_id: UUID, now: datetime) -> int:
         """Destroys the account's keys inside the caller's transaction; returns how many."""
         ...
@@ -137,6 +141,20 @@ class PostgresKeyStore:
             raise DataKeyDestroyed("the content's data key was destroyed by an erasure; it cannot be read")
         account_id, master_key_id, wrapped = row
         return DataKey(key_id, account_id, self._unwrap(master_key_id, account_id, bytes(wrapped)))
+
+    def content_data_keys(self, conn: Connection) -> dict[UUID, DataKey]:
+        """See `KeyStore.content_data_keys`."""
+        rows = conn.execute(
+            """
+            SELECT key_id, account_id, master_key_id, wrapped_dek FROM account_keys
+            WHERE wrapped_dek IS NOT NULL
+              AND key_id IN (SELECT encryption_key_id FROM content WHERE encryption_key_id IS NOT NULL)
+            """
+        ).fetchall()
+        return {
+            key_id: DataKey(key_id, account_id, self._unwrap(master_key_id, account_id, bytes(wrapped)))
+            for key_id, account_id, master_key_id, wrapped in rows
+        }
 
     def destroy_account_keys(self, conn: Connection, account_id: UUID, now: datetime) -> int:
         """See `KeyStore.destroy_account_keys`."""

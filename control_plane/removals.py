@@ -31,6 +31,7 @@ from control_plane.eligibility import (
 )
 from control_plane.errors import NotFound
 from control_plane.policy import PolicyRegistry
+from control_plane.training_exports import PSEUDONYM_SQL
 
 LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtext('atelier.export_removals'))"
 """Taken by every writer of `export_removals` before it appends, and held to its commit; readers
@@ -77,8 +78,8 @@ def reconcile_removals(
         conn.execute(LOCK_SQL)
         gone = conn.execute(
             """
-            INSERT INTO export_removals (export_id, content_id, salted_id, reason, removed_at)
-            SELECT e.export_id, e.content_id, e.salted_id, 'erased', least(coalesce(
+            INSERT INTO export_removals (export_id, content_id, reason, removed_at)
+            SELECT e.export_id, e.content_id, 'erased', least(coalesce(
                 (SELECT max(l.at) FROM audit_log l WHERE l.target_type = 'content'
                      AND l.target_id = e.content_id::text AND l.action = 'content.erase'),
                 (SELECT max(l.at) FROM audit_log l WHERE l.target_type = 'account'
@@ -97,7 +98,7 @@ def reconcile_removals(
             f"""
             WITH {ELIGIBILITY_CTES},
             pending AS (
-                SELECT e.export_id, e.content_id, e.salted_id FROM export_items e
+                SELECT e.export_id, e.content_id FROM export_items e
                 WHERE (%(export_id)s::uuid IS NULL OR e.export_id = %(export_id)s)
                   AND NOT EXISTS (SELECT 1 FROM export_removals r
                                   WHERE r.export_id = e.export_id AND r.content_id = e.content_id)
@@ -106,8 +107,8 @@ def reconcile_removals(
                 SELECT c.content_id, {INELIGIBILITY_SQL} AS reason FROM {ELIGIBILITY_FROM}
                 WHERE c.content_id IN (SELECT content_id FROM pending)
             )
-            INSERT INTO export_removals (export_id, content_id, salted_id, reason, removed_at)
-            SELECT pending.export_id, pending.content_id, pending.salted_id, judged.reason, %(now)s
+            INSERT INTO export_removals (export_id, content_id, reason, removed_at)
+            SELECT pending.export_id, pending.content_id, judged.reason, %(now)s
             FROM pending JOIN judged USING (content_id)
             WHERE judged.reason IS NOT NULL
             ON CONFLICT (export_id, content_id) DO NOTHING
@@ -141,8 +142,10 @@ def list_removals(
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock_shared(hashtext('atelier.export_removals'))")
         rows = conn.execute(
-            """
-        SELECT r.removal_id, r.salted_id, r.reason, r.removed_at FROM export_removals r
+            f"""
+        SELECT r.removal_id, {PSEUDONYM_SQL.format(salt="t.salt", id="r.content_id")}, r.reason, r.removed_at
+        FROM export_removals r
+        JOIN training_exports t ON t.export_id = r.export_id
         JOIN export_items e ON e.export_id = r.export_id AND e.content_id = r.content_id
         WHERE r.export_id = %s AND r.removal_id > %s
           AND e.account_id IN (SELECT account_id FROM accounts WHERE tenant_id = %s)

@@ -258,8 +258,8 @@ def sweep_content_batch(
         conn.execute(removals.LOCK_SQL)
         removed = conn.execute(
             """
-            INSERT INTO export_removals (export_id, content_id, salted_id, reason, removed_at)
-            SELECT export_id, content_id, salted_id, 'swept', %s FROM export_items WHERE content_id = ANY(%s)
+            INSERT INTO export_removals (export_id, content_id, reason, removed_at)
+            SELECT export_id, content_id, 'swept', %s FROM export_items WHERE content_id = ANY(%s)
             ON CONFLICT (export_id, content_id) DO NOTHING
             """,
             (now, content_ids),

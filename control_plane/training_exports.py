@@ -7,11 +7,12 @@ describe the same set of items:
    exported (`pg_export_snapshot`);
 2. two things then run at once, one per connection, both judging eligibility
    (`eligibility`) in that one snapshot: this transaction records every eligible item in
-   `export_items` with `INSERT ... SELECT` (its pseudonymous id, `sha256(salt || content
-   id)`, computed in the database, so no id travels back), while a second, read-only
-   transaction that imported the snapshot streams the same rows with `COPY (SELECT ...) TO
-   STDOUT` as CSV, which pyarrow parses 32 MiB at a time; prompts are decrypted with their
-   account's data key (each key unwrapped once, one AES-GCM open per row), images
+   `export_items` with `INSERT ... SELECT` (so no id travels back; the item's pseudonymous
+   id, `sha256(salt || content id)`, is not stored but computed where it is read,
+   `PSEUDONYM_SQL`), while a second, read-only transaction that imported the snapshot
+   streams the same rows with `COPY (SELECT ...) TO STDOUT` as CSV, which pyarrow parses
+   32 MiB at a time; prompts are decrypted with their account's data key (the keys read
+   in one query and each unwrapped once, one AES-GCM open per row), images
    (optionally) read and decrypted through the blob store, and the tables written to Parquet
    files of at most `rows_per_file` rows (zstd);
 3. the number of rows written must equal the number recorded; the manifest (export id,
@@ -352,13 +353,14 @@ def _profile_snapshot(registry: PolicyRegistry) -> dict[str, Any]:
 # it once, so rows need no UUID object.
 _PROMPT_CONTEXT_PREFIX = crypto.prompt_context(UUID(int=0))[:-16]
 
-_SALTED_ID_SQL = "encode(sha256({salt} || uuid_send(c.content_id)), 'hex')"
-"""An item's pseudonymous id in an export: the same expression where it is recorded and written."""
+PSEUDONYM_SQL = "encode(sha256({salt} || uuid_send({id})), 'hex')"
+"""An id's pseudonym in an export, salted per export: `item_id` from a content id and `subject_id`
+from an account id. Not stored: removal manifests compute it from the export's salt."""
 
 _RECORD_SQL = f"""
     WITH {ELIGIBILITY_CTES}
-    INSERT INTO export_items (export_id, content_id, account_id, salted_id)
-    SELECT %(export_id)s, c.content_id, c.account_id, {_SALTED_ID_SQL.format(salt="%(salt)s")}
+    INSERT INTO export_items (export_id, content_id, account_id)
+    SELECT %(export_id)s, c.content_id, c.account_id
     FROM {ELIGIBILITY_FROM}
     WHERE {INELIGIBILITY_SQL} IS NULL
     -- In key order, the primary key and content index grow at their right edge.
@@ -388,8 +390,10 @@ def _record_and_write(
     read-only transaction that imported its snapshot streams the rows, so both see exactly
     the same items.
     """
-    data_keys = _data_keys(conn, keys)
-    record_params = {**params, "export_id": export_id, "salt": salt}
+    # Every live key that encrypts some content: a superset of what the export needs (it
+    # cannot know which items are eligible before judging them), unwrapped once each.
+    data_keys = keys.content_data_keys(conn)
+    record_params = {**params, "export_id": export_id}
     if (pool.max_size or 1) < 2:
         item_count = max(conn.execute(_RECORD_SQL, record_params).rowcount, 0)
         files = _write_files(
@@ -450,19 +454,6 @@ def _record_and_write(
     if failure:
         raise failure[0]
     return recorded[0], files
-
-
-def _data_keys(conn: Connection, keys: KeyStore) -> dict[UUID, DataKey]:
-    # Every live key that encrypts some content: a superset of what the export needs (it
-    # cannot know which items are eligible before judging them), unwrapped once each.
-    rows = conn.execute(
-        """
-        SELECT k.key_id FROM account_keys k
-        WHERE k.wrapped_dek IS NOT NULL
-          AND k.key_id IN (SELECT encryption_key_id FROM content WHERE encryption_key_id IS NOT NULL)
-        """
-    ).fetchall()
-    return {row[0]: keys.data_key(conn, row[0]) for row in rows}
 
 
 class _Stopped(Exception):
@@ -542,8 +533,8 @@ def _write_files(
             WITH {ELIGIBILITY_CTES}
             SELECT encode(uuid_send(c.content_id), 'hex'), c.blob_key, c.encryption_key_id,
                    encode(c.prompt_sealed, 'hex'), encode(convert_to(c.prompt, 'UTF8'), 'hex'),
-                   {_SALTED_ID_SQL.format(salt=_literal(salt))},
-                   encode(sha256({_literal(salt)} || uuid_send(c.account_id)), 'hex'),
+                   {PSEUDONYM_SQL.format(salt=_literal(salt), id="c.content_id")},
+                   {PSEUDONYM_SQL.format(salt=_literal(salt), id="c.account_id")},
                    c.sha256, c.model, c.parameters::text, c.media_type
             FROM {ELIGIBILITY_FROM}
             WHERE {INELIGIBILITY_SQL} IS NULL
@@ -593,25 +584,26 @@ def _write_files(
 def _output_table(
     batch: pa.Table, blobs: EncryptedBlobStore, openers: dict[str, crypto.SealedOpener], *, include_images: bool
 ) -> pa.Table:
-    # Per-row Python work is the export's cost, so a row costs two hex decodes, a dict lookup
-    # and one AES-GCM open: keys are looked up by their text form, each key's cipher is built
-    # once (`openers`), the associated data is made from the id's bytes without a UUID object,
-    # and the prompts' UTF-8 is checked by pyarrow for the whole batch.
+    # Per-row Python work is the export's cost, so a row costs two hex decodes and one AES-GCM
+    # open: keys are looked up by their text form, each key's cipher is built once
+    # (`openers`), the associated data is made from the id's bytes without a UUID object, the
+    # opens run in one pass (`crypto.open_each`), and pyarrow checks the prompts' UTF-8 for the
+    # whole batch.
     fromhex = bytes.fromhex
     prefix = _PROMPT_CONTEXT_PREFIX
     content_ids = [fromhex(h) for h in batch.column("content_id_hex").to_pylist()]
     key_ids = batch.column("encryption_key_id").to_pylist()
-    prompts = [
-        # An empty sealed column is a legacy row with the prompt in clear (hex of its UTF-8).
-        openers[key_id].open(fromhex(sealed), prefix + content_id) if sealed else fromhex(clear)
-        for content_id, key_id, sealed, clear in zip(
-            content_ids,
-            key_ids,
-            batch.column("prompt_sealed").to_pylist(),
-            batch.column("plain_prompt").to_pylist(),
-            strict=True,
-        )
-    ]
+    sealed = [fromhex(h) for h in batch.column("prompt_sealed").to_pylist()]
+    if all(sealed):
+        prompts = crypto.open_each(openers, key_ids, sealed, [prefix + content_id for content_id in content_ids])
+    else:
+        # Legacy rows keep the prompt in clear (the hex of its UTF-8) and have an empty sealed column.
+        prompts = [
+            openers[key_id].open(message, prefix + content_id) if message else fromhex(clear)
+            for content_id, key_id, message, clear in zip(
+                content_ids, key_ids, sealed, batch.column("plain_prompt").to_pylist(), strict=True
+            )
+        ]
     images: pa.Array
     if include_images:
         data: list[bytes] = []

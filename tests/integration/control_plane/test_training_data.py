@@ -184,7 +184,8 @@ class TestTrainingExport:
         assert manifest["policy"]["default"]["training_consent_mode"] == "opt_in"
         with pool.connection() as conn:
             recorded = conn.execute(
-                "SELECT salted_id FROM export_items WHERE export_id = %s", (export.export_id,)
+                "SELECT encode(sha256(t.salt || uuid_send(e.content_id)), 'hex') FROM export_items e "
+                "JOIN training_exports t USING (export_id) WHERE export_id = %s", (export.export_id,)
             ).fetchall()
         assert {r[0] for r in recorded} == {row["item_id"] for row in rows.values()}
 
@@ -230,7 +231,8 @@ class TestTrainingExport:
             export = _export(single, blobs, keys, policies, clock, tmp_path)
             with single.connection() as conn:
                 recorded = conn.execute(
-                    "SELECT salted_id FROM export_items WHERE export_id = %s", (export.export_id,)
+                    "SELECT encode(sha256(t.salt || uuid_send(e.content_id)), 'hex') FROM export_items e "
+                "JOIN training_exports t USING (export_id) WHERE export_id = %s", (export.export_id,)
                 ).fetchall()
         table = pq.read_table(export.directory)
         assert export.item_count == table.num_rows == 4
@@ -247,8 +249,8 @@ class TestTrainingExport:
         with pool.connection() as conn:
             with pytest.raises(psycopg.errors.ForeignKeyViolation, match="does not exist"):
                 conn.execute(
-                    "INSERT INTO export_items (export_id, content_id, account_id, salted_id) "
-                    "SELECT gen_random_uuid(), content_id, account_id, 'x' FROM content"
+                    "INSERT INTO export_items (export_id, content_id, account_id) "
+                    "SELECT gen_random_uuid(), content_id, account_id FROM content"
                 )
             with conn.transaction():
                 conn.execute("DELETE FROM training_exports WHERE export_id = %s", (export.export_id,))

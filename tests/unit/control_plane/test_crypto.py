@@ -42,6 +42,25 @@ def test_a_flipped_bit_or_another_key_fails_to_open() -> None:
         crypto.open_sealed(crypto.new_data_key(), crypto.seal(key, b"image", b"ctx"), b"ctx")
 
 
+def test_opening_many_messages_at_once_uses_each_ones_key_and_context() -> None:
+    keys = {"a": crypto.new_data_key(), "b": crypto.new_data_key()}
+    openers = {name: crypto.SealedOpener(key) for name, key in keys.items()}
+    names = ["a", "b", "b", "a"]
+    contexts = [f"ctx{i}".encode() for i in range(len(names))]
+    plaintexts = [f"prompt {i}".encode() for i in range(len(names))]
+    sealed = [crypto.seal(keys[n], p, c) for n, p, c in zip(names, plaintexts, contexts, strict=True)]
+    assert crypto.open_each(openers, names, sealed, contexts) == plaintexts
+
+    with pytest.raises(DecryptionError):  # a message under the other key
+        crypto.open_each(openers, ["a", "a", "b", "a"], sealed, contexts)
+    with pytest.raises(DecryptionError):  # contexts swapped
+        crypto.open_each(openers, names, sealed, contexts[::-1])
+    with pytest.raises(DecryptionError):  # not a sealed message at all
+        crypto.open_each(openers, names, [*sealed[:3], b"\x02" + sealed[3][1:]], contexts)
+    with pytest.raises(DecryptionError):
+        crypto.open_each(openers, names, [*sealed[:3], b"\x01"], contexts)
+
+
 def test_a_wrapped_data_key_is_bound_to_its_account_and_master_key() -> None:
     master, account = MasterKey.generate(), uuid4()
     data_key = crypto.new_data_key()
