@@ -22,8 +22,8 @@ Which items are due is `retention.DEADLINE_SQL`, the same definition training el
 Speed: unlinking the blobs is most of a batch's cost (a file system call per item), so one
 pass runs each rule's queue with `workers` side-by-side batch loops on their own connections,
 exactly as separate sweepers would: while one unlinks, another deletes its next rows in the
-database. A batch's unlinks can also be spread over a thread pool (`unlink_threads`;
-`os.unlink` releases the GIL), which pays off where a delete waits on I/O.
+database. A batch's unlinks are also spread over a thread pool (`unlink_threads`; `os.unlink`
+releases the GIL), since a delete mostly waits on the file system.
 """
 
 from __future__ import annotations
@@ -60,10 +60,11 @@ DEFAULT_BATCH_SIZE = 5000
 MAX_BATCH_SIZE = 100_000
 DEFAULT_WORKERS = 2
 """Batch loops one pass runs side by side per rule (each on its own connection)."""
-DEFAULT_UNLINK_THREADS = 0
-"""Threads one pass unlinks blobs with; 0 unlinks in the batch loop's own thread. On a local
-disk an unlink is CPU work in the kernel, and the side-by-side loops already overlap it with
-the database's; threads pay off where a delete waits (network file systems, object stores)."""
+DEFAULT_UNLINK_THREADS = 4
+"""Threads one pass unlinks blobs with; 0 unlinks in the batch loop's own thread. An unlink
+waits in the kernel (the journal, a discard on file systems mounted with it) more than it
+computes: on this project's CI machines (ext4, online discard) four threads unlinked 50k files
+2.4x as fast as one, and made a two-worker pass ~15% faster (benchmarks/sweep.py)."""
 _UNLINKS_PER_TASK = 256
 
 
