@@ -32,7 +32,8 @@ import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2
@@ -73,6 +74,7 @@ class Gateway:
         self._control_plane = ControlPlaneClient(config.control_plane_address, config.control_plane_timeout_s)
         self._metrics = GatewayMetrics()
         self._in_flight: Counter[str] = Counter()
+        self._background: set[asyncio.Future[None]] = set()
 
     async def Generate(  # noqa: N802 - gRPC method name
         self, request: inference_pb2.GenerateRequest, grpc_context: RayServegRPCContext
@@ -174,14 +176,17 @@ class Gateway:
             else None
         )
         try:
-            reservation = await self._control_plane.reserve_credits(
+            reservation = await self._reserve(
                 api_key,
-                validated.account_id,
-                validated.cost,
-                self._config.reservation_ttl_s,
-                purpose,
-                params.prompt,
-                idempotency,
+                self._control_plane.reserve_credits(
+                    api_key,
+                    validated.account_id,
+                    validated.cost,
+                    self._config.reservation_ttl_s,
+                    purpose,
+                    params.prompt,
+                    idempotency,
+                ),
             )
         except RequestError as exc:
             if (info := exc.error_info()) is not None and info.reason == _PROMPT_BLOCKED:
@@ -231,6 +236,30 @@ class Gateway:
         timings = response.timings
         self._metrics.observe_stages(model, {stage: getattr(timings, f"{stage}_ms") / 1000 for stage in STAGES})
         return response
+
+    async def _reserve(
+        self, api_key: str, reserving: Coroutine[Any, Any, control_plane_pb2.ReserveCreditsResponse]
+    ) -> control_plane_pb2.ReserveCreditsResponse:
+        """Awaits a reservation; should the caller go away meanwhile, the hold is given back once made.
+
+        Cancelling the RPC itself would not undo a reservation the control plane already
+        committed, and its id would never arrive: the credits would stay held until the TTL.
+        """
+        pending = asyncio.ensure_future(reserving)
+        try:
+            return await asyncio.shield(pending)
+        except asyncio.CancelledError:
+            pending.add_done_callback(lambda done: self._release_orphan(api_key, done))
+            raise
+
+    def _release_orphan(self, api_key: str, done: asyncio.Future[control_plane_pb2.ReserveCreditsResponse]) -> None:
+        if done.cancelled() or done.exception() is not None or done.result().replayed:
+            return
+        release = asyncio.ensure_future(
+            self._control_plane.release_reservation(api_key, done.result().reservation.reservation_id)
+        )
+        self._background.add(release)  # the loop keeps only weak references to tasks
+        release.add_done_callback(self._background.discard)
 
     async def _store_upload(self, api_key: str, validated: ValidatedRequest) -> str:
         """Stores an edit's fitted init image as an upload of the account; "" for text-to-image."""

@@ -14,40 +14,49 @@ from protos.atelier.v1 import control_plane_pb2, inference_pb2
 from tests.e2e._status import reason_and_retry_delay
 
 DEFAULTS = ModelConfig(name="tiny-sd")
-# More than the replica takes plus the queue allows; accounts stay under their own bound on
-# generations in flight, so only the pool can refuse.
-ACCOUNTS, PER_ACCOUNT = 10, 8
-# Large enough that a batch takes seconds on the CPU: the replica must not drain the queue while the
-# requests are still arriving through the gateway (at the default 64x64 a batch of 8 takes ~1.5 s, and
-# a slow CI machine admitted all 80 that way).
+# Each wave alone is more than the replica takes plus the queue allows; accounts stay under their
+# own bound on generations in flight, so only the pool can refuse. Further waves follow while none
+# is shed, so the test does not depend on how fast the gateway hands requests to the pool.
+ACCOUNTS_PER_WAVE, PER_ACCOUNT, MAX_WAVES = 10, 8, 4
+# Large enough that a batch takes seconds on the CPU (a batch of 8 at 64x64 takes ~1.5 s): the
+# replica cannot drain the queue while requests arrive.
 SIZE = 128
 
 
 def test_a_full_pool_sheds_load_with_unavailable_and_charges_nothing(
     inference, control_plane, operator_metadata, make_account, balance_of
 ) -> None:
-    assert DEFAULTS.max_ongoing_requests + DEFAULTS.max_queued_requests < ACCOUNTS * PER_ACCOUNT
-    accounts = [make_account(100) for _ in range(ACCOUNTS)]
-    calls = [
-        inference.Generate.future(
-            inference_pb2.GenerateRequest(
-                account_id=account, prompt="a queue", steps=DEFAULTS.max_steps, width=SIZE, height=SIZE
-            ),
-            metadata=operator_metadata,
-            timeout=300,
-        )
-        for account in accounts
-        for _ in range(PER_ACCOUNT)
-    ]
-    deadline = time.monotonic() + 120
-    while not any(call.done() and call.exception() is not None for call in calls):
-        assert time.monotonic() < deadline, "no request was shed while the pool's queue was full"
-        time.sleep(0.05)
+    assert DEFAULTS.max_ongoing_requests + DEFAULTS.max_queued_requests < ACCOUNTS_PER_WAVE * PER_ACCOUNT
+    accounts: list[str] = []
+    calls: list[grpc.Future] = []
+
+    def any_failed() -> bool:
+        return any(call.done() and call.exception() is not None for call in calls)
+
+    for _ in range(MAX_WAVES):
+        wave = [make_account(100) for _ in range(ACCOUNTS_PER_WAVE)]
+        accounts += wave
+        calls += [
+            inference.Generate.future(
+                inference_pb2.GenerateRequest(
+                    account_id=account, prompt="a queue", steps=DEFAULTS.max_steps, width=SIZE, height=SIZE
+                ),
+                metadata=operator_metadata,
+                timeout=300,
+            )
+            for account in wave
+            for _ in range(PER_ACCOUNT)
+        ]
+        deadline = time.monotonic() + 10
+        while not any_failed() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if any_failed():
+            break
     for call in calls:
         call.cancel()
 
     shed = [call.exception() for call in calls if call.done() and not call.cancelled() and call.exception()]
-    assert shed
+    assert shed, f"none of {len(calls)} requests was shed while the pool's queue was full"
     for error in shed:
         assert error.code() == grpc.StatusCode.UNAVAILABLE, error.details()
         assert "at capacity" in error.details()
