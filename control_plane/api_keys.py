@@ -29,7 +29,7 @@ from uuid import UUID
 from control_plane.audit import SYSTEM, Actor, record_audit
 from control_plane.db.pool import Connection, Pool, expect_row
 from control_plane.errors import FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
-from control_plane.tenants import ensure_tenant
+from control_plane.tenants import claim_operator_tenant, ensure_tenant
 
 _SECRET_FORMAT = re.compile(r"^atk_(ak_[0-9a-f]{16})_[A-Za-z0-9_-]{43}$")
 _KEY_ID_FORMAT = re.compile(r"^ak_[0-9a-f]{16}$")
@@ -324,6 +324,9 @@ def ensure_operator_key(
 ) -> tuple[Principal, str | None]:
     """Makes sure a tenant exists with an admin key called `key_name`; used by the launcher.
 
+    The first tenant this is called for becomes the deployment's operator tenant
+    (`tenants.claim_operator_tenant`): the launcher's, which calls it on an empty database.
+
     The first call creates the tenant and the key and returns the secret; later calls find
     the live key and return None for the secret (only its hash is stored), so the caller
     must keep the secret from the first call (the launcher writes it to a 0600 file).
@@ -341,6 +344,7 @@ def ensure_operator_key(
     instant = now if now is not None else datetime.now(UTC)
     with pool.connection() as conn:
         tenant, _ = ensure_tenant(conn, name=tenant_name, actor=SYSTEM, now=instant)
+        claim_operator_tenant(conn, tenant.tenant_id)
         with conn.transaction():
             conn.execute("SELECT 1 FROM tenants WHERE tenant_id = %s FOR UPDATE", (tenant.tenant_id,))
             row = conn.execute(

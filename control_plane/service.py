@@ -17,7 +17,7 @@ from typing_extensions import override
 
 from control_plane import _convert as convert
 from control_plane import _page_tokens as tokens
-from control_plane import accounts, api_keys, audit, consent, content, credits, dsr, moderation, rate_limits
+from control_plane import accounts, api_keys, audit, consent, content, credits, dsr, moderation, rate_limits, tenants
 from control_plane._auth import authorized
 from control_plane._interceptor import current_request_id
 from control_plane.accounts import AgeEvidence, Tier, Visibility
@@ -26,7 +26,7 @@ from control_plane.bootstrap import ControlPlaneDeps
 from control_plane.config import ControlPlaneConfig
 from control_plane.db.pool import Connection
 from control_plane.encrypted_blobs import EncryptedBlobStore
-from control_plane.errors import InvalidArgument
+from control_plane.errors import InvalidArgument, PermissionDenied
 from control_plane.policy import PolicyProfile
 from protos.atelier.v1 import common_pb2, control_plane_pb2, control_plane_pb2_grpc
 
@@ -595,8 +595,14 @@ class ControlPlaneServicer(control_plane_pb2_grpc.ControlPlaneServicer):
     def RotateMasterKey(
         self, request: control_plane_pb2.RotateMasterKeyRequest, context: grpc.ServicerContext
     ) -> control_plane_pb2.RotateMasterKeyResponse:
-        """Re-wraps every live data key under a new master key. Scope: admin."""
+        """Re-wraps every live data key under a new master key. Scope: admin, of the operator's tenant."""
         with self._authorized(context, Scope.ADMIN, "RotateMasterKey") as (conn, principal):
+            # Every tenant's data keys are re-wrapped: a deployment-wide act, not one tenant's.
+            if not tenants.is_operator_tenant(conn, principal.tenant_id):
+                raise PermissionDenied(
+                    "only the deployment operator's tenant may rotate the master key "
+                    "(use the operator key, as `atelier keys rotate-master` does)"
+                )
             result = self._keys.rotate_master(conn, actor=principal.actor(current_request_id()), now=self._clock.now())
         return control_plane_pb2.RotateMasterKeyResponse(
             previous_key_id=result.previous_key_id, key_id=result.key_id, rewrapped_keys=result.rewrapped_keys

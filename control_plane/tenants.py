@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
 
+import psycopg
+
 from control_plane.audit import Actor, record_audit
 from control_plane.db.pool import Connection
 from control_plane.errors import InvalidArgument, NotFound
@@ -51,6 +53,30 @@ def ensure_tenant(conn: Connection, *, name: str, actor: Actor, now: datetime) -
             record_audit(conn, actor, now, "tenant.create", "tenant", tenant.tenant_id, {"name": name})
             return tenant, True
     return get_tenant_by_name(conn, name), False
+
+
+def claim_operator_tenant(conn: Connection, tenant_id: UUID) -> bool:
+    """Makes the tenant the deployment's operator tenant unless one already is; returns whether it is now.
+
+    The launcher claims its tenant before anything else exists, so the operator tenant is the
+    launcher's; tenants made later are ordinary ones (`is_operator_tenant` is false for them).
+    """
+    try:
+        with conn.transaction():
+            conn.execute(
+                "UPDATE tenants SET operator = true WHERE tenant_id = %s AND NOT EXISTS "
+                "(SELECT 1 FROM tenants WHERE operator)",
+                (tenant_id,),
+            )
+    except psycopg.errors.UniqueViolation:
+        pass  # another tenant's claim committed first
+    return is_operator_tenant(conn, tenant_id)
+
+
+def is_operator_tenant(conn: Connection, tenant_id: UUID) -> bool:
+    """Whether the tenant is the deployment's operator tenant (the launcher's)."""
+    row = conn.execute("SELECT operator FROM tenants WHERE tenant_id = %s", (tenant_id,)).fetchone()
+    return row is not None and bool(row[0])
 
 
 def get_tenant(conn: Connection, tenant_id: UUID) -> Tenant:

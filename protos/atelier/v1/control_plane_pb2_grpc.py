@@ -349,7 +349,8 @@ class ControlPlaneServicer:
 
     def RotateMasterKey(self, request, context):
         """Re-wraps every live data key under a new master key; content is untouched.
-        Scope: admin. FAILED_PRECONDITION when the master key is not file-based.
+        Scope: admin, of the deployment operator's tenant (PERMISSION_DENIED for any
+        other tenant's key). FAILED_PRECONDITION when the master key is not file-based.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -102,7 +102,8 @@ class ControlPlaneStub:
     """The audit trail about one account. Scope: privacy."""
     RotateMasterKey: _grpc.UnaryUnaryMultiCallable[_control_plane_pb2.RotateMasterKeyRequest, _control_plane_pb2.RotateMasterKeyResponse]
     """Re-wraps every live data key under a new master key; content is untouched.
-    Scope: admin. FAILED_PRECONDITION when the master key is not file-based.
+    Scope: admin, of the deployment operator's tenant (PERMISSION_DENIED for any
+    other tenant's key). FAILED_PRECONDITION when the master key is not file-based.
     """
 
 @_typing.type_check_only
@@ -157,7 +158,8 @@ class ControlPlaneAsyncStub(ControlPlaneStub):
     """The audit trail about one account. Scope: privacy."""
     RotateMasterKey: _aio.UnaryUnaryMultiCallable[_control_plane_pb2.RotateMasterKeyRequest, _control_plane_pb2.RotateMasterKeyResponse]  # type: ignore[assignment]
     """Re-wraps every live data key under a new master key; content is untouched.
-    Scope: admin. FAILED_PRECONDITION when the master key is not file-based.
+    Scope: admin, of the deployment operator's tenant (PERMISSION_DENIED for any
+    other tenant's key). FAILED_PRECONDITION when the master key is not file-based.
     """
 
 class ControlPlaneServicer(metaclass=_abc_1.ABCMeta):
@@ -371,7 +373,8 @@ class ControlPlaneServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_control_plane_pb2.RotateMasterKeyResponse, _abc.Awaitable[_control_plane_pb2.RotateMasterKeyResponse]]:
         """Re-wraps every live data key under a new master key; content is untouched.
-        Scope: admin. FAILED_PRECONDITION when the master key is not file-based.
+        Scope: admin, of the deployment operator's tenant (PERMISSION_DENIED for any
+        other tenant's key). FAILED_PRECONDITION when the master key is not file-based.
         """
 
 def add_ControlPlaneServicer_to_server(servicer: ControlPlaneServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

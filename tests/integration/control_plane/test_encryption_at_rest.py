@@ -11,6 +11,7 @@ import grpc
 import pytest
 
 from control_plane import crypto
+from control_plane.api_keys import ensure_operator_key
 from control_plane.crypto import DecryptionError
 from control_plane.db.pool import Pool
 from control_plane.keystore import PostgresKeyStore
@@ -167,6 +168,19 @@ class TestMasterKeyRotation:
         with pytest.raises(grpc.RpcError) as error:
             stub.RotateMasterKey(pb.RotateMasterKeyRequest(), metadata=(("authorization", f"Bearer {secret}"),))
         assert error.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+    def test_only_the_operators_tenant_may_rotate(
+        self, stub: ControlPlaneStub, operator: Caller, pool: Pool, master_key_file: Path
+    ) -> None:
+        # Every tenant's data keys are re-wrapped: another tenant's admin must not trigger that.
+        principal, secret = ensure_operator_key(pool, "another tenant")
+        assert secret is not None and principal.tenant_id != operator.principal.tenant_id
+        before = master_key_file.read_bytes()
+        with pytest.raises(grpc.RpcError) as error:
+            stub.RotateMasterKey(pb.RotateMasterKeyRequest(), metadata=(("authorization", f"Bearer {secret}"),))
+        assert error.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "operator" in (error.value.details() or "")
+        assert master_key_file.read_bytes() == before
 
 
 class TestConcurrentStores:

@@ -185,7 +185,8 @@ class TestTrainingExport:
         with pool.connection() as conn:
             recorded = conn.execute(
                 "SELECT encode(sha256(t.salt || uuid_send(e.content_id)), 'hex') FROM export_items e "
-                "JOIN training_exports t USING (export_id) WHERE export_id = %s", (export.export_id,)
+                "JOIN training_exports t USING (export_id) WHERE export_id = %s",
+                (export.export_id,),
             ).fetchall()
         assert {r[0] for r in recorded} == {row["item_id"] for row in rows.values()}
 
@@ -232,7 +233,8 @@ class TestTrainingExport:
             with single.connection() as conn:
                 recorded = conn.execute(
                     "SELECT encode(sha256(t.salt || uuid_send(e.content_id)), 'hex') FROM export_items e "
-                "JOIN training_exports t USING (export_id) WHERE export_id = %s", (export.export_id,)
+                    "JOIN training_exports t USING (export_id) WHERE export_id = %s",
+                    (export.export_id,),
                 ).fetchall()
         table = pq.read_table(export.directory)
         assert export.item_count == table.num_rows == 4
