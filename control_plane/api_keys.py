@@ -293,9 +293,13 @@ def revoke_api_key(conn: Connection, *, tenant_id: UUID, key_id: str, actor: Act
     Raises:
         InvalidArgument: Malformed key id.
         NotFound: The tenant has no such key.
+        FailedPrecondition: It is the tenant's last admin key without an end date (reason
+            LAST_ADMIN_KEY): revoking it would lock the tenant out of its own keys and accounts.
     """
     _check_key_id(key_id)
     with conn.transaction():
+        # Serialises revocations of one tenant, so two racing ones cannot each leave the other's key last.
+        conn.execute("SELECT 1 FROM tenants WHERE tenant_id = %s FOR UPDATE", (tenant_id,))
         row = conn.execute(
             f"""
             UPDATE api_keys SET revoked_at = %s
@@ -305,14 +309,29 @@ def revoke_api_key(conn: Connection, *, tenant_id: UUID, key_id: str, actor: Act
             (now, key_id, tenant_id, now),
         ).fetchone()
         if row is not None:
+            key = _api_key(row)
+            if Scope.ADMIN in key.scopes and not _has_lasting_admin_key(conn, tenant_id):
+                raise FailedPrecondition(
+                    f"API key {key_id} is the tenant's last admin key: create or rotate another admin key first",
+                    reason="LAST_ADMIN_KEY",
+                )
             record_audit(conn, actor, now, "api_key.revoke", "api_key", key_id)
-            return _api_key(row)
+            return key
         row = conn.execute(
             f"SELECT {_COLUMNS} FROM api_keys WHERE key_id = %s AND tenant_id = %s", (key_id, tenant_id)
         ).fetchone()
         if row is None:
             raise NotFound(f"API key {key_id} not found")
     return _api_key(row)
+
+
+def _has_lasting_admin_key(conn: Connection, tenant_id: UUID) -> bool:
+    # A key in a rotation's grace period ends on its own, so only keys without an end date count.
+    row = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM api_keys WHERE tenant_id = %s AND revoked_at IS NULL AND 'admin' = ANY (scopes))",
+        (tenant_id,),
+    ).fetchone()
+    return row is not None and bool(row[0])
 
 
 def ensure_operator_key(

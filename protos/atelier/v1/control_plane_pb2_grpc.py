@@ -220,7 +220,8 @@ class ControlPlaneServicer:
 
     def RevokeApiKey(self, request, context):
         """Revokes a key at once (also one in a rotation's grace period); revoking a
-        revoked key changes nothing. Scope: admin.
+        revoked key changes nothing. The tenant's last admin key without an end date
+        is refused (FAILED_PRECONDITION, reason LAST_ADMIN_KEY). Scope: admin.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

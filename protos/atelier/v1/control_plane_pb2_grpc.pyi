@@ -71,7 +71,8 @@ class ControlPlaneStub:
     """
     RevokeApiKey: _grpc.UnaryUnaryMultiCallable[_control_plane_pb2.RevokeApiKeyRequest, _control_plane_pb2.RevokeApiKeyResponse]
     """Revokes a key at once (also one in a rotation's grace period); revoking a
-    revoked key changes nothing. Scope: admin.
+    revoked key changes nothing. The tenant's last admin key without an end date
+    is refused (FAILED_PRECONDITION, reason LAST_ADMIN_KEY). Scope: admin.
     """
     GrantCredits: _grpc.UnaryUnaryMultiCallable[_control_plane_pb2.GrantCreditsRequest, _control_plane_pb2.GrantCreditsResponse]
     """Credits. Grant needs scope admin; balance needs read; reserve, commit and
@@ -127,7 +128,8 @@ class ControlPlaneAsyncStub(ControlPlaneStub):
     """
     RevokeApiKey: _aio.UnaryUnaryMultiCallable[_control_plane_pb2.RevokeApiKeyRequest, _control_plane_pb2.RevokeApiKeyResponse]  # type: ignore[assignment]
     """Revokes a key at once (also one in a rotation's grace period); revoking a
-    revoked key changes nothing. Scope: admin.
+    revoked key changes nothing. The tenant's last admin key without an end date
+    is refused (FAILED_PRECONDITION, reason LAST_ADMIN_KEY). Scope: admin.
     """
     GrantCredits: _aio.UnaryUnaryMultiCallable[_control_plane_pb2.GrantCreditsRequest, _control_plane_pb2.GrantCreditsResponse]  # type: ignore[assignment]
     """Credits. Grant needs scope admin; balance needs read; reserve, commit and
@@ -222,7 +224,8 @@ class ControlPlaneServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_control_plane_pb2.RevokeApiKeyResponse, _abc.Awaitable[_control_plane_pb2.RevokeApiKeyResponse]]:
         """Revokes a key at once (also one in a rotation's grace period); revoking a
-        revoked key changes nothing. Scope: admin.
+        revoked key changes nothing. The tenant's last admin key without an end date
+        is refused (FAILED_PRECONDITION, reason LAST_ADMIN_KEY). Scope: admin.
         """
 
     @_abc_1.abstractmethod

@@ -206,6 +206,27 @@ class TestRevokeApiKey:
         code = _code(lambda: stub.WhoAmI(pb.WhoAmIRequest(), metadata=bearer(secret)))
         assert code == grpc.StatusCode.UNAUTHENTICATED
 
+    def test_the_tenants_last_admin_key_cannot_be_revoked(
+        self, stub: ControlPlaneStub, operator: Caller, make_key: Callable[..., str], pool: Pool
+    ) -> None:
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.RevokeApiKey(pb.RevokeApiKeyRequest(key_id=operator.principal.key_id), metadata=operator.metadata)
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert error_reason(caught.value) == "LAST_ADMIN_KEY"
+        assert stub.WhoAmI(pb.WhoAmIRequest(), metadata=operator.metadata).key.active
+        assert _audit_actions(pool, operator.principal.key_id) == ["api_key.create"]
+
+        # With a second admin key the first may go, and the second is then the last.
+        second = make_key(pb.SCOPE_ADMIN)
+        stub.RevokeApiKey(pb.RevokeApiKeyRequest(key_id=operator.principal.key_id), metadata=bearer(second))
+        assert _code(lambda: stub.WhoAmI(pb.WhoAmIRequest(), metadata=operator.metadata)) == (
+            grpc.StatusCode.UNAUTHENTICATED
+        )
+        revoke_second = pb.RevokeApiKeyRequest(key_id=_key_id(second))
+        assert _code(lambda: stub.RevokeApiKey(revoke_second, metadata=bearer(second))) == (
+            grpc.StatusCode.FAILED_PRECONDITION
+        )
+
 
 class TestTenantIsolation:
     @pytest.fixture
