@@ -7,7 +7,9 @@ data key) in a fresh database, then measures:
   SHA-256, model, parameters, decrypted prompt), which also judges eligibility per tenant
   policy, records every item in `export_items` and writes the manifest;
 - baseline: `COPY (SELECT <the same columns> FROM content) TO STDOUT` into pyarrow's CSV reader
-  and a Parquet writer, with no eligibility, no item records and no decryption.
+  and a Parquet writer, with no eligibility, no item records and no decryption;
+- removals: one `removals.reconcile_removals` of the export (what every `ListRemovals` call and
+  sweep pass runs first), with nothing to append: the cost of judging every exported item again.
 
     python benchmarks/export.py                      # 1,000,000 rows
     python benchmarks/export.py --rows 2000 --json   # tiny mode, as the tests run it
@@ -36,6 +38,7 @@ from control_plane.db.pool import Pool, open_pool
 from control_plane.encrypted_blobs import EncryptedBlobStore
 from control_plane.keystore import PostgresKeyStore
 from control_plane.policy import PolicyProfile, PolicyRegistry
+from control_plane.removals import reconcile_removals
 from control_plane.training_exports import create_training_export
 
 
@@ -63,6 +66,7 @@ def run(url: str, rows: int, accounts: int) -> dict[str, float | int]:
     with tempfile.TemporaryDirectory(prefix="atelier-export-bench-") as tmp, fresh_database(url) as database:
         keys = PostgresKeyStore(crypto.ensure_master_key_file(Path(tmp) / "master.key"))
         with open_pool(database, min_size=1, max_size=4) as pool:
+            registry = PolicyRegistry(default=PolicyProfile())
             seeded = seed(pool, keys, rows=rows, accounts=accounts, expired=False, blob_root=None)
             started = time.perf_counter()
             copied = raw_copy(pool, Path(tmp) / "raw.parquet")
@@ -72,13 +76,19 @@ def run(url: str, rows: int, accounts: int) -> dict[str, float | int]:
                 pool,
                 EncryptedBlobStore(LocalBlobStore(Path(tmp) / "blobs")),
                 keys,
-                PolicyRegistry(default=PolicyProfile()),
+                registry,
                 output_dir=Path(tmp) / "exports",
                 actor=SYSTEM,
                 now=NOW,
                 include_images=False,
             )
             export_seconds = time.perf_counter() - started
+            with pool.connection() as conn:
+                started = time.perf_counter()
+                appended = reconcile_removals(conn, registry, now=NOW, export_id=export.export_id)
+                reconcile_seconds = time.perf_counter() - started
+    if appended:
+        raise RuntimeError(f"nothing became ineligible, yet reconciling appended {appended} removals")
     if export.item_count != rows or copied != rows:
         raise RuntimeError(f"exported {export.item_count} and copied {copied} of {rows} rows")
     return {
@@ -87,6 +97,7 @@ def run(url: str, rows: int, accounts: int) -> dict[str, float | int]:
         "raw_copy_rows_per_s": round(rows / raw_seconds),
         "export_rows_per_s": round(rows / export_seconds),
         "export_vs_raw": round(raw_seconds / export_seconds, 2),
+        "removals_reconcile_s": round(reconcile_seconds, 3),
     }
 
 
@@ -103,7 +114,8 @@ def main() -> None:
     else:
         print(
             f"{result['rows']:,} eligible rows: export {result['export_rows_per_s']:,} rows/s to Parquet, "
-            f"raw COPY {result['raw_copy_rows_per_s']:,} rows/s (export at {result['export_vs_raw']}x of raw)"
+            f"raw COPY {result['raw_copy_rows_per_s']:,} rows/s (export at {result['export_vs_raw']}x of raw); "
+            f"reconciling its removal manifest takes {result['removals_reconcile_s']} s"
         )
 
 

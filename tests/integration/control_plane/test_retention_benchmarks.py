@@ -36,3 +36,4 @@ def test_sweep_benchmark_compares_the_sweeper_with_a_raw_delete(postgres_url: st
 def test_export_benchmark_reports_rows_per_second(postgres_url: str) -> None:
     row = _run("export.py", postgres_url, "--rows", "1000", "--accounts", "10")
     assert row["export_rows_per_s"] > 0 and row["raw_copy_rows_per_s"] > 0
+    assert row["removals_reconcile_s"] > 0
