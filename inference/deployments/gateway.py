@@ -74,7 +74,8 @@ class Gateway:
         self._control_plane = ControlPlaneClient(config.control_plane_address, config.control_plane_timeout_s)
         self._metrics = GatewayMetrics()
         self._in_flight: Counter[str] = Counter()
-        self._background: set[asyncio.Future[None]] = set()
+        self._background: set[asyncio.Future[Any]] = set()
+        """Tasks that outlive their request (the event loop keeps only weak references)."""
 
     async def Generate(  # noqa: N802 - gRPC method name
         self, request: inference_pb2.GenerateRequest, grpc_context: RayServegRPCContext
@@ -249,17 +250,22 @@ class Gateway:
         try:
             return await asyncio.shield(pending)
         except asyncio.CancelledError:
+            self._keep(pending)
             pending.add_done_callback(lambda done: self._release_orphan(api_key, done))
             raise
 
     def _release_orphan(self, api_key: str, done: asyncio.Future[control_plane_pb2.ReserveCreditsResponse]) -> None:
         if done.cancelled() or done.exception() is not None or done.result().replayed:
             return
-        release = asyncio.ensure_future(
-            self._control_plane.release_reservation(api_key, done.result().reservation.reservation_id)
+        self._keep(
+            asyncio.ensure_future(
+                self._control_plane.release_reservation(api_key, done.result().reservation.reservation_id)
+            )
         )
-        self._background.add(release)  # the loop keeps only weak references to tasks
-        release.add_done_callback(self._background.discard)
+
+    def _keep(self, task: asyncio.Future[Any]) -> None:
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _store_upload(self, api_key: str, validated: ValidatedRequest) -> str:
         """Stores an edit's fitted init image as an upload of the account; "" for text-to-image."""
