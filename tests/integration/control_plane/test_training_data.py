@@ -16,7 +16,7 @@ import pytest
 from control_plane.audit import SYSTEM
 from control_plane.db.pool import open_pool
 from control_plane.encrypted_blobs import EncryptedBlobStore
-from control_plane.training_exports import MANIFEST_NAME, TrainingExport, create_training_export
+from control_plane.training_exports import MANIFEST_NAME, PSEUDONYM_SQL, TrainingExport, create_training_export
 from protos.atelier.v1 import common_pb2
 from protos.atelier.v1 import control_plane_pb2 as pb
 from protos.atelier.v1 import training_pb2 as tpb
@@ -184,7 +184,7 @@ class TestTrainingExport:
         assert manifest["policy"]["default"]["training_consent_mode"] == "opt_in"
         with pool.connection() as conn:
             recorded = conn.execute(
-                "SELECT encode(sha256(t.salt || uuid_send(e.content_id)), 'hex') FROM export_items e "
+                f"SELECT {PSEUDONYM_SQL.format(salt='t.salt', id='e.content_id')} FROM export_items e "
                 "JOIN training_exports t USING (export_id) WHERE export_id = %s",
                 (export.export_id,),
             ).fetchall()
@@ -232,7 +232,7 @@ class TestTrainingExport:
             export = _export(single, blobs, keys, policies, clock, tmp_path)
             with single.connection() as conn:
                 recorded = conn.execute(
-                    "SELECT encode(sha256(t.salt || uuid_send(e.content_id)), 'hex') FROM export_items e "
+                    f"SELECT {PSEUDONYM_SQL.format(salt='t.salt', id='e.content_id')} FROM export_items e "
                     "JOIN training_exports t USING (export_id) WHERE export_id = %s",
                     (export.export_id,),
                 ).fetchall()
