@@ -3,14 +3,14 @@
 The server outlives the process that starts it: `atelier up` starts it and returns,
 the control plane connects to it, and `atelier down` (another process) stops it. pgserver's
 own handles stop the server when the last Python process using it exits; we open ours with
-`cleanup_mode=None` so it never does, and stop it ourselves with `pg_ctl stop`.
+`cleanup_mode=None` so it never does, and stop it ourselves (a fast shutdown).
 
 It listens on a Unix socket only (in its data directory, or a short runtime path when
 that would be too long for a socket name), never on TCP.
 
 Running as root: PostgreSQL refuses to, so pgserver creates a system user `pgserver`,
 hands it the data directory and makes the directories above it traversable (g+rx, o+rx).
-`stop` runs `pg_ctl` as the data directory's owner for the same reason.
+`stop` signals the postmaster as `pg_ctl stop` would, which root may do to any process.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import contextlib
 import importlib.util
 import logging
 import os
-import pwd
-import subprocess
+import signal
+import time
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -92,12 +92,8 @@ class EmbeddedPostgres:
         return self._url_for(self.database) if self.is_running() else None
 
     def is_running(self) -> bool:
-        """Whether a server is running on this data directory (asks `pg_ctl status`)."""
-        if not (self.data_dir / "PG_VERSION").exists():
-            return False
-        result = self._pg_ctl(["status"], timeout_s=10.0)
-        # pg_ctl status: 0 running, 3 not running, 4 no accessible data directory.
-        return result.returncode == 0
+        """Whether a server is running on this data directory."""
+        return self._postmaster_pid() is not None
 
     def stop(self, timeout_s: float = 60.0) -> bool:
         """Stops the server (fast shutdown: open sessions are ended, data is flushed).
@@ -106,22 +102,43 @@ class EmbeddedPostgres:
             True when a running server was stopped, False when none was running.
 
         Raises:
-            EmbeddedPostgresError: pg_ctl failed, or the server did not stop within `timeout_s`.
+            EmbeddedPostgresError: the server did not stop within `timeout_s`.
         """
-        if not self.is_running():
+        pid = self._postmaster_pid()
+        if pid is None:
             return False
-        # A second try: pg_ctl runs as the data directory's owner, which forces a fork() (not vfork), and
-        # in a process with busy gRPC threads the child can fail before it ever executes pg_ctl.
-        for attempt in range(2):
-            result = self._pg_ctl(["stop", "-m", "fast", "-w", "-t", str(int(timeout_s))], timeout_s=timeout_s + 5)
-            if result.returncode == 0 or not self.is_running():
-                break
-            if attempt == 1:
+        # SIGINT is PostgreSQL's fast shutdown, what `pg_ctl stop -m fast` sends. Signalling it
+        # ourselves needs no child process: forking pg_ctl (as the data directory's owner, so a
+        # fork, not a vfork) from a process with busy gRPC threads can fail before it executes.
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGINT)
+        deadline = time.monotonic() + timeout_s
+        while self._postmaster_pid() == pid:
+            if time.monotonic() > deadline:
                 raise EmbeddedPostgresError(
-                    f"pg_ctl stop failed for {self.data_dir}: {result.stderr.strip() or result.stdout.strip()}"
+                    f"embedded PostgreSQL in {self.data_dir} did not stop within {timeout_s:.0f} s; "
+                    f"see {self.data_dir / 'log'}"
                 )
+            time.sleep(0.05)
         _logger.info("embedded postgres stopped data_dir=%s", self.data_dir)
         return True
+
+    def _postmaster_pid(self) -> int | None:
+        # What `pg_ctl status` does, without a child process: the pid in postmaster.pid, if alive.
+        try:
+            first_line = (self.data_dir / "postmaster.pid").read_text().partition("\n")[0].strip()
+        except FileNotFoundError:
+            return None
+        if not first_line.isdigit():
+            return None  # being written or removed right now
+        pid = int(first_line)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None  # a stale file left by a crash
+        except PermissionError:
+            pass  # alive, owned by pgserver's system user
+        return pid
 
     def _url_for(self, database: str) -> str | None:
         # postmaster.pid lines: pid, data dir, start time, port, socket dir, listen address, ...
@@ -144,27 +161,6 @@ class EmbeddedPostgres:
             # Another process may create it between our check and our CREATE.
             with contextlib.suppress(psycopg.errors.DuplicateDatabase):
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.database)))
-
-    def _pg_ctl(self, args: list[str], *, timeout_s: float) -> subprocess.CompletedProcess[str]:
-        try:
-            return subprocess.run(
-                [str(postgres_bin_dir() / "pg_ctl"), "-D", str(self.data_dir), *args],
-                capture_output=True,
-                text=True,
-                timeout=timeout_s,
-                check=False,
-                user=self._system_user(),
-            )
-        except subprocess.TimeoutExpired as error:
-            raise EmbeddedPostgresError(f"pg_ctl {args[0]} on {self.data_dir} took over {timeout_s:.0f} s") from error
-
-    def _system_user(self) -> str | None:
-        # PostgreSQL's tools refuse to run as root; run them as the data directory's owner
-        # (pgserver's `pgserver` user when root started the server).
-        if os.geteuid() != 0:
-            return None
-        owner = pwd.getpwuid(self.data_dir.stat().st_uid).pw_name
-        return None if owner == "root" else owner
 
 
 def _pgserver() -> ModuleType:

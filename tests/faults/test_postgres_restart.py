@@ -143,7 +143,7 @@ def test_postgres_restart_under_load_loses_and_doubles_no_ledger_row(database, t
                 thread.start()
             try:
                 time.sleep(1.5)  # load before the outage
-                database.stop()
+                assert database.stop(), "the database was not running: there was no outage to test"
                 time.sleep(OUTAGE_S)
                 database.start()
                 restarted.set()
