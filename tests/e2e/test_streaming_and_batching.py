@@ -1,5 +1,6 @@
-"""Batching and cancellation through the real gRPC API: batched images are the images of requests run
-alone, and a cancelled stream stops the replica's denoising loop and releases the reservation."""
+"""Batching, cancellation and deadlines through the real gRPC API: batched images are the images of requests
+run alone, and a cancelled stream or a passed deadline stops the replica's denoising loop and releases the
+reservation."""
 
 from __future__ import annotations
 
@@ -96,11 +97,8 @@ def test_cancelled_stream_stops_the_replica_and_releases_the_reservation(
             break
     assert stream.code() == grpc.StatusCode.CANCELLED
 
-    # The replica's loop must stop: poll until its scheduler is idle, then count the steps it ran.
-    deadline = time.monotonic() + 120
-    while (stats := model_stats()).running or stats.queued:
-        assert time.monotonic() < deadline, "the replica kept generating after the caller cancelled"
-        time.sleep(0.1)
+    # The replica's loop must stop: wait until its scheduler is idle, then count the steps it ran.
+    stats = _wait_until_idle(model_stats)
     steps_run = stats.steps_run - before.steps_run
     assert stats.batches_stopped == before.batches_stopped + 1, "the batch ended early, not by finishing"
     assert steps_run < total_steps, f"the replica ran {steps_run} of {total_steps} steps after the cancel"
@@ -109,6 +107,41 @@ def test_cancelled_stream_stops_the_replica_and_releases_the_reservation(
     while (balance := balance_of(account_id)).held and time.monotonic() < deadline:
         time.sleep(0.2)
     assert (balance.total, balance.held) == (100, 0), "a cancelled request is charged nothing"
+
+
+@pytest.mark.parametrize("method", ["Generate", "GenerateStream"])
+def test_a_passed_deadline_stops_the_replica_and_releases_the_reservation(
+    inference, operator_metadata, make_account, balance_of, model_stats, method
+) -> None:
+    account_id = make_account(100)
+    total_steps = 50
+    request = inference_pb2.GenerateRequest(
+        account_id=account_id, prompt="a fox", steps=total_steps, width=512, height=512, num_images=2, seed=9
+    )
+    before = model_stats()
+    # A deadline well inside the generation (50 steps at 512x512 take several seconds on the CPU).
+    with pytest.raises(grpc.RpcError) as raised:
+        if method == "Generate":
+            inference.Generate(request, metadata=operator_metadata, timeout=2.0)
+        else:
+            list(inference.GenerateStream(request, metadata=operator_metadata, timeout=2.0))
+    assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    stats = _wait_until_idle(model_stats)
+    assert stats.batches_stopped == before.batches_stopped + 1, "the batch ended early, not by finishing"
+    assert stats.steps_run - before.steps_run < total_steps, "the replica kept generating past the deadline"
+
+    deadline = time.monotonic() + 60
+    while (balance := balance_of(account_id)).held and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert (balance.total, balance.held) == (100, 0), "a request past its deadline is charged nothing"
+
+
+def _wait_until_idle(model_stats):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + 120
+    while (stats := model_stats()).running or stats.queued:
+        assert time.monotonic() < deadline, "the replica kept generating after the caller went away"
+        time.sleep(0.1)
+    return stats
 
 
 def _messages(stream) -> Iterator[inference_pb2.GenerateStreamResponse]:  # type: ignore[no-untyped-def]
