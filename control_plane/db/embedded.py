@@ -138,6 +138,11 @@ class EmbeddedPostgres:
             return None  # a stale file left by a crash
         except PermissionError:
             pass  # alive, owned by pgserver's system user
+        # After a crash the pid may since belong to another process: never signal that one.
+        with contextlib.suppress(OSError):  # no /proc (not Linux): trust the pid, as pg_ctl does
+            program = Path(f"/proc/{pid}/cmdline").read_bytes().partition(b"\0")[0]
+            if os.path.basename(program) != b"postgres":
+                return None
         return pid
 
     def _url_for(self, database: str) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -66,3 +67,16 @@ def test_embedded_server_can_be_stopped_and_started_again_in_one_process(home: P
     with psycopg.connect(second_url) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
     assert first_url == second_url
+
+
+def test_a_stale_pid_file_naming_another_live_process_is_not_a_server(home: Path) -> None:
+    """After a crash, postmaster.pid may name a pid the system gave to another process since: that
+    process is neither reported as the server nor signalled (here it is this test's own process)."""
+    data_dir = home / "postgres"
+    data_dir.mkdir()
+    (data_dir / "PG_VERSION").write_text("16\n")
+    (data_dir / "postmaster.pid").write_text(f"{os.getpid()}\n{data_dir}\n0\n5432\n/tmp\n")
+    server = EmbeddedPostgres(data_dir)
+    assert not server.is_running()
+    assert server.url() is None
+    assert server.stop() is False  # and this process received no SIGINT
