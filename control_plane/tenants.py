@@ -55,8 +55,8 @@ def ensure_tenant(conn: Connection, *, name: str, actor: Actor, now: datetime) -
     return get_tenant_by_name(conn, name), False
 
 
-def claim_operator_tenant(conn: Connection, tenant_id: UUID) -> bool:
-    """Makes the tenant the deployment's operator tenant unless one already is; returns whether it is now.
+def claim_operator_tenant(conn: Connection, tenant_id: UUID) -> None:
+    """Makes the tenant the deployment's operator tenant unless one already is.
 
     The launcher claims its tenant before anything else exists, so the operator tenant is the
     launcher's; tenants made later are ordinary ones (`is_operator_tenant` is false for them).
@@ -70,7 +70,6 @@ def claim_operator_tenant(conn: Connection, tenant_id: UUID) -> bool:
             )
     except psycopg.errors.UniqueViolation:
         pass  # another tenant's claim committed first
-    return is_operator_tenant(conn, tenant_id)
 
 
 def is_operator_tenant(conn: Connection, tenant_id: UUID) -> bool:

@@ -74,7 +74,6 @@ def test_a_stale_pid_file_naming_another_live_process_is_not_a_server(home: Path
     process is neither reported as the server nor signalled (here it is this test's own process)."""
     data_dir = home / "postgres"
     data_dir.mkdir()
-    (data_dir / "PG_VERSION").write_text("16\n")
     (data_dir / "postmaster.pid").write_text(f"{os.getpid()}\n{data_dir}\n0\n5432\n/tmp\n")
     server = EmbeddedPostgres(data_dir)
     assert not server.is_running()
