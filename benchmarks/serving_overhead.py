@@ -10,6 +10,10 @@ the throughput with 4 concurrent callers against the direct path's sequential th
 pipeline cannot run two requests at once, so that is the most the replica could deliver).
 Targets (DESIGN.md §7): added p50 <= 10 ms at steps=1 on the CPU; throughput ratio >= 0.95 at 20 steps.
 
+Where the served time goes: the p50 of each stage of the `StageTimings` every response carries
+(reserve, queue, denoise, decode, store, total at the gateway), and `proxy`, the client's latency minus
+the gateway's total (Serve's proxy, the client's gRPC).
+
 Streaming: the same request as a `GenerateStream` with one caller, timed to its first progress message
 (vs the direct call's first denoising step) and to its final result (vs the whole direct call).
 
@@ -43,6 +47,7 @@ from benchmarks._serving import (
     operator_metadata,
     percentile,
 )
+from inference.metrics import STAGES
 from protos.atelier.v1 import inference_pb2, inference_pb2_grpc
 
 CONCURRENT_CALLERS = 4
@@ -73,8 +78,15 @@ def _measure(state: ClusterState, home: Path, metadata: Metadata, steps: int, it
         stub = inference_pb2_grpc.InferenceStub(serve)
         request = inference_pb2.GenerateRequest(account_id=account_id, prompt=PROMPT, steps=steps, seed=1)
 
+        stages: list[dict[str, float]] = []
+
         def served() -> None:
-            stub.Generate(request, metadata=metadata, timeout=300)
+            started = time.perf_counter()
+            timings = stub.Generate(request, metadata=metadata, timeout=300).timings
+            client_ms = (time.perf_counter() - started) * 1000
+            stages.append(
+                {**{stage: getattr(timings, f"{stage}_ms") for stage in STAGES}, "proxy": client_ms - timings.total_ms}
+            )
 
         def streamed() -> float:
             """Seconds to the first progress message; the stream is read to its result."""
@@ -94,7 +106,9 @@ def _measure(state: ClusterState, home: Path, metadata: Metadata, steps: int, it
             for _ in range(3):
                 call()
         direct_latencies, direct_first_steps = _latencies(direct, iterations)
+        stages.clear()
         served_latencies, _ = _latencies(served, iterations)
+        stage_p50_ms = {f"stage_{name}_p50_ms": percentile([s[name] for s in stages], 50) for name in stages[0]}
         stream_latencies, stream_first_progress = _latencies(streamed, iterations)
         served_throughput = _throughput(served, iterations, CONCURRENT_CALLERS)
     direct_throughput = 1.0 / statistics.fmean(direct_latencies)
@@ -119,6 +133,7 @@ def _measure(state: ClusterState, home: Path, metadata: Metadata, steps: int, it
         )
         * 1000,
         "stream_added_p50_ms": (percentile(stream_latencies, 50) - percentile(direct_latencies, 50)) * 1000,
+        **stage_p50_ms,
     }
 
 
@@ -167,6 +182,15 @@ def _print_table(results: list[dict[str, float]]) -> None:
             f"{r['stream_first_progress_p95_ms']:>13.1f}ms {r['stream_added_first_progress_p50_ms']:>8.1f}ms "
             f"{r['stream_p50_ms']:>9.1f}ms {r['stream_p95_ms']:>9.1f}ms {r['stream_added_p50_ms']:>8.1f}ms"
         )
+    print()
+    print(f"{'steps':>5} " + " ".join(f"{name:>9}" for name in _STAGE_COLUMNS) + "   (served p50 by stage, ms)")
+    for r in results:
+        print(f"{r['steps']:>5} " + " ".join(f"{r[f'stage_{name}_p50_ms']:>9.1f}" for name in _STAGE_COLUMNS))
+
+
+_STAGE_COLUMNS = ("proxy", *STAGES)
+"""Where a served request's time goes, from the StageTimings every response carries; `proxy` is the
+client's latency minus the gateway's total (Serve's proxy, the client's gRPC and the network)."""
 
 
 if __name__ == "__main__":
