@@ -61,7 +61,7 @@ protos: setup
 
 lint: setup
 	$(BIN)/ruff check .
-	$(BIN)/mypy atelier control_plane inference
+	$(BIN)/mypy atelier control_plane inference transport
 
 clean:
 	rm -rf $(VENV) build *.egg-info

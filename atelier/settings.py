@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from atelier.tls import TlsConfig, TlsConfigError
+from transport.tls import TlsConfig, TlsConfigError
 
 
 class SettingsError(ValueError):
@@ -43,7 +43,7 @@ class ClusterSettings:
     demo_credits: int = 1000
     """Credits granted to the demo account `atelier up` creates."""
     tls: TlsConfig = field(default_factory=TlsConfig)
-    """`ATELIER_TLS_*`: certificates of every gRPC port, and how commands dial them (see `atelier.tls`)."""
+    """`ATELIER_TLS_*`: certificates of every gRPC port, and how commands dial them (see `transport.tls`)."""
 
     def __post_init__(self) -> None:
         for name in ("control_plane_port", "serve_grpc_port", "serve_http_port", "ray_port", "ray_dashboard_port"):

@@ -28,9 +28,9 @@ from uuid import UUID, uuid4
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from control_plane import crypto
-from control_plane.blobstore import LocalBlobStore
-from control_plane.encrypted_blobs import EncryptedBlobStore
-from control_plane.keystore import DataKey
+from control_plane.adapters.blobstore import LocalBlobStore
+from control_plane.adapters.encrypted_blobs import EncryptedBlobStore
+from control_plane.adapters.keystore import DataKey
 
 
 def _timed(action: Callable[[], None]) -> float:

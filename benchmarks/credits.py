@@ -175,7 +175,7 @@ def _control_plane(url: str) -> Iterator[str]:
             stderr=subprocess.DEVNULL,
         )
         try:
-            from control_plane.server import wait_until_serving
+            from control_plane.entrypoints.server import wait_until_serving
 
             wait_until_serving(f"127.0.0.1:{port}", timeout_s=60)
             yield f"127.0.0.1:{port}"

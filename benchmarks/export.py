@@ -32,11 +32,11 @@ import pyarrow.parquet as pq
 
 from benchmarks.seed_data import NOW, fresh_database, seed, server_url
 from control_plane import crypto
+from control_plane.adapters.blobstore import LocalBlobStore
+from control_plane.adapters.encrypted_blobs import EncryptedBlobStore
+from control_plane.adapters.keystore import PostgresKeyStore
 from control_plane.audit import SYSTEM
-from control_plane.blobstore import LocalBlobStore
 from control_plane.db.pool import Pool, open_pool
-from control_plane.encrypted_blobs import EncryptedBlobStore
-from control_plane.keystore import PostgresKeyStore
 from control_plane.policy import PolicyProfile, PolicyRegistry
 from control_plane.removals import reconcile_removals
 from control_plane.training_exports import create_training_export

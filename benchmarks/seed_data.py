@@ -33,11 +33,11 @@ import psycopg
 from psycopg import sql
 
 from control_plane import crypto
+from control_plane.adapters.blobstore import LocalBlobStore
+from control_plane.adapters.keystore import PostgresKeyStore
 from control_plane.audit import SYSTEM
-from control_plane.blobstore import LocalBlobStore
 from control_plane.db.migrations import apply_migrations
 from control_plane.db.pool import Pool, open_pool
-from control_plane.keystore import PostgresKeyStore
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 """The benchmarks' "now": seeded rows are dated relative to it."""

@@ -31,9 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.seed_data import NOW, fresh_database, seed, server_url
 from control_plane import crypto
-from control_plane.blobstore import LocalBlobStore
+from control_plane.adapters.blobstore import LocalBlobStore
+from control_plane.adapters.keystore import PostgresKeyStore
 from control_plane.db.pool import Pool, open_pool
-from control_plane.keystore import PostgresKeyStore
 from control_plane.policy import PolicyProfile, PolicyRegistry
 from control_plane.sweeper import SweepReason, run_sweep
 

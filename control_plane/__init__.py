@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from control_plane.bootstrap import ControlPlaneDeps, bootstrap
     from control_plane.db.embedded import EmbeddedPostgres
     from control_plane.db.migrations import apply_migrations
-    from control_plane.server import build_server, serve, wait_until_serving
+    from control_plane.entrypoints.server import build_server, serve, wait_until_serving
 
 __all__ = [
     "ConfigError",
@@ -35,10 +35,10 @@ _LAZY = {
     "EmbeddedPostgres": "control_plane.db.embedded",
     "apply_migrations": "control_plane.db.migrations",
     "bootstrap": "control_plane.bootstrap",
-    "build_server": "control_plane.server",
+    "build_server": "control_plane.entrypoints.server",
     "ensure_operator_key": "control_plane.api_keys",
-    "serve": "control_plane.server",
-    "wait_until_serving": "control_plane.server",
+    "serve": "control_plane.entrypoints.server",
+    "wait_until_serving": "control_plane.entrypoints.server",
 }
 
 

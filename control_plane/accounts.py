@@ -12,7 +12,6 @@ from enum import StrEnum
 from typing import Any
 from uuid import UUID
 
-from control_plane import credits
 from control_plane.audit import Actor, record_audit
 from control_plane.db.pool import Connection, expect_row
 from control_plane.errors import AccountNotActive, FailedPrecondition, InvalidArgument, NotFound
@@ -114,39 +113,34 @@ def create_account(
     minimum_age: int,
     default_visibility: Visibility,
     tier: Tier = Tier.FREE,
-    initial_credits: int = 0,
     guardian_age: int | None = None,
     actor: Actor,
     now: datetime,
-) -> tuple[Account, credits.Balance]:
-    """Creates an account with its age evidence, balance and initial grant, in one transaction.
+) -> Account:
+    """Creates an account with its age evidence and audit row, in one transaction.
 
-    The age gate runs first: an account under `minimum_age` leaves no row anywhere.
+    The age gate runs first: an account under `minimum_age` leaves no row anywhere. The
+    account has no balance yet: `registration.register_account` opens it in the same
+    transaction (credits depend on accounts, not the other way round).
 
     Args:
-        conn: Connection outside a transaction.
+        conn: Connection, in a transaction or not (a nested one becomes a savepoint).
         tenant_id: Tenant the account belongs to.
         evidence: Birth date and/or attested age.
         minimum_age: Youngest age allowed, in years.
         default_visibility: Visibility of new content left unspecified.
         tier: Billing tier.
-        initial_credits: Credits granted in the same transaction, 0..1e12.
         guardian_age: Users younger than this are stored with their age evidence alone and
             cannot generate until a guardian consents; None turns the rule off.
         actor: Who creates it.
         now: Creation time; also the day the age is computed on (UTC).
 
-    Returns:
-        The account and its balance after the initial grant.
-
     Raises:
-        InvalidArgument: Bad age evidence or credits out of range.
+        InvalidArgument: Bad age evidence.
         FailedPrecondition: Under the minimum age.
     """
     age = check_age(evidence, today=now.date(), minimum_age=minimum_age)
     guardian_required = guardian_age is not None and age < guardian_age
-    if not 0 <= initial_credits <= credits.MAX_GRANT:
-        raise InvalidArgument("initial_credits", f"must be 0..{credits.MAX_GRANT}")
     with conn.transaction():
         row = conn.execute(
             f"""
@@ -164,24 +158,9 @@ def create_account(
             """,
             (account.account_id, evidence.birth_date, evidence.age_attested, guardian_required, now),
         )
-        details = {
-            "account_id": str(account.account_id),
-            "tier": tier.value,
-            "initial_credits": initial_credits,
-        }
+        details = {"account_id": str(account.account_id), "tier": tier.value}
         record_audit(conn, actor, now, "account.create", "account", account.account_id, details)
-        balance = credits.open_balance(conn, account.account_id)
-        if initial_credits > 0:
-            balance = credits.grant_credits(
-                conn,
-                tenant_id=tenant_id,
-                account_id=account.account_id,
-                amount=initial_credits,
-                reason="initial credits",
-                actor=actor,
-                now=now,
-            )
-    return account, balance
+    return account
 
 
 def get_account(conn: Connection, *, tenant_id: UUID, account_id: UUID) -> Account:

@@ -10,14 +10,14 @@ from types import TracebackType
 from prometheus_client import CollectorRegistry
 
 from control_plane import crypto
-from control_plane.blobstore import BlobStore, LocalBlobStore
+from control_plane.adapters.blobstore import BlobStore, LocalBlobStore
+from control_plane.adapters.keystore import KeyStore, PostgresKeyStore
 from control_plane.clock import Clock, SystemClock
 from control_plane.config import ConfigError, ControlPlaneConfig
 from control_plane.crypto import MasterKeyError
 from control_plane.db.embedded import EmbeddedPostgres
 from control_plane.db.migrations import apply_migrations
 from control_plane.db.pool import Pool, open_pool
-from control_plane.keystore import KeyStore, PostgresKeyStore
 from control_plane.moderation import CheckerFactory, PolicyModerationChecker
 from control_plane.policy import PolicyProfile, PolicyRegistry
 

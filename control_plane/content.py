@@ -27,12 +27,12 @@ from psycopg.types.json import Jsonb
 
 from control_plane import accounts, consent, credits, crypto, moderation
 from control_plane.accounts import AccountStatus, Visibility
+from control_plane.adapters.blobstore import BlobStore
+from control_plane.adapters.encrypted_blobs import EncryptedBlobStore
+from control_plane.adapters.keystore import DataKey, DataKeyDestroyed, KeyStore
 from control_plane.audit import Actor, AuditEntry, record_audit, record_audits
-from control_plane.blobstore import BlobStore
 from control_plane.db.pool import Connection
-from control_plane.encrypted_blobs import EncryptedBlobStore
 from control_plane.errors import AccountNotActive, FailedPrecondition, InvalidArgument, NotFound
-from control_plane.keystore import DataKey, DataKeyDestroyed, KeyStore
 from control_plane.policy import ModerationPolicy
 
 _logger = logging.getLogger(__name__)

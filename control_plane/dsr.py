@@ -30,11 +30,11 @@ from uuid import UUID, uuid4
 
 from control_plane import accounts, audit, consent, content, credits, crypto
 from control_plane.accounts import AccountStatus
+from control_plane.adapters.encrypted_blobs import EncryptedBlobStore
+from control_plane.adapters.keystore import KeyStore
 from control_plane.audit import Actor, record_audit
 from control_plane.db.pool import Connection, expect_row
-from control_plane.encrypted_blobs import EncryptedBlobStore
 from control_plane.errors import FailedPrecondition, NotFound
-from control_plane.keystore import KeyStore
 from control_plane.policy import PolicyProfile
 
 _logger = logging.getLogger(__name__)

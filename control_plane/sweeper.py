@@ -46,8 +46,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from control_plane import credits, removals
+from control_plane.adapters.blobstore import BlobStore
 from control_plane.audit import SYSTEM, Actor, record_audit
-from control_plane.blobstore import BlobStore
 from control_plane.clock import Clock
 from control_plane.db.pool import Connection, Pool
 from control_plane.errors import InvalidArgument

@@ -68,12 +68,12 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from control_plane import crypto
+from control_plane.adapters.encrypted_blobs import EncryptedBlobStore
+from control_plane.adapters.keystore import DataKey, KeyStore
 from control_plane.audit import Actor, record_audit
 from control_plane.db.pool import Connection, Pool
 from control_plane.eligibility import ELIGIBILITY_CTES, ELIGIBILITY_FROM, INELIGIBILITY_SQL, eligibility_params
-from control_plane.encrypted_blobs import EncryptedBlobStore
 from control_plane.errors import InvalidArgument
-from control_plane.keystore import DataKey, KeyStore
 from control_plane.policy import PolicyRegistry
 from control_plane.retention import RetentionPolicy
 

@@ -10,9 +10,9 @@ import logging
 
 import grpc
 
-from atelier.tls import TlsConfig
 from inference.errors import RequestError
 from protos.atelier.v1 import common_pb2, control_plane_pb2, control_plane_pb2_grpc
+from transport.tls import TlsConfig
 
 logger = logging.getLogger(__name__)
 

@@ -38,8 +38,8 @@ import grpc
 import ray
 from google.protobuf.message import DecodeError
 
-from atelier.tls import TlsConfig
 from protos.atelier.v1.inference_pb2_grpc import add_InferenceServicer_to_server
+from transport.tls import TlsConfig
 
 logger = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ def install_proxy_tls() -> list[Any]:
     mounts the certificates). Returns no HTTP middlewares.
 
     Raises:
-        atelier.tls.TlsConfigError: A TLS file is missing or wrong; the proxy does not start
+        transport.tls.TlsConfigError: A TLS file is missing or wrong; the proxy does not start
             and Serve reports this message.
     """
     tls = TlsConfig.from_env()

@@ -38,8 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_training(args: argparse.Namespace) -> int:
+    from control_plane.adapters.encrypted_blobs import EncryptedBlobStore
     from control_plane.audit import SYSTEM
-    from control_plane.encrypted_blobs import EncryptedBlobStore
     from control_plane.training_exports import ExportMetrics, create_training_export
 
     try:

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from helm_python import HelmRenderError, HelmValuesError
 
-from atelier.tls import ENV_VARS
 from inference.grpc_proxy import PROXY_CALLBACK, PROXY_CALLBACK_VARIABLE
+from transport.tls import ENV_VARS
 
 from ._chart import load_values, merged, pod_specs, render
 

@@ -22,9 +22,9 @@ from atelier.launcher import LocalCluster
 from atelier.ports import local_cluster_ports
 from atelier.settings import ClusterSettings
 from atelier.state import ClusterState, load_operator_key
-from atelier.tls import TlsConfig
 from protos.atelier.v1 import control_plane_pb2, control_plane_pb2_grpc, inference_pb2, inference_pb2_grpc
 from tests._tls import Certificates, make_certificates
+from transport.tls import TlsConfig
 
 
 @pytest.fixture(scope="module")

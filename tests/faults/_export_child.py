@@ -13,14 +13,14 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
+from control_plane.adapters.blobstore import LocalBlobStore
+from control_plane.adapters.encrypted_blobs import EncryptedBlobStore
+from control_plane.adapters.keystore import PostgresKeyStore
 from control_plane.audit import SYSTEM
-from control_plane.blobstore import LocalBlobStore
 from control_plane.bootstrap import load_policies
 from control_plane.config import ControlPlaneConfig
 from control_plane.crypto import read_master_key_file
 from control_plane.db.pool import open_pool
-from control_plane.encrypted_blobs import EncryptedBlobStore
-from control_plane.keystore import PostgresKeyStore
 from control_plane.training_exports import create_training_export
 
 APPLICATION_NAME = "atelier-faults-export-child"

@@ -19,15 +19,15 @@ from pathlib import Path
 import psycopg
 from prometheus_client import CollectorRegistry
 
-from control_plane.blobstore import LocalBlobStore
+from control_plane.adapters.blobstore import LocalBlobStore
+from control_plane.adapters.keystore import PostgresKeyStore
 from control_plane.bootstrap import ControlPlaneDeps, load_policies
 from control_plane.clock import Clock
 from control_plane.config import ControlPlaneConfig
 from control_plane.crypto import ensure_master_key_file
 from control_plane.db.embedded import EmbeddedPostgres
 from control_plane.db.pool import Pool
-from control_plane.keystore import PostgresKeyStore
-from control_plane.server import add_listen_port, build_server, wait_until_serving
+from control_plane.entrypoints.server import add_listen_port, build_server, wait_until_serving
 from tests.integration.control_plane._support import REPO_ROOT
 
 

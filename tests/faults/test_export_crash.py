@@ -28,8 +28,8 @@ import grpc
 import pyarrow.parquet as pq
 import pytest
 
+from control_plane.adapters.encrypted_blobs import EncryptedBlobStore
 from control_plane.audit import SYSTEM
-from control_plane.encrypted_blobs import EncryptedBlobStore
 from control_plane.training_exports import MANIFEST_NAME, STAGING_PREFIX, TrainingExport, create_training_export
 from protos.atelier.v1 import common_pb2
 from protos.atelier.v1 import training_pb2 as tpb

@@ -21,16 +21,16 @@ import grpc
 import pyarrow.parquet as pq
 from google.protobuf.message import Message
 
+from control_plane.adapters.blobstore import LocalBlobStore
+from control_plane.adapters.encrypted_blobs import EncryptedBlobStore
+from control_plane.adapters.keystore import PostgresKeyStore
 from control_plane.api_keys import ensure_operator_key
 from control_plane.audit import SYSTEM
-from control_plane.blobstore import LocalBlobStore
 from control_plane.clock import ManualClock
 from control_plane.db.pool import Pool
-from control_plane.encrypted_blobs import EncryptedBlobStore
-from control_plane.keystore import PostgresKeyStore
+from control_plane.entrypoints.page_tokens import encode_removals_cursor
 from control_plane.policy import PolicyRegistry
 from control_plane.training_exports import create_training_export
-from control_plane.training_service import encode_removals_cursor
 from protos.atelier.v1 import common_pb2
 from protos.atelier.v1 import control_plane_pb2 as pb
 from protos.atelier.v1 import training_pb2 as tpb

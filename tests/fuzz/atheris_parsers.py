@@ -24,11 +24,11 @@ import atheris
 with atheris.instrument_imports():
     from google.protobuf.timestamp_pb2 import Timestamp
 
-    from control_plane import _convert as convert
-    from control_plane import _page_tokens as tokens
-    from control_plane._bearer import bearer_secret
+    from control_plane.entrypoints import convert
+    from control_plane.entrypoints import page_tokens as tokens
+    from control_plane.entrypoints.bearer import bearer_secret
+    from control_plane.entrypoints.page_tokens import decode_removals_cursor
     from control_plane.errors import DomainError
-    from control_plane.training_service import decode_removals_cursor
 
 ACCOUNT = uuid.UUID("123e4567-e89b-12d3-a456-426614174000")
 BIGINT_MAX = 2**63 - 1

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from control_plane.blobstore import LocalBlobStore
+from control_plane.adapters.blobstore import LocalBlobStore
+from control_plane.adapters.keystore import PostgresKeyStore
 from control_plane.clock import ManualClock
 from control_plane.db.pool import Pool
-from control_plane.keystore import PostgresKeyStore
 from control_plane.policy import PolicyRegistry
 from protos.atelier.v1.control_plane_pb2_grpc import ControlPlaneStub
 from protos.atelier.v1.training_pb2_grpc import TrainingDataStub

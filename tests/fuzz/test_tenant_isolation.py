@@ -23,10 +23,10 @@ import pytest
 from google.protobuf import descriptor as pb_descriptor
 from google.protobuf import message as pb_message
 
-from control_plane.blobstore import LocalBlobStore
+from control_plane.adapters.blobstore import LocalBlobStore
+from control_plane.adapters.keystore import PostgresKeyStore
 from control_plane.clock import ManualClock
 from control_plane.db.pool import Pool
-from control_plane.keystore import PostgresKeyStore
 from control_plane.policy import PolicyRegistry
 from protos.atelier.v1 import common_pb2
 from protos.atelier.v1 import control_plane_pb2 as pb

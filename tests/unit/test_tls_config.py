@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from atelier.tls import TlsConfig, TlsConfigError
 from tests._tls import Certificates, make_certificates
+from transport.tls import TlsConfig, TlsConfigError
 
 
 @pytest.fixture(scope="module")

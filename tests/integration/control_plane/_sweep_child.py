@@ -12,7 +12,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from control_plane.blobstore import LocalBlobStore
+from control_plane.adapters.blobstore import LocalBlobStore
 from control_plane.bootstrap import load_policies
 from control_plane.config import ControlPlaneConfig
 from control_plane.db.pool import open_pool

@@ -9,7 +9,7 @@ from uuid import UUID
 import grpc
 from prometheus_client import CollectorRegistry
 
-from control_plane.blobstore import LocalBlobStore
+from control_plane.adapters.blobstore import LocalBlobStore
 from control_plane.db.pool import Pool
 from control_plane.policy import PolicyRegistry
 from control_plane.sweeper import SweepMetrics, SweepReport, run_sweep

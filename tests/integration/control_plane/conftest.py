@@ -16,17 +16,17 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from atelier.state import ClusterState, save_operator_key
+from control_plane.adapters.blobstore import LocalBlobStore
+from control_plane.adapters.keystore import PostgresKeyStore
 from control_plane.api_keys import ensure_operator_key
-from control_plane.blobstore import LocalBlobStore
 from control_plane.bootstrap import ControlPlaneDeps
 from control_plane.clock import ManualClock
 from control_plane.config import ControlPlaneConfig
 from control_plane.crypto import ensure_master_key_file
 from control_plane.db.migrations import apply_migrations
 from control_plane.db.pool import Pool, open_pool
-from control_plane.keystore import PostgresKeyStore
+from control_plane.entrypoints.server import add_listen_port, build_server
 from control_plane.policy import PolicyRegistry
-from control_plane.server import add_listen_port, build_server
 from protos.atelier.v1 import control_plane_pb2, control_plane_pb2_grpc
 from tests.integration._postgres import fresh_database, postgres_server
 from tests.integration.control_plane._support import CLOCK_START, Caller

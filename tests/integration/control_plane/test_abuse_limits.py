@@ -18,14 +18,14 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from prometheus_client import CollectorRegistry
 
-from control_plane.blobstore import LocalBlobStore
+from control_plane.adapters.blobstore import LocalBlobStore
+from control_plane.adapters.keystore import PostgresKeyStore
 from control_plane.bootstrap import ControlPlaneDeps
 from control_plane.clock import ManualClock
 from control_plane.config import ControlPlaneConfig
 from control_plane.db.pool import Pool
-from control_plane.keystore import PostgresKeyStore
+from control_plane.entrypoints.server import add_listen_port, build_server
 from control_plane.policy import PolicyRegistry
-from control_plane.server import add_listen_port, build_server
 from protos.atelier.v1 import control_plane_pb2 as pb
 from protos.atelier.v1.control_plane_pb2_grpc import ControlPlaneStub
 from tests.integration.control_plane._support import Caller, bearer, error_reason, png_bytes

@@ -18,7 +18,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 from control_plane.db.migrations import load_migrations
-from control_plane.server import wait_until_serving
+from control_plane.entrypoints.server import wait_until_serving
 from protos.atelier.v1 import control_plane_pb2 as pb
 from protos.atelier.v1.control_plane_pb2_grpc import ControlPlaneStub
 from tests.integration._postgres import fresh_database

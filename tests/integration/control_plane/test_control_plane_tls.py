@@ -13,19 +13,19 @@ import grpc
 import pytest
 from prometheus_client import CollectorRegistry
 
-from atelier.tls import TlsConfig
-from control_plane.blobstore import LocalBlobStore
+from control_plane.adapters.blobstore import LocalBlobStore
+from control_plane.adapters.keystore import PostgresKeyStore
 from control_plane.bootstrap import ControlPlaneDeps
 from control_plane.clock import ManualClock
 from control_plane.config import ControlPlaneConfig
 from control_plane.db.pool import Pool
-from control_plane.keystore import PostgresKeyStore
+from control_plane.entrypoints.server import add_listen_port, build_server, wait_until_serving
 from control_plane.policy import PolicyRegistry
-from control_plane.server import add_listen_port, build_server, wait_until_serving
 from protos.atelier.v1 import control_plane_pb2 as pb
 from protos.atelier.v1.control_plane_pb2_grpc import ControlPlaneStub
 from tests._tls import Certificates, make_certificates
 from tests.integration.control_plane._support import REPO_ROOT, Caller
+from transport.tls import TlsConfig
 
 
 @pytest.fixture(scope="module")

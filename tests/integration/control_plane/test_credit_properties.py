@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from control_plane import accounts, credits
+from control_plane import accounts, credits, registration
 from control_plane.audit import SYSTEM
 from control_plane.db.pool import Connection, Pool
 from control_plane.errors import FailedPrecondition, InsufficientCredits
@@ -73,7 +73,7 @@ def test_credit_arithmetic_holds_for_any_sequence_of_operations(
 ) -> None:
     with pool.connection() as conn:
         tenant, _ = ensure_tenant(conn, name="properties", actor=SYSTEM, now=CLOCK_START)
-        account, _ = accounts.create_account(
+        account, _ = registration.register_account(
             conn,
             tenant_id=tenant.tenant_id,
             evidence=accounts.AgeEvidence(age_attested=30),

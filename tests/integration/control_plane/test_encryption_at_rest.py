@@ -11,10 +11,10 @@ import grpc
 import pytest
 
 from control_plane import crypto
+from control_plane.adapters.keystore import PostgresKeyStore
 from control_plane.api_keys import ensure_operator_key
 from control_plane.crypto import DecryptionError
 from control_plane.db.pool import Pool
-from control_plane.keystore import PostgresKeyStore
 from protos.atelier.v1 import control_plane_pb2 as pb
 from protos.atelier.v1.control_plane_pb2_grpc import ControlPlaneStub
 from tests.integration.control_plane._privacy import generate, new_item
@@ -24,7 +24,7 @@ from tests.integration.control_plane._support import Caller, png_bytes
 def _blob_path(blob_dir: Path, pool: Pool, content_id: str) -> Path:
     with pool.connection() as conn:
         (key,) = conn.execute("SELECT blob_key FROM content WHERE content_id = %s", (content_id,)).fetchone()
-    from control_plane.blobstore import LocalBlobStore
+    from control_plane.adapters.blobstore import LocalBlobStore
 
     return LocalBlobStore(blob_dir).path_for(key)
 

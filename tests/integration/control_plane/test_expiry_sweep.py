@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from uuid import UUID
 
-from control_plane import accounts, credits
+from control_plane import accounts, credits, registration
 from control_plane.audit import SYSTEM
 from control_plane.db.pool import Connection, Pool
 from control_plane.tenants import ensure_tenant
@@ -16,7 +16,7 @@ TTL = timedelta(seconds=60)
 
 def _account_with(conn: Connection, credit: int) -> tuple[UUID, UUID]:
     tenant, _ = ensure_tenant(conn, name="sweep", actor=SYSTEM, now=CLOCK_START)
-    account, _ = accounts.create_account(
+    account, _ = registration.register_account(
         conn,
         tenant_id=tenant.tenant_id,
         evidence=accounts.AgeEvidence(age_attested=30),

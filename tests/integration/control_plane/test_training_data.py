@@ -13,9 +13,9 @@ import psycopg
 import pyarrow.parquet as pq
 import pytest
 
+from control_plane.adapters.encrypted_blobs import EncryptedBlobStore
 from control_plane.audit import SYSTEM
 from control_plane.db.pool import open_pool
-from control_plane.encrypted_blobs import EncryptedBlobStore
 from control_plane.training_exports import MANIFEST_NAME, PSEUDONYM_SQL, TrainingExport, create_training_export
 from protos.atelier.v1 import common_pb2
 from protos.atelier.v1 import control_plane_pb2 as pb

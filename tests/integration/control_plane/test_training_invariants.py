@@ -26,9 +26,9 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 
+from control_plane.adapters.encrypted_blobs import EncryptedBlobStore
 from control_plane.api_keys import ensure_operator_key
 from control_plane.audit import SYSTEM
-from control_plane.encrypted_blobs import EncryptedBlobStore
 from control_plane.training_exports import create_training_export
 from protos.atelier.v1 import common_pb2
 from protos.atelier.v1 import control_plane_pb2 as pb

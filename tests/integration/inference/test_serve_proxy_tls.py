@@ -21,11 +21,11 @@ from ray.serve._private import default_impl
 from ray.serve._private.grpc_util import start_grpc_server
 from ray.serve.config import gRPCOptions
 
-from atelier.tls import ENV_VARS, TlsConfig
 from inference.grpc_proxy import PROXY_CALLBACK, PROXY_CALLBACK_VARIABLE, install_proxy_tls, proxy_binds_with_tls
 from protos.atelier.v1 import inference_pb2
 from protos.atelier.v1.inference_pb2_grpc import InferenceStub
 from tests._tls import Certificates, make_certificates
+from transport.tls import ENV_VARS, TlsConfig
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from control_plane.blobstore import BlobNotFoundError, LocalBlobStore, validate_blob_key
+from control_plane.adapters.blobstore import BlobNotFoundError, LocalBlobStore, validate_blob_key
 
 KEY = "0b9f6c1e-6f1a-4a4e-9d1b-2f7c3d1c9a10/7d3f0a52-4a51-4c36-a5a3-8f3ad1f1e0b2"
 

@@ -13,7 +13,7 @@ REPO_ROOT = Path(control_plane.__file__).resolve().parent.parent
 
 def test_control_plane_imports_no_ray_torch_or_inference() -> None:
     program = (
-        "import sys, control_plane.server, control_plane.__main__, control_plane.db;"
+        "import sys, control_plane.entrypoints.server, control_plane.entrypoints.main, control_plane.db;"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'torch', 'inference', 'diffusers'));"
         "print(','.join(bad))"
     )

@@ -7,10 +7,10 @@ from uuid import uuid4
 import pytest
 
 from control_plane import crypto
-from control_plane.blobstore import BlobNotFoundError
+from control_plane.adapters.blobstore import BlobNotFoundError
+from control_plane.adapters.encrypted_blobs import EncryptedBlobStore
+from control_plane.adapters.keystore import DataKey
 from control_plane.crypto import DecryptionError
-from control_plane.encrypted_blobs import EncryptedBlobStore
-from control_plane.keystore import DataKey
 
 
 class InMemoryBlobStore:

@@ -9,13 +9,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from control_plane._page_tokens import (
+from control_plane.content import ContentCursor
+from control_plane.entrypoints.page_tokens import (
     decode_content_token,
     decode_ledger_token,
     encode_content_token,
     encode_ledger_token,
 )
-from control_plane.content import ContentCursor
 from control_plane.errors import InvalidArgument
 
 ACCOUNT = UUID("0b9f6c1e-6f1a-4a4e-9d1b-2f7c3d1c9a10")

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from control_plane._convert import (
+from control_plane.accounts import Tier
+from control_plane.entrypoints.convert import (
     TIER_FROM_PB,
     parameters_from_dict,
     parameters_to_dict,
@@ -18,7 +19,6 @@ from control_plane._convert import (
     parse_page_size,
     parse_uuid,
 )
-from control_plane.accounts import Tier
 from control_plane.errors import InvalidArgument
 from protos.atelier.v1 import common_pb2, control_plane_pb2
 

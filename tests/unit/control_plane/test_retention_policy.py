@@ -6,10 +6,10 @@ from datetime import timedelta
 
 import pytest
 
+from control_plane.entrypoints.page_tokens import decode_removals_cursor, encode_removals_cursor
 from control_plane.errors import InvalidArgument
 from control_plane.policy import PolicyProfile
 from control_plane.retention import RetentionPolicy
-from control_plane.training_service import decode_removals_cursor, encode_removals_cursor
 
 
 def test_the_product_defaults_are_the_seeds_policies() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from control_plane.blobstore import LocalBlobStore
+from control_plane.adapters.blobstore import LocalBlobStore
 from control_plane.sweeper import delete_blobs
 
 

@@ -3,8 +3,8 @@
 One frozen config shared by every component, so they agree on what the variables mean: the
 control plane's server, Serve's gRPC proxy (`inference.grpc_proxy`), the gateway's channel
 to the control plane (`inference.control_plane_client`), and the CLI and launcher. It lives
-in `atelier` (which imports nothing heavy at package level) because neither `control_plane`
-nor `inference` may import the other.
+in `transport`, a package none of the three owns, because neither `control_plane` nor
+`inference` may import the other or the CLI.
 
 - `ATELIER_TLS_CERT_FILE` + `ATELIER_TLS_KEY_FILE`: the server's certificate chain and key.
   Set, every gRPC server listens with TLS only, and local clients use TLS too.

@@ -41,7 +41,7 @@ from grpc_status import rpc_status
 from prometheus_client import CollectorRegistry, Histogram
 
 from control_plane import errors
-from control_plane._bearer import bearer_secret
+from control_plane.entrypoints.bearer import bearer_secret
 from control_plane.rate_limits import RateLimiter
 
 _logger = logging.getLogger(__name__)

@@ -109,6 +109,30 @@ def decode_api_key_token(token: str, tenant_id: UUID) -> KeyCursor | None:
     return KeyCursor(created_at=created_at, key_id=key_id)
 
 
+def encode_removals_cursor(after_id: int) -> str:
+    """The opaque cursor after removal `after_id` (also what `atelier export removals --since` takes)."""
+    return base64.urlsafe_b64encode(f"removals:{after_id}".encode()).decode().rstrip("=")
+
+
+def decode_removals_cursor(token: str) -> int:
+    """The removal id a cursor continues after; 0 for an empty token.
+
+    Raises:
+        InvalidArgument: Not a cursor ListRemovals returned.
+    """
+    if not token:
+        return 0
+    try:
+        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        prefix, _, number = text.partition(":")
+        after_id = int(number)
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise InvalidArgument("page_token", "is not a cursor ListRemovals returned") from None
+    if prefix != "removals" or not 0 <= after_id <= MAX_ENTRY_ID:
+        raise InvalidArgument("page_token", "is not a cursor ListRemovals returned")
+    return after_id
+
+
 def _entry_id(payload: dict[str, object] | None) -> int | None:
     """The positive integer id a ledger or audit token carries; None for an empty token."""
     if payload is None:

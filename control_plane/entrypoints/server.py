@@ -15,16 +15,15 @@ import prometheus_client
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from atelier.tls import TlsConfig
-from control_plane._interceptor import ControlPlaneInterceptor
 from control_plane.bootstrap import ControlPlaneDeps, bootstrap
 from control_plane.config import ControlPlaneConfig
+from control_plane.entrypoints.interceptor import ControlPlaneInterceptor
+from control_plane.entrypoints.servicers import ControlPlaneServicer, TrainingDataServicer
 from control_plane.metrics import DatabaseStateCollector
 from control_plane.rate_limits import key_rate_limiter
-from control_plane.service import ControlPlaneServicer
 from control_plane.sweeper import SweepLagCollector, SweepLoop, SweepMetrics
-from control_plane.training_service import TrainingDataServicer
 from protos.atelier.v1 import control_plane_pb2, control_plane_pb2_grpc, training_pb2, training_pb2_grpc
+from transport.tls import TlsConfig
 
 _logger = logging.getLogger(__name__)
 

@@ -1,26 +1,25 @@
 """The gRPC servicer of `atelier.v1.TrainingData`: opt-outs, eligibility lookups, removal manifests.
 
-Thin like `service.py`: authenticate (`_auth.authorized`), parse, call the domain module,
-convert. Domain errors go to the interceptor.
+Thin like the `ControlPlane` servicers beside it: authenticate (`auth.authorized`), parse, call the
+domain module, convert. Domain errors go to the interceptor.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import grpc
 from typing_extensions import override
 
-from control_plane import _convert as convert
 from control_plane import eligibility, optouts, removals
-from control_plane._auth import authorized
-from control_plane._interceptor import current_request_id
-from control_plane._page_tokens import MAX_ENTRY_ID
 from control_plane.api_keys import Scope
 from control_plane.bootstrap import ControlPlaneDeps
+from control_plane.db.pool import Connection
 from control_plane.eligibility import Ineligibility
-from control_plane.errors import InvalidArgument
+from control_plane.entrypoints import convert
+from control_plane.entrypoints.auth import Caller, authorized
+from control_plane.entrypoints.page_tokens import decode_removals_cursor, encode_removals_cursor
 from protos.atelier.v1 import training_pb2, training_pb2_grpc
 
 REMOVALS_PAGE_DEFAULT, REMOVALS_PAGE_MAX = 1000, 10_000
@@ -39,18 +38,23 @@ class TrainingDataServicer(training_pb2_grpc.TrainingDataServicer):
         self._policies = deps.policies
         self._clock = deps.clock
 
+    @contextmanager
+    def _call(self, context: grpc.ServicerContext, scope: Scope, method: str) -> Iterator[tuple[Connection, Caller]]:
+        with authorized(self._pool, context, scope, method, now=self._clock.now()) as (conn, caller):
+            yield conn, caller
+
     @override
     def OptOut(self, request: training_pb2.OptOutRequest, context: grpc.ServicerContext) -> training_pb2.OptOutResponse:
         """Records an opt-out of an account's content or one item. Scope: privacy."""
-        with authorized(self._pool, context, Scope.PRIVACY, "OptOut", now=self._clock.now()) as (conn, principal):
+        with self._call(context, Scope.PRIVACY, "OptOut") as (conn, caller):
             optout, created = optouts.record_optout(
                 conn,
-                tenant_id=principal.tenant_id,
+                tenant_id=caller.tenant_id,
                 account_id=convert.parse_uuid("account_id", request.account_id),
                 content_id=convert.parse_optional_uuid("content_id", request.content_id),
                 source=request.source,
-                actor=principal.actor(current_request_id()),
-                now=self._clock.now(),
+                actor=caller.actor,
+                now=caller.now,
             )
         return training_pb2.OptOutResponse(opt_out=_optout_pb(optout), created=created)
 
@@ -59,10 +63,10 @@ class TrainingDataServicer(training_pb2_grpc.TrainingDataServicer):
         self, request: training_pb2.ListOptOutsRequest, context: grpc.ServicerContext
     ) -> training_pb2.ListOptOutsResponse:
         """Lists an account's active opt-outs. Scope: privacy."""
-        with authorized(self._pool, context, Scope.PRIVACY, "ListOptOuts", now=self._clock.now()) as (conn, principal):
+        with self._call(context, Scope.PRIVACY, "ListOptOuts") as (conn, caller):
             found = optouts.list_optouts(
                 conn,
-                tenant_id=principal.tenant_id,
+                tenant_id=caller.tenant_id,
                 account_id=convert.parse_uuid("account_id", request.account_id),
             )
         return training_pb2.ListOptOutsResponse(opt_outs=[_optout_pb(o) for o in found])
@@ -72,12 +76,9 @@ class TrainingDataServicer(training_pb2_grpc.TrainingDataServicer):
         self, request: training_pb2.CheckTrainingEligibilityRequest, context: grpc.ServicerContext
     ) -> training_pb2.CheckTrainingEligibilityResponse:
         """Whether content with these bytes may be used for training. Scope: read."""
-        with authorized(self._pool, context, Scope.READ, "CheckTrainingEligibility", now=self._clock.now()) as (
-            conn,
-            principal,
-        ):
+        with self._call(context, Scope.READ, "CheckTrainingEligibility") as (conn, caller):
             answer = eligibility.check_training_eligibility(
-                conn, self._policies, tenant_id=principal.tenant_id, sha256=request.sha256, now=self._clock.now()
+                conn, self._policies, tenant_id=caller.tenant_id, sha256=request.sha256, now=caller.now
             )
         return training_pb2.CheckTrainingEligibilityResponse(
             eligible=answer.eligible,
@@ -96,18 +97,18 @@ class TrainingDataServicer(training_pb2_grpc.TrainingDataServicer):
         self, request: training_pb2.ListRemovalsRequest, context: grpc.ServicerContext
     ) -> training_pb2.ListRemovalsResponse:
         """An export's removal manifest from a cursor on. Scope: read."""
-        with authorized(self._pool, context, Scope.READ, "ListRemovals", now=self._clock.now()) as (conn, principal):
+        with self._call(context, Scope.READ, "ListRemovals") as (conn, caller):
             export_id = convert.parse_uuid("export_id", request.export_id)
             page = removals.list_removals(
                 conn,
                 self._policies,
-                tenant_id=principal.tenant_id,
+                tenant_id=caller.tenant_id,
                 export_id=export_id,
                 after_id=decode_removals_cursor(request.page_token),
                 limit=convert.parse_page_size(
                     request.page_size, default=REMOVALS_PAGE_DEFAULT, maximum=REMOVALS_PAGE_MAX
                 ),
-                now=self._clock.now(),
+                now=caller.now,
             )
         return training_pb2.ListRemovalsResponse(
             removals=[
@@ -120,30 +121,6 @@ class TrainingDataServicer(training_pb2_grpc.TrainingDataServicer):
             ],
             next_page_token=encode_removals_cursor(page.last_removal_id),
         )
-
-
-def encode_removals_cursor(after_id: int) -> str:
-    """The opaque cursor after removal `after_id` (also what `atelier export removals --since` takes)."""
-    return base64.urlsafe_b64encode(f"removals:{after_id}".encode()).decode().rstrip("=")
-
-
-def decode_removals_cursor(token: str) -> int:
-    """The removal id a cursor continues after; 0 for an empty token.
-
-    Raises:
-        InvalidArgument: Not a cursor ListRemovals returned.
-    """
-    if not token:
-        return 0
-    try:
-        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-        prefix, _, number = text.partition(":")
-        after_id = int(number)
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise InvalidArgument("page_token", "is not a cursor ListRemovals returned") from None
-    if prefix != "removals" or not 0 <= after_id <= MAX_ENTRY_ID:
-        raise InvalidArgument("page_token", "is not a cursor ListRemovals returned")
-    return after_id
 
 
 def _optout_pb(optout: optouts.OptOut) -> training_pb2.OptOut:

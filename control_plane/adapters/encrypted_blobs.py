@@ -8,8 +8,8 @@ of showing the wrong image. The wrapped store never sees plaintext or keys.
 from __future__ import annotations
 
 from control_plane import crypto
-from control_plane.blobstore import BlobStore
-from control_plane.keystore import DataKey
+from control_plane.adapters.blobstore import BlobStore
+from control_plane.adapters.keystore import DataKey
 
 
 class EncryptedBlobStore:

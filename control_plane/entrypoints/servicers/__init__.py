@@ -1,0 +1,22 @@
+"""The gRPC servicers: `atelier.v1.ControlPlane`, split by area, and `atelier.v1.TrainingData`."""
+
+from __future__ import annotations
+
+from control_plane.admission import AdmissionRules
+from control_plane.bootstrap import ControlPlaneDeps
+from control_plane.config import ControlPlaneConfig
+from control_plane.entrypoints.servicers.accounts import AccountRpcs
+from control_plane.entrypoints.servicers.content import ContentRpcs
+from control_plane.entrypoints.servicers.credits import CreditRpcs
+from control_plane.entrypoints.servicers.privacy import PrivacyRpcs
+from control_plane.entrypoints.servicers.training import TrainingDataServicer
+
+__all__ = ["ControlPlaneServicer", "TrainingDataServicer"]
+
+
+class ControlPlaneServicer(AccountRpcs, CreditRpcs, ContentRpcs, PrivacyRpcs):
+    """Every RPC of control_plane.proto: each area's class contributes its own."""
+
+    def __init__(self, *, config: ControlPlaneConfig, deps: ControlPlaneDeps) -> None:
+        """Serves with these dependencies; nothing is opened here."""
+        super().__init__(deps=deps, admission=AdmissionRules.from_config(config, deps.clock))

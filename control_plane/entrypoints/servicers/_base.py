@@ -1,0 +1,57 @@
+"""What every area's RPCs of `atelier.v1.ControlPlane` share: the dependencies and one way in.
+
+Each area (accounts and keys, credits, content and gallery, privacy) is a class of its own
+module deriving from `ControlPlaneRpcs`; `ControlPlaneServicer` joins them into the one
+servicer gRPC registers. An RPC authenticates through `_call`, which yields a connection and
+the `Caller`, parses its request, calls one domain function and converts the answer. Domain
+errors propagate to `ControlPlaneInterceptor`, which maps them to status codes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import grpc
+
+from control_plane import moderation
+from control_plane.adapters.encrypted_blobs import EncryptedBlobStore
+from control_plane.admission import AdmissionRules
+from control_plane.api_keys import Scope
+from control_plane.bootstrap import ControlPlaneDeps
+from control_plane.db.pool import Connection
+from control_plane.entrypoints.auth import Caller, authorized
+from control_plane.policy import PolicyProfile
+from protos.atelier.v1 import control_plane_pb2_grpc
+
+
+class ControlPlaneRpcs(control_plane_pb2_grpc.ControlPlaneServicer):
+    """The state every area's RPCs run on; nothing is opened here."""
+
+    def __init__(self, *, deps: ControlPlaneDeps, admission: AdmissionRules) -> None:
+        self._pool = deps.pool
+        self._blobs = EncryptedBlobStore(deps.blobs)
+        self._keys = deps.keys
+        self._policies = deps.policies
+        self._clock = deps.clock
+        self._admission = admission
+        self._checkers = {
+            name: deps.moderation(self._policies.get(name).moderation) for name in ("default", *self._policies.named)
+        }
+
+    @contextmanager
+    def _call(
+        self, context: grpc.ServicerContext, scope: Scope | None, method: str
+    ) -> Iterator[tuple[Connection, Caller]]:
+        """Borrows a connection, authenticates the caller at the server clock's time, checks `scope`."""
+        with authorized(self._pool, context, scope, method, now=self._clock.now()) as (conn, caller):
+            yield conn, caller
+
+    def _profile(self, conn: Connection, caller: Caller) -> PolicyProfile:
+        """The policy profile the caller's tenant follows."""
+        return self._policies.for_tenant(conn, caller.tenant_id)
+
+    def _checker(self, profile: PolicyProfile) -> moderation.ModerationChecker:
+        """The moderation checker of `profile` (the default profile's for an unnamed one)."""
+        checker = self._checkers.get(profile.name)
+        return checker if checker is not None else self._checkers["default"]
