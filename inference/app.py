@@ -9,7 +9,8 @@ from ray.serve import Application
 from ray.serve.config import gRPCOptions
 
 from inference.config import ModelConfig, ServeConfig
-from inference.deployments import DiffusionModel, Gateway
+from inference.deployments.diffusion_model import DiffusionModel
+from inference.deployments.gateway import Gateway
 
 APP_NAME = "atelier"
 # Serve's proxy routes every method of these services to the ingress deployment (Gateway).

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import grpc
 
-from inference.backends.base import GenerationParams, ImageEdit, denoising_steps
 from inference.config import (
     MAX_IMAGES_PER_REQUEST,
     MAX_PROMPT_CHARS,
@@ -28,6 +27,7 @@ from inference.config import (
     ServeConfig,
 )
 from inference.errors import RequestError
+from inference.generation import GenerationParams, ImageEdit, denoising_steps
 from inference.pricing import generation_cost
 from inference.uploads import UploadError, decode_mask, decode_upload, fit_edit_images
 from protos.atelier.v1 import inference_pb2

@@ -13,23 +13,25 @@ from typing import Protocol
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 
 from inference.backends.base import (
+    Backend,
+    BackendOptions,
+    BackendUnavailable,
+    GenerationCancelled,
+    LatentsCallback,
+    StepCallback,
+)
+from inference.backends.eager import EagerBackend
+from inference.generation import (
     GENERATION_MODES,
     IMAGE_TO_IMAGE,
     INPAINT,
     TEXT_TO_IMAGE,
-    Backend,
-    BackendOptions,
-    BackendUnavailable,
     BatchKey,
-    GenerationCancelled,
     GenerationParams,
     ImageEdit,
-    LatentsCallback,
-    StepCallback,
     batch_key,
     denoising_steps,
 )
-from inference.backends.eager import EagerBackend
 
 
 class _BackendFactory(Protocol):

@@ -19,16 +19,8 @@ from diffusers.pipelines.auto_pipeline import AutoPipelineForImage2Image, AutoPi
 # From the defining module: diffusers' lazy top-level namespace shows type checkers placeholder classes.
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 
-from inference.backends.base import (
-    IMAGE_TO_IMAGE,
-    INPAINT,
-    BatchKey,
-    GenerationCancelled,
-    GenerationParams,
-    LatentsCallback,
-    StepCallback,
-    batch_key,
-)
+from inference.backends.base import GenerationCancelled, LatentsCallback, StepCallback
+from inference.generation import IMAGE_TO_IMAGE, INPAINT, BatchKey, GenerationParams, batch_key
 
 
 class EagerBackend:

@@ -1,6 +1,3 @@
-"""Ray Serve deployments: the `Gateway` ingress and the `DiffusionModel` pools."""
-
-from inference.deployments.diffusion_model import DiffusionModel, GenerationResult, StepProgress
-from inference.deployments.gateway import Gateway
-
-__all__ = ["DiffusionModel", "Gateway", "GenerationResult", "StepProgress"]
+"""Ray Serve deployments: the `Gateway` ingress (`gateway`, torch-free, for CPU nodes) and the
+`DiffusionModel` pools (`diffusion_model`). Import the module you need: this package imports
+neither, so loading the Gateway never loads torch."""

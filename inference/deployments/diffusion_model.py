@@ -7,7 +7,6 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -16,38 +15,13 @@ from ray import serve
 from inference.backends import BackendOptions, GenerationParams, create_backend
 from inference.config import ModelConfig, PoolConfig
 from inference.deployments.batching import BatchScheduler, SchedulerStats
+from inference.generation import GenerationResult, StepProgress
 from inference.metrics import ModelMetrics
 from inference.models import ModelSource, load_pipeline
 
 logger = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-@dataclass(frozen=True)
-class StepProgress:
-    """Sent after every denoising step of a streamed generation."""
-
-    step: int
-    total_steps: int
-    elapsed_ms: float
-    preview_png: bytes | None = None
-    """Low-resolution PNG of the first image, on the steps the request asked previews for."""
-
-
-@dataclass(frozen=True)
-class GenerationResult:
-    """The images of one request, PNG-encoded, with where the time went."""
-
-    pngs: list[bytes]
-    scheduler: str
-    backend: str
-    queue_ms: float
-    """Waiting in this replica for the request's batch to start."""
-    denoise_ms: float
-    """From the start of the pipeline call to the end of the last denoising step."""
-    decode_ms: float
-    """VAE decode and PNG encoding after the last step."""
 
 
 class _LoadedModel:

@@ -43,11 +43,10 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.grpc_util import RayServegRPCContext
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
-from inference.backends.base import IMAGE_TO_IMAGE, INPAINT, TEXT_TO_IMAGE
 from inference.config import ModelConfig, ServeConfig
 from inference.control_plane_client import ControlPlaneClient
-from inference.deployments.diffusion_model import GenerationResult, StepProgress
 from inference.errors import RequestError
+from inference.generation import IMAGE_TO_IMAGE, INPAINT, TEXT_TO_IMAGE, GenerationResult, StepProgress
 from inference.metrics import STAGES, GatewayMetrics
 from inference.validation import ValidatedRequest, validate_generate_request
 from protos.atelier.v1 import common_pb2, control_plane_pb2, inference_pb2

@@ -23,8 +23,8 @@ from inference.backends import (
     create_backend,
 )
 from inference.backends._artifacts import cached_artifact, weights_hash
-from inference.backends.base import IMAGE_TO_IMAGE, ImageEdit
 from inference.config import BACKENDS, ConfigError, ModelConfig
+from inference.generation import IMAGE_TO_IMAGE, ImageEdit
 from inference.models import build_tiny_sd
 from tests.unit.inference.conftest import _pixels
 

@@ -19,9 +19,9 @@ import pytest
 import torch
 
 from inference.backends import EagerBackend, GenerationParams
-from inference.backends.base import IMAGE_TO_IMAGE, INPAINT, ImageEdit, batch_key
 from inference.config import BACKENDS, EDITING_BACKENDS
 from inference.deployments.batching import BatchScheduler
+from inference.generation import IMAGE_TO_IMAGE, INPAINT, ImageEdit, batch_key
 from inference.models import build_tiny_sd
 from tests.unit.inference.conftest import _pixels
 

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from inference.backends.base import IMAGE_TO_IMAGE, INPAINT, TEXT_TO_IMAGE
 from inference.config import ConfigError, ModelConfig, ServeConfig
 from inference.errors import RequestError
+from inference.generation import IMAGE_TO_IMAGE, INPAINT, TEXT_TO_IMAGE
 from inference.pricing import generation_cost
 from inference.validation import DEFAULT_STRENGTH, validate_generate_request
 from protos.atelier.v1 import inference_pb2
