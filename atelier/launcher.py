@@ -51,6 +51,7 @@ class LocalCluster:
         Raises:
             StartError: a component did not become healthy; its log is named.
         """
+        self._check_control_plane_config()
         existing = ClusterState.load(self.home)
         if existing is not None and self._is_healthy(existing):
             self._log("atelier is already running")
@@ -100,6 +101,20 @@ class LocalCluster:
             self._log("stopping embedded PostgreSQL")
             EmbeddedPostgres(self.home / "postgres").stop()
         ClusterState.forget(self.home)
+
+    def _check_control_plane_config(self) -> None:
+        """Refuses to start anything while the control plane's own configuration is invalid.
+
+        The control plane would refuse it too, but only after the database and its process
+        started; checked here, the mistake is one line and nothing is left half-started.
+        """
+        from control_plane.bootstrap import load_policies
+        from control_plane.config import ConfigError, ControlPlaneConfig
+
+        try:
+            load_policies(ControlPlaneConfig.from_env())
+        except ConfigError as exc:
+            raise StartError(f"configuration: {exc}") from None
 
     def _is_healthy(self, state: ClusterState) -> bool:
         from atelier._processes import health_status

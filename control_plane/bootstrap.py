@@ -13,7 +13,7 @@ from control_plane import crypto
 from control_plane.adapters.blobstore import BlobStore, LocalBlobStore
 from control_plane.adapters.keystore import KeyStore, PostgresKeyStore
 from control_plane.clock import Clock, SystemClock
-from control_plane.config import ConfigError, ControlPlaneConfig
+from control_plane.config import ENV_VARS, ConfigError, ControlPlaneConfig
 from control_plane.crypto import MasterKeyError
 from control_plane.db.embedded import EmbeddedPostgres
 from control_plane.db.migrations import apply_migrations
@@ -83,7 +83,8 @@ def bootstrap(
         The dependencies; close them (or use them as a context manager) when done.
 
     Raises:
-        ConfigError: The master key or a policy profile is invalid.
+        ConfigError: The master key or a policy profile is invalid, or a tenant follows a
+            profile that is not loaded.
         psycopg_pool.PoolTimeout: The database could not be reached.
         EmbeddedPostgresError: The embedded server (no database_url) did not start.
     """
@@ -92,6 +93,8 @@ def bootstrap(
     pool = open_pool(resolve_database_url(config), config.pool_min_size, config.pool_max_size)
     try:
         applied = apply_migrations(pool) if migrate else []
+        with pool.connection() as conn:
+            policies.check_tenants(conn)
         blobs = LocalBlobStore(config.blob_root)
     except BaseException:
         pool.close()
@@ -134,4 +137,10 @@ def load_policies(config: ControlPlaneConfig) -> PolicyRegistry:
         ConfigError: A profile file is invalid, or `policy_profile` names none.
     """
     base = PolicyProfile(default_visibility=config.default_visibility, minimum_age=config.minimum_age)
-    return PolicyRegistry.load(profile=config.policy_profile, directory=config.policy_root, base=base)
+    try:
+        return PolicyRegistry.load(profile=config.policy_profile, directory=config.policy_root, base=base)
+    except ConfigError as error:
+        if error.setting != "policy_profile":
+            raise
+        # Name the variable the operator set.
+        raise ConfigError(ENV_VARS["policy_profile"], error.detail) from None

@@ -220,10 +220,41 @@ class PolicyRegistry:
     named: Mapping[str, PolicyProfile] = field(default_factory=dict)
 
     def get(self, name: str) -> PolicyProfile:
-        """The profile called `name`; "default" (or an unknown name, logged by the caller) is the default."""
+        """The profile called `name` ("default": the cluster's default).
+
+        Raises:
+            ConfigError: No profile of that name is loaded. Never a silent fall-back to the
+                defaults: a tenant on a retention or consent rule it did not choose is a privacy
+                failure, so `bootstrap` refuses to start while a tenant names an unknown profile.
+        """
         if name == DEFAULT_PROFILE_NAME:
             return self.default
-        return self.named.get(name, self.default)
+        profile = self.named.get(name)
+        if profile is None:
+            raise ConfigError("policy_profile", f"{name!r} is not a loaded profile; known: {self.known_names()}")
+        return profile
+
+    def known_names(self) -> str:
+        """The names `get` accepts, comma-separated, for error messages."""
+        return ", ".join([DEFAULT_PROFILE_NAME, *sorted(self.named)])
+
+    def check_tenants(self, conn: Connection) -> None:
+        """Checks that every tenant follows a loaded profile.
+
+        Raises:
+            ConfigError: A tenant names a profile that is not loaded (its file was removed, or
+                `ATELIER_POLICY_DIR` points elsewhere); the message names the tenants and profiles.
+        """
+        rows = conn.execute(
+            "SELECT policy_profile, string_agg(name, ', ' ORDER BY name) FROM tenants GROUP BY policy_profile"
+        ).fetchall()
+        unknown = [f"{profile!r} (tenants {names})" for profile, names in rows if not self.has(profile)]
+        if unknown:
+            raise ConfigError(
+                "policy_profile",
+                f"{'; '.join(unknown)} not loaded from the policy directory; known: {self.known_names()}. "
+                "Restore the profile file or move the tenants to a known profile.",
+            )
 
     def has(self, name: str) -> bool:
         """Whether `name` is "default" or a loaded profile."""
@@ -262,7 +293,7 @@ class PolicyRegistry:
                 named.setdefault(default.name, default)
             else:
                 choices = ", ".join(sorted(named)) or "none found"
-                raise ConfigError("policy_profile", f"is {profile!r}: not a profile name ({choices}) nor a file")
+                raise ConfigError("policy_profile", f"is {profile!r}: neither a known profile ({choices}) nor a file")
         return cls(default=default, named=named)
 
 

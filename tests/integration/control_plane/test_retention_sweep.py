@@ -9,9 +9,11 @@ import threading
 from datetime import timedelta
 from uuid import UUID
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from control_plane.clock import ManualClock
+from control_plane.config import ConfigError
 from control_plane.db.pool import Pool
 from control_plane.policy import PolicyRegistry
 from control_plane.sweeper import SweepLagCollector, SweepMetrics, SweepReason, run_sweep
@@ -193,14 +195,20 @@ class TestConcurrencyAndMetrics:
         assert registry.get_sample_value("atelier_sweep_lag_seconds") == 0
 
 
-def test_sweep_of_an_unknown_profile_tenant_uses_the_default(  # type: ignore[no-untyped-def]
+def test_a_tenant_on_an_unknown_profile_stops_sweeps_and_start_up_instead_of_getting_the_defaults(  # type: ignore[no-untyped-def]
     pool, blobs, policies: PolicyRegistry, clock, stub, operator, make_account
 ) -> None:
+    # A profile file removed while tenants still name it: the defaults' 30-day rule must not
+    # quietly apply to them (nor any other rule they did not choose).
     account = make_account(credits=5)
-    store(stub, operator, account, 1)
+    stored = set(iter_ids(store(stub, operator, account, 1)))
     with pool.connection() as conn:
         conn.execute("UPDATE tenants SET policy_profile = 'retired-profile'")
-    assert sweep(pool, blobs, policies, clock.now() + 30 * DAY).total == 1
+    with pytest.raises(ConfigError, match="'retired-profile' is not a loaded profile"):
+        sweep(pool, blobs, policies, clock.now() + 30 * DAY)
+    assert live_ids(pool) == stored
+    with pool.connection() as conn, pytest.raises(ConfigError, match=r"'retired-profile' \(tenants "):
+        policies.check_tenants(conn)
 
 
 class TestCrashResume:

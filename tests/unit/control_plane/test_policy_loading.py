@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from control_plane.bootstrap import load_policies
 from control_plane.config import ConfigError, ControlPlaneConfig
 from control_plane.moderation import PolicyModerationChecker, Stage, Verdict
 from control_plane.policy import PolicyProfile, PolicyRegistry, TrainingConsentMode
@@ -55,6 +59,34 @@ def test_the_cluster_profile_is_picked_by_name_or_path(tmp_path: Path) -> None:
     assert PolicyRegistry.load(profile=str(path), directory=None, base=PolicyProfile()).default.minimum_age == 16
     with pytest.raises(ConfigError, match="policy_profile"):
         PolicyRegistry.load(profile="nope", directory=SHIPPED, base=PolicyProfile())
+
+
+def test_an_unknown_profile_name_is_an_error_naming_it_and_the_known_ones() -> None:
+    registry = PolicyRegistry.load(profile=None, directory=SHIPPED, base=PolicyProfile())
+    assert registry.get("default") is registry.default
+    with pytest.raises(
+        ConfigError, match=r"'retired-profile' is not a loaded profile; known: default, credits-moderated"
+    ):
+        registry.get("retired-profile")
+
+
+def test_an_unknown_cluster_profile_names_the_environment_variable(tmp_path: Path) -> None:
+    config = ControlPlaneConfig.from_env({"ATELIER_POLICY_PROFILE": "no-such-profile", "ATELIER_HOME": str(tmp_path)})
+    with pytest.raises(
+        ConfigError, match=r"^ATELIER_POLICY_PROFILE is 'no-such-profile': neither a known profile \(credits-moderated"
+    ):
+        load_policies(config)
+
+
+def test_atelier_up_with_an_unknown_profile_exits_at_once_with_one_line(tmp_path: Path) -> None:
+    environment = {**os.environ, "ATELIER_HOME": str(tmp_path / "home"), "ATELIER_POLICY_PROFILE": "no-such-profile"}
+    result = subprocess.run(
+        [sys.executable, "-m", "atelier.cli", "up"], env=environment, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode != 0
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1 and "ATELIER_POLICY_PROFILE is 'no-such-profile'" in result.stderr
+    assert not (tmp_path / "home").exists(), "nothing may be started or written"
 
 
 @pytest.mark.parametrize(
