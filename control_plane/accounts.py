@@ -20,6 +20,14 @@ _COLUMNS = "account_id, tenant_id, tier, status, default_visibility, created_at,
 
 MAX_AGE = 150
 
+ADULT_AGE = 18
+"""Account holders younger than this are minors: their content is never used for training."""
+
+
+def is_minor(age: int) -> bool:
+    """Whether an account holder of `age` (whole years) is a minor."""
+    return age < ADULT_AGE
+
 
 class Tier(StrEnum):
     """Billing tier; premium accounts are exempt from the inactivity purge."""

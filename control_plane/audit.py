@@ -64,6 +64,36 @@ def record_audit(
     record_audits(conn, actor, now, [AuditEntry(action, target_type, str(target_id), details or {})])
 
 
+_COLUMNS = "at, actor_key_id, tenant_id, request_id, action, target_type, target_id, details"
+
+
+def audit_rows_sql(*, action: str, target_type: str, target_id: str, details: str, source: str) -> str:
+    """SQL inserting one audit row per row of `source`, for a write done in one statement.
+
+    Meant as a CTE of a data-modifying statement (`audit AS (...)`), so the audit row commits
+    with the change or not at all, in the same round trip. The statement's parameters must
+    include `now` and those of `actor_parameters`.
+
+    Args:
+        action: The action, a constant such as `credits.reserve` (never caller input).
+        target_type: Kind of thing changed, a constant.
+        target_id: SQL expression over `source` giving the target's id as text.
+        details: SQL expression over `source` giving the details as jsonb.
+        source: The CTE holding the changed rows.
+    """
+    return f"""
+        INSERT INTO audit_log ({_COLUMNS})
+        SELECT %(now)s, %(actor_key_id)s, %(actor_tenant_id)s, %(actor_request_id)s,
+               '{action}', '{target_type}', {target_id}, {details}
+        FROM {source}
+    """
+
+
+def actor_parameters(actor: Actor) -> dict[str, object]:
+    """The query parameters naming `actor` in `audit_rows_sql`."""
+    return {"actor_key_id": actor.key_id, "actor_tenant_id": actor.tenant_id, "actor_request_id": actor.request_id}
+
+
 def record_audits(conn: Connection, actor: Actor, now: datetime, entries: Iterable[AuditEntry]) -> None:
     """Writes several audit rows in one round trip (e.g. one per stored item)."""
     rows = [
@@ -83,11 +113,7 @@ def record_audits(conn: Connection, actor: Actor, now: datetime, entries: Iterab
         return
     with conn.cursor() as cur:
         cur.executemany(
-            """
-            INSERT INTO audit_log
-                (at, actor_key_id, tenant_id, request_id, action, target_type, target_id, details)
-            VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
-            """,
+            f"INSERT INTO audit_log ({_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
             rows,
         )
 

@@ -47,8 +47,6 @@ _COLUMNS = (
     "content_id, account_id, kind, media_type, sha256, size_bytes, visibility, prompt, parameters, model, "
     "created_at, expires_at, blob_key, flagged, encryption_key_id, prompt_sealed"
 )
-ADULT_AGE = 18
-"""Content of younger account holders is never eligible for training."""
 
 
 class ContentKind(StrEnum):
@@ -194,7 +192,7 @@ def store_content(
     accounts.require_active(account)
     consent.require_may_process(conn, account_id)
     age = accounts.current_age(conn, account_id, now.date())
-    minor = age is not None and age < ADULT_AGE
+    minor = age is not None and accounts.is_minor(age)
     data_key = keys.live_data_key(conn, account_id, actor=actor, now=now)
     verdicts = [
         checker.check(moderation.Stage.OUTPUT, item.prompt, item.data) if checker is not None else None

@@ -27,7 +27,7 @@ from enum import StrEnum
 from typing import Any, NoReturn
 from uuid import UUID
 
-from control_plane.audit import SYSTEM, Actor, AuditEntry, record_audit, record_audits
+from control_plane.audit import SYSTEM, Actor, AuditEntry, actor_parameters, audit_rows_sql, record_audit, record_audits
 from control_plane.consent import PROCESSING_ALLOWED_SQL, require_may_process
 from control_plane.db.pool import Connection, expect_row
 from control_plane.errors import (
@@ -310,24 +310,15 @@ def reserve_credits(
             {_HOLD_BALANCE_SQL}
         ), reservation AS (
             INSERT INTO reservations (account_id, amount, purpose, actor_key_id, created_at, expires_at)
-            SELECT account_id, %(amount)s, %(purpose)s, %(key_id)s, %(now)s, %(expires_at)s FROM balance
+            SELECT account_id, %(amount)s, %(purpose)s, %(actor_key_id)s, %(now)s, %(expires_at)s FROM balance
             RETURNING {_RESERVATION_COLUMNS}
-        ), audit AS (
-            INSERT INTO audit_log (at, actor_key_id, tenant_id, request_id, action, target_type, target_id, details)
-            SELECT %(now)s, %(key_id)s, %(actor_tenant_id)s, %(request_id)s, 'credits.reserve', 'reservation',
-                   reservation_id::text,
-                   jsonb_build_object('account_id', account_id::text, 'amount', amount,
-                                      'expires_at', %(expires_at_iso)s::text)
-            FROM reservation
-        )
+        ), audit AS ({_RESERVE_AUDIT_SQL})
         SELECT r.*, b.total, b.held FROM reservation r CROSS JOIN balance b
         """,
         {
             **_hold_parameters(tenant_id, account_id, amount, concurrency),
+            **actor_parameters(actor),
             "purpose": purpose,
-            "key_id": actor.key_id,
-            "actor_tenant_id": actor.tenant_id,
-            "request_id": actor.request_id,
             "now": now,
             "expires_at": now + ttl,
             "expires_at_iso": (now + ttl).isoformat(),
@@ -405,6 +396,25 @@ def reserve_credits_idempotently(
         )
     return Reserved(reservation, balance, None)
 
+
+# The audit rows of the one-statement reserve and commit: the same rows `record_audit` writes on
+# the transactional paths.
+_RESERVE_AUDIT_SQL = audit_rows_sql(
+    action="credits.reserve",
+    target_type="reservation",
+    target_id="reservation_id::text",
+    details=(
+        "jsonb_build_object('account_id', account_id::text, 'amount', amount, 'expires_at', %(expires_at_iso)s::text)"
+    ),
+    source="reservation",
+)
+_COMMIT_AUDIT_SQL = audit_rows_sql(
+    action="credits.commit",
+    target_type="reservation",
+    target_id="reservation_id::text",
+    details="jsonb_build_object('account_id', account_id::text, 'amount', amount)",
+    source="reservation",
+)
 
 # Takes the hold on the balance row; its row lock orders every hold of the account. Shared by
 # the one-statement fast path and the transactional path.
@@ -554,12 +564,7 @@ def commit_reservation(
         ), ledger AS (
             INSERT INTO credit_ledger (account_id, delta, kind, reservation_id, reason, created_at)
             SELECT account_id, -amount, 'charge', reservation_id, purpose, %(now)s FROM reservation
-        ), audit AS (
-            INSERT INTO audit_log (at, actor_key_id, tenant_id, request_id, action, target_type, target_id, details)
-            SELECT %(now)s, %(key_id)s, %(actor_tenant_id)s, %(request_id)s, 'credits.commit', 'reservation',
-                   reservation_id::text, jsonb_build_object('account_id', account_id::text, 'amount', amount)
-            FROM reservation
-        )
+        ), audit AS ({_COMMIT_AUDIT_SQL})
         SELECT r.*, b.total, b.held FROM reservation r CROSS JOIN balance b
         """,
         {
@@ -567,9 +572,7 @@ def commit_reservation(
             "tenant_id": tenant_id,
             "account_id": account_id,
             "now": now,
-            "key_id": actor.key_id,
-            "actor_tenant_id": actor.tenant_id,
-            "request_id": actor.request_id,
+            **actor_parameters(actor),
         },
     ).fetchone()
     if row is None:

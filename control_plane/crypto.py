@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import hashlib
-import os
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +24,8 @@ from uuid import UUID
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from control_plane.adapters.atomic_files import write_atomically
 
 KEY_BYTES = 32
 _NONCE_BYTES = 12
@@ -99,18 +99,7 @@ def read_master_key_file(path: Path) -> MasterKey:
 def write_master_key_file(path: Path, key: MasterKey) -> None:
     """Writes `key` to `path` atomically with mode 0600 (readable by the owner only)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(descriptor, "w") as file:
-            file.write(key.to_base64() + "\n")
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
+    write_atomically(path, (key.to_base64() + "\n").encode())
 
 
 def ensure_master_key_file(path: Path) -> MasterKey:

@@ -17,6 +17,7 @@ from enum import StrEnum
 from typing import Any
 from uuid import UUID
 
+from control_plane.accounts import ADULT_AGE
 from control_plane.db.pool import Connection
 from control_plane.errors import InvalidArgument
 from control_plane.policy import PolicyRegistry
@@ -46,7 +47,7 @@ EXPLANATIONS: dict[Ineligibility, str] = {
     Ineligibility.DELETED: "the owner deleted the item",
     Ineligibility.PAST_RETENTION: "the item is past its retention deadline",
     Ineligibility.FLAGGED: "moderation flagged the item",
-    Ineligibility.MINOR: "the owner was under 18 when it was stored",
+    Ineligibility.MINOR: f"the owner was under {ADULT_AGE} when it was stored",
     Ineligibility.UPLOAD: "uploads for editing are never used for training",
     Ineligibility.OPTED_OUT: "the account or the item opted out of training use",
     Ineligibility.CONSENT_WITHDRAWN: "the owner withdrew training consent",

@@ -203,10 +203,6 @@ class PolicyProfile:
         values.setdefault("name", path.stem)
         return cls.from_mapping(values, where=str(path))
 
-    def is_minor(self, age: int) -> bool:
-        """Whether `age` is under 18 (content never eligible for training)."""
-        return age < 18
-
     def needs_guardian(self, age: int) -> bool:
         """Whether an account of `age` needs a guardian's consent under this profile."""
         return self.guardian_age is not None and age < self.guardian_age

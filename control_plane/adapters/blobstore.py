@@ -13,10 +13,10 @@ import errno
 import hashlib
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Protocol
 
+from control_plane.adapters.atomic_files import write_atomically
 from control_plane.errors import StorageFull
 
 _KEY_FORMAT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*$")
@@ -106,18 +106,7 @@ class LocalBlobStore:
         path = self.path_for(key)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-            try:
-                with os.fdopen(descriptor, "wb") as file:
-                    file.write(data)
-                    file.flush()
-                    os.fsync(file.fileno())
-                os.replace(temporary, path)
-            except BaseException:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(temporary)
-                raise
-            _fsync_directory(path.parent)
+            write_atomically(path, data)
         except OSError as error:
             if error.errno not in _FULL_ERRNOS:
                 raise
@@ -141,11 +130,3 @@ class LocalBlobStore:
     def exists(self, key: str) -> bool:
         """See `BlobStore.exists`."""
         return os.path.isfile(self._file_for(key))
-
-
-def _fsync_directory(directory: Path) -> None:
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)

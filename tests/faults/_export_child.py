@@ -13,7 +13,6 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from control_plane.adapters.blobstore import LocalBlobStore
 from control_plane.adapters.encrypted_blobs import EncryptedBlobStore
 from control_plane.adapters.keystore import PostgresKeyStore
 from control_plane.audit import SYSTEM
@@ -22,25 +21,10 @@ from control_plane.config import ControlPlaneConfig
 from control_plane.crypto import read_master_key_file
 from control_plane.db.pool import open_pool
 from control_plane.training_exports import create_training_export
+from tests._pausing_blob_store import PausingBlobStore
 
 APPLICATION_NAME = "atelier-faults-export-child"
 """The child's `application_name`, so the test can tell when its session has ended."""
-
-
-class PausingBlobStore(LocalBlobStore):
-    """A local blob store that freezes before its `pause_at`-th read."""
-
-    def __init__(self, root: Path, pause_at: int) -> None:
-        super().__init__(root)
-        self._pause_at = pause_at
-        self._reads = 0
-
-    def get(self, key: str) -> bytes:
-        self._reads += 1
-        if self._reads == self._pause_at:
-            print("paused", flush=True)
-            sys.stdin.readline()
-        return super().get(key)
 
 
 def main() -> None:
@@ -50,7 +34,7 @@ def main() -> None:
     with open_pool(url, min_size=1, max_size=2, name=APPLICATION_NAME) as pool:
         create_training_export(
             pool,
-            EncryptedBlobStore(PausingBlobStore(Path(blob_dir), int(pause_at))),
+            EncryptedBlobStore(PausingBlobStore(Path(blob_dir), pause_on="get", pause_at=int(pause_at))),
             keys,
             load_policies(config),
             output_dir=Path(output_dir),

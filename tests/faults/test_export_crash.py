@@ -28,33 +28,18 @@ import grpc
 import pyarrow.parquet as pq
 import pytest
 
-from control_plane.adapters.encrypted_blobs import EncryptedBlobStore
-from control_plane.audit import SYSTEM
-from control_plane.training_exports import MANIFEST_NAME, STAGING_PREFIX, TrainingExport, create_training_export
+from control_plane.training_exports import MANIFEST_NAME, STAGING_PREFIX, TrainingExport
 from protos.atelier.v1 import common_pb2
 from protos.atelier.v1 import training_pb2 as tpb
 from protos.atelier.v1.training_pb2_grpc import TrainingDataStub
 from tests.faults._export_child import APPLICATION_NAME
 from tests.integration.control_plane._privacy import use_profile
 from tests.integration.control_plane._support import REPO_ROOT, png_bytes
-from tests.integration.control_plane._training import store
+from tests.integration.control_plane._training import export_training, store
 
 OPT_OUT_PROFILE = "opt-out-guardian-consent"
 """Public content is eligible unless its owner opts out: no consent calls needed."""
 ITEMS_PER_ACCOUNT = 6
-
-
-def _export(pool, blobs, keys, policies, clock, output_dir: Path) -> TrainingExport:  # type: ignore[no-untyped-def]
-    return create_training_export(
-        pool,
-        EncryptedBlobStore(blobs),
-        keys,
-        policies,
-        output_dir=output_dir,
-        actor=SYSTEM,
-        now=clock.now(),
-        rows_per_file=3,
-    )
 
 
 def _eligible_content(pool, policies, stub, operator, clock, make_account) -> tuple[list[str], set[str]]:  # type: ignore[no-untyped-def]
@@ -148,7 +133,7 @@ def test_an_export_killed_mid_way_leaves_nothing_visible_and_the_rerun_is_comple
         assert conn.execute("SELECT count(*) FROM training_exports").fetchone() == (0,)
         assert conn.execute("SELECT count(*) FROM export_items").fetchone() == (0,)
 
-    export = _export(pool, blobs, keys, policies, clock, output)
+    export = export_training(pool, blobs, keys, policies, now=clock.now(), output_dir=output, rows_per_file=3)
 
     assert [p.name for p in output.iterdir()] == [str(export.export_id)], "the staging directory was left"
     _assert_complete(export, hashes)
@@ -173,11 +158,11 @@ def test_an_export_committed_but_not_yet_renamed_is_put_in_place_by_the_next(  #
 ) -> None:
     _, hashes = _eligible_content(pool, policies, stub, operator, clock, make_account)
     output = tmp_path / "exports"
-    first = _export(pool, blobs, keys, policies, clock, output)
+    first = export_training(pool, blobs, keys, policies, now=clock.now(), output_dir=output, rows_per_file=3)
     # The state a kill between the commit and the rename leaves.
     first.directory.rename(output / f"{STAGING_PREFIX}{first.export_id}")
 
-    second = _export(pool, blobs, keys, policies, clock, output)
+    second = export_training(pool, blobs, keys, policies, now=clock.now(), output_dir=output, rows_per_file=3)
 
     assert sorted(p.name for p in output.iterdir()) == sorted([str(first.export_id), str(second.export_id)])
     _assert_complete(first, hashes)

@@ -22,15 +22,12 @@ import pyarrow.parquet as pq
 from google.protobuf.message import Message
 
 from control_plane.adapters.blobstore import LocalBlobStore
-from control_plane.adapters.encrypted_blobs import EncryptedBlobStore
 from control_plane.adapters.keystore import PostgresKeyStore
 from control_plane.api_keys import ensure_operator_key
-from control_plane.audit import SYSTEM
 from control_plane.clock import ManualClock
 from control_plane.db.pool import Pool
 from control_plane.entrypoints.page_tokens import encode_removals_cursor
 from control_plane.policy import PolicyRegistry
-from control_plane.training_exports import create_training_export
 from protos.atelier.v1 import common_pb2
 from protos.atelier.v1 import control_plane_pb2 as pb
 from protos.atelier.v1 import training_pb2 as tpb
@@ -38,6 +35,7 @@ from protos.atelier.v1.control_plane_pb2_grpc import ControlPlaneStub
 from protos.atelier.v1.training_pb2_grpc import TrainingDataStub
 from tests.fuzz._strategies import Derived
 from tests.integration.control_plane._support import Caller, png_bytes
+from tests.integration.control_plane._training import export_training
 
 TENANTS = ("a", "b")
 BLOCKED_PROMPT = "a gore scene"
@@ -231,16 +229,7 @@ def build_world(
         name: _build_tenant(pool, stub, training, clock, name, seed_base=100 * (i + 1))
         for i, name in enumerate(TENANTS)
     }
-    export = create_training_export(
-        pool,
-        EncryptedBlobStore(blobs),
-        keys,
-        policies,
-        output_dir=export_dir,
-        actor=SYSTEM,
-        now=clock.now(),
-        include_images=False,
-    )
+    export = export_training(pool, blobs, keys, policies, now=clock.now(), output_dir=export_dir, include_images=False)
     # One removal per tenant, so removal manifests have something to (not) leak.
     for tenant in tenants.values():
         stub.SetVisibility(

@@ -12,27 +12,11 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from control_plane.adapters.blobstore import LocalBlobStore
 from control_plane.bootstrap import load_policies
 from control_plane.config import ControlPlaneConfig
 from control_plane.db.pool import open_pool
 from control_plane.sweeper import SweepReason, run_sweep
-
-
-class PausingBlobStore(LocalBlobStore):
-    """A local blob store that freezes before its `pause_at`-th delete."""
-
-    def __init__(self, root: Path, pause_at: int) -> None:
-        super().__init__(root)
-        self._pause_at = pause_at
-        self._deletes = 0
-
-    def delete(self, key: str) -> None:
-        self._deletes += 1
-        if self._deletes == self._pause_at:
-            print("paused", flush=True)
-            sys.stdin.readline()
-        super().delete(key)
+from tests._pausing_blob_store import PausingBlobStore
 
 
 def main() -> None:
@@ -45,7 +29,7 @@ def main() -> None:
 
         run_sweep(
             pool,
-            PausingBlobStore(Path(blob_dir), int(pause_at)),
+            PausingBlobStore(Path(blob_dir), pause_on="delete", pause_at=int(pause_at)),
             load_policies(config),
             now=datetime.fromisoformat(as_of),
             batch_size=int(batch_size),

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 from uuid import UUID
 
 import grpc
 from prometheus_client import CollectorRegistry
 
-from control_plane.adapters.blobstore import LocalBlobStore
+from control_plane.adapters.blobstore import BlobStore, LocalBlobStore
+from control_plane.adapters.encrypted_blobs import EncryptedBlobStore
+from control_plane.adapters.keystore import KeyStore
+from control_plane.audit import SYSTEM
 from control_plane.db.pool import Pool
 from control_plane.policy import PolicyRegistry
 from control_plane.sweeper import SweepMetrics, SweepReport, run_sweep
+from control_plane.training_exports import TrainingExport, create_training_export
 from protos.atelier.v1 import control_plane_pb2 as pb
 from protos.atelier.v1.control_plane_pb2_grpc import ControlPlaneStub
 from protos.atelier.v1.training_pb2_grpc import TrainingDataStub
@@ -25,6 +30,32 @@ def sweep(
 ) -> SweepReport:
     """One sweep pass at `now`, counting into a fresh registry."""
     return run_sweep(pool, blobs, policies, now=now, batch_size=batch_size, metrics=SweepMetrics(CollectorRegistry()))
+
+
+def export_training(
+    pool: Pool,
+    blobs: BlobStore,
+    keys: KeyStore,
+    policies: PolicyRegistry,
+    *,
+    now: datetime,
+    output_dir: Path,
+    include_images: bool = True,
+    rows_per_file: int | None = None,
+) -> TrainingExport:
+    """One training export at `now` into `output_dir`, as the system (the nightly job) makes it."""
+    options = {} if rows_per_file is None else {"rows_per_file": rows_per_file}
+    return create_training_export(
+        pool,
+        EncryptedBlobStore(blobs),
+        keys,
+        policies,
+        output_dir=output_dir,
+        actor=SYSTEM,
+        now=now,
+        include_images=include_images,
+        **options,
+    )
 
 
 def store(

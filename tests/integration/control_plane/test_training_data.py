@@ -13,16 +13,14 @@ import psycopg
 import pyarrow.parquet as pq
 import pytest
 
-from control_plane.adapters.encrypted_blobs import EncryptedBlobStore
-from control_plane.audit import SYSTEM
 from control_plane.db.pool import open_pool
-from control_plane.training_exports import MANIFEST_NAME, PSEUDONYM_SQL, TrainingExport, create_training_export
+from control_plane.training_exports import MANIFEST_NAME, PSEUDONYM_SQL
 from protos.atelier.v1 import common_pb2
 from protos.atelier.v1 import control_plane_pb2 as pb
 from protos.atelier.v1 import training_pb2 as tpb
 from tests.integration.control_plane._privacy import use_profile
 from tests.integration.control_plane._support import png_bytes
-from tests.integration.control_plane._training import store, sweep, training_stub
+from tests.integration.control_plane._training import export_training, store, sweep, training_stub
 
 PUBLIC = common_pb2.VISIBILITY_PUBLIC
 OPT_OUT_PROFILE = "opt-out-guardian-consent"
@@ -49,19 +47,6 @@ def _consent(stub, operator, account_id: str, granted: bool) -> None:  # type: i
             source="web",
         ),
         metadata=operator.metadata,
-    )
-
-
-def _export(pool, blobs, keys, policies, clock, directory: Path, images: bool = True) -> TrainingExport:  # type: ignore[no-untyped-def]
-    return create_training_export(
-        pool,
-        EncryptedBlobStore(blobs),
-        keys,
-        policies,
-        output_dir=directory,
-        actor=SYSTEM,
-        now=clock.now(),
-        include_images=images,
     )
 
 
@@ -161,7 +146,7 @@ class TestTrainingExport:
         store(stub, operator, consenting, 1, seed=20)  # private
         store(stub, operator, silent, 2, seed=30, visibility=PUBLIC)  # no consent under opt_in
 
-        export = _export(pool, blobs, keys, policies, clock, tmp_path)
+        export = export_training(pool, blobs, keys, policies, now=clock.now(), output_dir=tmp_path)
 
         table = pq.read_table(export.directory / export.files[0].name)
         assert export.item_count == table.num_rows == 3
@@ -196,17 +181,9 @@ class TestTrainingExport:
         account = make_account(credits=20)
         _consent(stub, operator, account, True)
         store(stub, operator, account, 5, seed=40, visibility=PUBLIC)
-        first = _export(pool, blobs, keys, policies, clock, tmp_path, images=False)
-        second = create_training_export(
-            pool,
-            EncryptedBlobStore(blobs),
-            keys,
-            policies,
-            output_dir=tmp_path,
-            actor=SYSTEM,
-            now=clock.now(),
-            include_images=False,
-            rows_per_file=2,
+        first = export_training(pool, blobs, keys, policies, now=clock.now(), output_dir=tmp_path, include_images=False)
+        second = export_training(
+            pool, blobs, keys, policies, now=clock.now(), output_dir=tmp_path, include_images=False, rows_per_file=2
         )
         assert [f.rows for f in second.files] == [2, 2, 1]
         ids_first = set(pq.read_table(first.directory).column("item_id").to_pylist())
@@ -217,7 +194,7 @@ class TestTrainingExport:
     def test_an_export_with_nothing_eligible_has_a_manifest_and_no_files(  # type: ignore[no-untyped-def]
         self, pool, blobs, keys, policies, clock, tmp_path: Path
     ) -> None:
-        export = _export(pool, blobs, keys, policies, clock, tmp_path)
+        export = export_training(pool, blobs, keys, policies, now=clock.now(), output_dir=tmp_path)
         manifest = json.loads((export.directory / MANIFEST_NAME).read_text())
         assert (export.item_count, export.files, manifest["counts"]) == (0, [], {"items": 0, "files": 0})
 
@@ -229,7 +206,7 @@ class TestTrainingExport:
         store(stub, operator, account, 4, seed=60, visibility=PUBLIC)
         store(stub, operator, account, 1, seed=70)  # private: not exported
         with open_pool(database_url, min_size=1, max_size=1) as single:
-            export = _export(single, blobs, keys, policies, clock, tmp_path)
+            export = export_training(single, blobs, keys, policies, now=clock.now(), output_dir=tmp_path)
             with single.connection() as conn:
                 recorded = conn.execute(
                     f"SELECT {PSEUDONYM_SQL.format(salt='t.salt', id='e.content_id')} FROM export_items e "
@@ -247,7 +224,9 @@ class TestTrainingExport:
         account = make_account(credits=20)
         _consent(stub, operator, account, True)
         store(stub, operator, account, 2, seed=80, visibility=PUBLIC)
-        export = _export(pool, blobs, keys, policies, clock, tmp_path, images=False)
+        export = export_training(
+            pool, blobs, keys, policies, now=clock.now(), output_dir=tmp_path, include_images=False
+        )
         with pool.connection() as conn:
             with pytest.raises(psycopg.errors.ForeignKeyViolation, match="does not exist"):
                 conn.execute(
@@ -268,7 +247,9 @@ class TestRemovalManifests:
         for index, account in enumerate(accounts):
             _consent(stub, operator, account, True)
             store(stub, operator, account, 1, seed=50 + index, visibility=PUBLIC)
-        export = _export(pool, blobs, keys, policies, clock, tmp_path, images=False)
+        export = export_training(
+            pool, blobs, keys, policies, now=clock.now(), output_dir=tmp_path, include_images=False
+        )
         item_ids = {row["sha256"]: row["item_id"] for row in pq.read_table(export.directory).to_pylist()}
         training = training_stub(channel)
         request = tpb.ListRemovalsRequest(export_id=str(export.export_id))

@@ -26,16 +26,13 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 
-from control_plane.adapters.encrypted_blobs import EncryptedBlobStore
 from control_plane.api_keys import ensure_operator_key
-from control_plane.audit import SYSTEM
-from control_plane.training_exports import create_training_export
 from protos.atelier.v1 import common_pb2
 from protos.atelier.v1 import control_plane_pb2 as pb
 from protos.atelier.v1 import training_pb2 as tpb
 from tests.integration.control_plane._privacy import generate, new_item
 from tests.integration.control_plane._support import CLOCK_START, Caller, png_bytes
-from tests.integration.control_plane._training import sweep, training_stub
+from tests.integration.control_plane._training import export_training, sweep, training_stub
 
 RETENTION = timedelta(days=30)
 """The default profile: free tier generated images kept 30 days; opt_in; only public content."""
@@ -226,16 +223,7 @@ def test_training_data_invariants_hold_after_every_step(  # type: ignore[no-unty
 
         @rule()
         def export(self) -> None:
-            made = create_training_export(
-                pool,
-                EncryptedBlobStore(blobs),
-                keys,
-                policies,
-                output_dir=export_root,
-                actor=SYSTEM,
-                now=clock.now(),
-                include_images=True,
-            )
+            made = export_training(pool, blobs, keys, policies, now=clock.now(), output_dir=export_root)
             rows = pq.read_table(made.directory).to_pylist() if made.files else []
             exported = {row["sha256"]: row["item_id"] for row in rows}
             assert set(exported) == {i.sha256 for i in self.all_items if self.eligible(i)}
