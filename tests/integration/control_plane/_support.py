@@ -7,13 +7,18 @@ import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from uuid import UUID
 
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 import control_plane
+from control_plane import accounts, registration
 from control_plane.api_keys import Principal
+from control_plane.audit import SYSTEM
+from control_plane.db.pool import Connection
+from control_plane.tenants import ensure_tenant
 
 REPO_ROOT = Path(control_plane.__file__).resolve().parent.parent
 """The checkout, as the working directory of `python -m control_plane` subprocesses."""
@@ -63,3 +68,20 @@ def error_reason(error: grpc.RpcError) -> str | None:
             detail.Unpack(info)
             return info.reason
     return None
+
+
+def adult_account(conn: Connection, *, tenant_name: str, credits: int) -> tuple[UUID, UUID]:
+    """(tenant id, account id) of a new adult free-tier account with `credits`, made directly in the
+    database at `CLOCK_START` (for tests of the credit arithmetic below the gRPC layer)."""
+    tenant, _ = ensure_tenant(conn, name=tenant_name, actor=SYSTEM, now=CLOCK_START)
+    account, _ = registration.register_account(
+        conn,
+        tenant_id=tenant.tenant_id,
+        evidence=accounts.AgeEvidence(age_attested=30),
+        minimum_age=13,
+        default_visibility=accounts.Visibility.PRIVATE,
+        initial_credits=credits,
+        actor=SYSTEM,
+        now=CLOCK_START,
+    )
+    return tenant.tenant_id, account.account_id

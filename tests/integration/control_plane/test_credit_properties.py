@@ -17,12 +17,11 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from control_plane import accounts, credits, registration
+from control_plane import credits
 from control_plane.audit import SYSTEM
 from control_plane.db.pool import Connection, Pool
 from control_plane.errors import FailedPrecondition, InsufficientCredits
-from control_plane.tenants import ensure_tenant
-from tests.integration.control_plane._support import CLOCK_START
+from tests.integration.control_plane._support import CLOCK_START, adult_account
 
 Operation = tuple[str, int]
 
@@ -72,37 +71,27 @@ def test_credit_arithmetic_holds_for_any_sequence_of_operations(
     pool: Pool, opening_balance: int, steps: list[Operation]
 ) -> None:
     with pool.connection() as conn:
-        tenant, _ = ensure_tenant(conn, name="properties", actor=SYSTEM, now=CLOCK_START)
-        account, _ = registration.register_account(
-            conn,
-            tenant_id=tenant.tenant_id,
-            evidence=accounts.AgeEvidence(age_attested=30),
-            minimum_age=13,
-            default_visibility=accounts.Visibility.PRIVATE,
-            initial_credits=opening_balance,
-            actor=SYSTEM,
-            now=CLOCK_START,
-        )
+        tenant_id, account_id = adult_account(conn, tenant_name="properties", credits=opening_balance)
         now = CLOCK_START
         model = Model(total=opening_balance)
         reservations: list[ModelReservation] = []
-        ids: dict[str, Any] = {"tenant_id": tenant.tenant_id, "actor": SYSTEM}
+        ids: dict[str, Any] = {"tenant_id": tenant_id, "actor": SYSTEM}
 
         for kind, value in steps:
             if kind == "grant":
-                credits.grant_credits(conn, account_id=account.account_id, amount=value, reason="", now=now, **ids)
+                credits.grant_credits(conn, account_id=account_id, amount=value, reason="", now=now, **ids)
                 model.total += value
             elif kind == "reserve":
                 if model.total - model.held >= value:
                     held, _ = credits.reserve_credits(
-                        conn, account_id=account.account_id, amount=value, ttl=TTL, purpose="", now=now, **ids
+                        conn, account_id=account_id, amount=value, ttl=TTL, purpose="", now=now, **ids
                     )
                     reservations.append(ModelReservation(held.reservation_id, value, now + TTL))
                     model.held += value
                 else:
                     with pytest.raises(InsufficientCredits):
                         credits.reserve_credits(
-                            conn, account_id=account.account_id, amount=value, ttl=TTL, purpose="", now=now, **ids
+                            conn, account_id=account_id, amount=value, ttl=TTL, purpose="", now=now, **ids
                         )
             elif kind in ("commit", "release") and reservations:
                 # Mostly the newest reservations, which are the ones still likely to be held.
@@ -127,7 +116,7 @@ def test_credit_arithmetic_holds_for_any_sequence_of_operations(
                         event("expiry released a hold")
                         modelled.state = "expired"
                         model.held -= modelled.amount
-            _check_invariants(conn, account.account_id, model)
+            _check_invariants(conn, account_id, model)
 
 
 def _check_invariants(conn: Connection, account_id: UUID, model: Model) -> None:

@@ -5,28 +5,16 @@ from __future__ import annotations
 from datetime import timedelta
 from uuid import UUID
 
-from control_plane import accounts, credits, registration
+from control_plane import credits
 from control_plane.audit import SYSTEM
 from control_plane.db.pool import Connection, Pool
-from control_plane.tenants import ensure_tenant
-from tests.integration.control_plane._support import CLOCK_START
+from tests.integration.control_plane._support import CLOCK_START, adult_account
 
 TTL = timedelta(seconds=60)
 
 
 def _account_with(conn: Connection, credit: int) -> tuple[UUID, UUID]:
-    tenant, _ = ensure_tenant(conn, name="sweep", actor=SYSTEM, now=CLOCK_START)
-    account, _ = registration.register_account(
-        conn,
-        tenant_id=tenant.tenant_id,
-        evidence=accounts.AgeEvidence(age_attested=30),
-        minimum_age=13,
-        default_visibility=accounts.Visibility.PRIVATE,
-        initial_credits=credit,
-        actor=SYSTEM,
-        now=CLOCK_START,
-    )
-    return tenant.tenant_id, account.account_id
+    return adult_account(conn, tenant_name="sweep", credits=credit)
 
 
 def _reserve(conn: Connection, tenant_id: UUID, account_id: UUID, amount: int) -> credits.Reservation:
