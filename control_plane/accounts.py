@@ -12,7 +12,7 @@ from enum import StrEnum
 from typing import Any
 from uuid import UUID
 
-from control_plane.audit import Actor, record_audit
+from control_plane.audit import Actor, AuditRecord, list_account_audit, record_audit
 from control_plane.db.pool import Connection, expect_row
 from control_plane.errors import AccountNotActive, FailedPrecondition, InvalidArgument, NotFound
 
@@ -169,6 +169,18 @@ def create_account(
         details = {"account_id": str(account.account_id), "tier": tier.value}
         record_audit(conn, actor, now, "account.create", "account", account.account_id, details)
     return account
+
+
+def audit_trail(
+    conn: Connection, *, tenant_id: UUID, account_id: UUID, limit: int, before_id: int | None = None
+) -> list[AuditRecord]:
+    """The audit rows about an account of the tenant, newest first (see `audit.list_account_audit`).
+
+    Raises:
+        NotFound: No such account in the tenant (another tenant's ids cannot be probed).
+    """
+    get_account(conn, tenant_id=tenant_id, account_id=account_id)
+    return list_account_audit(conn, account_id, limit=limit, before_id=before_id)
 
 
 def get_account(conn: Connection, *, tenant_id: UUID, account_id: UUID) -> Account:

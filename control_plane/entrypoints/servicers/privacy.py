@@ -5,12 +5,11 @@ from __future__ import annotations
 import grpc
 from typing_extensions import override
 
-from control_plane import accounts, audit, consent, dsr, tenants
+from control_plane import accounts, consent, dsr, key_rotation
 from control_plane.api_keys import Scope
 from control_plane.entrypoints import convert
 from control_plane.entrypoints import page_tokens as tokens
 from control_plane.entrypoints.servicers._base import ControlPlaneRpcs
-from control_plane.errors import PermissionDenied
 from protos.atelier.v1 import control_plane_pb2
 
 DSR_PAGE_DEFAULT, DSR_PAGE_MAX = 100, 1000
@@ -159,8 +158,9 @@ class PrivacyRpcs(ControlPlaneRpcs):
             account_id = convert.parse_uuid("account_id", request.account_id)
             limit = convert.parse_page_size(request.page_size, default=AUDIT_PAGE_DEFAULT, maximum=AUDIT_PAGE_MAX)
             before = tokens.decode_audit_token(request.page_token, account_id)
-            accounts.get_account(conn, tenant_id=caller.tenant_id, account_id=account_id)
-            entries = audit.list_account_audit(conn, account_id, limit=limit + 1, before_id=before)
+            entries = accounts.audit_trail(
+                conn, tenant_id=caller.tenant_id, account_id=account_id, limit=limit + 1, before_id=before
+            )
         next_token = tokens.encode_audit_token(account_id, entries[limit - 1].id) if len(entries) > limit else ""
         return control_plane_pb2.ListAuditEntriesResponse(
             entries=[convert.audit_entry_pb(e) for e in entries[:limit]], next_page_token=next_token
@@ -172,13 +172,9 @@ class PrivacyRpcs(ControlPlaneRpcs):
     ) -> control_plane_pb2.RotateMasterKeyResponse:
         """Re-wraps every live data key under a new master key. Scope: admin, of the operator's tenant."""
         with self._call(context, Scope.ADMIN, "RotateMasterKey") as (conn, caller):
-            # Every tenant's data keys are re-wrapped: a deployment-wide act, not one tenant's.
-            if not tenants.is_operator_tenant(conn, caller.tenant_id):
-                raise PermissionDenied(
-                    "only the deployment operator's tenant may rotate the master key "
-                    "(use the operator key, as `atelier keys rotate-master` does)"
-                )
-            result = self._keys.rotate_master(conn, actor=caller.actor, now=caller.now)
+            result = key_rotation.rotate_master_key(
+                conn, self._keys, tenant_id=caller.tenant_id, actor=caller.actor, now=caller.now
+            )
         return control_plane_pb2.RotateMasterKeyResponse(
             previous_key_id=result.previous_key_id, key_id=result.key_id, rewrapped_keys=result.rewrapped_keys
         )
