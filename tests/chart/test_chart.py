@@ -3,12 +3,15 @@ and every container runs with the secure defaults."""
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from helm_python import HelmRenderError
 
-from ._chart import CUSTOM_KINDS, FULLNAME, RELEASE, lint, pod_specs, render
+from ._chart import CHART_DIR, CI_VALUES, CUSTOM_KINDS, FULLNAME, NAMESPACE, RELEASE, lint, load_values, pod_specs, render
 from ._crds import validate_builtin, validate_custom
 
 WARNING = 2
@@ -19,6 +22,21 @@ def test_lints_cleanly_in_strict_mode(ci_values: dict[str, Any]) -> None:
 
     problems = [m for m in report["messages"] if m["severity"] >= WARNING]
     assert not report["errors"] and not problems, report
+
+
+@pytest.mark.parametrize("values_file", CI_VALUES, ids=lambda path: path.name)
+def test_the_helm_binary_lints_it_and_renders_what_the_sdk_renders(helm: str, values_file: Path) -> None:
+    def run(*args: str) -> str:
+        result = subprocess.run([helm, *args], capture_output=True, text=True, timeout=60, check=False)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result.stdout
+
+    run("lint", "--strict", str(CHART_DIR), "-f", str(values_file))
+    text = run("template", RELEASE, str(CHART_DIR), "--namespace", NAMESPACE, "-f", str(values_file))
+
+    rendered = {(m["kind"], m["metadata"]["name"]) for m in yaml.safe_load_all(text) if m}
+    expected = render(load_values(values_file.name.removesuffix("-values.yaml"))).manifests
+    assert rendered == {(m["kind"], m["metadata"]["name"]) for m in expected}
 
 
 def test_every_builtin_manifest_is_valid_against_the_kubernetes_schemas(ci_values: dict[str, Any]) -> None:
@@ -102,3 +120,4 @@ def test_notes_tell_where_the_grpc_api_answers(minimal: dict[str, Any]) -> None:
 
     assert f"{FULLNAME}-serve-svc.atelier.svc:9000" in notes
     assert "sd15 -> DiffusionModel-sd15 on pool l4 (1..4 replicas)" in notes
+
