@@ -11,7 +11,7 @@ import pytest
 import yaml
 from helm_python import HelmRenderError
 
-from ._chart import CHART_DIR, CI_VALUES, CUSTOM_KINDS, FULLNAME, NAMESPACE, RELEASE, lint, load_values, pod_specs, render
+from ._chart import CHART_DIR, CI_VALUES, CUSTOM_KINDS, FULLNAME, NAMESPACE, RELEASE, lint, load_values, merged, pod_specs, render
 from ._crds import validate_builtin, validate_custom
 
 WARNING = 2
@@ -121,3 +121,19 @@ def test_notes_tell_where_the_grpc_api_answers(minimal: dict[str, Any]) -> None:
     assert f"{FULLNAME}-serve-svc.atelier.svc:9000" in notes
     assert "sd15 -> DiffusionModel-sd15 on pool l4 (1..4 replicas)" in notes
 
+
+def test_every_container_runs_the_image_by_digest_when_one_is_given(minimal: dict[str, Any]) -> None:
+    digest = "sha256:" + "ab" * 32
+    values = merged(minimal, {"image": {"repository": "registry.example/atelier", "tag": "1.2.3", "digest": digest}})
+
+    images = {c["image"] for m in render(values).manifests for _, pod in pod_specs(m) for c in pod["containers"]}
+
+    assert images == {f"registry.example/atelier@{digest}"}
+
+
+def test_every_container_runs_the_tagged_image_without_a_digest(minimal: dict[str, Any]) -> None:
+    values = merged(minimal, {"image": {"repository": "registry.example/atelier", "tag": "1.2.3"}})
+
+    images = {c["image"] for m in render(values).manifests for _, pod in pod_specs(m) for c in pod["containers"]}
+
+    assert images == {"registry.example/atelier:1.2.3"}

@@ -68,10 +68,15 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- end }}
 
 {{/*
-The image every pod runs.
+The image every pod runs: `repository@digest` when a digest is set (immutable; the tag is then ignored),
+else `repository:tag`.
 */}}
 {{- define "atelier.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
 {{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
 {{- end }}
 
 {{/*
