@@ -107,6 +107,14 @@ def test_every_container_has_a_writable_tmp(ci_values: dict[str, Any]) -> None:
                 assert len(tmp) == 1 and tmp[0]["name"] in empty_dirs, where
 
 
+def test_every_emptydir_has_a_size_limit(ci_values: dict[str, Any]) -> None:
+    for manifest in render(ci_values).manifests:
+        for where, pod in pod_specs(manifest):
+            for volume in pod.get("volumes", []):
+                if "emptyDir" in volume:
+                    assert volume["emptyDir"].get("sizeLimit"), (where, volume["name"])
+
+
 def test_every_container_sets_its_resources(ci_values: dict[str, Any]) -> None:
     for manifest in render(ci_values).manifests:
         for where, pod in pod_specs(manifest):

@@ -13,6 +13,7 @@ from ray.serve.schema import ServeDeploySchema
 from inference.app import GRPC_SERVICER_FUNCTIONS
 
 from ._chart import FULLNAME, merged, render, serve_config, serve_deployments, worker_groups
+from ._crds import CRD_FILES, validate_against_crd
 
 H100_POOL = {
     "name": "h100",
@@ -209,3 +210,28 @@ def test_bounds_the_message_size_of_serves_grpc_proxy_on_every_ray_pod(minimal: 
     for group in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:
         env = {e["name"]: e.get("value") for e in group["template"]["spec"]["containers"][0]["env"]}
         assert env["RAY_SERVE_GRPC_MAX_MESSAGE_SIZE"] == str(8 * 1024 * 1024)
+
+
+def test_gpu_workers_request_node_disk_for_their_scratch_volumes(minimal: dict[str, Any]) -> None:
+    pool = {**minimal["gpuPools"][0], "ephemeralStorage": "100Gi", "scratch": {"tmpSizeLimit": "30Gi"}}
+
+    pod = worker_groups(render({**minimal, "gpuPools": [pool]}))["l4"]["template"]["spec"]
+
+    assert pod["containers"][0]["resources"]["requests"]["ephemeral-storage"] == "100Gi"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["tmp"]["emptyDir"] == {"sizeLimit": "30Gi"}
+    assert volumes["state"]["emptyDir"] == {"sizeLimit": "40Gi"}
+
+
+def test_the_chart_defaults_with_an_s3_blob_store_render_a_rayservice_both_kuberay_versions_accept() -> None:
+    values = {
+        "database": {"url": "postgresql://atelier@postgres:5432/atelier"},
+        "masterKey": {"value": "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="},
+        "controlPlane": {"blobs": {"s3": {"bucket": "atelier-blobs"}}},
+        "jobs": {"trainingExport": {"s3": {"bucket": "atelier-training"}}},
+    }
+
+    ray_service = render(values).one("RayService")
+
+    for crd in CRD_FILES[("ray.io/v1", "RayService")]:
+        validate_against_crd(ray_service, crd)
