@@ -75,6 +75,26 @@ def test_restarts_when_the_policy_profile_changes(minimal: dict[str, Any]) -> No
     assert checksum(minimal) != checksum(merged(minimal, {"policyProfile": {"uploadRetentionHours": 12}}))
 
 
+@pytest.mark.parametrize(
+    ("change", "checksum"),
+    [
+        ({"database": {"url": "postgresql://atelier:rotated@postgres:5432/atelier"}}, "checksum/database-url"),
+        ({"database": {"url": "", "existingSecret": "atelier-postgres"}}, "checksum/database-url"),
+        ({"masterKey": {"value": "cm90YXRlZC1tYXN0ZXIta2V5LTMyLWJ5dGVzLWxvbmc="}}, "checksum/master-key"),
+    ],
+    ids=["rotated-database-url", "moved-to-an-existing-secret", "rotated-master-key"],
+)
+def test_restarts_when_the_database_url_or_master_key_changes(
+    minimal: dict[str, Any], change: dict[str, Any], checksum: str
+) -> None:
+    def annotations(values: dict[str, Any]) -> dict[str, str]:
+        return render(values).one("Deployment")["spec"]["template"]["metadata"]["annotations"]
+
+    before, after = annotations(minimal), annotations(merged(minimal, change))
+
+    assert {key for key in before if before[key] != after[key]} == {checksum}
+
+
 class TestBlobs:
     """Where images are kept: an S3 bucket, a shared claim, or (only when asked) an emptyDir."""
 

@@ -102,6 +102,28 @@ Secret and key of the database URL; fails without one (no secret defaults).
 {{- end }}
 {{- end }}
 
+{{/*
+The Secret the migration hook reads: the operator's own, or the chart's hook-only copy (the release's
+Secret does not exist yet when a pre-install hook runs).
+*/}}
+{{- define "atelier.migrationDatabaseSecretName" -}}
+{{- if .Values.database.existingSecret }}
+{{- .Values.database.existingSecret }}
+{{- else }}
+{{- printf "%s-migrate" (include "atelier.databaseSecretName" .) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Checksums of what the chart knows of the database URL and the master key, as pod template annotations:
+a changed URL or key (or a different Secret) rolls the pods. A rotated value inside an existing Secret is
+invisible to the chart: restart with `kubectl rollout restart`.
+*/}}
+{{- define "atelier.secretChecksums" -}}
+checksum/database-url: {{ list .Values.database.url .Values.database.existingSecret .Values.database.existingSecretKey | toJson | sha256sum }}
+checksum/master-key: {{ list .Values.masterKey.value .Values.masterKey.existingSecret .Values.masterKey.existingSecretKey | toJson | sha256sum }}
+{{- end }}
+
 {{- define "atelier.databaseSecretKey" -}}
 {{- if .Values.database.existingSecret }}{{ .Values.database.existingSecretKey }}{{ else }}database-url{{ end }}
 {{- end }}
