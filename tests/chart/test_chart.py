@@ -145,3 +145,11 @@ def test_every_container_runs_the_tagged_image_without_a_digest(minimal: dict[st
     images = {c["image"] for m in render(values).manifests for _, pod in pod_specs(m) for c in pod["containers"]}
 
     assert images == {"registry.example/atelier:1.2.3"}
+
+
+def test_every_pod_pulls_with_the_secrets_given_by_name_or_as_objects(minimal: dict[str, Any]) -> None:
+    values = {**minimal, "imagePullSecrets": ["registry-a", {"name": "registry-b"}]}
+
+    for manifest in render(values).manifests:
+        for where, pod in pod_specs(manifest):
+            assert pod["imagePullSecrets"] == [{"name": "registry-a"}, {"name": "registry-b"}], where

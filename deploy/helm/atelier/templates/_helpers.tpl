@@ -80,6 +80,18 @@ else `repository:tag`.
 {{- end }}
 
 {{/*
+`imagePullSecrets:` of a pod spec (nothing without any): entries are Secret names or `{name: …}`.
+*/}}
+{{- define "atelier.imagePullSecrets" -}}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+{{- range . }}
+  - name: {{ if kindIs "map" . }}{{ .name }}{{ else }}{{ . }}{{ end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
 ServiceAccount of the control plane and the jobs.
 */}}
 {{- define "atelier.serviceAccountName" -}}
