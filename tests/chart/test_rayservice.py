@@ -235,3 +235,40 @@ def test_the_chart_defaults_with_an_s3_blob_store_render_a_rayservice_both_kuber
 
     for crd in CRD_FILES[("ray.io/v1", "RayService")]:
         validate_against_crd(ray_service, crd)
+
+
+def test_a_pool_sets_its_runtime_and_priority_classes_labels_env_and_volumes(minimal: dict[str, Any]) -> None:
+    shared_memory = {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}}
+    pool = {
+        **minimal["gpuPools"][0],
+        "runtimeClassName": "nvidia",
+        "priorityClassName": "gpu-serving",
+        "labels": {"team": "imaging"},
+        "env": [{"name": "NCCL_DEBUG", "value": "WARN"}],
+        "volumes": [shared_memory],
+        "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
+    }
+
+    template = worker_groups(render({**minimal, "gpuPools": [pool]}))["l4"]["template"]
+
+    spec, container = template["spec"], template["spec"]["containers"][0]
+    assert (spec["runtimeClassName"], spec["priorityClassName"]) == ("nvidia", "gpu-serving")
+    assert template["metadata"]["labels"]["team"] == "imaging"
+    assert {"name": "NCCL_DEBUG", "value": "WARN"} in container["env"]
+    assert shared_memory in spec["volumes"]
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
+
+
+def test_a_pool_spreads_its_workers_over_zones_when_asked(minimal: dict[str, Any]) -> None:
+    assert "topologySpreadConstraints" not in worker_groups(render(minimal))["l4"]["template"]["spec"]
+    pool = {**minimal["gpuPools"][0], "zoneSpread": {"enabled": True, "whenUnsatisfiable": "DoNotSchedule"}}
+
+    (constraint,) = worker_groups(render({**minimal, "gpuPools": [pool]}))["l4"]["template"]["spec"][
+        "topologySpreadConstraints"
+    ]
+
+    assert constraint["topologyKey"] == "topology.kubernetes.io/zone"
+    assert (constraint["maxSkew"], constraint["whenUnsatisfiable"]) == (1, "DoNotSchedule")
+    assert constraint["labelSelector"]["matchLabels"]["atelier.io/pool"] == "l4"
+    # Only the pods of one RayCluster count: the second cluster of a blue/green upgrade spreads on its own.
+    assert constraint["matchLabelKeys"] == ["ray.io/cluster"]

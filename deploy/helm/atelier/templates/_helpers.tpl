@@ -189,9 +189,10 @@ gpuPools with defaults filled in, as YAML: `include "atelier.pools" . | fromYaml
 {{- $pools := list }}
 {{- range .Values.gpuPools }}
 {{- $pool := deepCopy . }}
-{{- range $key, $value := dict "gpusPerWorker" 1 "gpusPerReplica" 1 "minWorkers" 0 "resources" dict "nodeSelector" dict "tolerations" list "affinity" dict "gpuResourceName" "nvidia.com/gpu" "ephemeralStorage" "60Gi" }}
+{{- range $key, $value := dict "gpusPerWorker" 1 "gpusPerReplica" 1 "minWorkers" 0 "resources" dict "nodeSelector" dict "tolerations" list "affinity" dict "gpuResourceName" "nvidia.com/gpu" "ephemeralStorage" "60Gi" "labels" dict "env" list "volumes" list "volumeMounts" list "runtimeClassName" "" "priorityClassName" "" }}
 {{- if not (hasKey $pool $key) }}{{ $_ := set $pool $key $value }}{{ end }}
 {{- end }}
+{{- $_ := set $pool "zoneSpread" (merge (deepCopy ($pool.zoneSpread | default dict)) (dict "enabled" false "maxSkew" 1 "whenUnsatisfiable" "ScheduleAnyway")) }}
 {{- $_ := set $pool "scratch" (merge (deepCopy ($pool.scratch | default dict)) (dict "tmpSizeLimit" "20Gi" "stateSizeLimit" "40Gi")) }}
 {{- $pools = append $pools $pool }}
 {{- end }}
@@ -623,12 +624,18 @@ models and their pool's own volumes.
     claimName: {{ $root.Values.ray.modelVolume.existingClaim }}
     readOnly: true
 {{- end }}
+{{- if $worker }}
+{{- with $pool.volumes }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
 {{ include "atelier.tlsVolume" $root }}
 {{- end }}
 
 {{- define "atelier.rayVolumeMounts" -}}
 {{- $root := index . 0 }}
-{{- $worker := not (empty (index . 1)) -}}
+{{- $pool := index . 1 }}
+{{- $worker := not (empty $pool) -}}
 - name: tmp
   mountPath: /tmp
 - name: state
@@ -640,6 +647,11 @@ models and their pool's own volumes.
 - name: models
   mountPath: {{ $root.Values.ray.modelVolume.mountPath }}
   readOnly: true
+{{- end }}
+{{- if $worker }}
+{{- with $pool.volumeMounts }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}
 {{ include "atelier.tlsVolumeMount" $root }}
 {{- end }}
