@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo up down test test-fast bench protos lint clean chart-tools chart-check
+.PHONY: setup demo up down test test-fast bench protos lint clean chart-tools chart-check chart-readme
 
 setup: $(STAMP)
 
@@ -53,6 +53,10 @@ chart-tools: setup
 # the alerts, dashboards, the generated chart README (no cluster needed).
 chart-check: setup chart-tools
 	$(BIN)/python -m pytest tests/chart -q
+
+# Regenerates deploy/helm/atelier/README.md (the values table) from values.yaml; a test fails while it is stale.
+chart-readme: setup
+	$(BIN)/python deploy/helm/tools/chart_readme.py
 
 bench: setup
 	$(BIN)/python benchmarks/serving_overhead.py
