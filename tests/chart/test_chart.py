@@ -11,7 +11,19 @@ import pytest
 import yaml
 from helm_python import HelmRenderError
 
-from ._chart import CHART_DIR, CI_VALUES, CUSTOM_KINDS, FULLNAME, NAMESPACE, RELEASE, lint, load_values, merged, pod_specs, render
+from ._chart import (
+    CHART_DIR,
+    CI_VALUES,
+    CUSTOM_KINDS,
+    FULLNAME,
+    NAMESPACE,
+    RELEASE,
+    lint,
+    load_values,
+    merged,
+    pod_specs,
+    render,
+)
 from ._crds import validate_builtin, validate_custom
 
 WARNING = 2
@@ -58,6 +70,16 @@ def test_refuses_to_render_without_a_database(minimal: dict[str, Any]) -> None:
 
     with pytest.raises(HelmRenderError, match=r"database\.url or database\.existingSecret is required"):
         render(values)
+
+
+def test_refuses_to_render_the_defaults_until_told_where_blobs_and_exports_are_kept() -> None:
+    secrets = {"database": {"url": "postgresql://atelier@postgres/atelier"}, "masterKey": {"value": "a2V5"}}
+
+    with pytest.raises(HelmRenderError, match=r"controlPlane\.blobs: choose where data is kept"):
+        render(secrets)
+    with pytest.raises(HelmRenderError, match=r"jobs\.trainingExport: choose where data is kept"):
+        render({**secrets, "controlPlane": {"blobs": {"s3": {"bucket": "atelier"}}}})
+    render({**secrets, "controlPlane": {"blobs": {"ephemeral": True}}, "jobs": {"trainingExport": {"enabled": False}}})
 
 
 def test_refuses_to_render_without_a_master_key(minimal: dict[str, Any]) -> None:

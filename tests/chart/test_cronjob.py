@@ -67,7 +67,11 @@ class TestTrainingExportDestination:
         with pytest.raises(HelmRenderError) as error:
             render(values)
 
-        for setting in ("jobs.trainingExport.s3.bucket", "jobs.trainingExport.existingClaim", "jobs.trainingExport.ephemeral"):
+        for setting in (
+            "jobs.trainingExport.s3.bucket",
+            "jobs.trainingExport.existingClaim",
+            "jobs.trainingExport.ephemeral",
+        ):
             assert setting in str(error.value)
 
     def test_needs_no_destination_when_the_export_is_off(self, minimal: dict[str, Any]) -> None:
@@ -104,7 +108,9 @@ class TestTrainingExportDestination:
         assert "ATELIER_BLOB_URL" not in env
 
     def test_writes_to_its_claim(self, minimal: dict[str, Any]) -> None:
-        values = merged(minimal, {"jobs": {"trainingExport": {"s3": {"bucket": ""}, "existingClaim": "training-exports"}}})
+        values = merged(
+            minimal, {"jobs": {"trainingExport": {"s3": {"bucket": ""}, "existingClaim": "training-exports"}}}
+        )
         pod = _export_pod(values)
 
         volumes = {v["name"]: v for v in pod["volumes"]}

@@ -105,7 +105,11 @@ class TestBlobs:
             render(values)
 
         message = str(error.value)
-        for setting in ("controlPlane.blobs.s3.bucket", "controlPlane.blobs.existingClaim", "controlPlane.blobs.ephemeral"):
+        for setting in (
+            "controlPlane.blobs.s3.bucket",
+            "controlPlane.blobs.existingClaim",
+            "controlPlane.blobs.ephemeral",
+        ):
             assert setting in message
 
     def test_refuses_two_places_at_once(self, minimal: dict[str, Any]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import subprocess
 import sys
+import textwrap
 from types import ModuleType
 
 import pytest
@@ -47,13 +48,15 @@ def test_the_generator_refuses_an_undocumented_value() -> None:
 
 
 def test_the_generator_reads_multi_line_descriptions_and_list_items() -> None:
-    values = (
-        "pools:\n"
-        "  - # -- Name of the pool,\n"
-        "    # on two lines.\n"
-        "    name: gpu\n"
-        "    # -- Workers.\n"
-        "    maxWorkers: 4\n"
+    values = textwrap.dedent(
+        """\
+        pools:
+          - # -- Name of the pool,
+            # on two lines.
+            name: gpu
+            # -- Workers.
+            maxWorkers: 4
+        """
     )
 
     rows = _generator().rows(values)

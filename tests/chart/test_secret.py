@@ -27,7 +27,9 @@ def test_the_migration_hook_reads_its_own_copy_created_before_it(minimal: dict[s
 
 
 def test_no_hook_copy_without_migrations(minimal: dict[str, Any]) -> None:
-    names = {s["metadata"]["name"] for s in render(merged(minimal, {"migrations": {"enabled": False}})).of_kind("Secret")}
+    names = {
+        s["metadata"]["name"] for s in render(merged(minimal, {"migrations": {"enabled": False}})).of_kind("Secret")
+    }
 
     assert names == {f"{FULLNAME}-database", f"{FULLNAME}-master-key"}
 

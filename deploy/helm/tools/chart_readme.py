@@ -92,9 +92,13 @@ def _leaves(value: Any, path: str) -> list[tuple[str, Any]]:
             child_path = f"{path}.{key}" if path else str(key)
             found.append((child_path, child))
             found += _leaves(child, child_path)
-    elif isinstance(value, list) and value and isinstance(value[0], dict):
+    elif _is_list_of_mappings(value):
         found += _leaves(value[0], f"{path}[0]")
     return found
+
+
+def _is_list_of_mappings(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and isinstance(value[0], dict)
 
 
 def _type(value: Any) -> str:
@@ -121,8 +125,7 @@ def rows(values_text: str) -> list[tuple[str, str, str, str]]:
         doc = docs.get(path)
         if doc is None:
             covered = any(path.startswith(f"{documented}.") or path.startswith(f"{documented}[") for documented in docs)
-            is_container = isinstance(value, dict) and value or (isinstance(value, list) and value and isinstance(value[0], dict))
-            if not covered and not is_container:
+            if not covered and not (isinstance(value, dict) and value) and not _is_list_of_mappings(value):
                 undocumented.append(path)
             continue
         default = doc.default if doc.default is not None else f"`{_default(value)}`"
