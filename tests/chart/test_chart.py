@@ -175,3 +175,34 @@ def test_every_pod_pulls_with_the_secrets_given_by_name_or_as_objects(minimal: d
     for manifest in render(values).manifests:
         for where, pod in pod_specs(manifest):
             assert pod["imagePullSecrets"] == [{"name": "registry-a"}, {"name": "registry-b"}], where
+
+
+def test_the_control_plane_and_its_jobs_can_run_the_slim_image_while_ray_runs_the_gpu_one(
+    minimal: dict[str, Any],
+) -> None:
+    gpu, cpu = "sha256:" + "a" * 64, "sha256:" + "c" * 64
+    values = merged(
+        minimal,
+        {
+            "image": {"repository": "registry.example/atelier", "digest": gpu},
+            "controlPlane": {"image": {"repository": "registry.example/atelier-cpu", "digest": cpu}},
+        },
+    )
+
+    images = {
+        m["kind"]: {c["image"] for _, pod in pod_specs(m) for c in pod["containers"]} for m in render(values).manifests
+    }
+
+    assert images["RayService"] == {f"registry.example/atelier@{gpu}"}
+    for kind in ("Deployment", "Job", "CronJob"):
+        assert images[kind] == {f"registry.example/atelier-cpu@{cpu}"}, kind
+
+
+def test_a_control_plane_tag_replaces_the_inherited_digest(minimal: dict[str, Any]) -> None:
+    values = merged(
+        minimal, {"image": {"digest": "sha256:" + "a" * 64}, "controlPlane": {"image": {"tag": "0.1.0-cpu"}}}
+    )
+
+    assert render(values).one("Deployment")["spec"]["template"]["spec"]["containers"][0]["image"] == (
+        "ghcr.io/atelier-ai/atelier:0.1.0-cpu"
+    )

@@ -68,14 +68,32 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- end }}
 
 {{/*
-The image every pod runs: `repository@digest` when a digest is set (immutable; the tag is then ignored),
+The image of the Ray pods: `repository@digest` when a digest is set (immutable; the tag is then ignored),
 else `repository:tag`.
 */}}
 {{- define "atelier.image" -}}
-{{- if .Values.image.digest }}
-{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- include "atelier.imageReference" (list . .Values.image) }}
+{{- end }}
+
+{{/*
+The image of the control plane, the migration Job and the CronJobs: `controlPlane.image` (e.g. the
+Dockerfile's slim `cpu` target), each empty field taken from `image`.
+*/}}
+{{- define "atelier.controlPlaneImage" -}}
+{{- $own := .Values.controlPlane.image }}
+{{- $image := deepCopy .Values.image }}
+{{- if or $own.repository $own.tag }}{{ $_ := set $image "digest" "" }}{{ end }}
+{{- range $key, $value := $own }}{{ if $value }}{{ $_ := set $image $key $value }}{{ end }}{{ end }}
+{{- include "atelier.imageReference" (list . $image) }}
+{{- end }}
+
+{{- define "atelier.imageReference" -}}
+{{- $root := index . 0 }}
+{{- $image := index . 1 }}
+{{- if $image.digest }}
+{{- printf "%s@%s" $image.repository $image.digest }}
 {{- else }}
-{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- printf "%s:%s" $image.repository ($image.tag | default $root.Chart.AppVersion) }}
 {{- end }}
 {{- end }}
 
