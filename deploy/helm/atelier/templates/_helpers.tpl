@@ -396,7 +396,9 @@ Environment shared by the control plane, the migration Job and the CronJobs.
 {{- if eq (include "atelier.storageKind" (list .Values.controlPlane.blobs "controlPlane.blobs")) "s3" }}
 - name: ATELIER_BLOB_URL
   value: {{ include "atelier.s3Url" .Values.controlPlane.blobs.s3 | quote }}
-{{ include "atelier.s3Env" .Values.controlPlane.blobs.s3 }}
+{{- with include "atelier.s3Env" .Values.controlPlane.blobs.s3 }}
+{{ . }}
+{{- end }}
 {{- else }}
 - name: ATELIER_BLOB_DIR
   value: /var/lib/atelier-blobs
@@ -501,25 +503,19 @@ The standard AWS_* variables of an s3 location: endpoint, region and, from `exis
 (without one, the pod's own identity: e.g. an IAM role on the ServiceAccount).
 */}}
 {{- define "atelier.s3Env" -}}
+{{- $env := list }}
 {{- if .endpoint }}
-- name: AWS_ENDPOINT_URL
-  value: {{ .endpoint | quote }}
+{{- $env = append $env (dict "name" "AWS_ENDPOINT_URL" "value" .endpoint) }}
 {{- end }}
 {{- if .region }}
-- name: AWS_REGION
-  value: {{ .region | quote }}
-- name: AWS_DEFAULT_REGION
-  value: {{ .region | quote }}
+{{- $env = concat $env (list (dict "name" "AWS_REGION" "value" .region) (dict "name" "AWS_DEFAULT_REGION" "value" .region)) }}
 {{- end }}
 {{- if .existingSecret }}
 {{- range list "AWS_ACCESS_KEY_ID" "AWS_SECRET_ACCESS_KEY" }}
-- name: {{ . }}
-  valueFrom:
-    secretKeyRef:
-      name: {{ $.existingSecret }}
-      key: {{ . }}
+{{- $env = append $env (dict "name" . "valueFrom" (dict "secretKeyRef" (dict "name" $.existingSecret "key" .))) }}
 {{- end }}
 {{- end }}
+{{- with $env }}{{ toYaml . }}{{ end }}
 {{- end }}
 
 {{/*
@@ -630,7 +626,7 @@ models and their pool's own volumes.
 {{- $pool := index . 1 }}
 {{- $worker := not (empty $pool) }}
 {{- $scratch := $root.Values.ray.head.scratch }}
-{{- if $worker }}{{ $scratch = $pool.scratch }}{{ end }}
+{{- if $worker }}{{ $scratch = $pool.scratch }}{{ end -}}
 {{ include "atelier.emptyDirVolume" (list "tmp" $scratch.tmpSizeLimit) }}
 {{ include "atelier.emptyDirVolume" (list "state" $scratch.stateSizeLimit) }}
 - name: serve-config
