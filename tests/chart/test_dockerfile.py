@@ -44,3 +44,28 @@ def test_holds_what_kuberay_runs_in_ray_containers() -> None:
 
     assert install is not None
     assert {"bash", "wget", "grep"} <= set(install.group(0).split())
+
+
+def _runtime_env() -> dict[str, str]:
+    stage = DOCKERFILE.read_text().split(" AS runtime\n", 1)[1].split("\nFROM ", 1)[0]
+    (block,) = re.findall(r"^ENV (.*?)(?:\n(?! )|\Z)", stage, flags=re.MULTILINE | re.DOTALL)
+    pairs = re.findall(r"(\w+)=(\S+)", block.replace("\\\n", " "))
+    return {name: value.replace("${RAY_VERSION}", _arg("RAY_VERSION")) for name, value in pairs}
+
+
+def test_puts_every_runtime_write_under_the_volumes_the_chart_mounts() -> None:
+    env = _runtime_env()
+
+    for name in ("HOME", "TMPDIR", "XDG_CACHE_HOME", "HF_HOME", "TORCHINDUCTOR_CACHE_DIR", "RAY_TMPDIR"):
+        assert env[name].startswith(("/tmp", "/var/lib/atelier")), name
+
+
+def test_the_engine_free_build_sets_the_same_runtime_environment() -> None:
+    script = (REPO / "deploy" / "docker" / "build-rootfs.sh").read_text()
+    scripted = dict(re.findall(r"--env (\w+)=\"?([^\s\"]+)\"?", script))
+    scripted["ATELIER_RAY_VERSION"] = scripted["ATELIER_RAY_VERSION"].replace("$RAY_VERSION", _arg("RAY_VERSION"))
+
+    dockerfile = _runtime_env()
+    # PATH: the Dockerfile prepends to the base image's; the script spells the whole of it.
+    assert scripted.pop("PATH").startswith(dockerfile.pop("PATH").split(":")[0] + ":")
+    assert scripted == dockerfile
