@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo up down test test-fast bench protos lint clean chart-tools chart-check chart-readme
+.PHONY: setup demo up down test test-fast bench protos lint clean chart-tools chart-check chart-readme image-rootfs
 
 setup: $(STAMP)
 
@@ -57,6 +57,10 @@ chart-check: setup chart-tools
 # Regenerates deploy/helm/atelier/README.md (the values table) from values.yaml; a test fails while it is stale.
 chart-readme: setup
 	$(BIN)/python deploy/helm/tools/chart_readme.py
+
+# The Dockerfile's cpu image without a Docker engine (root, mmdebstrap, buildah): build/image/atelier-cpu.oci.tar.
+image-rootfs:
+	deploy/docker/build-rootfs.sh
 
 bench: setup
 	$(BIN)/python benchmarks/serving_overhead.py
