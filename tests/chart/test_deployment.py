@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+from helm_python import HelmRenderError
+
 from ._chart import FULLNAME, merged, render
 
 
@@ -72,13 +75,88 @@ def test_restarts_when_the_policy_profile_changes(minimal: dict[str, Any]) -> No
     assert checksum(minimal) != checksum(merged(minimal, {"policyProfile": {"uploadRetentionHours": 12}}))
 
 
-def test_keeps_blobs_on_the_shared_claim_when_one_is_given(minimal: dict[str, Any]) -> None:
-    values = merged(minimal, {"controlPlane": {"blobs": {"existingClaim": "atelier-blobs"}}})
+@pytest.mark.parametrize(
+    ("change", "checksum"),
+    [
+        ({"database": {"url": "postgresql://atelier:rotated@postgres:5432/atelier"}}, "checksum/database-url"),
+        ({"database": {"url": "", "existingSecret": "atelier-postgres"}}, "checksum/database-url"),
+        ({"masterKey": {"value": "cm90YXRlZC1tYXN0ZXIta2V5LTMyLWJ5dGVzLWxvbmc="}}, "checksum/master-key"),
+    ],
+    ids=["rotated-database-url", "moved-to-an-existing-secret", "rotated-master-key"],
+)
+def test_restarts_when_the_database_url_or_master_key_changes(
+    minimal: dict[str, Any], change: dict[str, Any], checksum: str
+) -> None:
+    def annotations(values: dict[str, Any]) -> dict[str, str]:
+        return render(values).one("Deployment")["spec"]["template"]["metadata"]["annotations"]
 
-    volumes = {v["name"]: v for v in render(values).one("Deployment")["spec"]["template"]["spec"]["volumes"]}
+    before, after = annotations(minimal), annotations(merged(minimal, change))
 
-    assert volumes["blobs"] == {"name": "blobs", "persistentVolumeClaim": {"claimName": "atelier-blobs"}}
-    assert _env(values)["ATELIER_BLOB_DIR"] == "/var/lib/atelier-blobs"
+    assert {key for key in before if before[key] != after[key]} == {checksum}
+
+
+class TestBlobs:
+    """Where images are kept: an S3 bucket, a shared claim, or (only when asked) an emptyDir."""
+
+    def test_refuses_to_render_until_told_where_blobs_are_kept(self, minimal: dict[str, Any]) -> None:
+        values = merged(minimal, {"controlPlane": {"blobs": {"s3": {"bucket": ""}}}})
+
+        with pytest.raises(HelmRenderError) as error:
+            render(values)
+
+        message = str(error.value)
+        for setting in (
+            "controlPlane.blobs.s3.bucket",
+            "controlPlane.blobs.existingClaim",
+            "controlPlane.blobs.ephemeral",
+        ):
+            assert setting in message
+
+    def test_refuses_two_places_at_once(self, minimal: dict[str, Any]) -> None:
+        values = merged(minimal, {"controlPlane": {"blobs": {"existingClaim": "atelier-blobs"}}})
+
+        with pytest.raises(HelmRenderError, match=r"controlPlane\.blobs: set only one of"):
+            render(values)
+
+    def test_keeps_blobs_in_the_s3_bucket_with_keys_from_the_secret(self, minimal: dict[str, Any]) -> None:
+        env = _env(minimal)
+
+        assert env["ATELIER_BLOB_URL"] == "s3://atelier-blobs/prod"
+        assert env["AWS_REGION"] == "eu-west-1"
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            assert env[key] == {"secretKeyRef": {"name": "atelier-s3", "key": key}}
+        assert "ATELIER_BLOB_DIR" not in env
+        volumes = {v["name"] for v in render(minimal).one("Deployment")["spec"]["template"]["spec"]["volumes"]}
+        assert "blobs" not in volumes
+
+    def test_reaches_an_s3_compatible_store_at_its_endpoint(self, minimal: dict[str, Any]) -> None:
+        values = merged(minimal, {"controlPlane": {"blobs": {"s3": {"endpoint": "http://minio.storage:9000"}}}})
+
+        assert _env(values)["AWS_ENDPOINT_URL"] == "http://minio.storage:9000"
+
+    def test_uses_the_pods_own_identity_without_a_secret(self, minimal: dict[str, Any]) -> None:
+        values = merged(minimal, {"controlPlane": {"blobs": {"s3": {"existingSecret": "", "prefix": ""}}}})
+
+        env = _env(values)
+        assert env["ATELIER_BLOB_URL"] == "s3://atelier-blobs"
+        assert "AWS_ACCESS_KEY_ID" not in env and "AWS_SECRET_ACCESS_KEY" not in env
+
+    def test_keeps_blobs_on_the_shared_claim_when_one_is_given(self, minimal: dict[str, Any]) -> None:
+        values = merged(minimal, {"controlPlane": {"blobs": {"s3": {"bucket": ""}, "existingClaim": "atelier-blobs"}}})
+
+        volumes = {v["name"]: v for v in render(values).one("Deployment")["spec"]["template"]["spec"]["volumes"]}
+
+        assert volumes["blobs"] == {"name": "blobs", "persistentVolumeClaim": {"claimName": "atelier-blobs"}}
+        assert _env(values)["ATELIER_BLOB_DIR"] == "/var/lib/atelier-blobs"
+        assert "ATELIER_BLOB_URL" not in _env(values)
+
+    def test_keeps_blobs_in_a_bounded_emptydir_only_when_told_they_are_ephemeral(self, minimal: dict[str, Any]) -> None:
+        values = merged(minimal, {"controlPlane": {"blobs": {"s3": {"bucket": ""}, "ephemeral": True}}})
+
+        volumes = {v["name"]: v for v in render(values).one("Deployment")["spec"]["template"]["spec"]["volumes"]}
+
+        assert volumes["blobs"]["emptyDir"] == {"sizeLimit": "10Gi"}
+        assert "WARNING: controlPlane.blobs.ephemeral is true" in render(values).notes
 
 
 def test_passes_the_abuse_limits_to_the_control_plane(minimal: dict[str, Any]) -> None:

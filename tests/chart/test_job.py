@@ -15,7 +15,7 @@ def test_applies_migrations_before_install_and_upgrade(minimal: dict[str, Any]) 
     assert "hook-succeeded" in job["metadata"]["annotations"]["helm.sh/hook-delete-policy"]
     assert container["command"] == ["python", "-m", "control_plane", "migrate"]
     env = {e["name"]: e for e in container["env"]}
-    assert env["ATELIER_DATABASE_URL"]["valueFrom"]["secretKeyRef"]["name"] == f"{FULLNAME}-database"
+    assert env["ATELIER_DATABASE_URL"]["valueFrom"]["secretKeyRef"]["name"] == f"{FULLNAME}-database-migrate"
 
 
 def test_needs_nothing_the_release_creates_after_the_hook(minimal: dict[str, Any]) -> None:

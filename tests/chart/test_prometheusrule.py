@@ -36,7 +36,8 @@ def test_rules_pass_promtool_check(ci_values: dict[str, Any], promtool: str, tmp
         return
     rules = _write_rules(ci_values, tmp_path)
 
-    _run(promtool, "check", "rules", rules.name, cwd=tmp_path)
+    # Duplicate rules (same name and labels) are an error, not a warning.
+    _run(promtool, "check", "rules", "--lint=duplicate-rules", "--lint-fatal", rules.name, cwd=tmp_path)
 
 
 def test_rules_pass_their_promtool_unit_tests(promtool: str, tmp_path: Path) -> None:
@@ -86,3 +87,16 @@ def test_each_model_has_its_own_latency_objective_and_saturation_threshold() -> 
     assert saturation["sd15"].rstrip().endswith(">= 12")
     assert saturation["sdxl"].rstrip().endswith(">= 16")
     assert saturation["tiny-sd"].rstrip().endswith(">= 1")
+
+
+def test_each_latency_alert_carries_its_model_so_models_on_one_pool_stay_apart() -> None:
+    groups = _groups(load_values("three-pools"))
+    latency = [r for g in groups for r in g["rules"] if r.get("alert") == "AtelierInferenceLatencySLOBurn"]
+
+    # sdxl and sdxl-turbo share pool h100: without the model label the two rules would be duplicates.
+    assert {(r["labels"]["model"], r["labels"]["pool"]) for r in latency} == {
+        ("tiny-sd", "l4"),
+        ("sd15", "a100"),
+        ("sdxl", "h100"),
+        ("sdxl-turbo", "h100"),
+    }

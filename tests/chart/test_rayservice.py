@@ -6,13 +6,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import jsonschema
 import pytest
+import yaml
 from helm_python import HelmRenderError
 from ray.serve.schema import ServeDeploySchema
 
 from inference.app import GRPC_SERVICER_FUNCTIONS
 
-from ._chart import FULLNAME, merged, render, serve_config, serve_deployments, worker_groups
+from ._chart import CHART_DIR, FULLNAME, merged, render, serve_config, serve_deployments, worker_groups
+from ._crds import CRD_FILES, KUBERAY_VERSIONS, validate_against_crd
 
 H100_POOL = {
     "name": "h100",
@@ -209,3 +212,130 @@ def test_bounds_the_message_size_of_serves_grpc_proxy_on_every_ray_pod(minimal: 
     for group in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:
         env = {e["name"]: e.get("value") for e in group["template"]["spec"]["containers"][0]["env"]}
         assert env["RAY_SERVE_GRPC_MAX_MESSAGE_SIZE"] == str(8 * 1024 * 1024)
+
+
+def test_gpu_workers_request_node_disk_for_their_scratch_volumes(minimal: dict[str, Any]) -> None:
+    pool = {**minimal["gpuPools"][0], "ephemeralStorage": "100Gi", "scratch": {"tmpSizeLimit": "30Gi"}}
+
+    pod = worker_groups(render({**minimal, "gpuPools": [pool]}))["l4"]["template"]["spec"]
+
+    assert pod["containers"][0]["resources"]["requests"]["ephemeral-storage"] == "100Gi"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["tmp"]["emptyDir"] == {"sizeLimit": "30Gi"}
+    assert volumes["state"]["emptyDir"] == {"sizeLimit": "40Gi"}
+
+
+def test_the_chart_defaults_with_an_s3_blob_store_render_a_rayservice_both_kuberay_versions_accept() -> None:
+    values = {
+        "database": {"url": "postgresql://atelier@postgres:5432/atelier"},
+        "masterKey": {"value": "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="},
+        "controlPlane": {"blobs": {"s3": {"bucket": "atelier-blobs"}}},
+        "jobs": {"trainingExport": {"s3": {"bucket": "atelier-training"}}},
+    }
+
+    ray_service = render(values).one("RayService")
+
+    for crd in CRD_FILES[("ray.io/v1", "RayService")]:
+        validate_against_crd(ray_service, crd)
+
+
+def test_a_pool_sets_its_runtime_and_priority_classes_labels_env_and_volumes(minimal: dict[str, Any]) -> None:
+    shared_memory = {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}}
+    pool = {
+        **minimal["gpuPools"][0],
+        "runtimeClassName": "nvidia",
+        "priorityClassName": "gpu-serving",
+        "labels": {"team": "imaging"},
+        "env": [{"name": "NCCL_DEBUG", "value": "WARN"}],
+        "volumes": [shared_memory],
+        "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
+    }
+
+    template = worker_groups(render({**minimal, "gpuPools": [pool]}))["l4"]["template"]
+
+    spec, container = template["spec"], template["spec"]["containers"][0]
+    assert (spec["runtimeClassName"], spec["priorityClassName"]) == ("nvidia", "gpu-serving")
+    assert template["metadata"]["labels"]["team"] == "imaging"
+    assert {"name": "NCCL_DEBUG", "value": "WARN"} in container["env"]
+    assert shared_memory in spec["volumes"]
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
+
+
+def test_a_pool_spreads_its_workers_over_zones_when_asked(minimal: dict[str, Any]) -> None:
+    assert "topologySpreadConstraints" not in worker_groups(render(minimal))["l4"]["template"]["spec"]
+    pool = {**minimal["gpuPools"][0], "zoneSpread": {"enabled": True, "whenUnsatisfiable": "DoNotSchedule"}}
+
+    (constraint,) = worker_groups(render({**minimal, "gpuPools": [pool]}))["l4"]["template"]["spec"][
+        "topologySpreadConstraints"
+    ]
+
+    assert constraint["topologyKey"] == "topology.kubernetes.io/zone"
+    assert (constraint["maxSkew"], constraint["whenUnsatisfiable"]) == (1, "DoNotSchedule")
+    assert constraint["labelSelector"]["matchLabels"]["atelier.io/pool"] == "l4"
+    # Only the pods of one RayCluster count: the second cluster of a blue/green upgrade spreads on its own.
+    assert constraint["matchLabelKeys"] == ["ray.io/cluster"]
+
+
+class TestReadiness:
+    """A GPU worker takes gRPC traffic once its Serve gRPC proxy answers the standard health service."""
+
+    def test_probes_each_workers_grpc_proxy(self, minimal: dict[str, Any]) -> None:
+        cluster = render(minimal).one("RayService")["spec"]["rayClusterConfig"]
+
+        probe = cluster["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["readinessProbe"]
+        assert probe["grpc"] == {"port": 9000}
+        # The head keeps KubeRay's probe: failing it would cut the workers off the head Service.
+        assert "readinessProbe" not in cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
+
+    def test_checks_only_that_the_port_accepts_connections_with_tls(self, minimal: dict[str, Any]) -> None:
+        values = merged(minimal, {"tls": {"enabled": True, "secretName": "atelier-tls"}})
+
+        probe = worker_groups(render(values))["l4"]["template"]["spec"]["containers"][0]["readinessProbe"]
+
+        assert probe["tcpSocket"] == {"port": "serve-grpc"}
+
+    def test_leaves_workers_without_a_proxy_to_kuberay(self, minimal: dict[str, Any]) -> None:
+        values = merged(minimal, {"ray": {"serve": {"proxyLocation": "HeadOnly"}}})
+
+        assert "readinessProbe" not in worker_groups(render(values))["l4"]["template"]["spec"]["containers"][0]
+
+
+class TestKubeRayOptions:
+    """GCS fault tolerance, authentication and the old cluster's deletion delay, each off by default."""
+
+    def test_declares_the_oldest_kuberay_it_is_validated_against(self) -> None:
+        chart = yaml.safe_load((CHART_DIR / "Chart.yaml").read_text())
+
+        assert chart["annotations"]["atelier.io/kuberay-min-version"] == KUBERAY_VERSIONS[0]
+
+    def test_keeps_the_gcs_state_in_redis_when_fault_tolerance_is_on(self, minimal: dict[str, Any]) -> None:
+        redis = {"enabled": True, "redisAddress": "redis.ray:6379", "redisPasswordSecret": {"name": "ray-redis"}}
+
+        ray_service = render(merged(minimal, {"ray": {"gcsFaultTolerance": redis}})).one("RayService")
+
+        assert ray_service["spec"]["rayClusterConfig"]["gcsFaultToleranceOptions"] == {
+            "redisAddress": "redis.ray:6379",
+            "redisPassword": {"valueFrom": {"secretKeyRef": {"name": "ray-redis", "key": "password"}}},
+        }
+        for crd in CRD_FILES[("ray.io/v1", "RayService")]:
+            validate_against_crd(ray_service, crd)
+
+    def test_refuses_fault_tolerance_without_a_redis(self, minimal: dict[str, Any]) -> None:
+        values = merged(minimal, {"ray": {"gcsFaultTolerance": {"enabled": True}}})
+
+        with pytest.raises(HelmRenderError, match=r"ray\.gcsFaultTolerance\.redisAddress is required"):
+            render(values)
+
+    def test_renders_auth_options_and_the_deletion_delay_only_when_set(self, minimal: dict[str, Any]) -> None:
+        spec = render(minimal).one("RayService")["spec"]
+        assert "rayClusterDeletionDelaySeconds" not in spec and "authOptions" not in spec["rayClusterConfig"]
+        values = merged(minimal, {"ray": {"authOptions": {"mode": "token"}, "rayClusterDeletionDelaySeconds": 300}})
+
+        ray_service = render(values).one("RayService")
+
+        assert ray_service["spec"]["rayClusterDeletionDelaySeconds"] == 300
+        assert ray_service["spec"]["rayClusterConfig"]["authOptions"] == {"mode": "token"}
+        validate_against_crd(ray_service, "rayservice-v1.7.0.yaml")
+        # KubeRay 1.3.0's API server would drop both fields: the README says they need a newer operator.
+        with pytest.raises(jsonschema.ValidationError):
+            validate_against_crd(ray_service, "rayservice-v1.3.0.yaml")

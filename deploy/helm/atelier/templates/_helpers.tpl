@@ -68,10 +68,45 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- end }}
 
 {{/*
-The image every pod runs.
+The image of the Ray pods: `repository@digest` when a digest is set (immutable; the tag is then ignored),
+else `repository:tag`.
 */}}
 {{- define "atelier.image" -}}
-{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- include "atelier.imageReference" (list . .Values.image) }}
+{{- end }}
+
+{{/*
+The image of the control plane, the migration Job and the CronJobs: `controlPlane.image` (e.g. the
+Dockerfile's slim `cpu` target), each empty field taken from `image`.
+*/}}
+{{- define "atelier.controlPlaneImage" -}}
+{{- $own := .Values.controlPlane.image }}
+{{- $image := deepCopy .Values.image }}
+{{- if or $own.repository $own.tag }}{{ $_ := set $image "digest" "" }}{{ end }}
+{{- range $key, $value := $own }}{{ if $value }}{{ $_ := set $image $key $value }}{{ end }}{{ end }}
+{{- include "atelier.imageReference" (list . $image) }}
+{{- end }}
+
+{{- define "atelier.imageReference" -}}
+{{- $root := index . 0 }}
+{{- $image := index . 1 }}
+{{- if $image.digest }}
+{{- printf "%s@%s" $image.repository $image.digest }}
+{{- else }}
+{{- printf "%s:%s" $image.repository ($image.tag | default $root.Chart.AppVersion) }}
+{{- end }}
+{{- end }}
+
+{{/*
+`imagePullSecrets:` of a pod spec (nothing without any): entries are Secret names or `{name: …}`.
+*/}}
+{{- define "atelier.imagePullSecrets" -}}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+{{- range . }}
+  - name: {{ if kindIs "map" . }}{{ .name }}{{ else }}{{ . }}{{ end }}
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -95,6 +130,28 @@ Secret and key of the database URL; fails without one (no secret defaults).
 {{- $_ := required "database.url or database.existingSecret is required: the control plane needs PostgreSQL >= 14" .Values.database.url }}
 {{- printf "%s-database" (include "atelier.fullname" .) }}
 {{- end }}
+{{- end }}
+
+{{/*
+The Secret the migration hook reads: the operator's own, or the chart's hook-only copy (the release's
+Secret does not exist yet when a pre-install hook runs).
+*/}}
+{{- define "atelier.migrationDatabaseSecretName" -}}
+{{- if .Values.database.existingSecret }}
+{{- .Values.database.existingSecret }}
+{{- else }}
+{{- printf "%s-migrate" (include "atelier.databaseSecretName" .) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Checksums of what the chart knows of the database URL and the master key, as pod template annotations:
+a changed URL or key (or a different Secret) rolls the pods. A rotated value inside an existing Secret is
+invisible to the chart: restart with `kubectl rollout restart`.
+*/}}
+{{- define "atelier.secretChecksums" -}}
+checksum/database-url: {{ list .Values.database.url .Values.database.existingSecret .Values.database.existingSecretKey | toJson | sha256sum }}
+checksum/master-key: {{ list .Values.masterKey.value .Values.masterKey.existingSecret .Values.masterKey.existingSecretKey | toJson | sha256sum }}
 {{- end }}
 
 {{- define "atelier.databaseSecretKey" -}}
@@ -150,9 +207,11 @@ gpuPools with defaults filled in, as YAML: `include "atelier.pools" . | fromYaml
 {{- $pools := list }}
 {{- range .Values.gpuPools }}
 {{- $pool := deepCopy . }}
-{{- range $key, $value := dict "gpusPerWorker" 1 "gpusPerReplica" 1 "minWorkers" 0 "resources" dict "nodeSelector" dict "tolerations" list "affinity" dict "gpuResourceName" "nvidia.com/gpu" }}
+{{- range $key, $value := dict "gpusPerWorker" 1 "gpusPerReplica" 1 "minWorkers" 0 "resources" dict "nodeSelector" dict "tolerations" list "affinity" dict "gpuResourceName" "nvidia.com/gpu" "ephemeralStorage" "60Gi" "labels" dict "env" list "volumes" list "volumeMounts" list "runtimeClassName" "" "priorityClassName" "" }}
 {{- if not (hasKey $pool $key) }}{{ $_ := set $pool $key $value }}{{ end }}
 {{- end }}
+{{- $_ := set $pool "zoneSpread" (merge (deepCopy ($pool.zoneSpread | default dict)) (dict "enabled" false "maxSkew" 1 "whenUnsatisfiable" "ScheduleAnyway")) }}
+{{- $_ := set $pool "scratch" (merge (deepCopy ($pool.scratch | default dict)) (dict "tmpSizeLimit" "20Gi" "stateSizeLimit" "40Gi")) }}
 {{- $pools = append $pools $pool }}
 {{- end }}
 {{- toYaml $pools }}
@@ -302,11 +361,20 @@ app.kubernetes.io/part-of: atelier
 {{- end }}
 
 {{/*
+An emptyDir volume with a size limit (a pod that outgrows it is evicted, not the node's disk filled):
+`include "atelier.emptyDirVolume" (list "tmp" "1Gi")`.
+*/}}
+{{- define "atelier.emptyDirVolume" -}}
+- name: {{ index . 0 }}
+  emptyDir:
+    sizeLimit: {{ index . 1 | quote }}
+{{- end }}
+
+{{/*
 Volumes and mounts giving a read-only-root container a writable /tmp.
 */}}
 {{- define "atelier.tmpVolume" -}}
-- name: tmp
-  emptyDir: {}
+{{ include "atelier.emptyDirVolume" (list "tmp" .Values.scratch.tmpSizeLimit) }}
 {{- end }}
 
 {{- define "atelier.tmpVolumeMount" -}}
@@ -325,8 +393,16 @@ Environment shared by the control plane, the migration Job and the CronJobs.
       key: {{ include "atelier.databaseSecretKey" . }}
 - name: ATELIER_HOME
   value: /var/lib/atelier
+{{- if eq (include "atelier.storageKind" (list .Values.controlPlane.blobs "controlPlane.blobs")) "s3" }}
+- name: ATELIER_BLOB_URL
+  value: {{ include "atelier.s3Url" .Values.controlPlane.blobs.s3 | quote }}
+{{- with include "atelier.s3Env" .Values.controlPlane.blobs.s3 }}
+{{ . }}
+{{- end }}
+{{- else }}
 - name: ATELIER_BLOB_DIR
   value: /var/lib/atelier-blobs
+{{- end }}
 - name: ATELIER_MASTER_KEY_FILE
   value: /etc/atelier/master-key/master.key
 - name: ATELIER_POLICY_PROFILE
@@ -395,19 +471,97 @@ signed by ca.crt and clients present tls.crt. Each helper renders nothing when T
 {{- end }}
 
 {{/*
-Volumes of the control plane and the jobs: state, blobs, master key, policy profile, /tmp.
+Where blobs or exports are kept: `include "atelier.storageKind" (list $location "controlPlane.blobs")` is
+`s3`, `claim` or `ephemeral`. Exactly one must be chosen: the chart never loses data by default.
+*/}}
+{{- define "atelier.storageKind" -}}
+{{- $location := index . 0 }}
+{{- $path := index . 1 }}
+{{- $chosen := list }}
+{{- if ($location.s3 | default dict).bucket }}{{ $chosen = append $chosen "s3" }}{{ end }}
+{{- if $location.existingClaim }}{{ $chosen = append $chosen "claim" }}{{ end }}
+{{- if $location.ephemeral }}{{ $chosen = append $chosen "ephemeral" }}{{ end }}
+{{- if eq (len $chosen) 0 }}
+{{- fail (printf "%s: choose where data is kept: %s.s3.bucket (an S3-compatible bucket, for production), %s.existingClaim (a ReadWriteMany PersistentVolumeClaim) or %s.ephemeral: true (an emptyDir per pod, lost when the pod restarts: trials only)" $path $path $path $path) }}
+{{- end }}
+{{- if gt (len $chosen) 1 }}
+{{- fail (printf "%s: set only one of %s.s3.bucket, %s.existingClaim and %s.ephemeral" $path $path $path $path) }}
+{{- end }}
+{{- first $chosen }}
+{{- end }}
+
+{{/*
+`s3://bucket/prefix` of an s3 location (`controlPlane.blobs.s3`, `jobs.trainingExport.s3`).
+*/}}
+{{- define "atelier.s3Url" -}}
+{{- $prefix := trimAll "/" (.prefix | default "") }}
+{{- if $prefix }}{{ printf "s3://%s/%s" .bucket $prefix }}{{ else }}{{ printf "s3://%s" .bucket }}{{ end }}
+{{- end }}
+
+{{/*
+The standard AWS_* variables of an s3 location: endpoint, region and, from `existingSecret`, the keys
+(without one, the pod's own identity: e.g. an IAM role on the ServiceAccount).
+*/}}
+{{- define "atelier.s3Env" -}}
+{{- $env := list }}
+{{- if .endpoint }}
+{{- $env = append $env (dict "name" "AWS_ENDPOINT_URL" "value" .endpoint) }}
+{{- end }}
+{{- if .region }}
+{{- $env = concat $env (list (dict "name" "AWS_REGION" "value" .region) (dict "name" "AWS_DEFAULT_REGION" "value" .region)) }}
+{{- end }}
+{{- if .existingSecret }}
+{{- range list "AWS_ACCESS_KEY_ID" "AWS_SECRET_ACCESS_KEY" }}
+{{- $env = append $env (dict "name" . "valueFrom" (dict "secretKeyRef" (dict "name" $.existingSecret "key" .))) }}
+{{- end }}
+{{- end }}
+{{- with $env }}{{ toYaml . }}{{ end }}
+{{- end }}
+
+{{/*
+AWS_* variables the training export needs beyond the control plane's: none when it writes to a claim or
+to the blob store's S3 connection; its own when the blobs are not in S3. One process has one set of
+AWS_* variables, so an export bucket next to S3 blobs must share their endpoint, region and keys.
+*/}}
+{{- define "atelier.exportS3Env" -}}
+{{- $export := .Values.jobs.trainingExport }}
+{{- if eq (include "atelier.storageKind" (list $export "jobs.trainingExport")) "s3" }}
+{{- if eq (include "atelier.storageKind" (list .Values.controlPlane.blobs "controlPlane.blobs")) "s3" }}
+{{- range list "endpoint" "region" "existingSecret" }}
+{{- $own := get $export.s3 . | default "" }}
+{{- if and $own (ne $own (get $.Values.controlPlane.blobs.s3 . | default "")) }}
+{{- fail (printf "jobs.trainingExport.s3.%s differs from controlPlane.blobs.s3.%s: the export job reaches both buckets with one set of AWS_* variables; leave it empty to use the blob store's" . .) }}
+{{- end }}
+{{- end }}
+{{- else }}
+{{- include "atelier.s3Env" $export.s3 }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+The volume of a claim or ephemeral location (nothing for s3): `include "atelier.storageVolume"
+(list "blobs" $location "controlPlane.blobs")`.
+*/}}
+{{- define "atelier.storageVolume" -}}
+{{- $location := index . 1 }}
+{{- $kind := include "atelier.storageKind" (list $location (index . 2)) }}
+{{- if eq $kind "claim" }}
+- name: {{ index . 0 }}
+  persistentVolumeClaim:
+    claimName: {{ $location.existingClaim }}
+{{- else if eq $kind "ephemeral" }}
+{{ include "atelier.emptyDirVolume" (list (index . 0) $location.sizeLimit) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Volumes of the control plane and the jobs: state, blobs (unless in S3), master key, policy profile, /tmp.
 */}}
 {{- define "atelier.controlPlaneVolumes" -}}
 {{ include "atelier.tmpVolume" . }}
-- name: state
-  emptyDir: {}
-- name: blobs
-{{- if .Values.controlPlane.blobs.existingClaim }}
-  persistentVolumeClaim:
-    claimName: {{ .Values.controlPlane.blobs.existingClaim }}
-{{- else }}
-  emptyDir: {}
-{{- end }}
+{{ include "atelier.emptyDirVolume" (list "state" .Values.scratch.stateSizeLimit) }}
+{{- include "atelier.storageVolume" (list "blobs" .Values.controlPlane.blobs "controlPlane.blobs") }}
 - name: master-key
   secret:
     secretName: {{ include "atelier.masterKeySecretName" . }}
@@ -425,8 +579,10 @@ Volumes of the control plane and the jobs: state, blobs, master key, policy prof
 {{ include "atelier.tmpVolumeMount" . }}
 - name: state
   mountPath: /var/lib/atelier
+{{- if ne (include "atelier.storageKind" (list .Values.controlPlane.blobs "controlPlane.blobs")) "s3" }}
 - name: blobs
   mountPath: /var/lib/atelier-blobs
+{{- end }}
 - name: master-key
   mountPath: /etc/atelier/master-key
   readOnly: true
@@ -460,16 +616,19 @@ Environment of Ray containers.
 {{- end }}
 
 {{/*
-Volumes of Ray pods: `include "atelier.rayVolumes" (list $ isWorker)`. /tmp holds Ray's session state,
-/var/lib/atelier the model cache, /etc/atelier/serve the ServeConfig file; workers mount the models.
+Volumes of Ray pods: `include "atelier.rayVolumes" (list $ $pool)`, `$pool` an entry of "atelier.pools" for
+a worker group, `dict` for the head. /tmp holds Ray's session state (logs, spilled objects),
+/var/lib/atelier the model and compile caches, /etc/atelier/serve the ServeConfig file; workers mount the
+models and their pool's own volumes.
 */}}
 {{- define "atelier.rayVolumes" -}}
 {{- $root := index . 0 }}
-{{- $worker := index . 1 -}}
-- name: tmp
-  emptyDir: {}
-- name: state
-  emptyDir: {}
+{{- $pool := index . 1 }}
+{{- $worker := not (empty $pool) }}
+{{- $scratch := $root.Values.ray.head.scratch }}
+{{- if $worker }}{{ $scratch = $pool.scratch }}{{ end -}}
+{{ include "atelier.emptyDirVolume" (list "tmp" $scratch.tmpSizeLimit) }}
+{{ include "atelier.emptyDirVolume" (list "state" $scratch.stateSizeLimit) }}
 - name: serve-config
   configMap:
     name: {{ include "atelier.serveConfigName" $root }}
@@ -479,12 +638,18 @@ Volumes of Ray pods: `include "atelier.rayVolumes" (list $ isWorker)`. /tmp hold
     claimName: {{ $root.Values.ray.modelVolume.existingClaim }}
     readOnly: true
 {{- end }}
+{{- if $worker }}
+{{- with $pool.volumes }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
 {{ include "atelier.tlsVolume" $root }}
 {{- end }}
 
 {{- define "atelier.rayVolumeMounts" -}}
 {{- $root := index . 0 }}
-{{- $worker := index . 1 -}}
+{{- $pool := index . 1 }}
+{{- $worker := not (empty $pool) -}}
 - name: tmp
   mountPath: /tmp
 - name: state
@@ -496,6 +661,11 @@ Volumes of Ray pods: `include "atelier.rayVolumes" (list $ isWorker)`. /tmp hold
 - name: models
   mountPath: {{ $root.Values.ray.modelVolume.mountPath }}
   readOnly: true
+{{- end }}
+{{- if $worker }}
+{{- with $pool.volumeMounts }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}
 {{ include "atelier.tlsVolumeMount" $root }}
 {{- end }}
