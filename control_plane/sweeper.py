@@ -288,13 +288,12 @@ def delete_blobs(blobs: BlobStore, keys: Sequence[str], unlink: Executor | None 
     Returns once all are gone; raises the first error any deletion raised.
     """
     if unlink is None or len(keys) <= _UNLINKS_PER_TASK:
-        for key in keys:
-            blobs.delete(key)
+        blobs.delete_many(keys)
         return
 
     def delete_slice(start: int) -> None:
-        for key in keys[start : start + _UNLINKS_PER_TASK]:
-            blobs.delete(key)
+        # An object store deletes a slice in one request; a directory unlinks each file.
+        blobs.delete_many(keys[start : start + _UNLINKS_PER_TASK])
 
     # Slices rather than a task per key: a future costs about as much as an unlink.
     tasks = [unlink.submit(delete_slice, start) for start in range(0, len(keys), _UNLINKS_PER_TASK)]
