@@ -9,6 +9,7 @@ import threading
 from datetime import timedelta
 from uuid import UUID
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from control_plane.clock import ManualClock
@@ -19,6 +20,8 @@ from protos.atelier.v1 import control_plane_pb2 as pb
 from tests.integration.control_plane._privacy import use_profile
 from tests.integration.control_plane._support import REPO_ROOT
 from tests.integration.control_plane._training import audited_sweep_count, iter_ids, live_ids, store, sweep
+
+pytestmark = pytest.mark.blob_stores
 
 DAY = timedelta(days=1)
 
@@ -204,6 +207,8 @@ def test_sweep_of_an_unknown_profile_tenant_uses_the_default(  # type: ignore[no
 
 
 class TestCrashResume:
+    # The killed sweeper is a child process on the local directory (it pauses inside an unlink).
+    @pytest.mark.local_blob_store_only
     def test_a_sweeper_killed_mid_batch_loses_nothing_and_deletes_nothing_twice(  # type: ignore[no-untyped-def]
         self, pool, blobs, policies, clock, stub, operator, make_account, database_url, blob_dir
     ) -> None:
