@@ -17,6 +17,7 @@ quick retries, which the server answers with UNAVAILABLE and a retry hint, never
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import timedelta
@@ -64,20 +65,29 @@ def parse_s3_url(url: str) -> tuple[str, str]:
     return parts.netloc, prefix
 
 
-def open_s3_store(url: str, overrides: Mapping[str, Any] | None = None) -> S3Store:
+def open_s3_store(
+    url: str, overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] = os.environ
+) -> S3Store:
     """An obstore `S3Store` on `s3://bucket/prefix`, configured from the AWS environment and `overrides`.
 
     Args:
         url: `s3://bucket/prefix`.
         overrides: obstore `S3Config` keys (`endpoint`, `access_key_id`, `secret_access_key`,
             `region`, ...) and `allow_http`, winning over the environment.
+        environ: Where `AWS_ALLOW_HTTP` is read (obstore reads the other `AWS_*` variables
+            from the process environment itself).
 
     Raises:
         ValueError: The URL is malformed (see `parse_s3_url`) or a setting is unknown.
     """
     bucket, prefix = parse_s3_url(url)
     settings = dict(overrides or {})
-    client = {**CLIENT_OPTIONS, **({"allow_http": settings.pop("allow_http")} if "allow_http" in settings else {})}
+    # Client options given here replace those obstore would read from the environment, so
+    # the one of them that is an AWS setting, AWS_ALLOW_HTTP, is read here.
+    allow_http = settings.pop("allow_http", None)
+    if allow_http is None:
+        allow_http = environ.get("AWS_ALLOW_HTTP", "").strip().lower() in ("true", "1", "yes")
+    client = {**CLIENT_OPTIONS, "allow_http": bool(allow_http)}
     try:
         return S3Store(
             bucket,
