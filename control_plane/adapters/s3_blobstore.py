@@ -19,10 +19,9 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from functools import partial
-from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -119,6 +118,16 @@ def call_object_store(operation: str, call: Callable[[], _T]) -> _T:
         ) from error
 
 
+def list_object_names(store: S3Store, prefix: str = "") -> list[str]:
+    """Every object name under `prefix` (relative to the store's own prefix).
+
+    Raises:
+        BlobStoreUnavailable: The bucket could not be reached.
+    """
+    pages = call_object_store("list", lambda: list(obstore.list(store, prefix or None)))
+    return [meta["path"] for page in pages for meta in page]
+
+
 class S3BlobStore:
     """`BlobStore` on an S3-compatible bucket. Thread-safe (one HTTP client pool per store)."""
 
@@ -170,17 +179,6 @@ class S3BlobStore:
             return False
         return True
 
-    def list_keys(self, prefix: str = "") -> Iterator[str]:
+    def list_keys(self, prefix: str = "") -> list[str]:
         """Every key under `prefix` (for tests, backups and clean-up), in no particular order."""
-        pages = call_object_store("list", lambda: list(obstore.list(self.store, prefix or None)))
-        for page in pages:
-            for meta in page:
-                yield meta["path"]
-
-    def upload_file(self, key: str, path: Path) -> None:
-        """Stores the file at `path` under `key` (multipart when large), replacing any object there."""
-        call_object_store("put", lambda: obstore.put(self.store, key, path))
-
-    def copy(self, source: str, target: str) -> None:
-        """Copies the object `source` to `target` inside the bucket (server side)."""
-        call_object_store("copy", lambda: obstore.copy(self.store, source, target))
+        return list_object_names(self.store, prefix)

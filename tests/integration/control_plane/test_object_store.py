@@ -1,28 +1,41 @@
 """Content in an S3 bucket (SeaweedFS): selected by ATELIER_BLOB_URL, sealed before upload,
-erased from the bucket, shared by servers on one database, and an outage answered UNAVAILABLE."""
+erased from the bucket, shared by servers on one database, an outage answered UNAVAILABLE;
+training exports published to a bucket prefix."""
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from uuid import UUID, uuid4
 
 import grpc
+import obstore
+import pyarrow.parquet as pq
 import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from control_plane.adapters.s3_blobstore import S3BlobStore
+from atelier.cli import main
+from control_plane.adapters.encrypted_blobs import EncryptedBlobStore
+from control_plane.adapters.export_targets import MANIFEST_NAME, STAGING_PREFIX, S3ExportTarget
+from control_plane.adapters.s3_blobstore import S3BlobStore, list_object_names
+from control_plane.audit import SYSTEM
 from control_plane.bootstrap import bootstrap
 from control_plane.config import ControlPlaneConfig
 from control_plane.db.pool import Pool
 from control_plane.entrypoints.server import add_listen_port, build_server
+from control_plane.training_exports import TrainingExport, create_training_export
+from protos.atelier.v1 import common_pb2, control_plane_pb2_grpc
 from protos.atelier.v1 import control_plane_pb2 as pb
-from protos.atelier.v1 import control_plane_pb2_grpc
 from tests.integration._seaweedfs import SeaweedS3, seaweedfs_server
 from tests.integration.control_plane._privacy import generate, new_item
 from tests.integration.control_plane._support import Caller, error_reason, png_bytes
+from tests.integration.control_plane._training import store
 from tests.integration.control_plane.conftest import TEST_BUCKET
 
 
@@ -139,3 +152,81 @@ class TestOutage:
             held = conn.execute("SELECT state FROM reservations WHERE account_id = %s", (account,)).fetchall()
         assert [row[0] for row in held] == ["held"]  # not committed: the gateway releases it
         assert (balance.balance.total, balance.balance.held) == (5, 2)
+
+
+class _PublishKilled(Exception):
+    """Stands for the process dying between the export's commit and its publication."""
+
+
+class _DiesBeforePublishing(S3ExportTarget):
+    def publish(self, export_id: UUID, directory: Path) -> None:
+        raise _PublishKilled(str(export_id))
+
+
+def _consenting_public_items(stub, operator: Caller, make_account, count: int) -> None:  # type: ignore[no-untyped-def]
+    account = make_account(credits=10)
+    stub.RecordConsent(
+        pb.RecordConsentRequest(
+            account_id=account,
+            purpose=pb.CONSENT_PURPOSE_TRAINING,
+            granted=True,
+            method=pb.CONSENT_METHOD_API,
+            source="api",
+        ),
+        metadata=operator.metadata,
+    )
+    store(stub, operator, account, count, visibility=common_pb2.VISIBILITY_PUBLIC)
+
+
+class TestTrainingExportToTheBucket:
+    def test_the_cli_publishes_parquet_and_the_manifest_under_the_prefix_and_leaves_no_staging(  # type: ignore[no-untyped-def]
+        self, cli_env, capsys, monkeypatch, s3_server: SeaweedS3, clock, stub, operator, make_account
+    ) -> None:
+        for name, value in s3_server.environ.items():
+            monkeypatch.setenv(name, value)
+        _consenting_public_items(stub, operator, make_account, 3)
+        url = f"s3://{TEST_BUCKET}/exports-{secrets.token_hex(4)}"
+
+        code = main(["export", "training", "-o", url, "--as-of", clock.now().isoformat(), "--json"])
+
+        output = json.loads(capsys.readouterr().out)
+        assert code == 0, output
+        export_id = output["export_id"]
+        assert output["location"] == f"{url}/{export_id}" and output["items"] == 3
+        target = S3ExportTarget(url, s3_server.overrides)
+        names = sorted(list_object_names(target.store))
+        assert names == [f"{export_id}/{MANIFEST_NAME}", f"{export_id}/part-00000.parquet"]
+        manifest = json.loads(obstore.get(target.store, names[0]).bytes().to_bytes())
+        data = obstore.get(target.store, names[1]).bytes().to_bytes()
+        assert manifest["files"][0]["sha256"] == hashlib.sha256(data).hexdigest()
+        assert pq.read_table(io.BytesIO(data)).num_rows == 3
+
+    def test_a_committed_export_killed_before_publishing_is_published_by_the_next_and_an_uncommitted_one_dropped(  # type: ignore[no-untyped-def]
+        self, pool, blobs, keys, policies, clock, s3_server: SeaweedS3, stub, operator, make_account
+    ) -> None:
+        _consenting_public_items(stub, operator, make_account, 2)
+        url = f"s3://{TEST_BUCKET}/exports-{secrets.token_hex(4)}"
+        target = S3ExportTarget(url, s3_server.overrides)
+        never_committed = uuid4()
+        obstore.put(target.store, f"{STAGING_PREFIX}{never_committed}/part-00000.parquet", b"half")
+
+        def export(into: S3ExportTarget) -> TrainingExport:
+            return create_training_export(
+                pool, EncryptedBlobStore(blobs), keys, policies, output_dir=into, actor=SYSTEM, now=clock.now()
+            )
+
+        with pytest.raises(_PublishKilled) as killed:
+            export(_DiesBeforePublishing(url, s3_server.overrides))
+        first = str(killed.value)
+        staged = sorted(list_object_names(target.store, f"{STAGING_PREFIX}{first}"))
+        assert staged == [f"{STAGING_PREFIX}{first}/{MANIFEST_NAME}", f"{STAGING_PREFIX}{first}/part-00000.parquet"]
+        assert list_object_names(target.store, first) == []  # nothing published yet
+
+        second = export(target)
+
+        names = sorted(list_object_names(target.store))
+        assert names == sorted(
+            f"{export_id}/{name}"
+            for export_id in (first, second.export_id)
+            for name in (MANIFEST_NAME, "part-00000.parquet")
+        )
