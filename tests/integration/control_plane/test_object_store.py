@@ -7,7 +7,10 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import secrets
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,7 +26,7 @@ from grpc_status import rpc_status
 from atelier.cli import main
 from control_plane.adapters.encrypted_blobs import EncryptedBlobStore
 from control_plane.adapters.export_targets import MANIFEST_NAME, STAGING_PREFIX, S3ExportTarget
-from control_plane.adapters.s3_blobstore import S3BlobStore, list_object_names
+from control_plane.adapters.s3_blobstore import S3BlobStore, list_object_names, open_s3_store
 from control_plane.audit import SYSTEM
 from control_plane.bootstrap import bootstrap
 from control_plane.config import ControlPlaneConfig
@@ -34,7 +37,7 @@ from protos.atelier.v1 import common_pb2, control_plane_pb2_grpc
 from protos.atelier.v1 import control_plane_pb2 as pb
 from tests.integration._seaweedfs import SeaweedS3, seaweedfs_server
 from tests.integration.control_plane._privacy import generate, new_item
-from tests.integration.control_plane._support import Caller, error_reason, png_bytes
+from tests.integration.control_plane._support import REPO_ROOT, Caller, error_reason, png_bytes
 from tests.integration.control_plane._training import store
 from tests.integration.control_plane.conftest import TEST_BUCKET
 
@@ -230,3 +233,22 @@ class TestTrainingExportToTheBucket:
             for export_id in (first, second.export_id)
             for name in (MANIFEST_NAME, "part-00000.parquet")
         )
+
+
+def test_the_content_crypto_benchmark_measures_the_bucket(s3_server: SeaweedS3) -> None:
+    script = REPO_ROOT / "benchmarks" / "content_crypto.py"
+    url = f"s3://{TEST_BUCKET}/bench-{secrets.token_hex(4)}"
+    result = subprocess.run(
+        [sys.executable, str(script), "--quick", "--json", "--store", url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **s3_server.environ},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    figures = json.loads(result.stdout)
+    assert figures["store"] == "s3" and figures["blobs"] == 32
+    for arm in ("plain_put", "plain_get", "sealed_put", "sealed_get"):
+        assert figures[f"{arm}_mb_s"] > 0 and figures[f"{arm}_ms"] > 0
+    assert figures["put_ratio"] > 0 and figures["get_ratio"] > 0
+    assert list_object_names(open_s3_store(url, s3_server.overrides)) == []  # it cleans up after itself
