@@ -11,8 +11,8 @@ import os
 import secrets
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from uuid import UUID, uuid4
 
@@ -38,41 +38,45 @@ from protos.atelier.v1 import control_plane_pb2 as pb
 from tests.integration._seaweedfs import SeaweedS3, seaweedfs_server
 from tests.integration.control_plane._privacy import generate, new_item
 from tests.integration.control_plane._support import REPO_ROOT, Caller, error_reason, png_bytes
-from tests.integration.control_plane._training import store
+from tests.integration.control_plane._training import grant_training_consent, store
 from tests.integration.control_plane.conftest import TEST_BUCKET
 
-
-@contextmanager
-def _server_from_env(
-    monkeypatch: pytest.MonkeyPatch, environ: dict[str, str]
-) -> Iterator[control_plane_pb2_grpc.ControlPlaneStub]:
-    """A control-plane server built as `python -m control_plane` builds it, from these variables."""
-    with monkeypatch.context() as patch:
-        for name, value in environ.items():
-            patch.setenv(name, value)
-        config = ControlPlaneConfig.from_env()
-        deps = bootstrap(config, migrate=False)
-    server = build_server(config, deps)
-    port = add_listen_port(server, "127.0.0.1:0")
-    server.start()
-    try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            yield control_plane_pb2_grpc.ControlPlaneStub(channel)
-    finally:
-        server.stop(grace=None)
-        deps.close()
+ServerFromEnv = Callable[[Path, str, SeaweedS3], AbstractContextManager[control_plane_pb2_grpc.ControlPlaneStub]]
 
 
-def _environ(database_url: str, master_key_file: Path, home: Path, blob_url: str, s3: SeaweedS3) -> dict[str, str]:
-    return {
-        "ATELIER_DATABASE_URL": database_url,
-        "ATELIER_MASTER_KEY_FILE": str(master_key_file),
-        "ATELIER_HOME": str(home),
-        "ATELIER_BLOB_URL": blob_url,
-        "ATELIER_SWEEP_INTERVAL_S": "0",
-        "ATELIER_CONTROL_PLANE_METRICS_PORT": "0",
-        **s3.environ,
-    }
+@pytest.fixture
+def server_from_env(monkeypatch: pytest.MonkeyPatch, database_url: str, master_key_file: Path) -> ServerFromEnv:
+    """Starts control-plane servers as `python -m control_plane` builds them, from ATELIER_* and AWS_*
+    variables: the session's database and master key, a home, a blob URL and an S3 server."""
+    monkeypatch.delenv("ATELIER_BLOB_DIR", raising=False)
+
+    @contextmanager
+    def serve(home: Path, blob_url: str, s3: SeaweedS3) -> Iterator[control_plane_pb2_grpc.ControlPlaneStub]:
+        environ = {
+            "ATELIER_DATABASE_URL": database_url,
+            "ATELIER_MASTER_KEY_FILE": str(master_key_file),
+            "ATELIER_HOME": str(home),
+            "ATELIER_BLOB_URL": blob_url,
+            "ATELIER_SWEEP_INTERVAL_S": "0",
+            "ATELIER_CONTROL_PLANE_METRICS_PORT": "0",
+            **s3.environ,
+        }
+        with monkeypatch.context() as patch:
+            for name, value in environ.items():
+                patch.setenv(name, value)
+            config = ControlPlaneConfig.from_env()
+            deps = bootstrap(config, migrate=False)
+        server = build_server(config, deps)
+        port = add_listen_port(server, "127.0.0.1:0")
+        server.start()
+        try:
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                yield control_plane_pb2_grpc.ControlPlaneStub(channel)
+        finally:
+            server.stop(grace=None)
+            deps.close()
+
+    return serve
 
 
 def _files(root: Path) -> list[Path]:
@@ -82,23 +86,18 @@ def _files(root: Path) -> list[Path]:
 class TestContentInTheBucket:
     def test_content_lands_sealed_in_the_bucket_is_read_by_a_second_server_and_erasure_removes_it(
         self,
-        monkeypatch: pytest.MonkeyPatch,
+        server_from_env: ServerFromEnv,
         tmp_path: Path,
-        database_url: str,
-        master_key_file: Path,
         s3_server: SeaweedS3,
         operator: Caller,
-        make_account,  # type: ignore[no-untyped-def]
+        make_account: Callable[..., str],
     ) -> None:
-        monkeypatch.delenv("ATELIER_BLOB_DIR", raising=False)
         blob_url = f"s3://{TEST_BUCKET}/servers-{secrets.token_hex(4)}"
         bucket = S3BlobStore(blob_url, s3_server.overrides)
         prompt = "a plaintext-canary lighthouse"
         image = png_bytes(11, size=16)
         first_home, second_home = tmp_path / "first", tmp_path / "second"
-        with _server_from_env(
-            monkeypatch, _environ(database_url, master_key_file, first_home, blob_url, s3_server)
-        ) as first:
+        with server_from_env(first_home, blob_url, s3_server) as first:
             account = make_account(credits=5)
             stored = generate(first, operator, account, new_item(prompt=prompt, data=image)).contents[0]
 
@@ -108,9 +107,7 @@ class TestContentInTheBucket:
             assert image not in sealed and image[8:40] not in sealed and prompt.encode() not in sealed
             assert _files(first_home / "blobs") == []  # nothing under the (default) blob directory
 
-            with _server_from_env(
-                monkeypatch, _environ(database_url, master_key_file, second_home, blob_url, s3_server)
-            ) as second:
+            with server_from_env(second_home, blob_url, s3_server) as second:
                 read = second.GetContent(
                     pb.GetContentRequest(content_id=stored.content_id, include_data=True), metadata=operator.metadata
                 )
@@ -125,20 +122,16 @@ class TestContentInTheBucket:
 class TestOutage:
     def test_a_store_while_the_bucket_is_down_is_unavailable_and_stores_and_charges_nothing(
         self,
-        monkeypatch: pytest.MonkeyPatch,
+        server_from_env: ServerFromEnv,
         tmp_path: Path,
-        database_url: str,
-        master_key_file: Path,
         pool: Pool,
         operator: Caller,
-        make_account,  # type: ignore[no-untyped-def]
+        make_account: Callable[..., str],
     ) -> None:
-        monkeypatch.delenv("ATELIER_BLOB_DIR", raising=False)
         # A server of its own: this test stops it.
         with seaweedfs_server() as s3:
             s3.create_bucket(TEST_BUCKET)
-            environ = _environ(database_url, master_key_file, tmp_path, f"s3://{TEST_BUCKET}/outage", s3)
-            with _server_from_env(monkeypatch, environ) as stub:
+            with server_from_env(tmp_path, f"s3://{TEST_BUCKET}/outage", s3) as stub:
                 account = make_account(credits=5)
                 s3.stop()
                 with pytest.raises(grpc.RpcError) as caught:
@@ -168,16 +161,7 @@ class _DiesBeforePublishing(S3ExportTarget):
 
 def _consenting_public_items(stub, operator: Caller, make_account, count: int) -> None:  # type: ignore[no-untyped-def]
     account = make_account(credits=10)
-    stub.RecordConsent(
-        pb.RecordConsentRequest(
-            account_id=account,
-            purpose=pb.CONSENT_PURPOSE_TRAINING,
-            granted=True,
-            method=pb.CONSENT_METHOD_API,
-            source="api",
-        ),
-        metadata=operator.metadata,
-    )
+    grant_training_consent(stub, operator, account)
     store(stub, operator, account, count, visibility=common_pb2.VISIBILITY_PUBLIC)
 
 
