@@ -23,7 +23,10 @@ Speed: unlinking the blobs is most of a batch's cost (a file system call per ite
 pass runs each rule's queue with `workers` side-by-side batch loops on their own connections,
 exactly as separate sweepers would: while one unlinks, another deletes its next rows in the
 database. A batch's unlinks are also spread over a thread pool (`unlink_threads`; `os.unlink`
-releases the GIL), since a delete mostly waits on the file system.
+releases the GIL), since a delete mostly waits on the file system. Each thread hands its slice
+of keys to `BlobStore.delete_many`: a directory unlinks them one by one, an object store deletes
+them in one `DeleteObjects` request. An object store that cannot be reached fails the batch
+(`BlobStoreUnavailable`), so its rows roll back and the next pass takes them again.
 """
 
 from __future__ import annotations

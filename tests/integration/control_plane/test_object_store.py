@@ -13,6 +13,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from uuid import UUID, uuid4
 
@@ -32,6 +33,9 @@ from control_plane.bootstrap import bootstrap
 from control_plane.config import ControlPlaneConfig
 from control_plane.db.pool import Pool
 from control_plane.entrypoints.server import add_listen_port, build_server
+from control_plane.errors import BlobStoreUnavailable
+from control_plane.policy import PolicyRegistry
+from control_plane.sweeper import run_sweep
 from control_plane.training_exports import TrainingExport, create_training_export
 from protos.atelier.v1 import common_pb2, control_plane_pb2_grpc
 from protos.atelier.v1 import control_plane_pb2 as pb
@@ -120,34 +124,48 @@ class TestContentInTheBucket:
 
 
 class TestOutage:
-    def test_a_store_while_the_bucket_is_down_is_unavailable_and_stores_and_charges_nothing(
+    def test_while_the_bucket_is_down_stores_reads_and_sweeps_are_unavailable_and_change_nothing(
         self,
         server_from_env: ServerFromEnv,
         tmp_path: Path,
         pool: Pool,
+        policies: PolicyRegistry,
         operator: Caller,
         make_account: Callable[..., str],
     ) -> None:
         # A server of its own: this test stops it.
         with seaweedfs_server() as s3:
             s3.create_bucket(TEST_BUCKET)
-            with server_from_env(tmp_path, f"s3://{TEST_BUCKET}/outage", s3) as stub:
+            url = f"s3://{TEST_BUCKET}/outage"
+            with server_from_env(tmp_path, url, s3) as stub:
                 account = make_account(credits=5)
+                kept = generate(stub, operator, account, new_item(1)).contents[0]
                 s3.stop()
-                with pytest.raises(grpc.RpcError) as caught:
-                    generate(stub, operator, account, new_item(1), new_item(2), cost=2)
+                with pytest.raises(grpc.RpcError) as stored:
+                    generate(stub, operator, account, new_item(2), new_item(3), cost=2)
+                with pytest.raises(grpc.RpcError) as read:
+                    stub.GetContent(
+                        pb.GetContentRequest(content_id=kept.content_id, include_data=True), metadata=operator.metadata
+                    )
                 balance = stub.GetBalance(pb.GetBalanceRequest(account_id=account), metadata=operator.metadata)
+            with pytest.raises(BlobStoreUnavailable):
+                # Free tier: generated images go 30 days after their creation (by this server's wall clock).
+                run_sweep(pool, S3BlobStore(url, s3.overrides), policies, now=datetime.now(UTC) + timedelta(days=31))
 
-        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
-        assert error_reason(caught.value) == "BLOB_STORE_UNAVAILABLE"
-        assert "retry" in (caught.value.details() or "")
-        status = rpc_status.from_call(caught.value)  # type: ignore[arg-type]
-        assert status is not None and any(d.Is(error_details_pb2.RetryInfo.DESCRIPTOR) for d in status.details)
+        for error in (stored.value, read.value):
+            assert error.code() == grpc.StatusCode.UNAVAILABLE and error_reason(error) == "BLOB_STORE_UNAVAILABLE"
+            assert "retry" in (error.details() or "")
+            status = rpc_status.from_call(error)  # type: ignore[arg-type]
+            assert status is not None and any(d.Is(error_details_pb2.RetryInfo.DESCRIPTOR) for d in status.details)
         with pool.connection() as conn:
-            assert conn.execute("SELECT count(*) FROM content").fetchone()[0] == 0
-            held = conn.execute("SELECT state FROM reservations WHERE account_id = %s", (account,)).fetchall()
-        assert [row[0] for row in held] == ["held"]  # not committed: the gateway releases it
-        assert (balance.balance.total, balance.balance.held) == (5, 2)
+            # The failed store left no row; the failed sweep's batch rolled back, so the row stays.
+            assert [row[0] for row in conn.execute("SELECT content_id FROM content").fetchall()] == [
+                UUID(kept.content_id)
+            ]
+            states = conn.execute("SELECT state FROM reservations WHERE account_id = %s ORDER BY amount", (account,))
+            # The second reservation is not committed (the gateway releases it): nothing charged.
+            assert [row[0] for row in states.fetchall()] == ["committed", "held"]
+        assert (balance.balance.total, balance.balance.held) == (4, 2)
 
 
 class _PublishKilled(Exception):
