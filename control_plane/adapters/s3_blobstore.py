@@ -22,7 +22,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from functools import partial
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 import obstore
@@ -32,6 +32,9 @@ from obstore.store import S3Store
 from control_plane.adapters.blobstore import BlobNotFoundError, validate_blob_key
 from control_plane.errors import BlobStoreUnavailable
 
+if TYPE_CHECKING:
+    from obstore.store import ClientConfig, RetryConfig
+
 _logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
@@ -39,9 +42,10 @@ _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _PREFIX_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _BULK_DELETE_MAX = 1000
 """Keys per DeleteObjects request (S3's limit); obstore splits longer lists itself."""
-RETRY = {"max_retries": 3, "retry_timeout": timedelta(seconds=15)}
+RETRY: RetryConfig = {"max_retries": 3, "retry_timeout": timedelta(seconds=15)}
 """A few quick retries: a caller is waiting, and an RPC is better answered UNAVAILABLE soon."""
-CLIENT_OPTIONS = {"connect_timeout": "5s", "timeout": "60s"}
+CONNECT_TIMEOUT = "5s"
+REQUEST_TIMEOUT = "60s"
 
 
 def parse_s3_url(url: str) -> tuple[str, str]:
@@ -86,13 +90,17 @@ def open_s3_store(
     allow_http = settings.pop("allow_http", None)
     if allow_http is None:
         allow_http = environ.get("AWS_ALLOW_HTTP", "").strip().lower() in ("true", "1", "yes")
-    client = {**CLIENT_OPTIONS, "allow_http": bool(allow_http)}
+    client: ClientConfig = {
+        "connect_timeout": CONNECT_TIMEOUT,
+        "timeout": REQUEST_TIMEOUT,
+        "allow_http": bool(allow_http),
+    }
     try:
         return S3Store(
             bucket,
             prefix=prefix or None,
-            client_options=client,  # type: ignore[arg-type]
-            retry_config=RETRY,  # type: ignore[arg-type]
+            client_options=client,
+            retry_config=RETRY,
             **settings,
         )
     except ObjectStoreError as error:
