@@ -8,10 +8,12 @@ otherwise open (Iceberg, Lance, IAM, SFTP, WebDAV) off. One identity holds the t
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -26,6 +28,7 @@ import obstore
 from obstore.store import S3Store
 
 _START_TIMEOUT_S = 60.0
+_PR_SET_PDEATHSIG = 1
 _PORT_NAMES = (
     "master.port",
     "master.port.grpc",
@@ -153,7 +156,19 @@ def seaweedfs_server() -> Iterator[SeaweedS3]:
 
 def _spawn(command: list[str], log_path: Path) -> subprocess.Popen[bytes]:
     with log_path.open("ab") as log:
-        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=log_path.parent)
+        return subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=log_path.parent,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        )
+
+
+def _die_with_parent() -> None:
+    # A test run killed outright (a CI timeout) must not leave weed running on a shared machine.
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _wait_until_serving(server: SeaweedS3) -> None:
