@@ -95,7 +95,7 @@ def bootstrap(
         applied = apply_migrations(pool) if migrate else []
         with pool.connection() as conn:
             policies.check_tenants(conn)
-        blobs = LocalBlobStore(config.blob_root)
+        blobs = open_blob_store(config)
     except BaseException:
         pool.close()
         raise
@@ -108,6 +108,23 @@ def bootstrap(
         registry=registry if registry is not None else CollectorRegistry(),
         applied_migrations=applied,
     )
+
+
+def open_blob_store(config: ControlPlaneConfig) -> BlobStore:
+    """The configured blob store: the `s3://` bucket of `blob_url`, else the local directory.
+
+    Raises:
+        ConfigError: The object store cannot be configured from the URL and the AWS settings.
+    """
+    url = config.blob_object_store_url
+    if url is None:
+        return LocalBlobStore(config.blob_root)
+    from control_plane.adapters.s3_blobstore import S3BlobStore
+
+    try:
+        return S3BlobStore(url)
+    except ValueError as error:
+        raise ConfigError("blob_url", str(error)) from None
 
 
 def load_key_store(config: ControlPlaneConfig) -> PostgresKeyStore:

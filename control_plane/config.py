@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 VISIBILITIES = ("private", "public")
 
@@ -17,6 +18,7 @@ ENV_VARS: Mapping[str, str] = {
     "metrics_port": "ATELIER_CONTROL_PLANE_METRICS_PORT",
     "home": "ATELIER_HOME",
     "blob_dir": "ATELIER_BLOB_DIR",
+    "blob_url": "ATELIER_BLOB_URL",
     "reservation_ttl_s": "ATELIER_RESERVATION_TTL_S",
     "max_reservation_ttl_s": "ATELIER_MAX_RESERVATION_TTL_S",
     "pool_min_size": "ATELIER_DB_POOL_MIN_SIZE",
@@ -75,6 +77,12 @@ class ControlPlaneConfig:
 
     blob_dir: Path | None = None
     """Directory of the local blob store; None means `home/blobs` (see `blob_root`)."""
+
+    blob_url: str | None = None
+    """Where content blobs live: `s3://bucket/prefix` (an S3-compatible object store; its
+    credentials and endpoint come from the standard `AWS_*` variables) or `file:///abs/path`
+    (a local directory, as `blob_dir`). None keeps the local directory (`blob_root`). With an
+    s3:// URL, `blob_dir` is not used."""
 
     reservation_ttl_s: int = 600
     """Seconds a credit reservation is held when the request leaves the TTL at 0."""
@@ -150,6 +158,7 @@ class ControlPlaneConfig:
         if self.database_url is not None and not self.database_url.strip():
             _fail("database_url", "must not be blank (leave it unset for the embedded server)")
         _validate_listen_address(self.listen_address)
+        _validate_blob_url(self.blob_url, self.blob_dir)
         _check_range("metrics_port", self.metrics_port, 0, 65535, "0 turns metrics off")
         _check_range("reservation_ttl_s", self.reservation_ttl_s, 1, self.max_reservation_ttl_s)
         _check_range("max_reservation_ttl_s", self.max_reservation_ttl_s, 1, 7 * 24 * 3600)
@@ -173,8 +182,16 @@ class ControlPlaneConfig:
 
     @property
     def blob_root(self) -> Path:
-        """The blob store directory: `blob_dir`, or `home/blobs` when that is unset."""
+        """The local blob store directory: a `file://` `blob_url`'s path, `blob_dir`, or
+        `home/blobs` when neither is set (unused when `blob_url` is `s3://`)."""
+        if self.blob_url is not None and self.blob_url.startswith("file:"):
+            return Path(urlsplit(self.blob_url).path)
         return self.blob_dir if self.blob_dir is not None else self.home / "blobs"
+
+    @property
+    def blob_object_store_url(self) -> str | None:
+        """The `s3://` URL content lives under; None when it lives in a local directory."""
+        return self.blob_url if self.blob_url is not None and self.blob_url.startswith("s3:") else None
 
     @property
     def master_key_path(self) -> Path:
@@ -234,6 +251,30 @@ class ControlPlaneConfig:
 
 def _fail(setting: str, detail: str) -> None:
     raise ConfigError(setting, detail)
+
+
+def _validate_blob_url(url: str | None, blob_dir: Path | None) -> None:
+    if url is None:
+        return
+    scheme = urlsplit(url).scheme
+    if scheme == "s3":
+        # Imported here: the adapter pulls in obstore, which `atelier --help` need not load.
+        from control_plane.adapters.s3_blobstore import parse_s3_url
+
+        try:
+            parse_s3_url(url)
+        except ValueError as error:
+            _fail("blob_url", f"is invalid: {error}")
+    elif scheme == "file":
+        parts = urlsplit(url)
+        if parts.netloc not in ("", "localhost") or not parts.path.startswith("/") or parts.query or parts.fragment:
+            _fail(
+                "blob_url", f"is {url!r}; a file URL names an absolute local path, e.g. file:///var/lib/atelier/blobs"
+            )
+        if blob_dir is not None and Path(parts.path) != blob_dir:
+            _fail("blob_url", f"names {parts.path} but blob_dir (ATELIER_BLOB_DIR) is {blob_dir}; set one of them")
+    else:
+        _fail("blob_url", f"is {url!r}; valid values: s3://bucket/prefix or file:///absolute/path")
 
 
 def _check_range(setting: str, value: int, low: int, high: int, note: str = "") -> None:

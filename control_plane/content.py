@@ -595,11 +595,10 @@ def _insert_rows(conn: Connection, prepared: Sequence[ContentItem], reservation_
 def _delete_quietly(blobs: BlobStore | EncryptedBlobStore, keys: Sequence[str]) -> None:
     # Runs while another exception propagates: a failed delete is logged, not raised, so
     # the caller sees the original error. A blob left behind has no row and is harmless.
-    for key in keys:
-        try:
-            blobs.delete(key)
-        except Exception:
-            _logger.warning("could not delete blob of a failed store blob_key=%s", key, exc_info=True)
+    try:
+        blobs.delete_many(keys)
+    except Exception:
+        _logger.warning("could not delete blobs of a failed store blob_keys=%s", ",".join(keys), exc_info=True)
 
 
 def _content_item(row: tuple[Any, ...]) -> ContentItem:

@@ -210,13 +210,12 @@ def request_erasure(
         ).fetchone()
         details = {"account_id": str(account_id), "kind": "erasure", "blobs": len(blob_keys)}
         record_audit(conn, actor, now, "dsr.complete", "dsr_request", request.dsr_id, details)
-    for key in blob_keys:
-        try:
-            blobs.delete(key)
-        except Exception:
-            # The row is gone (and for an account the key too): a leftover blob is unreadable
-            # ciphertext; the log lets an operator remove it.
-            _logger.warning("erasure left a blob behind blob_key=%s", key, exc_info=True)
+    try:
+        blobs.delete_many(blob_keys)
+    except Exception:
+        # The rows are gone (and for an account the key too): a leftover blob is unreadable
+        # ciphertext; the log lets an operator remove it.
+        _logger.warning("erasure may have left blobs behind blob_keys=%s", ",".join(blob_keys), exc_info=True)
     return _request(expect_row(row))
 
 

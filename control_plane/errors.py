@@ -88,6 +88,14 @@ class StorageFull(DomainError):
     reason = "BLOB_STORE_FULL"
 
 
+class BlobStoreUnavailable(Unavailable):
+    """The blob store (an object store's endpoint) cannot be reached or refused the request
+    (down, timing out, credentials refused); the call changed nothing, and a retry with
+    backoff may succeed. Answered UNAVAILABLE with a RetryInfo, never INTERNAL."""
+
+    reason = "BLOB_STORE_UNAVAILABLE"
+
+
 class AccountNotActive(FailedPrecondition):
     """The account is suspended or erased, so it cannot generate or store content."""
 

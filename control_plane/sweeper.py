@@ -23,7 +23,10 @@ Speed: unlinking the blobs is most of a batch's cost (a file system call per ite
 pass runs each rule's queue with `workers` side-by-side batch loops on their own connections,
 exactly as separate sweepers would: while one unlinks, another deletes its next rows in the
 database. A batch's unlinks are also spread over a thread pool (`unlink_threads`; `os.unlink`
-releases the GIL), since a delete mostly waits on the file system.
+releases the GIL), since a delete mostly waits on the file system. Each thread hands its slice
+of keys to `BlobStore.delete_many`: a directory unlinks them one by one, an object store deletes
+them in one `DeleteObjects` request. An object store that cannot be reached fails the batch
+(`BlobStoreUnavailable`), so its rows roll back and the next pass takes them again.
 """
 
 from __future__ import annotations
@@ -288,13 +291,12 @@ def delete_blobs(blobs: BlobStore, keys: Sequence[str], unlink: Executor | None 
     Returns once all are gone; raises the first error any deletion raised.
     """
     if unlink is None or len(keys) <= _UNLINKS_PER_TASK:
-        for key in keys:
-            blobs.delete(key)
+        blobs.delete_many(keys)
         return
 
     def delete_slice(start: int) -> None:
-        for key in keys[start : start + _UNLINKS_PER_TASK]:
-            blobs.delete(key)
+        # An object store deletes a slice in one request; a directory unlinks each file.
+        blobs.delete_many(keys[start : start + _UNLINKS_PER_TASK])
 
     # Slices rather than a task per key: a future costs about as much as an unlink.
     tasks = [unlink.submit(delete_slice, start) for start in range(0, len(keys), _UNLINKS_PER_TASK)]

@@ -20,23 +20,23 @@ describe the same set of items:
 
 With a pool of one connection the two halves of step 2 run one after the other on it.
 
-Crash safety: files are written to a hidden staging directory, `output_dir/.partial-<id>/`
-(pyarrow and Spark skip names starting with `.`), and renamed to `output_dir/<id>/` only after
-the transaction has committed. So a directory named by an export id is always a complete
-export the database knows (its removal manifest can be built), and a process killed at any
-point leaves at most a hidden staging directory. The next export in the same `output_dir`
-finishes what a crash left (`finish_interrupted_exports`): a staging directory of a committed
-export is renamed into place, one of an export that never committed is deleted. An export
-holds a transaction-level advisory lock on its id while it runs, so that clean-up never
-touches a running export's directory.
+Crash safety: files are staged under a hidden name, `.partial-<id>` (pyarrow and Spark skip
+names starting with `.`), before the transaction commits, and published as `<id>` only after
+it has (`adapters/export_targets.py`: a directory is renamed; in an S3 bucket the staged
+objects are copied to the final prefix, manifest last). So an export named by its id is
+always complete and known to the database (its removal manifest can be built), and a process
+killed at any point leaves at most a hidden staging area. The next export to the same target
+finishes what a crash left (`finish_interrupted_exports`): a staged export that committed is
+published, one that never committed is deleted. An export holds a transaction-level advisory
+lock on its id while it runs, so that clean-up never touches a running export's files.
 
 Items that become ineligible while (or after) the export runs are listed by its removal
 manifest the next time it is read (`removals.reconcile_removals`).
 
 Files carry no account or content ids: `item_id` and `subject_id` are salted per export and
 the salt never leaves the control plane, which keeps the mapping only to build removal
-manifests (DESIGN.md §9). If anything fails, the transaction rolls back and the staging
-directory is removed.
+manifests (DESIGN.md §9). If anything fails, the transaction rolls back and what was
+written and staged is removed.
 """
 
 from __future__ import annotations
@@ -45,10 +45,8 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import queue
 import secrets
-import shutil
 import threading
 import time
 from collections.abc import Generator
@@ -69,6 +67,8 @@ from psycopg.types.json import Jsonb
 
 from control_plane import crypto
 from control_plane.adapters.encrypted_blobs import EncryptedBlobStore
+from control_plane.adapters.export_targets import MANIFEST_NAME, ExportTarget, LocalExportTarget
+from control_plane.adapters.export_targets import STAGING_PREFIX as STAGING_PREFIX  # re-exported for callers
 from control_plane.adapters.keystore import DataKey, KeyStore
 from control_plane.audit import Actor, record_audit
 from control_plane.db.pool import Connection, Pool
@@ -79,10 +79,6 @@ from control_plane.retention import RetentionPolicy
 
 _logger = logging.getLogger(__name__)
 
-STAGING_PREFIX = ".partial-"
-"""An export is written to `output_dir/.partial-<export id>/` and renamed when committed."""
-MANIFEST_NAME = "_manifest.json"
-"""Leading underscore: pyarrow and Spark skip it, so `pq.read_table(directory)` reads the data alone."""
 DEFAULT_ROWS_PER_FILE = 250_000
 _ROW_GROUP_ROWS = 128 * 1024
 """Rows per Parquet row group: a few MiB of metadata rows, so readers can skip and parallelise."""
@@ -152,11 +148,23 @@ class TrainingExport:
     """A completed export."""
 
     export_id: UUID
-    directory: Path
+    location: str
+    """Where it was published: a directory, or an `s3://bucket/prefix/<export id>` URL."""
     item_count: int
     files: list[ExportFile]
     manifest: dict[str, Any]
     seconds: float = field(default=0.0, compare=False)
+
+    @property
+    def directory(self) -> Path:
+        """The export's directory (a local export only).
+
+        Raises:
+            ValueError: The export went to an object store.
+        """
+        if "://" in self.location:
+            raise ValueError(f"export {self.export_id} is in an object store: {self.location}")
+        return Path(self.location)
 
 
 def create_training_export(
@@ -165,21 +173,22 @@ def create_training_export(
     keys: KeyStore,
     registry: PolicyRegistry,
     *,
-    output_dir: Path,
+    output_dir: Path | ExportTarget,
     actor: Actor,
     now: datetime,
     include_images: bool = True,
     rows_per_file: int = DEFAULT_ROWS_PER_FILE,
     metrics: ExportMetrics | None = None,
 ) -> TrainingExport:
-    """Exports every item eligible at `now` into `output_dir/<export id>/`.
+    """Exports every item eligible at `now` to `<export id>` under `output_dir`.
 
     Args:
         pool: Database pool (two connections when it has them: see the module docstring).
         blobs: The encrypted blob store images are read through.
         keys: Data keys, to decrypt prompts and images.
         registry: The policy profiles tenants follow (eligibility is per tenant's profile).
-        output_dir: Parent directory; created if missing.
+        output_dir: Parent directory (created if missing), or a target such as an S3 prefix
+            (`adapters.export_targets.open_export_target`).
         actor: Who asked (the audit row's actor).
         now: The export's "now": eligibility is judged at this instant.
         include_images: Write the image bytes; off, the `image` column is null (metadata only).
@@ -194,10 +203,10 @@ def create_training_export(
     started = time.monotonic()
     export_id = uuid4()
     salt = secrets.token_bytes(32)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    finish_interrupted_exports(pool, output_dir)
-    final_directory = output_dir / str(export_id)
-    directory = output_dir / f"{STAGING_PREFIX}{export_id}"
+    target = _as_target(output_dir)
+    finish_interrupted_exports(pool, target)
+    location = target.location(export_id)
+    directory: Path | None = None
     try:
         with pool.connection() as conn:
             conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
@@ -205,7 +214,7 @@ def create_training_export(
                 with conn.transaction():
                     # Held to the commit: `finish_interrupted_exports` leaves this staging alone.
                     conn.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_key(export_id),))
-                    directory.mkdir(exist_ok=False)
+                    directory = target.begin(export_id)
                     # Sorting a million eligible rows by key spills to disk under the default.
                     conn.execute("SET LOCAL work_mem = '256MB'")
                     params = eligibility_params(conn, registry, now)
@@ -220,7 +229,7 @@ def create_training_export(
                             export_id,
                             registry.default.training_consent_mode.value,
                             salt,
-                            str(final_directory),
+                            location,
                             actor.key_id,
                             now,
                             now,
@@ -259,6 +268,7 @@ def create_training_export(
                         ],
                     }
                     (directory / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+                    target.stage(export_id, directory, [*(f.name for f in files), MANIFEST_NAME])
                     conn.execute(
                         """
                         UPDATE training_exports SET state = 'completed', item_count = %s, completed_at = %s,
@@ -279,57 +289,44 @@ def create_training_export(
             finally:
                 conn.isolation_level = None
     except BaseException:
-        shutil.rmtree(directory, ignore_errors=True)
+        if directory is not None:
+            target.discard(export_id, directory)
         raise
-    _publish(directory, final_directory)
-    return TrainingExport(export_id, final_directory, item_count, files, manifest, time.monotonic() - started)
+    target.publish(export_id, directory)
+    return TrainingExport(export_id, location, item_count, files, manifest, time.monotonic() - started)
 
 
-def finish_interrupted_exports(pool: Pool, output_dir: Path) -> list[UUID]:
-    """Finishes what exports killed in `output_dir` left behind; safe while others run.
+def finish_interrupted_exports(pool: Pool, output_dir: Path | ExportTarget) -> list[UUID]:
+    """Finishes what exports killed while writing to `output_dir` left behind; safe while others run.
 
-    A staging directory (`.partial-<export id>`) whose export committed is renamed to its
+    A staged export (`.partial-<export id>`) whose export committed is published under its
     final name; one whose export never committed (the process died mid-export, so the
-    database rolled it back) is deleted. Staging directories of exports still running (their
-    advisory lock is held) are left alone.
+    database rolled it back) is deleted. Staged exports still running (their advisory lock is
+    held) are left alone.
 
     Returns:
         The ids of the committed exports this call put in place.
     """
+    target = _as_target(output_dir)
     published: list[UUID] = []
-    for staging in sorted(output_dir.glob(f"{STAGING_PREFIX}*")):
-        try:
-            export_id = UUID(staging.name.removeprefix(STAGING_PREFIX))
-        except ValueError:
-            continue  # not ours
+    for export_id in target.staged_exports():
         with pool.connection() as conn, conn.transaction():
             locked = conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (_lock_key(export_id),)).fetchone()
             if locked is None or not locked[0]:
                 continue  # still running
             row = conn.execute("SELECT state FROM training_exports WHERE export_id = %s", (export_id,)).fetchone()
             if row is not None and row[0] == "completed":
-                _publish(staging, output_dir / str(export_id))
+                target.publish_staged(export_id)
                 published.append(export_id)
                 _logger.info("interrupted export published export_id=%s", export_id)
             elif row is None:
-                shutil.rmtree(staging, ignore_errors=True)
+                target.discard_staged(export_id)
                 _logger.info("interrupted export discarded export_id=%s", export_id)
     return published
 
 
-def _publish(staging: Path, final: Path) -> None:
-    # A rename is atomic: readers see no directory or the whole export. Another process may
-    # have published it already (it found this export committed after a crash of ours).
-    try:
-        os.rename(staging, final)
-    except FileNotFoundError:
-        if not final.is_dir():
-            raise
-    descriptor = os.open(final.parent, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+def _as_target(output_dir: Path | ExportTarget) -> ExportTarget:
+    return LocalExportTarget(output_dir) if isinstance(output_dir, Path) else output_dir
 
 
 def _lock_key(export_id: UUID) -> int:

@@ -45,5 +45,10 @@ def job_deps(as_of: datetime.datetime | None) -> Iterator[tuple[ControlPlaneConf
         raise CommandError(str(exc), "INVALID_ARGUMENT") from None
     except Exception as exc:  # the driver's message names the server and the failure
         raise CommandError(f"cannot reach the control plane's database: {exc}", "UNAVAILABLE") from None
+    from control_plane.errors import Unavailable
+
     with deps:
-        yield config, deps
+        try:
+            yield config, deps
+        except Unavailable as exc:  # the database or the blob store went away mid-job
+            raise CommandError(exc.message, "UNAVAILABLE") from None

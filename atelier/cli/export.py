@@ -1,7 +1,8 @@
 """`atelier export training|removals`: training exports (run here) and their removal manifests.
 
 `export training -o DIR` writes every item eligible for training to `DIR/<export id>/` as
-Parquet with a `manifest.json`; it runs against the database like the sweep. `export removals
+Parquet with a `_manifest.json` (`-o s3://bucket/prefix`: to `prefix/<export id>/` in that
+bucket, with the `AWS_*` settings); it runs against the database like the sweep. `export removals
 EXPORT_ID` asks the running control plane which items of an export must be deleted since
 (`--since` the cursor a previous call printed).
 """
@@ -9,7 +10,6 @@ EXPORT_ID` asks the running control plane which items of an export must be delet
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from atelier.cli._cluster import add_json_flag, connect, rpc_errors
 from atelier.cli._jobs import job_deps, parse_as_of
@@ -24,7 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     commands = parser.add_subparsers(dest="export_command", required=True, metavar="COMMAND")
 
     training = commands.add_parser("training", help="export every item eligible for training to Parquet")
-    training.add_argument("-o", "--output", required=True, type=Path, metavar="DIR", help="parent directory")
+    training.add_argument(
+        "-o", "--output", required=True, metavar="DIR|URL", help="parent directory, or s3://bucket/prefix"
+    )
     training.add_argument("--no-images", action="store_true", help="metadata only: leave the image column empty")
     training.add_argument("--as-of", metavar="TIMESTAMP", help="judge eligibility at this ISO 8601 time")
     add_json_flag(training)
@@ -39,21 +41,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_training(args: argparse.Namespace) -> int:
     from control_plane.adapters.encrypted_blobs import EncryptedBlobStore
+    from control_plane.adapters.export_targets import open_export_target
     from control_plane.audit import SYSTEM
     from control_plane.training_exports import ExportMetrics, create_training_export
 
     try:
         # Checked before anything is recorded, so a bad -o leaves no half-made export behind.
-        args.output.mkdir(parents=True, exist_ok=True)
+        target = open_export_target(args.output)
     except OSError as exc:
         raise CommandError(f"-o {args.output}: cannot create the directory ({exc.strerror})") from None
+    except ValueError as exc:
+        raise CommandError(f"-o {args.output}: {exc}") from None
     with job_deps(parse_as_of(args.as_of)) as (_, deps):
         export = create_training_export(
             deps.pool,
             EncryptedBlobStore(deps.blobs),
             deps.keys,
             deps.policies,
-            output_dir=args.output,
+            output_dir=target,
             actor=SYSTEM,
             now=deps.clock.now(),
             include_images=not args.no_images,
@@ -61,14 +66,16 @@ def run_training(args: argparse.Namespace) -> int:
         )
     result = {
         "export_id": str(export.export_id),
-        "directory": str(export.directory),
+        "location": export.location,
+        # Kept for scripts written before exports could go to an object store.
+        **({"directory": export.location} if "://" not in export.location else {}),
         "items": export.item_count,
         "files": [f.name for f in export.files],
         "seconds": round(export.seconds, 3),
     }
     emit(
         result,
-        f"exported {export.item_count} items to {export.directory} ({len(export.files)} files, "
+        f"exported {export.item_count} items to {export.location} ({len(export.files)} files, "
         f"{export.seconds:.2f} s); removals: atelier export removals {export.export_id}",
         json_output=args.json,
     )

@@ -1,9 +1,9 @@
 """Blob stores: where content bytes live, behind one small interface.
 
-`LocalBlobStore` keeps blobs in a directory; an S3-compatible store and an encrypting
-wrapper (per-account data keys, a later issue) implement the same `BlobStore` protocol, so
-content code does not change when they arrive. Keys read `<account_id>/<content_id>`, so a
-wrapper can tell whose key to use from the key alone.
+`LocalBlobStore` keeps blobs in a directory and `S3BlobStore` (`s3_blobstore.py`) in an
+S3-compatible bucket; both implement the `BlobStore` protocol, and `EncryptedBlobStore`
+seals what reaches either, so content code does not depend on where bytes live. Keys read
+`<account_id>/<content_id>`, so a wrapper can tell whose key to use from the key alone.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import errno
 import hashlib
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -52,6 +53,11 @@ class BlobStore(Protocol):
 
     def delete(self, key: str) -> None:
         """Removes the blob under `key`; does nothing when there is none."""
+        ...
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        """Removes the blobs under `keys`, skipping missing ones; an object store batches
+        them into few requests. Raises the first error; the others may be gone already."""
         ...
 
     def exists(self, key: str) -> bool:
@@ -126,6 +132,11 @@ class LocalBlobStore:
         """See `BlobStore.delete`."""
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._file_for(key))
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        """See `BlobStore.delete_many`: one unlink per key (a file system has no batch)."""
+        for key in keys:
+            self.delete(key)
 
     def exists(self, key: str) -> bool:
         """See `BlobStore.exists`."""

@@ -7,13 +7,15 @@ of showing the wrong image. The wrapped store never sees plaintext or keys.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from control_plane import crypto
 from control_plane.adapters.blobstore import BlobStore
 from control_plane.adapters.keystore import DataKey
 
 
 class EncryptedBlobStore:
-    """Seals on `put`, opens on `get`; `delete` and `exists` pass through."""
+    """Seals on `put`, opens on `get`; `delete`, `delete_many` and `exists` pass through."""
 
     def __init__(self, inner: BlobStore) -> None:
         """Stores ciphertexts in `inner`."""
@@ -40,6 +42,10 @@ class EncryptedBlobStore:
     def delete(self, key: str) -> None:
         """See `BlobStore.delete`."""
         self._inner.delete(key)
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        """See `BlobStore.delete_many`."""
+        self._inner.delete_many(keys)
 
     def exists(self, key: str) -> bool:
         """See `BlobStore.exists`."""

@@ -5,6 +5,7 @@ run a PostgreSQL or database of their own (they then just do not use it).
 """
 
 from tests.integration.control_plane.conftest import (  # noqa: F401 - fixtures, used by name
+    blob_backend,
     blob_dir,
     blobs,
     channel,

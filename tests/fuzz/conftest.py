@@ -23,6 +23,7 @@ from tests.fuzz._world import World, build_world
 from tests.integration.control_plane import conftest as _integration
 
 # The integration tests' fixtures, bound here so pytest finds them for this package too.
+blob_backend = _integration.blob_backend
 blob_dir = _integration.blob_dir
 blobs = _integration.blobs
 channel = _integration.channel

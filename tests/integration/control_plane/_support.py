@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,6 +16,8 @@ from grpc_status import rpc_status
 
 import control_plane
 from control_plane import accounts, registration
+from control_plane.adapters.blobstore import BlobStore, LocalBlobStore
+from control_plane.adapters.s3_blobstore import S3BlobStore
 from control_plane.api_keys import Principal
 from control_plane.audit import SYSTEM
 from control_plane.db.pool import Connection
@@ -85,3 +88,46 @@ def adult_account(conn: Connection, *, tenant_name: str, credits: int) -> tuple[
         now=CLOCK_START,
     )
     return tenant.tenant_id, account.account_id
+
+
+StoredBlobs = Callable[[], dict[str, bytes]]
+"""The `stored_blobs` fixture: every blob of the store in use, key to raw (sealed) bytes."""
+
+
+class SwitchedBlobStore:
+    """The session server's blob store: the local directory, or the S3 bucket when a test runs
+    with `blob_backend` "s3". Every call goes to the store in use, so one server runs the same
+    tests against both."""
+
+    def __init__(self, local: LocalBlobStore) -> None:
+        self.local = local
+        self.current: BlobStore = local
+
+    def use(self, store: BlobStore) -> None:
+        """Sends every later call to `store`."""
+        self.current = store
+
+    def put(self, key: str, data: bytes) -> None:
+        self.current.put(key, data)
+
+    def get(self, key: str) -> bytes:
+        return self.current.get(key)
+
+    def delete(self, key: str) -> None:
+        self.current.delete(key)
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        self.current.delete_many(keys)
+
+    def exists(self, key: str) -> bool:
+        return self.current.exists(key)
+
+    def raw_blobs(self) -> dict[str, bytes]:
+        """Every stored blob's key and bytes as they lie in the store in use (ciphertext)."""
+        if isinstance(self.current, S3BlobStore):
+            return {key: self.current.get(key) for key in self.current.list_keys()}
+        return {
+            path.name.replace("%2F", "/"): path.read_bytes()
+            for path in self.local.root.rglob("*")
+            if path.is_file() and not path.name.startswith(".tmp-")
+        }

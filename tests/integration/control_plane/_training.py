@@ -58,6 +58,20 @@ def export_training(
     )
 
 
+def grant_training_consent(stub: ControlPlaneStub, caller: Caller, account_id: str) -> None:
+    """Records the account's consent to training, given through the API."""
+    stub.RecordConsent(
+        pb.RecordConsentRequest(
+            account_id=account_id,
+            purpose=pb.CONSENT_PURPOSE_TRAINING,
+            granted=True,
+            method=pb.CONSENT_METHOD_API,
+            source="api",
+        ),
+        metadata=caller.metadata,
+    )
+
+
 def store(
     stub: ControlPlaneStub, caller: Caller, account_id: str, count: int = 1, *, seed: int = 0, **fields: object
 ) -> list[pb.Content]:

@@ -3,10 +3,15 @@
 Started once per session: a database with the migrations applied, a pool, a blob store, and
 a gRPC server on a free port whose clock the tests move. Before every test the data tables
 are truncated and the clock is reset, so tests never see each other's rows.
+
+The blob store is the local directory unless a test runs with `blob_backend` "s3": modules
+marked `blob_stores` run every test (but those marked `local_blob_store_only`) against both,
+the S3 one a bucket of a SeaweedFS server started once per session (on first use).
 """
 
 from __future__ import annotations
 
+import secrets
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,6 +23,7 @@ from prometheus_client import CollectorRegistry
 from atelier.state import ClusterState, save_operator_key
 from control_plane.adapters.blobstore import LocalBlobStore
 from control_plane.adapters.keystore import PostgresKeyStore
+from control_plane.adapters.s3_blobstore import S3BlobStore
 from control_plane.api_keys import ensure_operator_key
 from control_plane.bootstrap import ControlPlaneDeps
 from control_plane.clock import ManualClock
@@ -29,7 +35,19 @@ from control_plane.entrypoints.server import add_listen_port, build_server
 from control_plane.policy import PolicyRegistry
 from protos.atelier.v1 import control_plane_pb2, control_plane_pb2_grpc
 from tests.integration._postgres import fresh_database, postgres_server
-from tests.integration.control_plane._support import CLOCK_START, Caller
+from tests.integration._seaweedfs import SeaweedS3, seaweedfs_server
+from tests.integration.control_plane._support import CLOCK_START, Caller, StoredBlobs, SwitchedBlobStore
+
+TEST_BUCKET = "atelier-tests"
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Runs the tests of modules marked `blob_stores` once per blob store."""
+    if metafunc.definition.get_closest_marker("blob_stores") is None:
+        return
+    if metafunc.definition.get_closest_marker("local_blob_store_only") is not None:
+        return
+    metafunc.parametrize("blob_backend", ["local", "s3"], indirect=True)
 
 
 @pytest.fixture(scope="session")
@@ -72,8 +90,10 @@ def clock() -> ManualClock:
 
 
 @pytest.fixture(autouse=True)
-def clean_state(pool: Pool, data_tables: list[str], clock: ManualClock, blob_dir: Path) -> None:
-    """Empties every data table and the blob store, and resets the clock, before each test.
+def clean_state(
+    pool: Pool, data_tables: list[str], clock: ManualClock, blob_dir: Path, blobs: SwitchedBlobStore, blob_backend: str
+) -> None:
+    """Empties every data table and the blob store in use, and resets the clock, before each test.
 
     TRUNCATE, not DELETE: the append-only triggers on the ledger, consents and audit log
     block DELETE (by design) but not TRUNCATE.
@@ -85,7 +105,38 @@ def clean_state(pool: Pool, data_tables: list[str], clock: ManualClock, blob_dir
             shutil.rmtree(child)
         else:
             child.unlink()
+    if isinstance(blobs.current, S3BlobStore):
+        blobs.current.delete_many(list(blobs.current.list_keys()))
     clock.set(CLOCK_START)
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[SeaweedS3]:
+    """A SeaweedFS S3 server with the bucket `atelier-tests`, started on first use."""
+    with seaweedfs_server() as server:
+        server.create_bucket(TEST_BUCKET)
+        yield server
+
+
+@pytest.fixture(scope="session")
+def s3_blobs(s3_server: SeaweedS3) -> S3BlobStore:
+    """An S3 blob store under a prefix of this session's own."""
+    return S3BlobStore(f"s3://{TEST_BUCKET}/session-{secrets.token_hex(4)}", s3_server.overrides)
+
+
+@pytest.fixture
+def blob_backend(request: pytest.FixtureRequest, blobs: SwitchedBlobStore) -> Iterator[str]:
+    """ "local" (the default) or "s3": which store the session's server and `blobs` use in this test."""
+    name = getattr(request, "param", "local")
+    blobs.use(request.getfixturevalue("s3_blobs") if name == "s3" else blobs.local)
+    yield name
+    blobs.use(blobs.local)
+
+
+@pytest.fixture
+def stored_blobs(blobs: SwitchedBlobStore) -> StoredBlobs:
+    """Lists the store in use: every blob's key and raw (sealed) bytes."""
+    return blobs.raw_blobs
 
 
 @pytest.fixture(scope="session")
@@ -95,9 +146,9 @@ def blob_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def blobs(blob_dir: Path) -> LocalBlobStore:
-    """The session's blob store."""
-    return LocalBlobStore(blob_dir)
+def blobs(blob_dir: Path) -> SwitchedBlobStore:
+    """The session's blob store: the local directory, or the S3 bucket in tests run with `blob_backend` "s3"."""
+    return SwitchedBlobStore(LocalBlobStore(blob_dir))
 
 
 @pytest.fixture(scope="session")
@@ -152,7 +203,7 @@ def metrics_registry() -> CollectorRegistry:
 def server_address(
     config: ControlPlaneConfig,
     pool: Pool,
-    blobs: LocalBlobStore,
+    blobs: SwitchedBlobStore,
     clock: ManualClock,
     metrics_registry: CollectorRegistry,
     keys: PostgresKeyStore,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from datetime import timedelta
-from pathlib import Path
 
 import grpc
 import pytest
@@ -15,7 +14,9 @@ from control_plane.db.pool import Pool
 from protos.atelier.v1 import common_pb2
 from protos.atelier.v1 import control_plane_pb2 as pb
 from protos.atelier.v1.control_plane_pb2_grpc import ControlPlaneStub
-from tests.integration.control_plane._support import Caller, png_bytes
+from tests.integration.control_plane._support import Caller, StoredBlobs, SwitchedBlobStore, png_bytes
+
+pytestmark = pytest.mark.blob_stores
 
 
 def _item(seed: int = 0, **fields: object) -> pb.NewContent:
@@ -30,10 +31,6 @@ def _item(seed: int = 0, **fields: object) -> pb.NewContent:
     return pb.NewContent(**values)  # type: ignore[arg-type]
 
 
-def _files(root: Path) -> list[Path]:
-    return [path for path in root.rglob("*") if path.is_file()]
-
-
 def _count(pool: Pool, table: str) -> int:
     with pool.connection() as conn:
         return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
@@ -46,7 +43,7 @@ def _reserve(stub: ControlPlaneStub, operator: Caller, account_id: str, amount: 
 
 class TestStoring:
     def test_store_with_reservation_stores_every_item_and_charges_once(
-        self, stub: ControlPlaneStub, operator: Caller, make_account: Callable[..., str], blob_dir: Path
+        self, stub: ControlPlaneStub, operator: Caller, make_account: Callable[..., str], stored_blobs: StoredBlobs
     ) -> None:
         account_id = make_account(credits=10)
         reservation = _reserve(stub, operator, account_id, 4)
@@ -68,14 +65,14 @@ class TestStoring:
         assert response.contents[0].parameters.seed == 1
         assert response.reservation.state == pb.RESERVATION_STATE_COMMITTED
         assert (response.balance.total, response.balance.held) == (6, 0)
-        assert len(_files(blob_dir)) == 3
+        assert len(stored_blobs()) == 3
 
     def test_a_bad_item_stores_nothing_and_leaves_the_reservation_held(
         self,
         stub: ControlPlaneStub,
         operator: Caller,
         make_account: Callable[..., str],
-        blob_dir: Path,
+        stored_blobs: StoredBlobs,
         pool: Pool,
     ) -> None:
         account_id = make_account(credits=10)
@@ -92,7 +89,7 @@ class TestStoring:
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert caught.value.details().startswith("items[1].data:")
         assert _count(pool, "content") == 0
-        assert _files(blob_dir) == []
+        assert stored_blobs() == {}
         balance = stub.GetBalance(pb.GetBalanceRequest(account_id=account_id), metadata=operator.metadata).balance
         assert (balance.total, balance.held) == (10, 4)
 
@@ -101,7 +98,7 @@ class TestStoring:
         stub: ControlPlaneStub,
         operator: Caller,
         make_account: Callable[..., str],
-        blob_dir: Path,
+        stored_blobs: StoredBlobs,
         pool: Pool,
         clock: ManualClock,
     ) -> None:
@@ -119,7 +116,7 @@ class TestStoring:
             )
         assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert _count(pool, "content") == 0
-        assert _files(blob_dir) == []
+        assert stored_blobs() == {}
         with pool.connection() as conn:
             state = conn.execute(
                 "SELECT state FROM reservations WHERE reservation_id = %s", (reservation.reservation_id,)
@@ -197,14 +194,18 @@ class TestReading:
         assert without_data.data == b""
 
     def test_a_missing_blob_is_an_internal_error_with_a_request_id(
-        self, stub: ControlPlaneStub, operator: Caller, make_account: Callable[..., str], blob_dir: Path
+        self,
+        stub: ControlPlaneStub,
+        operator: Caller,
+        make_account: Callable[..., str],
+        blobs: SwitchedBlobStore,
+        stored_blobs: StoredBlobs,
     ) -> None:
         account_id = make_account()
         stored = stub.StoreContent(
             pb.StoreContentRequest(account_id=account_id, items=[_item()]), metadata=operator.metadata
         ).contents[0]
-        for path in _files(blob_dir):
-            path.unlink()
+        blobs.delete_many(list(stored_blobs()))
         with pytest.raises(grpc.RpcError) as caught:
             stub.GetContent(
                 pb.GetContentRequest(content_id=stored.content_id, include_data=True),

@@ -7,7 +7,6 @@ import json
 import zipfile
 from collections.abc import Callable
 from datetime import timedelta
-from pathlib import Path
 from uuid import UUID
 
 import grpc
@@ -22,7 +21,9 @@ from protos.atelier.v1 import common_pb2
 from protos.atelier.v1 import control_plane_pb2 as pb
 from protos.atelier.v1.control_plane_pb2_grpc import ControlPlaneStub
 from tests.integration.control_plane._privacy import generate, new_item
-from tests.integration.control_plane._support import CLOCK_START, Caller, error_reason, png_bytes
+from tests.integration.control_plane._support import CLOCK_START, Caller, StoredBlobs, error_reason, png_bytes
+
+pytestmark = pytest.mark.blob_stores
 
 
 def _export(stub: ControlPlaneStub, caller: Caller, account: str) -> tuple[pb.DsrRequest, zipfile.ZipFile]:
@@ -96,7 +97,7 @@ class TestExport:
 
 class TestErasure:
     def test_erasing_one_item_makes_it_unreadable_unlisted_and_deletes_its_blob(
-        self, stub: ControlPlaneStub, operator: Caller, make_account: Callable[..., str], blob_dir: Path
+        self, stub: ControlPlaneStub, operator: Caller, make_account: Callable[..., str], stored_blobs: StoredBlobs
     ) -> None:
         account = make_account(credits=5)
         gone, kept = generate(
@@ -112,10 +113,15 @@ class TestErasure:
         listed = stub.ListContent(pb.ListContentRequest(account_id=account), metadata=operator.metadata)
         assert [c.content_id for c in listed.contents] == [kept.content_id]
         assert stub.ListPublicGallery(pb.ListPublicGalleryRequest(), metadata=operator.metadata).contents == []
-        assert len([p for p in blob_dir.rglob("*") if p.is_file()]) == 1
+        assert len(stored_blobs()) == 1
 
     def test_erasing_an_account_leaves_a_tombstone_and_the_ledger_and_audit_rows(
-        self, stub: ControlPlaneStub, operator: Caller, make_account: Callable[..., str], pool: Pool, blob_dir: Path
+        self,
+        stub: ControlPlaneStub,
+        operator: Caller,
+        make_account: Callable[..., str],
+        pool: Pool,
+        stored_blobs: StoredBlobs,
     ) -> None:
         account = make_account(credits=5)
         generate(stub, operator, account, new_item(1))
@@ -132,7 +138,7 @@ class TestErasure:
             )
             actions = {r[0] for r in conn.execute("SELECT action FROM audit_log").fetchall()}
         assert {"account.create", "content.store", "account.erase", "dsr.complete"} <= actions
-        assert [p for p in blob_dir.rglob("*") if p.is_file()] == []  # images and the export archive
+        assert stored_blobs() == {}  # images and the export archive
         with pytest.raises(grpc.RpcError) as error:
             stub.ReserveCredits(pb.ReserveCreditsRequest(account_id=account, amount=1), metadata=operator.metadata)
         assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION

@@ -22,6 +22,8 @@ from tests.integration.control_plane._privacy import use_profile
 from tests.integration.control_plane._support import REPO_ROOT
 from tests.integration.control_plane._training import audited_sweep_count, iter_ids, live_ids, store, sweep
 
+pytestmark = pytest.mark.blob_stores
+
 DAY = timedelta(days=1)
 
 
@@ -212,6 +214,8 @@ def test_a_tenant_on_an_unknown_profile_stops_sweeps_and_start_up_instead_of_get
 
 
 class TestCrashResume:
+    # The killed sweeper is a child process on the local directory (it pauses inside an unlink).
+    @pytest.mark.local_blob_store_only
     def test_a_sweeper_killed_mid_batch_loses_nothing_and_deletes_nothing_twice(  # type: ignore[no-untyped-def]
         self, pool, blobs, policies, clock, stub, operator, make_account, database_url, blob_dir
     ) -> None:

@@ -11,7 +11,7 @@ import pytest
 from atelier.cli import main
 from protos.atelier.v1 import common_pb2
 from protos.atelier.v1 import control_plane_pb2 as pb
-from tests.integration.control_plane._training import live_ids, store
+from tests.integration.control_plane._training import grant_training_consent, live_ids, store
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> dict:  # type: ignore[type-arg]
@@ -41,16 +41,7 @@ def test_export_training_then_removals_with_a_cursor(  # type: ignore[no-untyped
     cli_env, capsys, tmp_path: Path, clock, stub, operator, make_account
 ) -> None:
     account = make_account(credits=5)
-    stub.RecordConsent(
-        pb.RecordConsentRequest(
-            account_id=account,
-            purpose=pb.CONSENT_PURPOSE_TRAINING,
-            granted=True,
-            method=pb.CONSENT_METHOD_API,
-            source="api",
-        ),
-        metadata=operator.metadata,
-    )
+    grant_training_consent(stub, operator, account)
     store(stub, operator, account, 2, visibility=common_pb2.VISIBILITY_PUBLIC)
     exported = _run(capsys, "export", "training", "-o", str(tmp_path / "exports"), "--as-of", clock.now().isoformat())
     assert exported["items"] == 2

@@ -22,6 +22,8 @@ from tests.integration.control_plane._privacy import use_profile
 from tests.integration.control_plane._support import png_bytes
 from tests.integration.control_plane._training import export_training, store, sweep, training_stub
 
+pytestmark = pytest.mark.blob_stores
+
 PUBLIC = common_pb2.VISIBILITY_PUBLIC
 OPT_OUT_PROFILE = "opt-out-guardian-consent"
 """Seed 001: training unless the user opts out; only public content is used."""

@@ -64,6 +64,15 @@ def test_every_field_has_an_environment_variable() -> None:
         ({"ATELIER_CONTROL_PLANE_LISTEN": "50051"}, "ATELIER_CONTROL_PLANE_LISTEN", "host:port"),
         ({"ATELIER_RESERVATION_TTL_S": "7200"}, "ATELIER_RESERVATION_TTL_S", "1..3600"),
         ({"ATELIER_MINIMUM_AGE": "-1"}, "ATELIER_MINIMUM_AGE", "0..150"),
+        ({"ATELIER_BLOB_URL": "gs://bucket/x"}, "ATELIER_BLOB_URL", "s3://bucket/prefix or file:///absolute/path"),
+        ({"ATELIER_BLOB_URL": "s3://B_ad/x"}, "ATELIER_BLOB_URL", "3..63 of [a-z0-9.-]"),
+        ({"ATELIER_BLOB_URL": "s3://bucket/../x"}, "ATELIER_BLOB_URL", "prefix segment"),
+        ({"ATELIER_BLOB_URL": "file://relative/blobs"}, "ATELIER_BLOB_URL", "absolute local path"),
+        (
+            {"ATELIER_BLOB_URL": "file:///a", "ATELIER_BLOB_DIR": "/b"},
+            "ATELIER_BLOB_URL",
+            "set one of them",
+        ),
     ],
 )
 def test_a_bad_variable_is_named_with_its_valid_values(environ: dict[str, str], named: str, valid: str) -> None:
@@ -82,3 +91,21 @@ def test_config_is_immutable() -> None:
     config = ControlPlaneConfig()
     with pytest.raises(AttributeError):
         config.metrics_port = 1  # type: ignore[misc]
+
+
+class TestBlobUrl:
+    def test_unset_keeps_the_local_directory_under_home(self) -> None:
+        config = ControlPlaneConfig(home=Path("/srv/atelier"))
+        assert config.blob_object_store_url is None
+        assert config.blob_root == Path("/srv/atelier/blobs")
+
+    def test_a_file_url_names_the_local_directory(self) -> None:
+        config = ControlPlaneConfig.from_env({"ATELIER_BLOB_URL": "file:///var/lib/atelier/blobs"})
+        assert config.blob_object_store_url is None
+        assert config.blob_root == Path("/var/lib/atelier/blobs")
+
+    def test_an_s3_url_selects_the_object_store(self) -> None:
+        config = ControlPlaneConfig.from_env(
+            {"ATELIER_BLOB_URL": "s3://atelier-content/prod/blobs", "ATELIER_BLOB_DIR": "/unused"}
+        )
+        assert config.blob_object_store_url == "s3://atelier-content/prod/blobs"
