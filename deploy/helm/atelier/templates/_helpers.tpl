@@ -419,7 +419,7 @@ Environment shared by the control plane, the migration Job and the CronJobs.
 {{- end }}
 
 {{/*
-TLS (`tls.*` values): the Secret's files at /etc/atelier/tls, named by ATELIER_TLS_* (see atelier/tls.py).
+TLS (`tls.*` values): the Secret's files at /etc/atelier/tls, named by ATELIER_TLS_* (see transport/tls.py).
 Servers use tls.crt/tls.key; clients trust ca.crt; mutual TLS makes servers require client certificates
 signed by ca.crt and clients present tls.crt. Each helper renders nothing when TLS is off.
 */}}
