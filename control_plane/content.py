@@ -25,7 +25,7 @@ from uuid import UUID, uuid4
 
 from psycopg.types.json import Jsonb
 
-from control_plane import accounts, consent, credits, crypto, moderation
+from control_plane import accounts, consent, credits, crypto, moderation, png
 from control_plane.accounts import AccountStatus, Visibility
 from control_plane.adapters.blobstore import BlobStore
 from control_plane.adapters.encrypted_blobs import EncryptedBlobStore
@@ -37,7 +37,7 @@ from control_plane.policy import ModerationPolicy
 
 _logger = logging.getLogger(__name__)
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_SIGNATURE = png.SIGNATURE
 ACCEPTED_MEDIA_TYPES = ("image/png",)
 MAX_ITEMS = 16
 MAX_ITEM_BYTES = 32 * 1024 * 1024
@@ -129,8 +129,8 @@ def validate_new_content(items: Sequence[NewContent]) -> None:
 
     Raises:
         InvalidArgument: No items or more than 16; or an item (named `items[i].<field>`)
-            has another media type than image/png, bytes that are not a PNG, more than
-            32 MiB, or a prompt over 2000 characters.
+            has another media type than image/png, bytes that are not a PNG (whole chunks up
+            to IEND), more than 32 MiB, or a prompt over 2000 characters.
     """
     if not 1 <= len(items) <= MAX_ITEMS:
         raise InvalidArgument("items", f"must hold 1..{MAX_ITEMS} items, got {len(items)}")
@@ -144,6 +144,10 @@ def validate_new_content(items: Sequence[NewContent]) -> None:
             raise InvalidArgument(f"{where}.data", f"must be at most {MAX_ITEM_BYTES} bytes")
         if not item.data.startswith(PNG_SIGNATURE):
             raise InvalidArgument(f"{where}.data", "is not a PNG image (no PNG signature)")
+        try:
+            png.without_metadata(item.data)
+        except png.MalformedPng as error:
+            raise InvalidArgument(f"{where}.data", f"is not a well-formed PNG image: it {error}") from None
         if len(item.prompt) > MAX_PROMPT_CHARS:
             raise InvalidArgument(f"{where}.prompt", f"must be at most {MAX_PROMPT_CHARS} characters")
 
@@ -190,6 +194,8 @@ def store_content(
         FailedPrecondition: The reservation is settled or expired.
     """
     validate_new_content(items)
+    # Stored (and so exported) without text, EXIF or other metadata chunks: see `png`.
+    items = [dataclasses.replace(item, data=png.without_metadata(item.data)) for item in items]
     account = accounts.get_account(conn, tenant_id=tenant_id, account_id=account_id)
     accounts.require_active(account)
     consent.require_may_process(conn, account_id)
