@@ -26,6 +26,9 @@ class Actor:
     request_id: str | None = None
     """Request id of the RPC, joining the audit row to the server's logs."""
 
+    acting_account_id: UUID | None = None
+    """The end user the key acted for (x-atelier-acting-account or a verified user token)."""
+
 
 SYSTEM = Actor(key_id=None, tenant_id=None)
 """The actor of changes no API key asked for (expiry sweeps, bootstrap)."""
@@ -72,6 +75,7 @@ def record_audits(conn: Connection, actor: Actor, now: datetime, entries: Iterab
             actor.key_id,
             actor.tenant_id,
             actor.request_id,
+            actor.acting_account_id,
             e.action,
             e.target_type,
             e.target_id,
@@ -85,8 +89,8 @@ def record_audits(conn: Connection, actor: Actor, now: datetime, entries: Iterab
         cur.executemany(
             """
             INSERT INTO audit_log
-                (at, actor_key_id, tenant_id, request_id, action, target_type, target_id, details)
-            VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
+                (at, actor_key_id, tenant_id, request_id, acting_account_id, action, target_type, target_id, details)
+            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
             """,
             rows,
         )
@@ -104,6 +108,7 @@ class AuditRecord:
     target_type: str
     target_id: str
     details: Mapping[str, Any]
+    acting_account_id: UUID | None = None
 
 
 def list_account_audit(
@@ -119,7 +124,8 @@ def list_account_audit(
     """
     rows = conn.execute(
         """
-        SELECT id, at, actor_key_id, request_id, action, target_type, target_id, details FROM audit_log
+        SELECT id, at, actor_key_id, request_id, action, target_type, target_id, details, acting_account_id
+        FROM audit_log
         WHERE ((target_type = 'account' AND target_id = %(account)s)
                OR (details ? 'account_id' AND details ->> 'account_id' = %(account)s))
           AND (%(before)s::bigint IS NULL OR id < %(before)s)

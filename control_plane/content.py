@@ -436,14 +436,18 @@ def set_item_visibility(
     visibility: Visibility,
     actor: Actor,
     now: datetime,
+    account_id: UUID | None = None,
 ) -> tuple[int, ContentItem]:
     """Sets one item's visibility, with its audit row, in one transaction.
+
+    Args:
+        account_id: When given, the item must be this account's (else NotFound).
 
     Returns:
         1 when the visibility changed (else 0), and the item.
 
     Raises:
-        NotFound: No such live item in the tenant.
+        NotFound: No such live item in the tenant (or of `account_id`).
         ContentFlagged: The item is flagged and `visibility` is public.
     """
     with conn.transaction():
@@ -452,9 +456,10 @@ def set_item_visibility(
             SELECT {_COLUMNS} FROM content
             WHERE content_id = %s AND deleted_at IS NULL
               AND account_id IN (SELECT account_id FROM accounts WHERE tenant_id = %s)
+              AND (%s::uuid IS NULL OR account_id = %s)
             FOR UPDATE
             """,
-            (content_id, tenant_id),
+            (content_id, tenant_id, account_id, account_id),
         ).fetchone()
         if row is None:
             raise NotFound(f"content {content_id} not found")
@@ -503,9 +508,7 @@ def set_account_visibility(
             {"visibility": visibility.value, "account_id": account_id},
         ).rowcount
         if apply_to_default:
-            conn.execute(
-                "UPDATE accounts SET default_visibility = %s WHERE account_id = %s", (visibility.value, account_id)
-            )
+            accounts.write_default_visibility(conn, account_id, visibility)
         details = {
             "account_id": str(account_id),
             "visibility": visibility.value,

@@ -313,8 +313,10 @@ def reserve_credits(
             SELECT account_id, %(amount)s, %(purpose)s, %(key_id)s, %(now)s, %(expires_at)s FROM balance
             RETURNING {_RESERVATION_COLUMNS}
         ), audit AS (
-            INSERT INTO audit_log (at, actor_key_id, tenant_id, request_id, action, target_type, target_id, details)
-            SELECT %(now)s, %(key_id)s, %(actor_tenant_id)s, %(request_id)s, 'credits.reserve', 'reservation',
+            INSERT INTO audit_log (at, actor_key_id, tenant_id, request_id, acting_account_id, action, target_type,
+                                   target_id, details)
+            SELECT %(now)s, %(key_id)s, %(actor_tenant_id)s, %(request_id)s, %(acting_account_id)s::uuid,
+                   'credits.reserve', 'reservation',
                    reservation_id::text,
                    jsonb_build_object('account_id', account_id::text, 'amount', amount,
                                       'expires_at', %(expires_at_iso)s::text)
@@ -328,6 +330,7 @@ def reserve_credits(
             "key_id": actor.key_id,
             "actor_tenant_id": actor.tenant_id,
             "request_id": actor.request_id,
+            "acting_account_id": actor.acting_account_id,
             "now": now,
             "expires_at": now + ttl,
             "expires_at_iso": (now + ttl).isoformat(),
@@ -555,8 +558,10 @@ def commit_reservation(
             INSERT INTO credit_ledger (account_id, delta, kind, reservation_id, reason, created_at)
             SELECT account_id, -amount, 'charge', reservation_id, purpose, %(now)s FROM reservation
         ), audit AS (
-            INSERT INTO audit_log (at, actor_key_id, tenant_id, request_id, action, target_type, target_id, details)
-            SELECT %(now)s, %(key_id)s, %(actor_tenant_id)s, %(request_id)s, 'credits.commit', 'reservation',
+            INSERT INTO audit_log (at, actor_key_id, tenant_id, request_id, acting_account_id, action, target_type,
+                                   target_id, details)
+            SELECT %(now)s, %(key_id)s, %(actor_tenant_id)s, %(request_id)s, %(acting_account_id)s::uuid,
+                   'credits.commit', 'reservation',
                    reservation_id::text, jsonb_build_object('account_id', account_id::text, 'amount', amount)
             FROM reservation
         )
@@ -570,6 +575,7 @@ def commit_reservation(
             "key_id": actor.key_id,
             "actor_tenant_id": actor.tenant_id,
             "request_id": actor.request_id,
+            "acting_account_id": actor.acting_account_id,
         },
     ).fetchone()
     if row is None:
@@ -590,16 +596,20 @@ def release_reservation(
     reservation_id: UUID,
     actor: Actor,
     now: datetime,
+    account_id: UUID | None = None,
 ) -> tuple[Reservation, Balance]:
     """Returns a held reservation's credits; nothing is charged. Allowed after expiry too.
 
+    Args:
+        account_id: When given, the reservation must belong to this account (else NotFound).
+
     Raises:
-        NotFound: No such reservation in the tenant.
+        NotFound: No such reservation in the tenant (or of `account_id`).
         FailedPrecondition: Already committed, released or expired (reason RESERVATION_SETTLED).
     """
     with conn.transaction():
         reservation = _find_reservation(
-            conn, tenant_id=tenant_id, reservation_id=reservation_id, account_id=None, lock=True
+            conn, tenant_id=tenant_id, reservation_id=reservation_id, account_id=account_id, lock=True
         )
         _require_held(reservation)
         settled = _settle(conn, reservation, ReservationState.RELEASED, now)
