@@ -103,9 +103,7 @@ class Caller:
             PermissionDenied: No acting account named and the key lacks `act-for-any`.
             NotFound: The call acts for another account (worded as for an unknown one).
         """
-        acting = self.require_acting_or_any()
-        if acting is not None and account_id != acting:
-            raise NotFound(f"account {account_id} not found")
+        self.own_account(account_id)
         return account_id
 
 
