@@ -18,6 +18,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from atelier.cli import main
 from control_plane import tenants
 from control_plane.audit import SYSTEM
 from control_plane.db.pool import Pool
@@ -262,3 +263,30 @@ def test_tokens_expire_by_the_server_clock(  # type: ignore[no-untyped-def]
     with pytest.raises(grpc.RpcError) as caught:
         stub.GetBalance(pb.GetBalanceRequest(account_id=account), metadata=metadata)
     assert caught.value.code() is grpc.StatusCode.UNAUTHENTICATED and "expired" in (caught.value.details() or "")
+
+
+def test_the_operator_configures_and_removes_the_provider_with_the_cli(  # type: ignore[no-untyped-def]
+    cli_env: Path,
+    capsys: pytest.CaptureFixture[str],
+    stub: ControlPlaneStub,
+    make_account,
+    user_key: str,
+    provider: _Provider,
+) -> None:
+    account = make_account()
+    jwks_file = cli_env / "jwks.json"
+    jwks_file.write_text(provider.jwks)
+    command = ["tenant", "identity-provider", "test", "--issuer", ISSUER, "--audience", AUDIENCE]
+    assert main([*command, "--jwks", str(jwks_file), "--require", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["required"] is True
+
+    request = pb.GetBalanceRequest(account_id=account)
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.GetBalance(request, metadata=_acting(user_key, account))
+    assert caught.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    stub.GetBalance(request, metadata=(*bearer(user_key), (USER_TOKEN, provider.token(account))))
+
+    assert main(["tenant", "identity-provider", "test", "--off"]) == 0
+    stub.GetBalance(request, metadata=_acting(user_key, account))
+    assert main([*command, "--jwks", str(cli_env / "missing.json")]) == 1
+    assert "--jwks" in capsys.readouterr().err
