@@ -6,7 +6,7 @@ row, so an erasure can delete it and leave a pseudonymous tombstone.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime
 from enum import StrEnum
 from typing import Any
@@ -219,6 +219,31 @@ def require_active(account: Account) -> None:
     """Raises FailedPrecondition unless the account may generate and store content."""
     if account.status is not AccountStatus.ACTIVE:
         raise AccountNotActive(account.account_id, account.status.value)
+
+
+def set_default_visibility(
+    conn: Connection, *, tenant_id: UUID, account_id: UUID, visibility: Visibility, actor: Actor, now: datetime
+) -> Account:
+    """Sets the visibility of the account's future content only (seed 003's "set your default"),
+    with the audit row; existing items keep theirs (`content.set_account_visibility` changes those).
+
+    Raises:
+        NotFound: No such account in the tenant.
+        FailedPrecondition: The account was erased (reason ACCOUNT_ERASED).
+    """
+    with conn.transaction():
+        account = get_account(conn, tenant_id=tenant_id, account_id=account_id)
+        if account.status is AccountStatus.ERASED:
+            raise FailedPrecondition(f"account {account_id} was erased", reason="ACCOUNT_ERASED")
+        write_default_visibility(conn, account_id, visibility)
+        details = {"account_id": str(account_id), "default_visibility": visibility.value}
+        record_audit(conn, actor, now, "account.default_visibility", "account", account_id, details)
+    return replace(account, default_visibility=visibility)
+
+
+def write_default_visibility(conn: Connection, account_id: UUID, visibility: Visibility) -> None:
+    """The default-visibility write alone, for callers that audit it with a larger change."""
+    conn.execute("UPDATE accounts SET default_visibility = %s WHERE account_id = %s", (visibility.value, account_id))
 
 
 def touch_last_active(conn: Connection, account_id: UUID, now: datetime) -> None:

@@ -48,6 +48,8 @@ class Scope(StrEnum):
     READ = "read"
     PRIVACY = "privacy"
     ADMIN = "admin"
+    ACT_FOR_ANY = "act-for-any"
+    """Act for any account of the tenant without naming the acting account (jobs, operators)."""
 
 
 @dataclass(frozen=True)

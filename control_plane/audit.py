@@ -26,6 +26,9 @@ class Actor:
     request_id: str | None = None
     """Request id of the RPC, joining the audit row to the server's logs."""
 
+    acting_account_id: UUID | None = None
+    """The end user the key acted for (x-atelier-acting-account or a verified user token)."""
+
 
 SYSTEM = Actor(key_id=None, tenant_id=None)
 """The actor of changes no API key asked for (expiry sweeps, bootstrap)."""
@@ -64,7 +67,7 @@ def record_audit(
     record_audits(conn, actor, now, [AuditEntry(action, target_type, str(target_id), details or {})])
 
 
-_COLUMNS = "at, actor_key_id, tenant_id, request_id, action, target_type, target_id, details"
+_COLUMNS = "at, actor_key_id, tenant_id, request_id, acting_account_id, action, target_type, target_id, details"
 
 
 def audit_rows_sql(*, action: str, target_type: str, target_id: str, details: str, source: str) -> str:
@@ -84,14 +87,19 @@ def audit_rows_sql(*, action: str, target_type: str, target_id: str, details: st
     return f"""
         INSERT INTO audit_log ({_COLUMNS})
         SELECT %(now)s, %(actor_key_id)s, %(actor_tenant_id)s, %(actor_request_id)s,
-               '{action}', '{target_type}', {target_id}, {details}
+               %(acting_account_id)s::uuid, '{action}', '{target_type}', {target_id}, {details}
         FROM {source}
     """
 
 
 def actor_parameters(actor: Actor) -> dict[str, object]:
     """The query parameters naming `actor` in `audit_rows_sql`."""
-    return {"actor_key_id": actor.key_id, "actor_tenant_id": actor.tenant_id, "actor_request_id": actor.request_id}
+    return {
+        "actor_key_id": actor.key_id,
+        "actor_tenant_id": actor.tenant_id,
+        "actor_request_id": actor.request_id,
+        "acting_account_id": actor.acting_account_id,
+    }
 
 
 def record_audits(conn: Connection, actor: Actor, now: datetime, entries: Iterable[AuditEntry]) -> None:
@@ -102,6 +110,7 @@ def record_audits(conn: Connection, actor: Actor, now: datetime, entries: Iterab
             actor.key_id,
             actor.tenant_id,
             actor.request_id,
+            actor.acting_account_id,
             e.action,
             e.target_type,
             e.target_id,
@@ -113,7 +122,7 @@ def record_audits(conn: Connection, actor: Actor, now: datetime, entries: Iterab
         return
     with conn.cursor() as cur:
         cur.executemany(
-            f"INSERT INTO audit_log ({_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+            f"INSERT INTO audit_log ({_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
             rows,
         )
 
@@ -130,6 +139,7 @@ class AuditRecord:
     target_type: str
     target_id: str
     details: Mapping[str, Any]
+    acting_account_id: UUID | None = None
 
 
 def list_account_audit(
@@ -145,7 +155,8 @@ def list_account_audit(
     """
     rows = conn.execute(
         """
-        SELECT id, at, actor_key_id, request_id, action, target_type, target_id, details FROM audit_log
+        SELECT id, at, actor_key_id, request_id, action, target_type, target_id, details, acting_account_id
+        FROM audit_log
         WHERE ((target_type = 'account' AND target_id = %(account)s)
                OR (details ? 'account_id' AND details ->> 'account_id' = %(account)s))
           AND (%(before)s::bigint IS NULL OR id < %(before)s)

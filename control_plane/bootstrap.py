@@ -20,6 +20,7 @@ from control_plane.db.migrations import apply_migrations
 from control_plane.db.pool import Pool, open_pool
 from control_plane.moderation import CheckerFactory, PolicyModerationChecker
 from control_plane.policy import PolicyProfile, PolicyRegistry
+from control_plane.user_tokens import UserTokenVerifier
 
 _logger = logging.getLogger(__name__)
 
@@ -40,6 +41,8 @@ class ControlPlaneDeps:
     """Builds the moderation checker of a profile's policy."""
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
     """Where metrics register; the server process passes prometheus_client's default."""
+    user_tokens: UserTokenVerifier = field(default_factory=UserTokenVerifier)
+    """Verifies end users' ID tokens; keeps the tenants' key sets between calls."""
 
     applied_migrations: list[str] = field(default_factory=list)
     """Versions `bootstrap` applied at start-up (empty when the schema was current)."""

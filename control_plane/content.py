@@ -25,7 +25,7 @@ from uuid import UUID, uuid4
 
 from psycopg.types.json import Jsonb
 
-from control_plane import accounts, consent, credits, crypto, moderation
+from control_plane import accounts, consent, credits, crypto, moderation, png
 from control_plane.accounts import AccountStatus, Visibility
 from control_plane.adapters.blobstore import BlobStore
 from control_plane.adapters.encrypted_blobs import EncryptedBlobStore
@@ -37,7 +37,7 @@ from control_plane.policy import ModerationPolicy
 
 _logger = logging.getLogger(__name__)
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_SIGNATURE = png.SIGNATURE
 ACCEPTED_MEDIA_TYPES = ("image/png",)
 MAX_ITEMS = 16
 MAX_ITEM_BYTES = 32 * 1024 * 1024
@@ -127,8 +127,8 @@ def validate_new_content(items: Sequence[NewContent]) -> None:
 
     Raises:
         InvalidArgument: No items or more than 16; or an item (named `items[i].<field>`)
-            has another media type than image/png, bytes that are not a PNG, more than
-            32 MiB, or a prompt over 2000 characters.
+            has another media type than image/png, bytes that are not a PNG (whole chunks up
+            to IEND), more than 32 MiB, or a prompt over 2000 characters.
     """
     if not 1 <= len(items) <= MAX_ITEMS:
         raise InvalidArgument("items", f"must hold 1..{MAX_ITEMS} items, got {len(items)}")
@@ -142,6 +142,10 @@ def validate_new_content(items: Sequence[NewContent]) -> None:
             raise InvalidArgument(f"{where}.data", f"must be at most {MAX_ITEM_BYTES} bytes")
         if not item.data.startswith(PNG_SIGNATURE):
             raise InvalidArgument(f"{where}.data", "is not a PNG image (no PNG signature)")
+        try:
+            png.without_metadata(item.data)
+        except png.MalformedPng as error:
+            raise InvalidArgument(f"{where}.data", f"is not a well-formed PNG image: it {error}") from None
         if len(item.prompt) > MAX_PROMPT_CHARS:
             raise InvalidArgument(f"{where}.prompt", f"must be at most {MAX_PROMPT_CHARS} characters")
 
@@ -188,6 +192,8 @@ def store_content(
         FailedPrecondition: The reservation is settled or expired.
     """
     validate_new_content(items)
+    # Stored (and so exported) without text, EXIF or other metadata chunks: see `png`.
+    items = [dataclasses.replace(item, data=png.without_metadata(item.data)) for item in items]
     account = accounts.get_account(conn, tenant_id=tenant_id, account_id=account_id)
     accounts.require_active(account)
     consent.require_may_process(conn, account_id)
@@ -428,14 +434,18 @@ def set_item_visibility(
     visibility: Visibility,
     actor: Actor,
     now: datetime,
+    account_id: UUID | None = None,
 ) -> tuple[int, ContentItem]:
     """Sets one item's visibility, with its audit row, in one transaction.
+
+    Args:
+        account_id: When given, the item must be this account's (else NotFound).
 
     Returns:
         1 when the visibility changed (else 0), and the item.
 
     Raises:
-        NotFound: No such live item in the tenant.
+        NotFound: No such live item in the tenant (or of `account_id`).
         ContentFlagged: The item is flagged and `visibility` is public.
     """
     with conn.transaction():
@@ -444,9 +454,10 @@ def set_item_visibility(
             SELECT {_COLUMNS} FROM content
             WHERE content_id = %s AND deleted_at IS NULL
               AND account_id IN (SELECT account_id FROM accounts WHERE tenant_id = %s)
+              AND (%s::uuid IS NULL OR account_id = %s)
             FOR UPDATE
             """,
-            (content_id, tenant_id),
+            (content_id, tenant_id, account_id, account_id),
         ).fetchone()
         if row is None:
             raise NotFound(f"content {content_id} not found")
@@ -495,9 +506,7 @@ def set_account_visibility(
             {"visibility": visibility.value, "account_id": account_id},
         ).rowcount
         if apply_to_default:
-            conn.execute(
-                "UPDATE accounts SET default_visibility = %s WHERE account_id = %s", (visibility.value, account_id)
-            )
+            accounts.write_default_visibility(conn, account_id, visibility)
         details = {
             "account_id": str(account_id),
             "visibility": visibility.value,

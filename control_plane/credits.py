@@ -593,16 +593,20 @@ def release_reservation(
     reservation_id: UUID,
     actor: Actor,
     now: datetime,
+    account_id: UUID | None = None,
 ) -> tuple[Reservation, Balance]:
     """Returns a held reservation's credits; nothing is charged. Allowed after expiry too.
 
+    Args:
+        account_id: When given, the reservation must belong to this account (else NotFound).
+
     Raises:
-        NotFound: No such reservation in the tenant.
+        NotFound: No such reservation in the tenant (or of `account_id`).
         FailedPrecondition: Already committed, released or expired (reason RESERVATION_SETTLED).
     """
     with conn.transaction():
         reservation = _find_reservation(
-            conn, tenant_id=tenant_id, reservation_id=reservation_id, account_id=None, lock=True
+            conn, tenant_id=tenant_id, reservation_id=reservation_id, account_id=account_id, lock=True
         )
         _require_held(reservation)
         settled = _settle(conn, reservation, ReservationState.RELEASED, now)

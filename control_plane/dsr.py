@@ -146,17 +146,26 @@ def request_export(
 
 
 def get_export_archive(
-    conn: Connection, blobs: EncryptedBlobStore, keys: KeyStore, *, tenant_id: UUID, dsr_id: UUID
+    conn: Connection,
+    blobs: EncryptedBlobStore,
+    keys: KeyStore,
+    *,
+    tenant_id: UUID,
+    dsr_id: UUID,
+    account_id: UUID | None = None,
 ) -> bytes:
     """The ZIP archive of a completed export.
 
+    Args:
+        account_id: When given, the export must be of this account (else NotFound).
+
     Raises:
-        NotFound: No such export request in the tenant.
+        NotFound: No such export request in the tenant (or of `account_id`).
         FailedPrecondition: The export is not completed (reason EXPORT_NOT_READY), or the
             account was erased since (its key is gone: reason DATA_KEY_DESTROYED).
     """
     request = get_request(conn, tenant_id=tenant_id, dsr_id=dsr_id)
-    if request.kind is not DsrKind.EXPORT:
+    if request.kind is not DsrKind.EXPORT or account_id not in (None, request.account_id):
         raise NotFound(f"export {dsr_id} not found")
     if request.state is not DsrState.COMPLETED or request.result_location is None:
         raise FailedPrecondition(

@@ -102,7 +102,9 @@ class PolicyProfile:
     """"opt_in": no training use without a grant; "opt_out": eligible unless withdrawn."""
 
     private_content_in_training: bool = False
-    """Private content may be exported for training (with consent); off: only public content."""
+    """Private content may be exported for training (with consent); off: only public content.
+    The opt-out profiles of seeds 001 and 004 turn it on: "by default ... may be used to improve
+    models", private or not, until the account or item opts out (DESIGN.md §9)."""
 
     minimum_age: int = 13
     """Youngest age, in whole years, at which an account may be created (0..150)."""

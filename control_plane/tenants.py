@@ -12,6 +12,7 @@ import psycopg
 from control_plane.audit import Actor, record_audit
 from control_plane.db.pool import Connection
 from control_plane.errors import InvalidArgument, NotFound
+from control_plane.user_tokens import IdentityProvider
 
 _COLUMNS = "tenant_id, name, policy_profile, created_at"
 
@@ -121,6 +122,41 @@ def set_policy_profile(
             raise NotFound(f"tenant {tenant_id} not found")
         record_audit(conn, actor, now, "tenant.policy_profile", "tenant", tenant_id, {"policy_profile": profile})
     return Tenant(*row)
+
+
+def identity_provider(conn: Connection, tenant_id: UUID) -> IdentityProvider | None:
+    """The tenant's OIDC identity provider, None when it has none."""
+    row = conn.execute(
+        "SELECT oidc_issuer, oidc_audience, oidc_jwks, oidc_account_claim, require_user_token "
+        "FROM tenants WHERE tenant_id = %s AND oidc_issuer IS NOT NULL",
+        (tenant_id,),
+    ).fetchone()
+    return IdentityProvider(*row) if row is not None else None
+
+
+def set_identity_provider(
+    conn: Connection, *, tenant_id: UUID, provider: IdentityProvider | None, actor: Actor, now: datetime
+) -> None:
+    """Configures (or, with None, removes) the tenant's identity provider, with the audit row.
+
+    Raises:
+        NotFound: No such tenant.
+    """
+    values = (
+        (provider.issuer, provider.audience, provider.jwks, provider.account_claim, provider.required)
+        if provider is not None
+        else (None, None, None, "sub", False)
+    )
+    with conn.transaction():
+        row = conn.execute(
+            "UPDATE tenants SET oidc_issuer = %s, oidc_audience = %s, oidc_jwks = %s, oidc_account_claim = %s, "
+            "require_user_token = %s WHERE tenant_id = %s RETURNING tenant_id",
+            (*values, tenant_id),
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"tenant {tenant_id} not found")
+        details = {"issuer": values[0], "audience": values[1], "required": values[4]}
+        record_audit(conn, actor, now, "tenant.identity_provider", "tenant", tenant_id, details)
 
 
 def _validate_name(name: str) -> None:

@@ -12,7 +12,8 @@ describe the same set of items:
    `PSEUDONYM_SQL`), while a second, read-only transaction that imported the snapshot
    streams the same rows with `COPY (SELECT ...) TO STDOUT` as CSV, which pyarrow parses
    32 MiB at a time; prompts are decrypted with their account's data key (the keys read
-   in one query and each unwrapped once, one AES-GCM open per row), images
+   in one query and each unwrapped once, one AES-GCM open per row) and scrubbed of personal
+   identifiers (`identifiers`: `<EMAIL>`, `<PHONE>`, ... placeholders), images
    (optionally) read and decrypted through the blob store, and the tables written to Parquet
    files of at most `rows_per_file` rows (zstd);
 3. the number of rows written must equal the number recorded; the manifest (export id,
@@ -74,6 +75,7 @@ from control_plane.audit import Actor, record_audit
 from control_plane.db.pool import Connection, Pool
 from control_plane.eligibility import ELIGIBILITY_CTES, ELIGIBILITY_FROM, INELIGIBILITY_SQL, eligibility_params
 from control_plane.errors import InvalidArgument
+from control_plane.identifiers import PromptScrubber, default_scrubber
 from control_plane.policy import PolicyRegistry
 from control_plane.retention import RetentionPolicy
 
@@ -179,6 +181,7 @@ def create_training_export(
     include_images: bool = True,
     rows_per_file: int = DEFAULT_ROWS_PER_FILE,
     metrics: ExportMetrics | None = None,
+    scrubber: PromptScrubber | None = None,
 ) -> TrainingExport:
     """Exports every item eligible at `now` to `<export id>` under `output_dir`.
 
@@ -194,12 +197,15 @@ def create_training_export(
         include_images: Write the image bytes; off, the `image` column is null (metadata only).
         rows_per_file: Most rows per Parquet file, >= 1.
         metrics: Where written rows are counted.
+        scrubber: Replaces personal identifiers in prompts before they are written;
+            None is `identifiers.default_scrubber()`. The manifest records which.
 
     Raises:
         InvalidArgument: `rows_per_file` < 1.
     """
     if rows_per_file < 1:
         raise InvalidArgument("rows_per_file", "must be >= 1")
+    scrubber = scrubber if scrubber is not None else default_scrubber()
     started = time.monotonic()
     export_id = uuid4()
     salt = secrets.token_bytes(32)
@@ -247,6 +253,7 @@ def create_training_export(
                         include_images=include_images,
                         rows_per_file=rows_per_file,
                         metrics=metrics,
+                        scrubber=scrubber,
                     )
                     written = sum(f.rows for f in files)
                     if written != item_count:
@@ -261,6 +268,7 @@ def create_training_export(
                         "schema": [{"name": f.name, "type": str(f.type)} for f in SCHEMA],
                         "includes_images": include_images,
                         "policy": profiles,
+                        "prompt_scrubber": scrubber.describe(),
                         "counts": {"items": item_count, "files": len(files)},
                         "files": [
                             {"name": f.name, "rows": f.rows, "size_bytes": f.size_bytes, "sha256": f.sha256}
@@ -381,6 +389,7 @@ def _record_and_write(
     include_images: bool,
     rows_per_file: int,
     metrics: ExportMetrics | None,
+    scrubber: PromptScrubber,
 ) -> tuple[int, list[ExportFile]]:
     """Records the eligible items in `export_items` and writes them to Parquet; returns both counts' sources.
 
@@ -406,6 +415,7 @@ def _record_and_write(
             include_images=include_images,
             rows_per_file=rows_per_file,
             metrics=metrics,
+            scrubber=scrubber,
         )
         return item_count, files
     row = conn.execute("SELECT pg_export_snapshot()").fetchone()
@@ -441,6 +451,7 @@ def _record_and_write(
                         include_images=include_images,
                         rows_per_file=rows_per_file,
                         metrics=metrics,
+                        scrubber=scrubber,
                     )
                 except BaseException:
                     # Stop the insert rather than wait for it; the caller's transaction rolls back.
@@ -526,6 +537,7 @@ def _write_files(
     include_images: bool,
     rows_per_file: int,
     metrics: ExportMetrics | None,
+    scrubber: PromptScrubber,
 ) -> list[ExportFile]:
     # COPY takes no parameters: the eligibility query's are bound client-side into literals.
     query = f"""
@@ -562,7 +574,7 @@ def _write_files(
 
     with contextlib.closing(_copy_tables(conn, bound, (read, parse, convert))) as tables:
         for batch in tables:
-            table = _output_table(batch, blobs, openers, include_images=include_images)
+            table = _output_table(batch, blobs, openers, include_images=include_images, scrubber=scrubber)
             offset = 0
             while offset < table.num_rows:
                 if writer is None or rows_in_file >= rows_per_file:
@@ -582,7 +594,12 @@ def _write_files(
 
 
 def _output_table(
-    batch: pa.Table, blobs: EncryptedBlobStore, openers: dict[str, crypto.SealedOpener], *, include_images: bool
+    batch: pa.Table,
+    blobs: EncryptedBlobStore,
+    openers: dict[str, crypto.SealedOpener],
+    *,
+    include_images: bool,
+    scrubber: PromptScrubber,
 ) -> pa.Table:
     # Per-row Python work is the export's cost, so a row costs two hex decodes and one AES-GCM
     # open: keys are looked up by their text form, each key's cipher is built once
@@ -623,7 +640,7 @@ def _output_table(
             batch.column("sha256"),
             batch.column("model"),
             batch.column("parameters"),
-            pa.array(prompts, type=pa.binary()).cast(pa.string()),
+            scrubber.scrub_array(pa.array(prompts, type=pa.binary()).cast(pa.string())),
             batch.column("media_type"),
             images,
         ],

@@ -1,7 +1,8 @@
 """The gateway's client of the control plane: reserve, store-and-commit, release.
 
-Calls carry the end caller's API key, so the control plane authorises every step
-against the caller's own tenant and scopes; the gateway holds no privileges of its own.
+Calls carry the end caller's credentials (API key, and the acting end user's account and ID
+token when the caller sent them), so the control plane authorises every step against the
+caller's own tenant, scopes and acting account; the gateway holds no privileges of its own.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import grpc
 
 from inference.errors import RequestError
 from protos.atelier.v1 import common_pb2, control_plane_pb2, control_plane_pb2_grpc
+from transport.call_metadata import CallerCredentials
 from transport.tls import TlsConfig
 
 logger = logging.getLogger(__name__)
@@ -69,7 +71,7 @@ class ControlPlaneClient:
 
     async def reserve_credits(
         self,
-        api_key: str,
+        caller: CallerCredentials,
         account_id: str,
         amount: int,
         ttl_s: int,
@@ -96,11 +98,11 @@ class ControlPlaneClient:
             idempotency=idempotency,
         )
         response: control_plane_pb2.ReserveCreditsResponse = await self._call(
-            self._control_plane().ReserveCredits, request, api_key
+            self._control_plane().ReserveCredits, request, caller
         )
         return response
 
-    async def get_content(self, api_key: str, content_id: str) -> control_plane_pb2.GetContentResponse:
+    async def get_content(self, caller: CallerCredentials, content_id: str) -> control_plane_pb2.GetContentResponse:
         """An item's metadata and bytes (decrypted by the control plane).
 
         Raises:
@@ -108,13 +110,13 @@ class ControlPlaneClient:
         """
         request = control_plane_pb2.GetContentRequest(content_id=content_id, include_data=True)
         response: control_plane_pb2.GetContentResponse = await self._call(
-            self._control_plane().GetContent, request, api_key
+            self._control_plane().GetContent, request, caller
         )
         return response
 
     async def store_and_commit(
         self,
-        api_key: str,
+        caller: CallerCredentials,
         account_id: str,
         reservation_id: str,
         images: list[bytes],
@@ -141,9 +143,9 @@ class ControlPlaneClient:
         request = control_plane_pb2.StoreContentRequest(
             account_id=account_id, items=items, commit_reservation_id=reservation_id
         )
-        return await self._call(self._control_plane().StoreContent, request, api_key)
+        return await self._call(self._control_plane().StoreContent, request, caller)
 
-    async def store_upload(self, api_key: str, account_id: str, png: bytes) -> str:
+    async def store_upload(self, caller: CallerCredentials, account_id: str, png: bytes) -> str:
         """Stores an init image for editing as a private upload of the account; returns its content id.
 
         Uploads cost nothing and are deleted by the retention sweep after the upload lifetime.
@@ -158,20 +160,21 @@ class ControlPlaneClient:
             visibility=common_pb2.VISIBILITY_PRIVATE,
         )
         request = control_plane_pb2.StoreContentRequest(account_id=account_id, items=[item])
-        response = await self._call(self._control_plane().StoreContent, request, api_key)
+        response = await self._call(self._control_plane().StoreContent, request, caller)
         return str(response.contents[0].content_id)
 
-    async def release_reservation(self, api_key: str, reservation_id: str) -> None:
+    async def release_reservation(self, caller: CallerCredentials, reservation_id: str) -> None:
         """Returns held credits; failures are logged, since the reservation also expires on its own."""
         request = control_plane_pb2.ReleaseReservationRequest(reservation_id=reservation_id)
         try:
-            await self._call(self._control_plane().ReleaseReservation, request, api_key)
+            await self._call(self._control_plane().ReleaseReservation, request, caller)
         except RequestError as exc:
             logger.warning("release_failed reservation_id=%s code=%s", reservation_id, exc.code.name)
 
-    async def _call(self, method, request, api_key: str):  # type: ignore[no-untyped-def]
+    async def _call(self, method, request, caller: CallerCredentials):  # type: ignore[no-untyped-def]
         try:
-            return await method(request, metadata=(("authorization", f"Bearer {api_key}"),), timeout=self._timeout_s)
+            # The caller's own key and acting end user: the control plane authorises the caller.
+            return await method(request, metadata=caller.metadata(), timeout=self._timeout_s)
         except grpc.aio.AioRpcError as exc:
             raise _to_request_error(exc) from None
 

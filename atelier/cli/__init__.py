@@ -24,11 +24,28 @@ from atelier.cli import (
     keys,
     status,
     sweep,
+    tenant,
     up,
 )
 from atelier.cli._output import CommandError, report_error
 
-_COMMANDS = (up, down, status, account, credits, generate, gallery, consent, dsr, audit, keys, db, sweep, export)
+_COMMANDS = (
+    up,
+    down,
+    status,
+    account,
+    credits,
+    generate,
+    gallery,
+    consent,
+    dsr,
+    audit,
+    keys,
+    tenant,
+    db,
+    sweep,
+    export,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,4 @@
-"""`atelier gallery visibility|public`: who can see an account's images."""
+"""`atelier gallery visibility|default|public`: who can see an account's images."""
 
 from __future__ import annotations
 
@@ -24,6 +24,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_json_flag(visibility)
     visibility.set_defaults(run=run_visibility)
 
+    default = commands.add_parser(
+        "default", help="make an account's future images public or private; existing ones keep theirs"
+    )
+    default.add_argument("account", metavar="ACCOUNT_ID")
+    default.add_argument("visibility", choices=sorted(_VISIBILITIES))
+    add_json_flag(default)
+    default.set_defaults(run=run_default)
+
     public = commands.add_parser("public", help="list the public gallery, newest first")
     public.add_argument("--limit", type=int, default=20, metavar="N", help="1..100 (default 20)")
     add_json_flag(public)
@@ -43,6 +51,17 @@ def run_visibility(args: argparse.Namespace) -> int:
         response = cluster.control_plane.SetVisibility(request, metadata=cluster.metadata)
     result = {"updated_count": response.updated_count, "visibility": args.visibility}
     emit(result, f"{response.updated_count} item(s) made {args.visibility}", json_output=args.json)
+    return 0
+
+
+def run_default(args: argparse.Namespace) -> int:
+    request = control_plane_pb2.SetDefaultVisibilityRequest(
+        account_id=args.account, visibility=_VISIBILITIES[args.visibility]
+    )
+    with connect() as cluster, rpc_errors():
+        cluster.control_plane.SetDefaultVisibility(request, metadata=cluster.metadata)
+    result = {"account_id": args.account, "default_visibility": args.visibility}
+    emit(result, f"new images of {args.account} will be {args.visibility}", json_output=args.json)
     return 0
 
 

@@ -16,7 +16,7 @@ from atelier.state import save_operator_key
 from protos.atelier.v1 import control_plane_pb2
 
 _SCOPES = {
-    name.removeprefix("SCOPE_").lower(): number
+    name.removeprefix("SCOPE_").lower().replace("_", "-"): number
     for name, number in control_plane_pb2.Scope.items()
     if number != control_plane_pb2.SCOPE_UNSPECIFIED
 }
@@ -162,7 +162,9 @@ def _key_dict(key: control_plane_pb2.ApiKey) -> dict[str, Any]:
         "key_id": key.key_id,
         "tenant_id": key.tenant_id,
         "name": key.name,
-        "scopes": [control_plane_pb2.Scope.Name(s).removeprefix("SCOPE_").lower() for s in key.scopes],
+        "scopes": [
+            control_plane_pb2.Scope.Name(s).removeprefix("SCOPE_").lower().replace("_", "-") for s in key.scopes
+        ],
         "created_at": key.created_at.ToJsonString(),
         "revoked_at": key.revoked_at.ToJsonString() if key.HasField("revoked_at") else None,
         "replaced_by_key_id": key.replaced_by_key_id or None,

@@ -47,6 +47,7 @@ SCOPE_FROM_PB = {
     control_plane_pb2.SCOPE_READ: Scope.READ,
     control_plane_pb2.SCOPE_PRIVACY: Scope.PRIVACY,
     control_plane_pb2.SCOPE_ADMIN: Scope.ADMIN,
+    control_plane_pb2.SCOPE_ACT_FOR_ANY: Scope.ACT_FOR_ANY,
 }
 SCOPE_TO_PB = {scope: number for number, scope in SCOPE_FROM_PB.items()}
 RESERVATION_STATE_TO_PB = {
@@ -326,4 +327,5 @@ def audit_entry_pb(entry: AuditRecord) -> control_plane_pb2.AuditEntry:
         target_type=entry.target_type,
         target_id=entry.target_id,
         details_json=json.dumps(dict(entry.details), sort_keys=True, default=str),
+        acting_account_id=str(entry.acting_account_id or ""),
     )

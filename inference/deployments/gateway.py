@@ -50,6 +50,7 @@ from inference.generation import IMAGE_TO_IMAGE, INPAINT, TEXT_TO_IMAGE, Generat
 from inference.metrics import STAGES, GatewayMetrics
 from inference.validation import ValidatedRequest, validate_generate_request
 from protos.atelier.v1 import common_pb2, control_plane_pb2, inference_pb2
+from transport.call_metadata import ACTING_ACCOUNT, USER_TOKEN, CallerCredentials, first_value
 
 logger = logging.getLogger(__name__)
 
@@ -163,7 +164,7 @@ class Gateway:
         on_progress: ProgressSink | None,
     ) -> inference_pb2.GenerateResponse:
         started = time.perf_counter()
-        api_key = _api_key(grpc_context)
+        caller = _credentials(grpc_context)
         validated = await _validate(request, self._config)
         params = validated.params
         purpose = _purpose(validated)
@@ -177,9 +178,9 @@ class Gateway:
         )
         try:
             reservation = await self._reserve(
-                api_key,
+                caller,
                 self._control_plane.reserve_credits(
-                    api_key,
+                    caller,
                     validated.account_id,
                     validated.cost,
                     self._config.reservation_ttl_s,
@@ -194,17 +195,17 @@ class Gateway:
                 self._metrics.moderation_blocks.inc(tags={"category": category})
             raise
         if reservation.replayed:
-            return await self._replay(api_key, reservation, request_id, started)
+            return await self._replay(caller, reservation, request_id, started)
         reservation_id = reservation.reservation.reservation_id
         reserved = time.perf_counter()
         self._metrics.credits.inc(validated.cost, tags={"model": model, "outcome": "reserved"})
         self._track_in_flight(model, +1)
         try:
-            upload_id = await self._store_upload(api_key, validated)
+            upload_id = await self._store_upload(caller, validated)
             result = await self._run_model(validated, on_progress)
             generated = time.perf_counter()
             stored = await self._control_plane.store_and_commit(
-                api_key,
+                caller,
                 validated.account_id,
                 reservation_id,
                 result.pngs,
@@ -214,7 +215,7 @@ class Gateway:
             )
         except BaseException:
             # Shielded so a cancelled request still returns its credits.
-            await asyncio.shield(self._control_plane.release_reservation(api_key, reservation_id))
+            await asyncio.shield(self._control_plane.release_reservation(caller, reservation_id))
             self._metrics.credits.inc(validated.cost, tags={"model": model, "outcome": "released"})
             raise
         finally:
@@ -238,7 +239,7 @@ class Gateway:
         return response
 
     async def _reserve(
-        self, api_key: str, reserving: Coroutine[Any, Any, control_plane_pb2.ReserveCreditsResponse]
+        self, caller: CallerCredentials, reserving: Coroutine[Any, Any, control_plane_pb2.ReserveCreditsResponse]
     ) -> control_plane_pb2.ReserveCreditsResponse:
         """Awaits a reservation; should the caller go away meanwhile, the hold is given back once made.
 
@@ -250,15 +251,17 @@ class Gateway:
             return await asyncio.shield(pending)
         except asyncio.CancelledError:
             self._keep(pending)
-            pending.add_done_callback(lambda done: self._release_orphan(api_key, done))
+            pending.add_done_callback(lambda done: self._release_orphan(caller, done))
             raise
 
-    def _release_orphan(self, api_key: str, done: asyncio.Future[control_plane_pb2.ReserveCreditsResponse]) -> None:
+    def _release_orphan(
+        self, caller: CallerCredentials, done: asyncio.Future[control_plane_pb2.ReserveCreditsResponse]
+    ) -> None:
         if done.cancelled() or done.exception() is not None or done.result().replayed:
             return
         self._keep(
             asyncio.ensure_future(
-                self._control_plane.release_reservation(api_key, done.result().reservation.reservation_id)
+                self._control_plane.release_reservation(caller, done.result().reservation.reservation_id)
             )
         )
 
@@ -266,16 +269,16 @@ class Gateway:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _store_upload(self, api_key: str, validated: ValidatedRequest) -> str:
+    async def _store_upload(self, caller: CallerCredentials, validated: ValidatedRequest) -> str:
         """Stores an edit's fitted init image as an upload of the account; "" for text-to-image."""
         edit = validated.params.edit
         if edit is None:
             return ""
-        return await self._control_plane.store_upload(api_key, validated.account_id, edit.init_png)
+        return await self._control_plane.store_upload(caller, validated.account_id, edit.init_png)
 
     async def _replay(
         self,
-        api_key: str,
+        caller: CallerCredentials,
         reservation: control_plane_pb2.ReserveCreditsResponse,
         request_id: str,
         started: float,
@@ -291,7 +294,7 @@ class Gateway:
             raise gone
         try:
             fetched = await asyncio.gather(
-                *(self._control_plane.get_content(api_key, cid) for cid in reservation.replayed_content_ids)
+                *(self._control_plane.get_content(caller, cid) for cid in reservation.replayed_content_ids)
             )
         except RequestError as exc:
             if exc.code == grpc.StatusCode.NOT_FOUND:
@@ -408,12 +411,18 @@ def _request_id(grpc_context: RayServegRPCContext) -> str:
     return uuid.uuid4().hex
 
 
-def _api_key(grpc_context: RayServegRPCContext) -> str:
-    for key, value in grpc_context.invocation_metadata():
+def _credentials(grpc_context: RayServegRPCContext) -> CallerCredentials:
+    """The caller's API key, and the end user it acts for, as the control plane must see them."""
+    metadata = grpc_context.invocation_metadata()
+    for key, value in metadata:
         if key == "authorization":
             scheme, _, secret = str(value).partition(" ")
             if scheme.lower() == "bearer" and secret.strip():
-                return secret.strip()
+                return CallerCredentials(
+                    api_key=secret.strip(),
+                    acting_account=first_value(metadata, ACTING_ACCOUNT),
+                    user_token=first_value(metadata, USER_TOKEN),
+                )
     raise RequestError(grpc.StatusCode.UNAUTHENTICATED, "missing API key: send metadata 'authorization: Bearer <key>'")
 
 

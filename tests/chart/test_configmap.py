@@ -48,12 +48,21 @@ def test_passes_a_models_settings_through(minimal: dict[str, Any]) -> None:
 
 
 def test_policy_profile_is_rendered_in_the_control_planes_own_format(minimal: dict[str, Any]) -> None:
-    values = merged(minimal, {"policyProfile": {"trainingConsentMode": "opt_out", "inactivityPurge": {"days": 0}}})
+    values = merged(
+        minimal,
+        {
+            "policyProfile": {
+                "trainingConsentMode": "opt_out",
+                "privateContentInTraining": True,
+                "inactivityPurge": {"days": 0},
+            }
+        },
+    )
 
     data = render(values).one("ConfigMap", f"{FULLNAME}-policy-profile")["data"]
     profile = PolicyProfile.from_mapping(json.loads(data["profile.json"]), where="chart")
 
-    assert profile.training_consent_mode.value == "opt_out"
+    assert profile.training_consent_mode.value == "opt_out" and profile.private_content_in_training
     assert profile.inactivity_purge_days is None
     assert profile.inactivity_exempt_tiers == ("premium",)
     assert (profile.generated_retention_days, profile.generated_retention_tiers) == (30, ("free",))

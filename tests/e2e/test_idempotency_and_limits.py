@@ -98,7 +98,9 @@ class TestLimitsThroughTheGateway:
         # A key of its own, so this burst cannot drain the shared operator key's bucket, and
         # an account without credits, so no request runs the model.
         secret = control_plane.CreateApiKey(
-            control_plane_pb2.CreateApiKeyRequest(name="burst", scopes=[control_plane_pb2.SCOPE_GENERATE]),
+            control_plane_pb2.CreateApiKeyRequest(
+                name="burst", scopes=[control_plane_pb2.SCOPE_GENERATE, control_plane_pb2.SCOPE_ACT_FOR_ANY]
+            ),
             metadata=operator_metadata,
         ).secret
         metadata = (("authorization", f"Bearer {secret}"),)

@@ -15,6 +15,7 @@ from grpc_status import rpc_status
 
 from atelier.settings import ClusterSettings
 from protos.atelier.v1 import control_plane_pb2, inference_pb2
+from transport.call_metadata import ACTING_ACCOUNT
 
 
 def _atelier(settings: ClusterSettings, *args: str) -> subprocess.CompletedProcess[str]:
@@ -58,6 +59,32 @@ def test_a_blocked_prompt_is_refused_by_the_gateway_and_charges_nothing(
         control_plane_pb2.ListContentRequest(account_id=account_id), metadata=operator_metadata
     )
     assert list(listed.contents) == []
+
+
+def test_the_gateway_forwards_the_acting_account_so_another_users_generation_is_not_found(
+    inference, control_plane, operator_metadata, make_account, balance_of
+) -> None:
+    # A web app's key: it must name the signed-in user, and may only spend that user's credits.
+    web = control_plane.CreateApiKey(
+        control_plane_pb2.CreateApiKeyRequest(
+            name="web app", scopes=[control_plane_pb2.SCOPE_GENERATE, control_plane_pb2.SCOPE_READ]
+        ),
+        metadata=operator_metadata,
+    ).secret
+    owner, other = make_account(5), make_account(5)
+    request = inference_pb2.GenerateRequest(account_id=owner, prompt="a quiet harbour", steps=2)
+    bearer = (("authorization", f"Bearer {web}"),)
+    for metadata, code in [
+        ((*bearer, (ACTING_ACCOUNT, other)), grpc.StatusCode.NOT_FOUND),
+        (bearer, grpc.StatusCode.PERMISSION_DENIED),
+    ]:
+        with pytest.raises(grpc.RpcError) as error:
+            inference.Generate(request, metadata=metadata, timeout=120)
+        assert error.value.code() == code
+    assert (balance_of(owner).total, balance_of(owner).held) == (5, 0)
+
+    response = inference.Generate(request, metadata=(*bearer, (ACTING_ACCOUNT, owner)), timeout=120)
+    assert response.credits_charged >= 1 and balance_of(owner).total == 5 - response.credits_charged
 
 
 def test_the_privacy_commands_walk_an_account_from_generation_to_erasure(

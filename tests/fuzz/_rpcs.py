@@ -87,6 +87,7 @@ ENTRIES: dict[str, FuzzEntry] = {
     "ControlPlane/GetContent": rpc(Scope.READ, FP),
     "ControlPlane/ListContent": rpc(Scope.READ),
     "ControlPlane/SetVisibility": rpc(Scope.PRIVACY, FP),
+    "ControlPlane/SetDefaultVisibility": rpc(Scope.PRIVACY, FP),
     "ControlPlane/ListPublicGallery": rpc(Scope.READ),
     "ControlPlane/RecordConsent": rpc(Scope.PRIVACY, FP),
     "ControlPlane/GetConsents": rpc(Scope.PRIVACY),

@@ -128,7 +128,11 @@ def _build_tenant(
     scoped: dict[str, str] = {}
     key_ids = [principal.key_id]
     for scope_name, scope in (("read", pb.SCOPE_READ), ("generate", pb.SCOPE_GENERATE), ("privacy", pb.SCOPE_PRIVACY)):
-        created = stub.CreateApiKey(pb.CreateApiKeyRequest(name=f"{name} {scope_name}", scopes=[scope]), metadata=md)
+        # Service keys acting for the whole tenant (tests/integration/control_plane/
+        # test_acting_accounts.py covers keys that must name an acting account).
+        created = stub.CreateApiKey(
+            pb.CreateApiKeyRequest(name=f"{name} {scope_name}", scopes=[scope, pb.SCOPE_ACT_FOR_ANY]), metadata=md
+        )
         scoped[scope_name] = created.secret
         key_ids.append(created.key.key_id)
     spare = stub.CreateApiKey(pb.CreateApiKeyRequest(name=f"{name} spare", scopes=[pb.SCOPE_READ]), metadata=md)

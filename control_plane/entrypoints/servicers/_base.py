@@ -35,6 +35,7 @@ class ControlPlaneRpcs(control_plane_pb2_grpc.ControlPlaneServicer):
         self._policies = deps.policies
         self._clock = deps.clock
         self._admission = admission
+        self._user_tokens = deps.user_tokens
         self._checkers = {
             name: deps.moderation(self._policies.get(name).moderation) for name in ("default", *self._policies.named)
         }
@@ -44,7 +45,10 @@ class ControlPlaneRpcs(control_plane_pb2_grpc.ControlPlaneServicer):
         self, context: grpc.ServicerContext, scope: Scope | None, method: str
     ) -> Iterator[tuple[Connection, Caller]]:
         """Borrows a connection, authenticates the caller at the server clock's time, checks `scope`."""
-        with authorized(self._pool, context, scope, method, now=self._clock.now()) as (conn, caller):
+        with authorized(self._pool, context, scope, method, now=self._clock.now(), user_tokens=self._user_tokens) as (
+            conn,
+            caller,
+        ):
             yield conn, caller
 
     def _profile(self, conn: Connection, caller: Caller) -> PolicyProfile:

@@ -63,7 +63,7 @@ class AccountRpcs(ControlPlaneRpcs):
     ) -> control_plane_pb2.GetAccountResponse:
         """Returns an account of the caller's tenant. Scope: read."""
         with self._call(context, Scope.READ, "GetAccount") as (conn, caller):
-            account_id = convert.parse_uuid("account_id", request.account_id)
+            account_id = caller.act_on(convert.parse_uuid("account_id", request.account_id))
             account = accounts.get_account(conn, tenant_id=caller.tenant_id, account_id=account_id)
         return control_plane_pb2.GetAccountResponse(account=convert.account_pb(account))
 

@@ -1,4 +1,5 @@
-"""Content and the gallery: StoreContent, GetContent, ListContent, SetVisibility, ListPublicGallery."""
+"""Content and the gallery: StoreContent, GetContent, ListContent, SetVisibility, SetDefaultVisibility,
+ListPublicGallery."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from collections.abc import Sequence
 import grpc
 from typing_extensions import override
 
-from control_plane import content
+from control_plane import accounts, content
 from control_plane.api_keys import Scope
 from control_plane.entrypoints import convert
 from control_plane.entrypoints import page_tokens as tokens
@@ -27,7 +28,7 @@ class ContentRpcs(ControlPlaneRpcs):
     ) -> control_plane_pb2.StoreContentResponse:
         """Stores 1..16 items together, optionally committing their reservation. Scope: generate."""
         with self._call(context, Scope.GENERATE, "StoreContent") as (conn, caller):
-            account_id = convert.parse_uuid("account_id", request.account_id)
+            account_id = caller.act_on(convert.parse_uuid("account_id", request.account_id))
             reservation_id = convert.parse_optional_uuid("commit_reservation_id", request.commit_reservation_id)
             items = _new_content(request.items)
             profile = self._profile(conn, caller)
@@ -63,7 +64,9 @@ class ContentRpcs(ControlPlaneRpcs):
                 tenant_id=caller.tenant_id,
                 content_id=convert.parse_uuid("content_id", request.content_id),
                 include_data=request.include_data,
-                viewer_account_id=convert.parse_optional_uuid("viewer_account_id", request.viewer_account_id),
+                viewer_account_id=caller.own_account(
+                    convert.parse_optional_uuid("viewer_account_id", request.viewer_account_id)
+                ),
             )
         return control_plane_pb2.GetContentResponse(content=convert.content_pb(item), data=data or b"")
 
@@ -83,7 +86,9 @@ class ContentRpcs(ControlPlaneRpcs):
                 ),
                 after=tokens.decode_content_token(request.page_token, account_id),
                 keys=self._keys,
-                viewer_account_id=convert.parse_optional_uuid("viewer_account_id", request.viewer_account_id),
+                viewer_account_id=caller.own_account(
+                    convert.parse_optional_uuid("viewer_account_id", request.viewer_account_id)
+                ),
             )
         next_token = tokens.encode_content_token(account_id, page.next_cursor) if page.next_cursor else ""
         return control_plane_pb2.ListContentResponse(
@@ -115,18 +120,37 @@ class ContentRpcs(ControlPlaneRpcs):
                     visibility=visibility,
                     actor=actor,
                     now=caller.now,
+                    account_id=caller.own_account(None),
                 )
                 return control_plane_pb2.SetVisibilityResponse(updated_count=updated, content=convert.content_pb(item))
             updated = content.set_account_visibility(
                 conn,
                 tenant_id=caller.tenant_id,
-                account_id=convert.parse_uuid("account_id", request.account_id),
+                account_id=caller.act_on(convert.parse_uuid("account_id", request.account_id)),
                 visibility=visibility,
                 apply_to_default=request.apply_to_default,
                 actor=actor,
                 now=caller.now,
             )
         return control_plane_pb2.SetVisibilityResponse(updated_count=updated)
+
+    @override
+    def SetDefaultVisibility(
+        self, request: control_plane_pb2.SetDefaultVisibilityRequest, context: grpc.ServicerContext
+    ) -> control_plane_pb2.SetDefaultVisibilityResponse:
+        """Sets the visibility of an account's future content only. Scope: privacy."""
+        with self._call(context, Scope.PRIVACY, "SetDefaultVisibility") as (conn, caller):
+            account = accounts.set_default_visibility(
+                conn,
+                tenant_id=caller.tenant_id,
+                account_id=caller.act_on(convert.parse_uuid("account_id", request.account_id)),
+                visibility=convert.parse_enum(
+                    "visibility", request.visibility, common_pb2.Visibility, convert.VISIBILITY_FROM_PB
+                ),
+                actor=caller.actor,
+                now=caller.now,
+            )
+        return control_plane_pb2.SetDefaultVisibilityResponse(account=convert.account_pb(account))
 
     @override
     def ListPublicGallery(

@@ -27,7 +27,7 @@ class CreditRpcs(ControlPlaneRpcs):
             balance = credits.grant_credits(
                 conn,
                 tenant_id=caller.tenant_id,
-                account_id=convert.parse_uuid("account_id", request.account_id),
+                account_id=caller.act_on(convert.parse_uuid("account_id", request.account_id)),
                 amount=request.amount,
                 reason=request.reason,
                 actor=caller.actor,
@@ -41,7 +41,7 @@ class CreditRpcs(ControlPlaneRpcs):
     ) -> control_plane_pb2.GetBalanceResponse:
         """Returns an account's balance. Scope: read."""
         with self._call(context, Scope.READ, "GetBalance") as (conn, caller):
-            account_id = convert.parse_uuid("account_id", request.account_id)
+            account_id = caller.act_on(convert.parse_uuid("account_id", request.account_id))
             balance = credits.get_balance(conn, tenant_id=caller.tenant_id, account_id=account_id)
         return control_plane_pb2.GetBalanceResponse(balance=convert.balance_pb(balance))
 
@@ -51,7 +51,7 @@ class CreditRpcs(ControlPlaneRpcs):
     ) -> control_plane_pb2.ListLedgerResponse:
         """Lists an account's ledger, newest first. Scope: read."""
         with self._call(context, Scope.READ, "ListLedger") as (conn, caller):
-            account_id = convert.parse_uuid("account_id", request.account_id)
+            account_id = caller.act_on(convert.parse_uuid("account_id", request.account_id))
             page = credits.list_ledger(
                 conn,
                 tenant_id=caller.tenant_id,
@@ -76,7 +76,7 @@ class CreditRpcs(ControlPlaneRpcs):
         with self._call(context, Scope.GENERATE, "ReserveCredits") as (conn, caller):
             idempotency = request.idempotency if request.HasField("idempotency") else None
             wanted = admission.GenerationRequest(
-                account_id=convert.parse_uuid("account_id", request.account_id),
+                account_id=caller.act_on(convert.parse_uuid("account_id", request.account_id)),
                 amount=request.amount,
                 purpose=request.purpose,
                 prompt=request.prompt,
@@ -114,6 +114,7 @@ class CreditRpcs(ControlPlaneRpcs):
                 reservation_id=convert.parse_uuid("reservation_id", request.reservation_id),
                 actor=caller.actor,
                 now=caller.now,
+                account_id=caller.own_account(None),
             )
         return control_plane_pb2.CommitReservationResponse(
             reservation=convert.reservation_pb(reservation), balance=convert.balance_pb(balance)
@@ -131,6 +132,7 @@ class CreditRpcs(ControlPlaneRpcs):
                 reservation_id=convert.parse_uuid("reservation_id", request.reservation_id),
                 actor=caller.actor,
                 now=caller.now,
+                account_id=caller.own_account(None),
             )
         return control_plane_pb2.ReleaseReservationResponse(
             reservation=convert.reservation_pb(reservation), balance=convert.balance_pb(balance)

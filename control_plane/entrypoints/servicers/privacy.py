@@ -25,7 +25,7 @@ class PrivacyRpcs(ControlPlaneRpcs):
     ) -> control_plane_pb2.RecordConsentResponse:
         """Appends a consent grant or withdrawal. Scope: privacy."""
         with self._call(context, Scope.PRIVACY, "RecordConsent") as (conn, caller):
-            account_id = convert.parse_uuid("account_id", request.account_id)
+            account_id = caller.act_on(convert.parse_uuid("account_id", request.account_id))
             purpose = convert.parse_enum(
                 "purpose", request.purpose, control_plane_pb2.ConsentPurpose, convert.CONSENT_PURPOSE_FROM_PB
             )
@@ -53,7 +53,7 @@ class PrivacyRpcs(ControlPlaneRpcs):
     ) -> control_plane_pb2.GetConsentsResponse:
         """Returns the current state of every consent purpose. Scope: privacy."""
         with self._call(context, Scope.PRIVACY, "GetConsents") as (conn, caller):
-            account_id = convert.parse_uuid("account_id", request.account_id)
+            account_id = caller.act_on(convert.parse_uuid("account_id", request.account_id))
             overview = consent.current_consents(
                 conn, tenant_id=caller.tenant_id, account_id=account_id, profile=self._profile(conn, caller)
             )
@@ -65,7 +65,7 @@ class PrivacyRpcs(ControlPlaneRpcs):
     ) -> control_plane_pb2.ListConsentHistoryResponse:
         """Returns every consent record of an account, oldest first. Scope: privacy."""
         with self._call(context, Scope.PRIVACY, "ListConsentHistory") as (conn, caller):
-            account_id = convert.parse_uuid("account_id", request.account_id)
+            account_id = caller.act_on(convert.parse_uuid("account_id", request.account_id))
             purpose = (
                 convert.parse_enum(
                     "purpose", request.purpose, control_plane_pb2.ConsentPurpose, convert.CONSENT_PURPOSE_FROM_PB
@@ -89,7 +89,7 @@ class PrivacyRpcs(ControlPlaneRpcs):
                 self._blobs,
                 self._keys,
                 tenant_id=caller.tenant_id,
-                account_id=convert.parse_uuid("account_id", request.account_id),
+                account_id=caller.act_on(convert.parse_uuid("account_id", request.account_id)),
                 profile=self._profile(conn, caller),
                 actor=caller.actor,
                 now=caller.now,
@@ -108,6 +108,7 @@ class PrivacyRpcs(ControlPlaneRpcs):
                 self._keys,
                 tenant_id=caller.tenant_id,
                 dsr_id=convert.parse_uuid("dsr_id", request.dsr_id),
+                account_id=caller.own_account(None),
             )
         return control_plane_pb2.GetExportArchiveResponse(archive=archive, media_type=dsr.ARCHIVE_MEDIA_TYPE)
 
@@ -122,7 +123,7 @@ class PrivacyRpcs(ControlPlaneRpcs):
                 self._blobs,
                 self._keys,
                 tenant_id=caller.tenant_id,
-                account_id=convert.parse_uuid("account_id", request.account_id),
+                account_id=caller.act_on(convert.parse_uuid("account_id", request.account_id)),
                 content_id=convert.parse_optional_uuid("content_id", request.content_id),
                 profile=self._profile(conn, caller),
                 actor=caller.actor,
@@ -140,7 +141,7 @@ class PrivacyRpcs(ControlPlaneRpcs):
             requests = dsr.list_requests(
                 conn,
                 tenant_id=caller.tenant_id,
-                account_id=convert.parse_optional_uuid("account_id", request.account_id),
+                account_id=caller.own_account(convert.parse_optional_uuid("account_id", request.account_id)),
                 overdue_only=request.overdue_only,
                 as_of=as_of,
                 limit=convert.parse_page_size(request.page_size, default=DSR_PAGE_DEFAULT, maximum=DSR_PAGE_MAX),
@@ -155,7 +156,7 @@ class PrivacyRpcs(ControlPlaneRpcs):
     ) -> control_plane_pb2.ListAuditEntriesResponse:
         """Lists the audit entries about an account, newest first. Scope: privacy."""
         with self._call(context, Scope.PRIVACY, "ListAuditEntries") as (conn, caller):
-            account_id = convert.parse_uuid("account_id", request.account_id)
+            account_id = caller.act_on(convert.parse_uuid("account_id", request.account_id))
             limit = convert.parse_page_size(request.page_size, default=AUDIT_PAGE_DEFAULT, maximum=AUDIT_PAGE_MAX)
             before = tokens.decode_audit_token(request.page_token, account_id)
             entries = accounts.audit_trail(

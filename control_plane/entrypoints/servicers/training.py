@@ -37,10 +37,14 @@ class TrainingDataServicer(training_pb2_grpc.TrainingDataServicer):
         self._pool = deps.pool
         self._policies = deps.policies
         self._clock = deps.clock
+        self._user_tokens = deps.user_tokens
 
     @contextmanager
     def _call(self, context: grpc.ServicerContext, scope: Scope, method: str) -> Iterator[tuple[Connection, Caller]]:
-        with authorized(self._pool, context, scope, method, now=self._clock.now()) as (conn, caller):
+        with authorized(self._pool, context, scope, method, now=self._clock.now(), user_tokens=self._user_tokens) as (
+            conn,
+            caller,
+        ):
             yield conn, caller
 
     @override
@@ -50,7 +54,7 @@ class TrainingDataServicer(training_pb2_grpc.TrainingDataServicer):
             optout, created = optouts.record_optout(
                 conn,
                 tenant_id=caller.tenant_id,
-                account_id=convert.parse_uuid("account_id", request.account_id),
+                account_id=caller.act_on(convert.parse_uuid("account_id", request.account_id)),
                 content_id=convert.parse_optional_uuid("content_id", request.content_id),
                 source=request.source,
                 actor=caller.actor,
@@ -67,7 +71,7 @@ class TrainingDataServicer(training_pb2_grpc.TrainingDataServicer):
             found = optouts.list_optouts(
                 conn,
                 tenant_id=caller.tenant_id,
-                account_id=convert.parse_uuid("account_id", request.account_id),
+                account_id=caller.act_on(convert.parse_uuid("account_id", request.account_id)),
             )
         return training_pb2.ListOptOutsResponse(opt_outs=[_optout_pb(o) for o in found])
 

@@ -5,12 +5,18 @@ The control plane API: accounts, API keys, credits and content.
 
 Every call carries a service API key as metadata `authorization: Bearer <key>`.
 Keys belong to a tenant and carry scopes; a call may only touch accounts of
-its key's tenant. Errors use the canonical gRPC codes:
+its key's tenant. A call made on behalf of an end user names that user's account
+in metadata `x-atelier-acting-account: <account id>` (and, where the tenant requires
+it, proves it with an OIDC ID token in `x-atelier-user-token`); it may then only
+touch that account's content (gallery reads of public items excepted). Keys without
+SCOPE_ACT_FOR_ANY must name one on account-scoped calls. Errors use the canonical gRPC codes:
   INVALID_ARGUMENT    a field is malformed or out of range (message names it)
   NOT_FOUND           unknown account, reservation, content or API key (also for
-                      another tenant's ids, so ids cannot be probed)
-  UNAUTHENTICATED     missing or unknown API key
-  PERMISSION_DENIED   the key lacks the scope the RPC needs
+                      another tenant's or another acting account's ids, so ids
+                      cannot be probed)
+  UNAUTHENTICATED     missing or unknown API key, or an invalid user token
+  PERMISSION_DENIED   the key lacks the scope the RPC needs, or names no acting
+                      account without SCOPE_ACT_FOR_ANY
   RESOURCE_EXHAUSTED  not enough credits (ErrorInfo reason INSUFFICIENT_CREDITS),
                       or the blob store is full (reason BLOB_STORE_FULL: nothing
                       was stored or charged; retry once space is freed)
@@ -102,6 +108,10 @@ class _ScopeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Scope.ValueType
     """Consent, data-subject requests and erasure."""
     SCOPE_ADMIN: _Scope.ValueType  # 4
     """Create accounts and keys, grant credits; implies every other scope."""
+    SCOPE_ACT_FOR_ANY: _Scope.ValueType  # 5
+    """Act for any account of the tenant without naming one (jobs, operators). Keys without it
+    must name the acting account (metadata x-atelier-acting-account) on account-scoped calls.
+    """
 
 class Scope(_Scope, metaclass=_ScopeEnumTypeWrapper): ...
 
@@ -114,6 +124,10 @@ SCOPE_PRIVACY: Scope.ValueType  # 3
 """Consent, data-subject requests and erasure."""
 SCOPE_ADMIN: Scope.ValueType  # 4
 """Create accounts and keys, grant credits; implies every other scope."""
+SCOPE_ACT_FOR_ANY: Scope.ValueType  # 5
+"""Act for any account of the tenant without naming one (jobs, operators). Keys without it
+must name the acting account (metadata x-atelier-acting-account) on account-scoped calls.
+"""
 Global___Scope: _TypeAlias = Scope  # noqa: Y015
 
 class _ReservationState:
@@ -1524,6 +1538,54 @@ class SetVisibilityResponse(_message.Message):
 Global___SetVisibilityResponse: _TypeAlias = SetVisibilityResponse  # noqa: Y015
 
 @_typing.final
+class SetDefaultVisibilityRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    VISIBILITY_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """The account (UUID)."""
+    visibility: _common_pb2.Visibility.ValueType
+    """VISIBILITY_PRIVATE or VISIBILITY_PUBLIC: what its content stored from now on gets
+    when the store request names none.
+    """
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        visibility: _common_pb2.Visibility.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "visibility", b"visibility"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDefaultVisibilityRequest: _TypeAlias = SetDefaultVisibilityRequest  # noqa: Y015
+
+@_typing.final
+class SetDefaultVisibilityResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def account(self) -> Global___Account:
+        """The account, with its new default."""
+
+    def __init__(
+        self,
+        *,
+        account: Global___Account | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDefaultVisibilityResponse: _TypeAlias = SetDefaultVisibilityResponse  # noqa: Y015
+
+@_typing.final
 class ListPublicGalleryRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -2064,6 +2126,7 @@ class AuditEntry(_message.Message):
     TARGET_TYPE_FIELD_NUMBER: _builtins.int
     TARGET_ID_FIELD_NUMBER: _builtins.int
     DETAILS_JSON_FIELD_NUMBER: _builtins.int
+    ACTING_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     actor_key_id: _builtins.str
     """API key that acted; empty for the system."""
@@ -2076,6 +2139,10 @@ class AuditEntry(_message.Message):
     target_id: _builtins.str
     details_json: _builtins.str
     """Facts as a JSON object (ids, amounts, states); never prompts or images."""
+    acting_account_id: _builtins.str
+    """The end user the call acted for (x-atelier-acting-account or a verified user token);
+    empty when the key acted for the tenant.
+    """
     @_builtins.property
     def at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -2089,10 +2156,11 @@ class AuditEntry(_message.Message):
         target_type: _builtins.str = ...,
         target_id: _builtins.str = ...,
         details_json: _builtins.str = ...,
+        acting_account_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor_key_id", b"actor_key_id", "at", b"at", "details_json", b"details_json", "id", b"id", "request_id", b"request_id", "target_id", b"target_id", "target_type", b"target_type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acting_account_id", b"acting_account_id", "action", b"action", "actor_key_id", b"actor_key_id", "at", b"at", "details_json", b"details_json", "id", b"id", "request_id", b"request_id", "target_id", b"target_id", "target_type", b"target_type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -119,6 +119,11 @@ class ControlPlaneStub:
                 request_serializer=protos_dot_atelier_dot_v1_dot_control__plane__pb2.SetVisibilityRequest.SerializeToString,
                 response_deserializer=protos_dot_atelier_dot_v1_dot_control__plane__pb2.SetVisibilityResponse.FromString,
                 _registered_method=True)
+        self.SetDefaultVisibility = channel.unary_unary(
+                '/atelier.v1.ControlPlane/SetDefaultVisibility',
+                request_serializer=protos_dot_atelier_dot_v1_dot_control__plane__pb2.SetDefaultVisibilityRequest.SerializeToString,
+                response_deserializer=protos_dot_atelier_dot_v1_dot_control__plane__pb2.SetDefaultVisibilityResponse.FromString,
+                _registered_method=True)
         self.ListPublicGallery = channel.unary_unary(
                 '/atelier.v1.ControlPlane/ListPublicGallery',
                 request_serializer=protos_dot_atelier_dot_v1_dot_control__plane__pb2.ListPublicGalleryRequest.SerializeToString,
@@ -291,6 +296,14 @@ class ControlPlaneServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetDefaultVisibility(self, request, context):
+        """The visibility of an account's future content only; existing items keep theirs
+        (seed 003: "set your default to public or private"). Scope: privacy.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListPublicGallery(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -444,6 +457,11 @@ def add_ControlPlaneServicer_to_server(servicer, server):
                     servicer.SetVisibility,
                     request_deserializer=protos_dot_atelier_dot_v1_dot_control__plane__pb2.SetVisibilityRequest.FromString,
                     response_serializer=protos_dot_atelier_dot_v1_dot_control__plane__pb2.SetVisibilityResponse.SerializeToString,
+            ),
+            'SetDefaultVisibility': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetDefaultVisibility,
+                    request_deserializer=protos_dot_atelier_dot_v1_dot_control__plane__pb2.SetDefaultVisibilityRequest.FromString,
+                    response_serializer=protos_dot_atelier_dot_v1_dot_control__plane__pb2.SetDefaultVisibilityResponse.SerializeToString,
             ),
             'ListPublicGallery': grpc.unary_unary_rpc_method_handler(
                     servicer.ListPublicGallery,
@@ -955,6 +973,33 @@ class ControlPlane:
             '/atelier.v1.ControlPlane/SetVisibility',
             protos_dot_atelier_dot_v1_dot_control__plane__pb2.SetVisibilityRequest.SerializeToString,
             protos_dot_atelier_dot_v1_dot_control__plane__pb2.SetVisibilityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetDefaultVisibility(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/atelier.v1.ControlPlane/SetDefaultVisibility',
+            protos_dot_atelier_dot_v1_dot_control__plane__pb2.SetDefaultVisibilityRequest.SerializeToString,
+            protos_dot_atelier_dot_v1_dot_control__plane__pb2.SetDefaultVisibilityResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -5,12 +5,18 @@ The control plane API: accounts, API keys, credits and content.
 
 Every call carries a service API key as metadata `authorization: Bearer <key>`.
 Keys belong to a tenant and carry scopes; a call may only touch accounts of
-its key's tenant. Errors use the canonical gRPC codes:
+its key's tenant. A call made on behalf of an end user names that user's account
+in metadata `x-atelier-acting-account: <account id>` (and, where the tenant requires
+it, proves it with an OIDC ID token in `x-atelier-user-token`); it may then only
+touch that account's content (gallery reads of public items excepted). Keys without
+SCOPE_ACT_FOR_ANY must name one on account-scoped calls. Errors use the canonical gRPC codes:
   INVALID_ARGUMENT    a field is malformed or out of range (message names it)
   NOT_FOUND           unknown account, reservation, content or API key (also for
-                      another tenant's ids, so ids cannot be probed)
-  UNAUTHENTICATED     missing or unknown API key
-  PERMISSION_DENIED   the key lacks the scope the RPC needs
+                      another tenant's or another acting account's ids, so ids
+                      cannot be probed)
+  UNAUTHENTICATED     missing or unknown API key, or an invalid user token
+  PERMISSION_DENIED   the key lacks the scope the RPC needs, or names no acting
+                      account without SCOPE_ACT_FOR_ANY
   RESOURCE_EXHAUSTED  not enough credits (ErrorInfo reason INSUFFICIENT_CREDITS),
                       or the blob store is full (reason BLOB_STORE_FULL: nothing
                       was stored or charged; retry once space is freed)
@@ -89,6 +95,10 @@ class ControlPlaneStub:
     ListContent: _grpc.UnaryUnaryMultiCallable[_control_plane_pb2.ListContentRequest, _control_plane_pb2.ListContentResponse]
     SetVisibility: _grpc.UnaryUnaryMultiCallable[_control_plane_pb2.SetVisibilityRequest, _control_plane_pb2.SetVisibilityResponse]
     """Gallery. SetVisibility needs scope privacy; ListPublicGallery needs read."""
+    SetDefaultVisibility: _grpc.UnaryUnaryMultiCallable[_control_plane_pb2.SetDefaultVisibilityRequest, _control_plane_pb2.SetDefaultVisibilityResponse]
+    """The visibility of an account's future content only; existing items keep theirs
+    (seed 003: "set your default to public or private"). Scope: privacy.
+    """
     ListPublicGallery: _grpc.UnaryUnaryMultiCallable[_control_plane_pb2.ListPublicGalleryRequest, _control_plane_pb2.ListPublicGalleryResponse]
     RecordConsent: _grpc.UnaryUnaryMultiCallable[_control_plane_pb2.RecordConsentRequest, _control_plane_pb2.RecordConsentResponse]
     """Consent (append-only records). Scope: privacy."""
@@ -146,6 +156,10 @@ class ControlPlaneAsyncStub(ControlPlaneStub):
     ListContent: _aio.UnaryUnaryMultiCallable[_control_plane_pb2.ListContentRequest, _control_plane_pb2.ListContentResponse]  # type: ignore[assignment]
     SetVisibility: _aio.UnaryUnaryMultiCallable[_control_plane_pb2.SetVisibilityRequest, _control_plane_pb2.SetVisibilityResponse]  # type: ignore[assignment]
     """Gallery. SetVisibility needs scope privacy; ListPublicGallery needs read."""
+    SetDefaultVisibility: _aio.UnaryUnaryMultiCallable[_control_plane_pb2.SetDefaultVisibilityRequest, _control_plane_pb2.SetDefaultVisibilityResponse]  # type: ignore[assignment]
+    """The visibility of an account's future content only; existing items keep theirs
+    (seed 003: "set your default to public or private"). Scope: privacy.
+    """
     ListPublicGallery: _aio.UnaryUnaryMultiCallable[_control_plane_pb2.ListPublicGalleryRequest, _control_plane_pb2.ListPublicGalleryResponse]  # type: ignore[assignment]
     RecordConsent: _aio.UnaryUnaryMultiCallable[_control_plane_pb2.RecordConsentRequest, _control_plane_pb2.RecordConsentResponse]  # type: ignore[assignment]
     """Consent (append-only records). Scope: privacy."""
@@ -302,6 +316,16 @@ class ControlPlaneServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_control_plane_pb2.SetVisibilityResponse, _abc.Awaitable[_control_plane_pb2.SetVisibilityResponse]]:
         """Gallery. SetVisibility needs scope privacy; ListPublicGallery needs read."""
+
+    @_abc_1.abstractmethod
+    def SetDefaultVisibility(
+        self,
+        request: _control_plane_pb2.SetDefaultVisibilityRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_plane_pb2.SetDefaultVisibilityResponse, _abc.Awaitable[_control_plane_pb2.SetDefaultVisibilityResponse]]:
+        """The visibility of an account's future content only; existing items keep theirs
+        (seed 003: "set your default to public or private"). Scope: privacy.
+        """
 
     @_abc_1.abstractmethod
     def ListPublicGallery(

@@ -5,11 +5,15 @@ The inference API, served by Ray Serve's native gRPC proxy.
 
 Every call carries the caller's service API key as metadata
 `authorization: Bearer <key>`; the key needs scope "generate" for Generate and
-GenerateStream. Errors use the canonical gRPC codes:
+GenerateStream. A call on behalf of an end user names that user's account in
+`x-atelier-acting-account` (and may prove it with an OIDC ID token in
+`x-atelier-user-token`); the gateway forwards both to the control plane, which
+only lets the call spend and store for that account. Errors use the canonical gRPC codes:
   INVALID_ARGUMENT    a field is out of range (the message names the field)
-  NOT_FOUND           unknown model or account
-  UNAUTHENTICATED     missing or unknown API key
-  PERMISSION_DENIED   key lacks the scope or belongs to another tenant
+  NOT_FOUND           unknown model or account, or another acting account's
+  UNAUTHENTICATED     missing or unknown API key, or an invalid user token
+  PERMISSION_DENIED   key lacks the scope or belongs to another tenant, or names
+                      no acting account without scope act-for-any
   RESOURCE_EXHAUSTED  not enough credits (ErrorInfo reason INSUFFICIENT_CREDITS),
                       or the blob store is full (reason BLOB_STORE_FULL)
   FAILED_PRECONDITION account suspended or not allowed to generate

@@ -148,7 +148,7 @@ class TestRateLimitPerKey:
         make_key: Callable[..., str],
     ) -> None:
         account_id = make_account(credits=10)
-        other = make_key(pb.SCOPE_READ)
+        other = make_key(pb.SCOPE_READ, pb.SCOPE_ACT_FOR_ANY)
         stub = start_server(key_rate_per_s=1, key_burst=2)
         for _ in range(2):
             _balance(stub, operator, account_id)
@@ -207,7 +207,7 @@ class TestRateLimitPerAccount:
         clock: ManualClock,
     ) -> None:
         account_id, neighbour = make_account(credits=10), make_account(credits=10)
-        generator = Caller(operator.principal, make_key(pb.SCOPE_GENERATE))
+        generator = Caller(operator.principal, make_key(pb.SCOPE_GENERATE, pb.SCOPE_ACT_FOR_ANY))
         stub = start_server(account_rate_per_s=1, account_burst=3)
         for caller in (operator, generator, operator):
             _release(stub, operator, _reserve(stub, caller.metadata, account_id).reservation.reservation_id)

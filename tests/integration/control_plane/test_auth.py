@@ -77,7 +77,7 @@ class TestScopes:
         self, stub: ControlPlaneStub, make_key: Callable[..., str], make_account: Callable[..., str]
     ) -> None:
         account_id = make_account()
-        reader = make_key(pb.SCOPE_READ)
+        reader = make_key(pb.SCOPE_READ, pb.SCOPE_ACT_FOR_ANY)
         with pytest.raises(grpc.RpcError) as caught:
             stub.GrantCredits(pb.GrantCreditsRequest(account_id=account_id, amount=5), metadata=bearer(reader))
         assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
@@ -90,7 +90,7 @@ class TestScopes:
         self, stub: ControlPlaneStub, make_key: Callable[..., str], make_account: Callable[..., str]
     ) -> None:
         account_id = make_account(credits=5)
-        generator = make_key(pb.SCOPE_GENERATE)
+        generator = make_key(pb.SCOPE_GENERATE, pb.SCOPE_ACT_FOR_ANY)
         stub.ReserveCredits(pb.ReserveCreditsRequest(account_id=account_id, amount=1), metadata=bearer(generator))
         with pytest.raises(grpc.RpcError) as caught:
             stub.GetBalance(pb.GetBalanceRequest(account_id=account_id), metadata=bearer(generator))

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from pathlib import Path
 
 import grpc
 import pytest
 
+from atelier.cli import main
 from control_plane.api_keys import ensure_operator_key
 from control_plane.db.pool import Pool
 from protos.atelier.v1 import common_pb2
@@ -48,6 +51,28 @@ class TestVisibility:
             pb.SetVisibilityRequest(content_id=item.content_id, visibility=PRIVATE), metadata=operator.metadata
         )
         assert _gallery(stub, operator) == []
+
+    def test_the_default_switch_changes_new_images_only_and_the_cli_sets_it(
+        self,
+        stub: ControlPlaneStub,
+        operator: Caller,
+        make_account: Callable[..., str],
+        cli_env: Path,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        account = make_account(credits=5)
+        (old,) = generate(stub, operator, account, new_item(1)).contents
+
+        assert main(["gallery", "default", account, "public", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["default_visibility"] == "public"
+
+        (new,) = generate(stub, operator, account, new_item(2)).contents
+        assert new.visibility == PUBLIC
+        assert _gallery(stub, operator) == [new.content_id]
+        kept = stub.GetContent(pb.GetContentRequest(content_id=old.content_id), metadata=operator.metadata)
+        assert kept.content.visibility == PRIVATE
+        got = stub.GetAccount(pb.GetAccountRequest(account_id=account), metadata=operator.metadata).account
+        assert got.default_visibility == PUBLIC
 
     def test_all_of_an_accounts_content_at_once_and_its_default(
         self, stub: ControlPlaneStub, operator: Caller, make_account: Callable[..., str]

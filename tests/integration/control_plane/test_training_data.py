@@ -9,24 +9,34 @@ from pathlib import Path
 from uuid import UUID
 
 import grpc
+import phonenumbers
 import psycopg
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
 
+from control_plane.bootstrap import ControlPlaneDeps, load_policies
+from control_plane.config import ControlPlaneConfig
 from control_plane.db.pool import open_pool
+from control_plane.entrypoints.server import add_listen_port, build_server
+from control_plane.identifiers import SCRUBBER_VERSION, IdentifierKind
 from control_plane.training_exports import MANIFEST_NAME, PSEUDONYM_SQL
 from protos.atelier.v1 import common_pb2
 from protos.atelier.v1 import control_plane_pb2 as pb
 from protos.atelier.v1 import training_pb2 as tpb
-from tests.integration.control_plane._privacy import use_profile
-from tests.integration.control_plane._support import png_bytes
+from protos.atelier.v1.control_plane_pb2_grpc import ControlPlaneStub
+from tests._identifiers import png_with_metadata, prompts_with_identifiers
+from tests.integration.control_plane._privacy import generate, new_item, use_profile
+from tests.integration.control_plane._support import Caller, png_bytes
 from tests.integration.control_plane._training import export_training, store, sweep, training_stub
 
 pytestmark = pytest.mark.blob_stores
 
 PUBLIC = common_pb2.VISIBILITY_PUBLIC
 OPT_OUT_PROFILE = "opt-out-guardian-consent"
-"""Seed 001: training unless the user opts out; only public content is used."""
+"""Seed 001: training unless the user opts out, private content included."""
 
 
 def _sha(seed: int) -> str:
@@ -308,3 +318,133 @@ class TestRemovalManifests:
                 metadata=operator.metadata,
             )
         assert bad.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+
+
+class TestOptOutProfiles:
+    """Seeds 001 and 004: content is used by default, private or not, until the user opts out."""
+
+    @pytest.mark.parametrize("profile", ["opt-out-guardian-consent", "credits-moderated"])
+    def test_an_adults_private_image_is_exported_until_the_account_opts_out(  # type: ignore[no-untyped-def]
+        self, config, pool, blobs, keys, clock, operator, tmp_path: Path, profile: str
+    ) -> None:
+        # The cluster's profile from the environment, as `atelier up` passes it to the server.
+        cluster = load_policies(ControlPlaneConfig.from_env({"ATELIER_POLICY_PROFILE": profile}))
+        assert cluster.default.name == profile
+        deps = ControlPlaneDeps(
+            pool=pool, blobs=blobs, clock=clock, keys=keys, policies=cluster, registry=CollectorRegistry()
+        )
+        server = build_server(config, deps)
+        port = add_listen_port(server, "127.0.0.1:0")
+        server.start()
+        try:
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                self._walk_through(
+                    ControlPlaneStub(channel), channel, operator, pool, blobs, keys, cluster, clock, tmp_path
+                )
+        finally:
+            server.stop(grace=None)
+
+    @staticmethod
+    def _walk_through(stub, channel, operator: Caller, pool, blobs, keys, cluster, clock, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+        account = stub.CreateAccount(
+            pb.CreateAccountRequest(birth_date="1990-05-17", initial_credits=5), metadata=operator.metadata
+        ).account
+        assert account.default_visibility == common_pb2.VISIBILITY_PRIVATE
+        [image] = store(stub, operator, account.account_id, 1, seed=90)
+        assert image.visibility == common_pb2.VISIBILITY_PRIVATE
+
+        first = export_training(
+            pool, blobs, keys, cluster, now=clock.now(), output_dir=tmp_path / "first", include_images=False
+        )
+        [row] = pq.read_table(first.directory).to_pylist()
+        assert row["sha256"] == _sha(90)
+
+        clock.advance(timedelta(hours=1))
+        training = training_stub(channel)
+        training.OptOut(tpb.OptOutRequest(account_id=account.account_id, source="web"), metadata=operator.metadata)
+        second = export_training(
+            pool, blobs, keys, cluster, now=clock.now(), output_dir=tmp_path / "second", include_images=False
+        )
+        assert second.item_count == 0
+
+        removals = training.ListRemovals(
+            tpb.ListRemovalsRequest(export_id=str(first.export_id)), metadata=operator.metadata
+        ).removals
+        assert [(r.item_id, r.reason) for r in removals] == [(row["item_id"], tpb.INELIGIBILITY_REASON_OPTED_OUT)]
+
+    def test_minors_flagged_content_and_uploads_stay_out_under_an_opt_out_profile(  # type: ignore[no-untyped-def]
+        self, pool, policies, clock, channel, stub, operator, make_account
+    ) -> None:
+        use_profile(pool, policies, operator, OPT_OUT_PROFILE, clock.now())
+        account = make_account(credits=5)
+        store(stub, operator, account, 1, seed=91)
+        assert _check(channel, operator, 91).eligible
+        for change, reason in [
+            ("UPDATE content SET flagged = true", tpb.INELIGIBILITY_REASON_FLAGGED),
+            ("UPDATE content SET flagged = false, created_by_minor = true", tpb.INELIGIBILITY_REASON_MINOR),
+            ("UPDATE content SET created_by_minor = false, kind = 'upload'", tpb.INELIGIBILITY_REASON_UPLOAD),
+        ]:
+            with pool.connection() as conn:
+                conn.execute(change)
+            assert _check(channel, operator, 91).reason == reason
+
+
+class TestIdentifiersLeaveBeforeTraining:
+    """Seeds 001 and 004: personal identifiers are removed before data is used for training."""
+
+    def test_an_exported_prompt_holds_placeholders_and_its_image_no_metadata(  # type: ignore[no-untyped-def]
+        self, pool, blobs, keys, policies, clock, stub, operator, make_account, tmp_path: Path
+    ) -> None:
+        account = make_account(credits=5)
+        _consent(stub, operator, account, True)
+        prompt = "portrait for jane.doe@example.com, call +44 20 7946 0958, by @jane_paints"
+        generate(stub, operator, account, new_item(prompt=prompt, data=png_with_metadata(), visibility=PUBLIC))
+
+        export = export_training(pool, blobs, keys, policies, now=clock.now(), output_dir=tmp_path)
+
+        [row] = pq.read_table(export.directory).to_pylist()
+        assert row["prompt"] == "portrait for <EMAIL>, call <PHONE>, by <HANDLE>"
+        assert b"tEXt" not in row["image"] and b"iTXt" not in row["image"] and b"jane" not in row["image"]
+        assert hashlib.sha256(row["image"]).hexdigest() == row["sha256"]
+        manifest = json.loads((export.directory / MANIFEST_NAME).read_text())
+        assert manifest["prompt_scrubber"]["name"] == "atelier.identifiers"
+        assert manifest["prompt_scrubber"]["version"] == SCRUBBER_VERSION
+        assert manifest["prompt_scrubber"]["libraries"]["phonenumbers"] == phonenumbers.__version__
+
+    @pytest.mark.timeout(300)
+    def test_no_generated_identifier_survives_into_any_exported_row(  # type: ignore[no-untyped-def]
+        self, pool, blobs, keys, policies, clock, stub, operator, tmp_path_factory
+    ) -> None:
+        account = stub.CreateAccount(
+            pb.CreateAccountRequest(birth_date="1990-05-17", initial_credits=1000), metadata=operator.metadata
+        ).account.account_id
+        _consent(stub, operator, account, True)
+        seeds = iter(range(1000, 2000))
+
+        # Few examples, each a real store and export; tests/unit/control_plane/test_identifiers.py
+        # runs the scrubber itself over hundreds.
+        @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+        @given(st.lists(prompts_with_identifiers(), min_size=1, max_size=4))
+        def exported_rows_hold_no_identifier(drawn: list[tuple[str, list[tuple[IdentifierKind, str]]]]) -> None:
+            with pool.connection() as conn:
+                conn.execute("DELETE FROM export_items")
+                conn.execute("UPDATE content SET deleted_at = %s WHERE deleted_at IS NULL", (clock.now(),))
+            items = [new_item(next(seeds), prompt=prompt, visibility=PUBLIC) for prompt, _ in drawn]
+            generate(stub, operator, account, *items)
+            export = export_training(
+                pool,
+                blobs,
+                keys,
+                policies,
+                now=clock.now(),
+                output_dir=tmp_path_factory.mktemp("export"),
+                include_images=False,
+            )
+            prompts = pq.read_table(export.directory).column("prompt").to_pylist()
+            assert len(prompts) == len(drawn)
+            for exported in prompts:
+                for _, found in drawn:
+                    for _, identifier in found:
+                        assert identifier not in exported
+
+        exported_rows_hold_no_identifier()
