@@ -3,7 +3,7 @@ and the `Caller` a domain function is handed."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,7 +19,7 @@ from control_plane.audit import Actor
 from control_plane.db.pool import Connection, Pool, connection_wait_s
 from control_plane.entrypoints.bearer import bearer_secret
 from control_plane.entrypoints.interceptor import current_request_id, reject_unstorable_text
-from control_plane.errors import PermissionDenied, Unavailable
+from control_plane.errors import DatabaseUnavailable, PermissionDenied
 
 
 @dataclass(frozen=True)
@@ -46,21 +46,31 @@ class Caller:
 
 @contextmanager
 def authorized(
-    pool: Pool, context: grpc.ServicerContext, scope: Scope | None, method: str, *, now: datetime
+    pool: Pool,
+    context: grpc.ServicerContext,
+    scope: Scope | None,
+    method: str,
+    *,
+    now: datetime,
+    database_up: Callable[[], bool] = lambda: True,
 ) -> Iterator[tuple[Connection, Caller]]:
     """Borrows a connection, authenticates the caller on it and checks `scope`.
 
     Authentication comes before any field is parsed: an unauthenticated caller learns
     nothing about its request, not even that a field is malformed. `now` (the server's
     clock) decides whether a rotated key's grace period is over, and stamps the call.
+    While `database_up()` (the server's `DatabaseProbe`) says the database is down, the call
+    fails at once rather than wait for a connection that cannot come.
 
     Raises:
         Unauthenticated: No bearer key, or an unknown or revoked one.
         PermissionDenied: The key lacks `scope` (and 'admin').
         InvalidArgument: A string of the request holds NUL (U+0000).
-        Unavailable: The database cannot be reached (in time for the caller's deadline).
+        DatabaseUnavailable: The database cannot be reached (in time for the caller's deadline).
     """
     secret = bearer_secret(context.invocation_metadata())
+    if not database_up():
+        raise DatabaseUnavailable()
     wait_s = connection_wait_s(context.time_remaining(), pool.timeout)
     try:
         with pool.connection(timeout=wait_s) as conn:
@@ -73,4 +83,4 @@ def authorized(
             reject_unstorable_text()
             yield conn, Caller(principal=principal, now=now, request_id=current_request_id())
     except (PoolTimeout, psycopg.OperationalError) as error:
-        raise Unavailable("the database is unavailable right now; retry shortly") from error
+        raise DatabaseUnavailable() from error

@@ -27,6 +27,7 @@ from control_plane.config import ControlPlaneConfig
 from control_plane.crypto import ensure_master_key_file
 from control_plane.db.embedded import EmbeddedPostgres
 from control_plane.db.pool import Pool
+from control_plane.db.probe import DatabaseProbe
 from control_plane.entrypoints.server import add_listen_port, build_server, wait_until_serving
 from tests.integration.control_plane._support import REPO_ROOT
 
@@ -55,8 +56,11 @@ def private_postgres() -> Iterator[EmbeddedPostgres]:
 
 
 @contextmanager
-def control_plane_server(config: ControlPlaneConfig, pool: Pool, clock: Clock) -> Iterator[str]:
-    """The real gRPC server, built as `serve` builds it, on `pool`; yields its host:port."""
+def control_plane_server(
+    config: ControlPlaneConfig, pool: Pool, clock: Clock, *, database_probe: DatabaseProbe | None = None
+) -> Iterator[str]:
+    """The real gRPC server, built as `serve` builds it, on `pool` (and `database_probe`, which
+    the caller starts and stops); yields its host:port."""
     deps = ControlPlaneDeps(
         pool=pool,
         blobs=LocalBlobStore(config.blob_root),
@@ -65,7 +69,7 @@ def control_plane_server(config: ControlPlaneConfig, pool: Pool, clock: Clock) -
         policies=load_policies(config),
         registry=CollectorRegistry(),
     )
-    server = build_server(config, deps)
+    server = build_server(config, deps, database_probe=database_probe)
     port = add_listen_port(server, config.listen_address)
     server.start()
     try:
