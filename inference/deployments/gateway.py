@@ -19,10 +19,16 @@ running the model or charging again. Refusals of the control plane (rate limits,
 generations in flight, a key in flight) reach the caller with their code, message and rich
 details (ErrorInfo, RetryInfo) unchanged.
 
+A model whose pool has no running replica (all crashed, being restarted or replaced) is refused at
+once with UNAVAILABLE and ErrorInfo `POOL_UNAVAILABLE` before anything is reserved, and the health
+check answers NOT_SERVING for the model's name (and for "" while no pool has a replica); a pool
+allowed to scale to zero is exempt, since a request is what scales it up.
+
 A model replica that dies mid-generation (killed, out of memory, node lost) fails the request
-with UNAVAILABLE, not INTERNAL: nothing was charged, Serve restarts the replica, and the caller
-retries with backoff. The gateway does not retry by itself: a request that crashed one replica
-could crash the next, and the caller's deadline is the caller's to spend.
+with UNAVAILABLE and ErrorInfo `REPLICA_FAILED`, not INTERNAL: nothing was charged, Serve
+restarts the replica, and the caller retries with backoff. The gateway does not retry by itself:
+a request that crashed one replica could crash the next, and the caller's deadline is the
+caller's to spend.
 """
 
 from __future__ import annotations
@@ -43,11 +49,12 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.grpc_util import RayServegRPCContext
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
-from inference.config import ModelConfig, ServeConfig
+from inference.config import ModelConfig, PoolConfig, ServeConfig
 from inference.control_plane_client import ControlPlaneClient
 from inference.errors import RequestError
 from inference.generation import IMAGE_TO_IMAGE, INPAINT, TEXT_TO_IMAGE, GenerationResult, StepProgress
 from inference.metrics import STAGES, GatewayMetrics
+from inference.pool_health import PoolReplicaWatch
 from inference.validation import ValidatedRequest, validate_generate_request
 from protos.atelier.v1 import common_pb2, control_plane_pb2, inference_pb2
 
@@ -56,8 +63,12 @@ logger = logging.getLogger(__name__)
 _SERVICE_NAME = "atelier.v1.Inference"
 # ErrorInfo reason of a prompt the control plane's moderation refused.
 _PROMPT_BLOCKED = "PROMPT_BLOCKED"
-# ErrorInfo reason of a request refused because its model pool's queue is full.
+# ErrorInfo reasons of the gateway's own refusals (listed in common.proto's ErrorReason).
 _POOL_AT_CAPACITY = "POOL_AT_CAPACITY"
+_POOL_UNAVAILABLE = "POOL_UNAVAILABLE"
+_REPLICA_FAILED = "REPLICA_FAILED"
+# How long a caller should wait before retrying a pool without replicas: about a replica's restart.
+_POOL_RETRY_AFTER_S = 5
 _STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
 ProgressSink = Callable[[StepProgress], Awaitable[None]]
@@ -71,6 +82,11 @@ class Gateway:
         self._config = config
         self._pools = pools
         self._control_plane = ControlPlaneClient(config.control_plane_address, config.control_plane_timeout_s)
+        self._replicas = PoolReplicaWatch(
+            serve.status,
+            serve.get_replica_context().app_name,
+            {name: handle.deployment_name for name, handle in pools.items()},
+        )
         self._metrics = GatewayMetrics()
         self._in_flight: Counter[str] = Counter()
         self._background: set[asyncio.Future[Any]] = set()
@@ -149,11 +165,32 @@ class Gateway:
     async def Check(  # noqa: N802 - grpc.health.v1.Health method name
         self, request: health_pb2.HealthCheckRequest, grpc_context: RayServegRPCContext
     ) -> health_pb2.HealthCheckResponse:
-        if request.service not in ("", _SERVICE_NAME):
+        """SERVING for "" and `atelier.v1.Inference` while some pool can serve, for a model's name
+        while its pool can (see `_pool_can_serve`); NOT_SERVING otherwise."""
+        if request.service in ("", _SERVICE_NAME):
+            serving = any(self._pool_can_serve(pool) for pool, _ in self._config.model_pools())
+        elif (model := self._config.model(request.service)) is not None:
+            serving = self._pool_can_serve(self._config.pool_of(model))
+        else:
             grpc_context.set_code(grpc.StatusCode.NOT_FOUND)
-            grpc_context.set_details(f"unknown service {request.service!r}")
+            grpc_context.set_details(f"unknown service {request.service!r}: name a served model or {_SERVICE_NAME}")
             return health_pb2.HealthCheckResponse()
-        return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        return health_pb2.HealthCheckResponse(status=status)
+
+    def _pool_can_serve(self, pool: PoolConfig) -> bool:
+        """False only when Serve reports no running replica of a pool that should have one."""
+        return pool.may_scale_to_zero or self._replicas.running(pool.name) != 0
+
+    def _require_running_pool(self, model: ModelConfig) -> None:
+        if not self._pool_can_serve(self._config.pool_of(model)):
+            raise RequestError.retry_later(
+                grpc.StatusCode.UNAVAILABLE,
+                f"model {model.name!r} has no running replica right now (Serve is restarting it); "
+                "nothing was charged, retry with backoff",
+                _POOL_UNAVAILABLE,
+                retry_after_s=_POOL_RETRY_AFTER_S,
+            )
 
     async def _generate(
         self,
@@ -165,6 +202,7 @@ class Gateway:
         started = time.perf_counter()
         api_key = _api_key(grpc_context)
         validated = await _validate(request, self._config)
+        self._require_running_pool(validated.model)
         params = validated.params
         purpose = _purpose(validated)
         model = validated.model.name
@@ -352,9 +390,11 @@ class Gateway:
             ) from None
         except RayActorError as exc:  # ActorDiedError, ActorUnavailableError
             logger.warning("model_replica_lost model=%s error=%s", validated.model.name, type(exc).__name__)
-            raise RequestError(
+            raise RequestError.retry_later(
                 grpc.StatusCode.UNAVAILABLE,
                 "the model replica stopped during the generation; nothing was charged: retry with backoff",
+                _REPLICA_FAILED,
+                retry_after_s=1,
             ) from None
 
     async def _call_pool(self, validated: ValidatedRequest, on_progress: ProgressSink | None) -> GenerationResult:
