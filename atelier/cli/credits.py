@@ -38,7 +38,7 @@ def _balance_result(balance: control_plane_pb2.Balance) -> tuple[dict[str, objec
 
 
 def run_balance(args: argparse.Namespace) -> int:
-    with connect() as cluster, rpc_errors():
+    with connect(args.timeout) as cluster, rpc_errors():
         response = cluster.control_plane.GetBalance(
             control_plane_pb2.GetBalanceRequest(account_id=args.account_id), metadata=cluster.metadata
         )
@@ -50,7 +50,7 @@ def run_grant(args: argparse.Namespace) -> int:
     if args.amount < 1:
         raise CommandError("amount must be >= 1", "INVALID_ARGUMENT")
     request = control_plane_pb2.GrantCreditsRequest(account_id=args.account_id, amount=args.amount, reason=args.reason)
-    with connect() as cluster, rpc_errors():
+    with connect(args.timeout) as cluster, rpc_errors():
         response = cluster.control_plane.GrantCredits(request, metadata=cluster.metadata)
     emit(*_balance_result(response.balance), json_output=args.json)
     return 0

@@ -10,9 +10,12 @@ from pathlib import Path
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from atelier.cli._cluster import add_json_flag, connect, rpc_errors
+from atelier.cli._cluster import add_json_flag, add_timeout_flag, connect, rpc_errors
 from atelier.cli._output import CommandError, emit
 from protos.atelier.v1 import control_plane_pb2
+
+# Exporting or erasing an account with much content reads or deletes every blob of it.
+_LONG_CALL_TIMEOUT_S = 300.0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,12 +26,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("account_id")
     export.add_argument("-o", "--output", required=True, type=Path, metavar="DIR", help="directory to unpack into")
     add_json_flag(export)
+    add_timeout_flag(export, _LONG_CALL_TIMEOUT_S)
     export.set_defaults(run=run_export)
 
     erase = commands.add_parser("erase", help="erase an account (its key is destroyed) or one of its items")
     erase.add_argument("account_id")
     erase.add_argument("--content", metavar="CONTENT_ID", default="", help="erase only this item")
     add_json_flag(erase)
+    add_timeout_flag(erase, _LONG_CALL_TIMEOUT_S)
     erase.set_defaults(run=run_erase)
 
     listing = commands.add_parser("list", help="list requests, earliest due date first")
@@ -57,7 +62,7 @@ def run_export(args: argparse.Namespace) -> int:
     output: Path = args.output
     if output.exists() and any(output.iterdir()):
         raise CommandError(f"{output} is not empty: choose a new or empty directory", "INVALID_ARGUMENT")
-    with connect() as cluster, rpc_errors():
+    with connect(args.timeout) as cluster, rpc_errors():
         requested = cluster.control_plane.RequestExport(
             control_plane_pb2.RequestExportRequest(account_id=args.account_id), metadata=cluster.metadata
         ).request
@@ -83,7 +88,7 @@ def run_export(args: argparse.Namespace) -> int:
 
 def run_erase(args: argparse.Namespace) -> int:
     request = control_plane_pb2.RequestErasureRequest(account_id=args.account_id, content_id=args.content)
-    with connect() as cluster, rpc_errors():
+    with connect(args.timeout) as cluster, rpc_errors():
         erased = cluster.control_plane.RequestErasure(request, metadata=cluster.metadata).request
     what = f"content {args.content}" if args.content else f"account {args.account_id}"
     emit(request_result(erased), f"erased {what} (request {erased.dsr_id})", json_output=args.json)
@@ -94,7 +99,7 @@ def run_list(args: argparse.Namespace) -> int:
     request = control_plane_pb2.ListDsrRequestsRequest(overdue_only=args.overdue, account_id=args.account)
     if args.as_of:
         request.as_of.CopyFrom(_timestamp(args.as_of))
-    with connect() as cluster, rpc_errors():
+    with connect(args.timeout) as cluster, rpc_errors():
         response = cluster.control_plane.ListDsrRequests(request, metadata=cluster.metadata)
     rows = [request_result(r) for r in response.requests]
     lines = [f"{r['dsr_id']}  {r['kind']:8} {r['state']:11} due {r['due_at']}  account {r['account_id']}" for r in rows]

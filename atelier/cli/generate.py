@@ -56,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    with connect() as cluster:
+    with connect(args.timeout) as cluster:
         account_id = args.account or cluster.state.demo_account_id
         if not account_id:
             raise CommandError("no --account given and the cluster has no demo account")
