@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import io
+import os
 import zipfile
 from pathlib import Path
 
@@ -69,13 +70,12 @@ def run_export(args: argparse.Namespace) -> int:
         archive = cluster.control_plane.GetExportArchive(
             control_plane_pb2.GetExportArchiveRequest(dsr_id=requested.dsr_id), metadata=cluster.metadata
         ).archive
-    output.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(io.BytesIO(archive)) as unpacked:
         names = unpacked.namelist()
         # Names come from our own server, but never write outside the directory.
         if any(name.startswith("/") or ".." in Path(name).parts for name in names):
             raise CommandError("the archive holds an unsafe path; nothing was written")
-        unpacked.extractall(output)
+        _extract_private(unpacked, output)
     images = sum(1 for name in names if name.startswith("images/"))
     result = {**request_result(requested), "directory": str(output), "files": sorted(names), "images": images}
     emit(
@@ -84,6 +84,26 @@ def run_export(args: argparse.Namespace) -> int:
         json_output=args.json,
     )
     return 0
+
+
+def _extract_private(archive: zipfile.ZipFile, output: Path) -> None:
+    """Unpacks `archive` into `output` readable by this user only: a person's data, so every
+    directory is 0700 and every file 0600, whatever the umask."""
+    _private_directory(output)
+    for info in archive.infolist():
+        target = output / info.filename
+        if info.is_dir():
+            _private_directory(target)
+            continue
+        _private_directory(target.parent)
+        descriptor = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(archive.read(info))
+
+
+def _private_directory(path: Path) -> None:
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.chmod(0o700)  # mkdir's mode is masked by the umask, and an existing empty directory keeps its own
 
 
 def run_erase(args: argparse.Namespace) -> int:
