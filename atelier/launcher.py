@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -326,6 +327,9 @@ class LocalCluster:
             raise
 
     def _deploy_serve(self, ray_address: str, ray_head_pid: int | None) -> None:
+        # Building the application imports diffusers and transformers, whose import-time warnings
+        # (no torchvision, ...) would bury `up`'s own lines; the replicas log theirs to Ray's logs.
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         import ray
         from ray import serve
 
@@ -352,6 +356,8 @@ class LocalCluster:
             self._logs / "ray-head.log",
             lambda: ray_head_pid is None or is_running(ray_head_pid),
         )
+        # Serve's driver-side INFO lines ("Started Serve in namespace ...") say nothing `up` does not.
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)
         try:
             deploy(config)
         except Exception as exc:  # Serve's RuntimeError names the deployments; their statuses say why

@@ -43,6 +43,8 @@ class InvalidArgument(DomainError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
+        self.description = message
+        """What is wrong with the field, without its name (`google.rpc.BadRequest`'s description)."""
 
 
 class Unauthenticated(DomainError):
