@@ -76,8 +76,10 @@ def authorized(
         with pool.connection(timeout=wait_s) as conn:
             principal = api_keys.authenticate(conn, secret, now)
             if scope is not None and not principal.allows(scope):
+                # The message does not name `method`: through the gateway, a Generate's caller
+                # would read the name of an internal call (ReserveCredits) it never made.
                 raise PermissionDenied(
-                    f"{method} needs an API key with the {scope.value!r} scope (or 'admin'); "
+                    f"this call needs an API key with the {scope.value!r} scope (or 'admin'); "
                     f"this key has {', '.join(sorted(principal.scopes))}"
                 )
             reject_unstorable_text()
