@@ -11,6 +11,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -76,6 +77,16 @@ def control_plane_server(
         yield f"127.0.0.1:{port}"
     finally:
         server.stop(grace=None).wait()
+
+
+def wait_for(condition: Callable[[], bool], within_s: float) -> bool:
+    """Polls `condition` until it holds (True) or `within_s` seconds pass (False)."""
+    deadline = time.monotonic() + within_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def noisy_png(approx_bytes: int, seed: int = 0) -> bytes:

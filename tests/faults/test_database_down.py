@@ -6,7 +6,6 @@ The real gRPC server with its `DatabaseProbe`, on a PostgreSQL server the test o
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -23,7 +22,7 @@ from control_plane.entrypoints.server import SERVICE_NAME
 from protos.atelier.v1 import control_plane_pb2 as pb
 from protos.atelier.v1.control_plane_pb2_grpc import ControlPlaneStub
 from tests.e2e._status import reason_and_retry_delay
-from tests.faults._support import control_plane_server, private_postgres
+from tests.faults._support import control_plane_server, private_postgres, wait_for
 from tests.integration.control_plane._support import CLOCK_START, bearer
 
 PROBE_INTERVAL_S = 0.2
@@ -34,15 +33,6 @@ CALL_DEADLINE_S = 3.0
 def database():  # type: ignore[no-untyped-def]
     with private_postgres() as server:
         yield server
-
-
-def _wait_for(condition: Callable[[], bool], within_s: float) -> bool:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
 
 
 def test_stopped_database_is_not_serving_and_calls_fail_at_once_with_database_unavailable(  # type: ignore[no-untyped-def]
@@ -74,7 +64,7 @@ def test_stopped_database_is_not_serving_and_calls_fail_at_once_with_database_un
             assert serving()
 
             assert database.stop()
-            assert _wait_for(lambda: not serving(), within_s=5), "health still SERVING with the database stopped"
+            assert wait_for(lambda: not serving(), within_s=5), "health still SERVING with the database stopped"
             assert health_of("") == health_pb2.HealthCheckResponse.NOT_SERVING
 
             for timeout in (CALL_DEADLINE_S, None):  # with the caller's deadline, and with none at all
@@ -89,7 +79,7 @@ def test_stopped_database_is_not_serving_and_calls_fail_at_once_with_database_un
                 assert elapsed < 1.0, f"the refusal took {elapsed:.2f} s"
 
             database.start()
-            assert _wait_for(serving, within_s=5), "health did not come back once the database did"
+            assert wait_for(serving, within_s=5), "health did not come back once the database did"
             balance = stub.GetBalance(
                 pb.GetBalanceRequest(account_id=account_id), metadata=bearer(secret), timeout=CALL_DEADLINE_S
             ).balance

@@ -49,7 +49,7 @@ from protos.atelier.v1 import control_plane_pb2, inference_pb2
 from protos.atelier.v1.control_plane_pb2_grpc import ControlPlaneStub
 from protos.atelier.v1.inference_pb2_grpc import InferenceStub
 from tests.e2e._status import reason_and_retry_delay
-from tests.faults._support import fill_up, small_tmpfs
+from tests.faults._support import fill_up, small_tmpfs, wait_for
 from tests.integration.control_plane._support import error_reason
 
 pytestmark = pytest.mark.e2e
@@ -133,15 +133,6 @@ def _health(address: str, service: str) -> str:
     from atelier._processes import health_status
 
     return health_status(address, service)
-
-
-def _wait_for(condition: Callable[[], bool], within_s: float) -> bool:
-    deadline = time.monotonic() + within_s
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
 
 
 def _long_request(account_id: str) -> inference_pb2.GenerateRequest:
@@ -247,7 +238,7 @@ def test_a_replica_killed_mid_generate_fails_it_unavailable_and_charges_nothing(
     _assert_nothing_charged_or_kept(control, metadata, account_id, home)
 
     # Until Serve has replaced the replica, the pool has none: say so, and refuse at once.
-    assert _wait_for(lambda: _health(cluster.serve_grpc_address, MODEL) == "NOT_SERVING", within_s=30)
+    assert wait_for(lambda: _health(cluster.serve_grpc_address, MODEL) == "NOT_SERVING", within_s=30)
     started = time.monotonic()
     with pytest.raises(grpc.RpcError) as refused:
         inference.Generate(_long_request(account_id), metadata=metadata, timeout=60)
@@ -295,7 +286,7 @@ def test_a_stopped_database_is_reported_fails_calls_within_their_deadline_and_up
     request = inference_pb2.GenerateRequest(account_id=account_id, prompt="a fox", steps=2, seed=4)
     assert EmbeddedPostgres(home / "postgres").stop(), "the embedded database was not running"
     try:
-        assert _wait_for(lambda: _health(cluster.control_plane_address, "atelier.v1.ControlPlane") == "NOT_SERVING", 5)
+        assert wait_for(lambda: _health(cluster.control_plane_address, "atelier.v1.ControlPlane") == "NOT_SERVING", 5)
 
         started = time.monotonic()
         status = subprocess.run(
