@@ -82,7 +82,13 @@ def build_server(
     if database_probe is None:
         report(True)
     else:
+        reachable = prometheus_client.Gauge(
+            "atelier_database_reachable",
+            "1 while the control plane's background probe reaches its database, 0 while it does not.",
+            registry=deps.registry,
+        )
         database_probe.subscribe(report)
+        database_probe.subscribe(lambda up: reachable.set(1 if up else 0))
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
 
     health_service = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name

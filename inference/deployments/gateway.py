@@ -70,6 +70,8 @@ _REPLICA_FAILED = "REPLICA_FAILED"
 # How long a caller should wait before retrying a pool without replicas: about a replica's restart.
 _POOL_RETRY_AFTER_S = 5
 _STATUS_DETAILS_KEY = "grpc-status-details-bin"
+IN_FLIGHT_REFRESH_S = 5.0
+"""How often the in-flight gauges are set again, well within Ray's metric export interval (10 s)."""
 
 ProgressSink = Callable[[StepProgress], Awaitable[None]]
 
@@ -89,6 +91,7 @@ class Gateway:
         )
         self._metrics = GatewayMetrics()
         self._in_flight: Counter[str] = Counter()
+        self._in_flight_refresh: asyncio.Task[None] | None = None
         self._background: set[asyncio.Future[Any]] = set()
         """Tasks that outlive their request (the event loop keeps only weak references)."""
 
@@ -369,6 +372,16 @@ class Gateway:
     def _track_in_flight(self, model: str, delta: int) -> None:
         self._in_flight[model] += delta
         self._metrics.in_flight.set(self._in_flight[model], tags={"model": model})
+        if self._in_flight_refresh is None:
+            self._in_flight_refresh = asyncio.get_running_loop().create_task(self._refresh_in_flight_forever())
+
+    async def _refresh_in_flight_forever(self) -> None:
+        """Sets every model's in-flight gauge again every IN_FLIGHT_REFRESH_S: Ray stops exporting a
+        gauge not set within two export intervals, so a quiet model's 0 would vanish from /metrics."""
+        while True:
+            await asyncio.sleep(IN_FLIGHT_REFRESH_S)
+            for model in self._config.models:
+                self._metrics.in_flight.set(self._in_flight[model.name], tags={"model": model.name})
 
     def _count_request(self, request: inference_pb2.GenerateRequest, method: str, code: grpc.StatusCode) -> None:
         # Only served model names become label values: arbitrary strings would explode cardinality.

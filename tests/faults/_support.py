@@ -58,17 +58,22 @@ def private_postgres() -> Iterator[EmbeddedPostgres]:
 
 @contextmanager
 def control_plane_server(
-    config: ControlPlaneConfig, pool: Pool, clock: Clock, *, database_probe: DatabaseProbe | None = None
+    config: ControlPlaneConfig,
+    pool: Pool,
+    clock: Clock,
+    *,
+    database_probe: DatabaseProbe | None = None,
+    registry: CollectorRegistry | None = None,
 ) -> Iterator[str]:
     """The real gRPC server, built as `serve` builds it, on `pool` (and `database_probe`, which
-    the caller starts and stops); yields its host:port."""
+    the caller starts and stops, with its metrics in `registry`); yields its host:port."""
     deps = ControlPlaneDeps(
         pool=pool,
         blobs=LocalBlobStore(config.blob_root),
         clock=clock,
         keys=PostgresKeyStore(ensure_master_key_file(config.home / "master.key")),
         policies=load_policies(config),
-        registry=CollectorRegistry(),
+        registry=registry if registry is not None else CollectorRegistry(),
     )
     server = build_server(config, deps, database_probe=database_probe)
     port = add_listen_port(server, config.listen_address)

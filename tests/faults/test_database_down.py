@@ -11,6 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import CollectorRegistry
 
 from control_plane.api_keys import ensure_operator_key
 from control_plane.clock import ManualClock
@@ -41,13 +42,20 @@ def test_stopped_database_is_not_serving_and_calls_fail_at_once_with_database_un
     url = database.url()
     config = ControlPlaneConfig(database_url=url, listen_address="127.0.0.1:0", metrics_port=0, home=tmp_path)
     pool = open_pool(url, config.pool_min_size, config.pool_max_size)
+    registry = CollectorRegistry()
+
+    def reachable_gauge() -> float | None:
+        return registry.get_sample_value("atelier_database_reachable")
+
     try:
         apply_migrations(pool)
         _, secret = ensure_operator_key(pool, "faults", now=CLOCK_START)
         assert secret is not None
         with (
             DatabaseProbe(url, interval_s=PROBE_INTERVAL_S) as probe,
-            control_plane_server(config, pool, ManualClock(CLOCK_START), database_probe=probe) as address,
+            control_plane_server(
+                config, pool, ManualClock(CLOCK_START), database_probe=probe, registry=registry
+            ) as address,
             grpc.insecure_channel(address) as channel,
         ):
             stub, health = ControlPlaneStub(channel), health_pb2_grpc.HealthStub(channel)
@@ -66,6 +74,10 @@ def test_stopped_database_is_not_serving_and_calls_fail_at_once_with_database_un
             assert database.stop()
             assert wait_for(lambda: not serving(), within_s=5), "health still SERVING with the database stopped"
             assert health_of("") == health_pb2.HealthCheckResponse.NOT_SERVING
+            scraped = time.monotonic()
+            assert reachable_gauge() == 0.0  # and the scrape-time database reads do not hang the scrape
+            assert time.monotonic() - scraped < 3.0
+            assert registry.get_sample_value("atelier_credit_reservations_held") is None
 
             for timeout in (CALL_DEADLINE_S, None):  # with the caller's deadline, and with none at all
                 started = time.monotonic()
@@ -84,5 +96,6 @@ def test_stopped_database_is_not_serving_and_calls_fail_at_once_with_database_un
                 pb.GetBalanceRequest(account_id=account_id), metadata=bearer(secret), timeout=CALL_DEADLINE_S
             ).balance
             assert balance.available == 5
+            assert reachable_gauge() == 1.0
     finally:
         pool.close()
