@@ -99,7 +99,7 @@ class ClusterHealth:
 def check_cluster(settings: ClusterSettings, state: ClusterState) -> ClusterHealth:
     """Checks every component of the cluster `state` describes, concurrently."""
     home = settings.home.resolve()
-    with ThreadPoolExecutor(max_workers=4, thread_name_prefix="atelier-health") as workers:
+    with ThreadPoolExecutor(max_workers=5, thread_name_prefix="atelier-health") as workers:
         control_plane = workers.submit(check_control_plane, settings, state)
         serve_details = workers.submit(_serve_details, state.ray_dashboard_url)
         proxy = workers.submit(health_status, state.serve_grpc_address, "", CHECK_TIMEOUT_S, settings.tls)
