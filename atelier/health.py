@@ -7,14 +7,17 @@ takes at most about `CHECK_TIMEOUT_S` whatever is down:
   is judged by the control plane, whose health follows its database);
 - control plane: its process is alive and its health check answers SERVING (NOT_SERVING while
   its database is unreachable);
-- Ray: the head's dashboard answers (it also serves the Serve status below);
-- Serve: the `atelier` application is RUNNING and the gRPC proxy's health answers SERVING;
-- pools: each model pool's running replicas against Serve's target, and the models it serves.
+- Ray: the head's GCS port accepts connections;
+- Serve: the `atelier` application is RUNNING (the Ray dashboard's REST API) and the gRPC proxy's
+  health answers SERVING (the gateway says NOT_SERVING while no pool has a running replica);
+- pools: each model pool's running replicas against Serve's target, and the models it serves
+  (left out when the dashboard does not answer in time).
 """
 
 from __future__ import annotations
 
 import json
+import socket
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +30,10 @@ from atelier.settings import ClusterSettings
 from atelier.state import ClusterState
 
 CHECK_TIMEOUT_S = 3.0
-"""Longest any one check waits for an answer, in seconds."""
+"""Longest a health, database or port check waits for an answer, in seconds."""
+SERVE_STATUS_TIMEOUT_S = 7.0
+"""Longest the Ray dashboard may take to report Serve's applications (it asks Serve's controller,
+which a busy head answers slowly); with the other checks running meanwhile, a report stays under 10 s."""
 
 APP_NAME = "atelier"
 """The Serve application `atelier up` deploys (`inference.app.APP_NAME`, not imported: it pulls in Ray)."""
@@ -74,7 +80,7 @@ class ClusterHealth:
     @property
     def healthy(self) -> bool:
         components = (self.database, self.control_plane, self.ray, self.serve)
-        return all(c.ok for c in components) and bool(self.pools) and all(p.ok for p in self.pools)
+        return all(c.ok for c in components) and all(p.ok for p in self.pools)
 
     def to_json(self) -> dict[str, Any]:
         """The `atelier status --json` object."""
@@ -99,20 +105,32 @@ class ClusterHealth:
 def check_cluster(settings: ClusterSettings, state: ClusterState) -> ClusterHealth:
     """Checks every component of the cluster `state` describes, concurrently."""
     home = settings.home.resolve()
-    with ThreadPoolExecutor(max_workers=5, thread_name_prefix="atelier-health") as workers:
+    with ThreadPoolExecutor(max_workers=6, thread_name_prefix="atelier-health") as workers:
         control_plane = workers.submit(check_control_plane, settings, state)
+        ray = workers.submit(check_ray, state.ray_address)
         serve_details = workers.submit(_serve_details, state.ray_dashboard_url)
         proxy = workers.submit(health_status, state.serve_grpc_address, "", CHECK_TIMEOUT_S, settings.tls)
         database = workers.submit(check_database, home, state, control_plane)
         models = workers.submit(_models_by_pool, settings, state)
-        details = serve_details.result()
-        ray = Check(
-            ok=not isinstance(details, str), detail=details if isinstance(details, str) else "dashboard answers"
+        ray_check = ray.result()
+        serve, pools = (
+            _serve_and_pools(serve_details.result(), proxy.result(), models.result())
+            if ray_check.ok
+            else (Check(ok=False, detail="Ray is down"), [])
         )
-        serve, pools = _serve_and_pools(details, proxy.result(), models.result())
         return ClusterHealth(
-            database=database.result(), control_plane=control_plane.result(), ray=ray, serve=serve, pools=pools
+            database=database.result(), control_plane=control_plane.result(), ray=ray_check, serve=serve, pools=pools
         )
+
+
+def check_ray(address: str) -> Check:
+    """Whether the Ray head's GCS port accepts connections."""
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=CHECK_TIMEOUT_S).close()
+    except (OSError, ValueError) as error:
+        return Check(ok=False, detail=f"the Ray head at {address} does not answer ({error})")
+    return Check(ok=True, detail="head answers")
 
 
 def check_control_plane(settings: ClusterSettings, state: ClusterState) -> Check:
@@ -146,19 +164,22 @@ def check_database(home: Path, state: ClusterState, control_plane: Any) -> Check
 def _serve_details(dashboard_url: str) -> dict[str, Any] | str:
     """Serve's status from the Ray dashboard's REST API, or why it could not be read."""
     try:
-        with urllib.request.urlopen(f"{dashboard_url}/api/serve/applications/", timeout=CHECK_TIMEOUT_S) as reply:
+        url = f"{dashboard_url}/api/serve/applications/"
+        with urllib.request.urlopen(url, timeout=SERVE_STATUS_TIMEOUT_S) as reply:
             details: dict[str, Any] = json.loads(reply.read())
             return details
     except (urllib.error.URLError, OSError, ValueError) as error:
         reason = getattr(error, "reason", error)
-        return f"the Ray dashboard at {dashboard_url} does not answer ({reason})"
+        return f"Serve's status at {dashboard_url} did not answer ({reason})"
 
 
 def _serve_and_pools(
     details: dict[str, Any] | str, proxy_status: str, models: dict[str, list[str]]
 ) -> tuple[Check, list[PoolHealth]]:
     if isinstance(details, str):
-        return Check(ok=False, detail="Ray is down"), []
+        # The dashboard can be slow on a busy head: the gRPC proxy's health still says whether the
+        # gateway has a pool with a running replica; only the per-pool figures are missing.
+        return Check(ok=proxy_status == "SERVING", detail=f"gRPC proxy {proxy_status}; {details}"), []
     application = (details.get("applications") or {}).get(APP_NAME)
     if application is None:
         return Check(ok=False, detail=f"no {APP_NAME!r} application is deployed"), []

@@ -55,6 +55,11 @@ class TestPools:
         serve, pools = _serve_and_pools({"applications": {}}, "UNAVAILABLE", {})
         assert (serve.ok, pools) == (False, [])
 
+    def test_a_slow_dashboard_leaves_the_verdict_to_the_grpc_proxy(self) -> None:
+        for proxy, healthy in (("SERVING", True), ("NOT_SERVING", False)):
+            serve, pools = _serve_and_pools("Serve's status did not answer (timed out)", proxy, {})
+            assert (serve.ok, pools) == (healthy, [])
+
 
 class TestDatabaseDown:
     def test_a_stopped_database_makes_the_cluster_unhealthy_and_says_so(self) -> None:
