@@ -29,9 +29,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -62,8 +64,13 @@ RECOVERY_WITHIN_S = 180.0
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("atelier-faults-home")
+def home() -> Iterator[Path]:
+    """Under the system temp dir, not pytest's: the embedded PostgreSQL runs as pgserver's user, which
+    must traverse every parent, and any pytest session starting meanwhile resets pytest's base
+    directory to 0700 (as `private_postgres` explains)."""
+    path = Path(tempfile.mkdtemp(prefix="atelier-faults-home-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
