@@ -42,6 +42,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from atelier._processes import is_running, stop_session
 from atelier.launcher import LocalCluster
 from atelier.ports import local_cluster_ports
 from atelier.settings import ClusterSettings
@@ -324,3 +325,24 @@ def test_a_stopped_database_is_reported_fails_calls_within_their_deadline_and_up
     response = inference.Generate(request, metadata=metadata, timeout=120)
     balance = control.GetBalance(control_plane_pb2.GetBalanceRequest(account_id=account_id), metadata=metadata).balance
     assert (balance.total, balance.held) == (100 - response.credits_charged, 0), "not charged exactly once"
+
+
+def test_up_restarts_a_dead_control_plane_and_leaves_the_rest_running(
+    stubs: tuple[ControlPlaneStub, InferenceStub],
+    metadata: tuple[tuple[str, str], ...],
+    settings: ClusterSettings,
+    home: Path,
+) -> None:
+    control, _ = stubs
+    before = ClusterState.load(home)
+    assert before is not None and before.control_plane_pid is not None
+    stop_session(before.control_plane_pid)
+
+    said: list[str] = []
+    LocalCluster(settings, log=said.append).up()
+    assert "restarted: control plane" in said, said
+    after = ClusterState.load(home)
+    assert after is not None and after.control_plane_pid != before.control_plane_pid
+    assert is_running(after.control_plane_pid) and after.ray_head_pid == before.ray_head_pid
+    account_id = _new_account(control, metadata)  # the old channel reaches the new server
+    assert control.GetBalance(control_plane_pb2.GetBalanceRequest(account_id=account_id), metadata=metadata)
