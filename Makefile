@@ -4,7 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo up down test test-fast bench protos lint clean chart-tools chart-check chart-readme image-rootfs
+.PHONY: setup demo up down test test-fast bench protos proto-tools proto-check proto-baseline lint clean chart-tools \
+	chart-check chart-readme image-rootfs
 
 setup: $(STAMP)
 
@@ -27,11 +28,11 @@ up: setup
 down: setup
 	$(BIN)/atelier down
 
-test: setup chart-tools
+test: setup chart-tools proto-tools
 	$(BIN)/python -m pytest
 
 # Without the Ray Serve cluster tests.
-test-fast: setup chart-tools
+test-fast: setup chart-tools proto-tools
 	$(BIN)/python -m pytest -m "not e2e"
 
 # promtool, for the chart's alert rule tests: Debian's prometheus package, installed only when promtool
@@ -65,11 +66,29 @@ image-rootfs:
 bench: setup
 	$(BIN)/python benchmarks/serving_overhead.py
 
-# Regenerates the gRPC stubs (and .pyi type stubs) from protos/atelier/v1/*.proto.
+# Regenerates the gRPC stubs (and .pyi type stubs) from protos/atelier/v1/*.proto, compiled with
+# `-I protos` as other teams compile them (see protos/generate.py for the import rewrite).
 protos: setup
-	PATH=$(BIN):$$PATH $(BIN)/python -m grpc_tools.protoc -I . \
-		--python_out=. --grpc_python_out=. --mypy_out=. --mypy_grpc_out=. \
-		protos/atelier/v1/*.proto
+	$(BIN)/python protos/generate.py
+
+# buf (lint and breaking-change checks of the protos), from the npm registry's @bufbuild/buf into
+# .tools/, installed only when missing. Needs node and npm, as CI has.
+BUF_VERSION := 1.75.0
+BUF := .tools/node_modules/.bin/buf
+proto-tools:
+	@[ -x $(BUF) ] && [ "$$($(BUF) --version)" = "$(BUF_VERSION)" ] || { \
+		echo "installing buf $(BUF_VERSION) (npm @bufbuild/buf)"; \
+		npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf@$(BUF_VERSION); \
+	}
+	@$(BUF) --version
+
+# buf lint, and buf breaking against the last release's contract (protos/atelier-v1-baseline.binpb).
+proto-check: proto-tools
+	cd protos && ../$(BUF) lint && ../$(BUF) breaking --against atelier-v1-baseline.binpb
+
+# On a release: the contract later changes are checked against becomes this checkout's.
+proto-baseline: proto-tools
+	cd protos && ../$(BUF) build --exclude-source-info -o atelier-v1-baseline.binpb
 
 lint: setup
 	$(BIN)/ruff check .

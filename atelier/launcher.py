@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import re
 import shutil
 import socket
 import sys
@@ -19,10 +21,12 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import grpc
 
 from atelier._processes import StartError, is_running, spawn_daemon, stop_session, wait_until_serving
+from atelier.health import APP_NAME, POOL_DEPLOYMENT_PREFIX, check_cluster, check_control_plane
 from atelier.ports import free_port, free_port_block
 from atelier.settings import ClusterSettings
 from atelier.state import ClusterState, load_operator_key, save_operator_key
@@ -34,6 +38,9 @@ _OPERATOR_TENANT = "default"
 # Date of birth of the demo account: an adult, so the age gate lets it generate.
 _DEMO_BIRTH_DATE = "1990-01-01"
 _DEMO_ACCOUNT_FILE = "demo-account"
+_EXCEPTION_LINE = re.compile(r"^(\w+\.)*\w*(Error|Exception|Exit|Interrupt)\b.*")
+# A running control plane's health follows its database within its probe interval (1 s by default).
+_CONTROL_PLANE_RECOVERY_S = 5.0
 
 
 class LocalCluster:
@@ -48,17 +55,18 @@ class LocalCluster:
     def up(self) -> ClusterState:
         """Starts every component not already running; returns the running cluster's state.
 
+        On a home whose cluster is partly running (the embedded PostgreSQL stopped, the control
+        plane or the Ray head dead, the Serve application gone) only what is missing is started,
+        and each restart is logged. Should the Serve application fail to deploy, everything is
+        stopped again, so nothing is left half-started.
+
         Raises:
             StartError: a component did not become healthy; its log is named.
         """
         self._check_control_plane_config()
         existing = ClusterState.load(self.home)
-        if existing is not None and self._is_healthy(existing):
-            self._log("atelier is already running")
-            return existing
         if existing is not None:
-            self._log("a previous cluster did not stop cleanly; cleaning up")
-            self.down()
+            return self._repair(existing)
         self.home.mkdir(parents=True, exist_ok=True)
         try:
             database_url, embedded = self._start_database()
@@ -80,10 +88,68 @@ class LocalCluster:
         )
         # Saved before the slow steps, so `atelier down` can clean up after a failed start.
         state.save(self.home)
-        self._deploy_serve(ray_address, ray_head_pid)
+        self._deploy_serve_or_stop_all(state)
         state.demo_account_id = self._ensure_demo_account(operator_key)
         state.save(self.home)
         return state
+
+    def _repair(self, state: ClusterState) -> ClusterState:
+        """Starts what of the cluster `state` describes is not healthy, leaving the rest running."""
+        health = check_cluster(self.settings, state)
+        if health.healthy:
+            self._log("atelier is already running")
+            return state
+        restarted = []
+        if not health.database.ok and state.embedded_database:
+            self._log(f"database: {health.database.detail}; starting it")
+            try:
+                self._start_database()
+            except Exception as exc:
+                raise StartError(f"database: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
+            restarted.append("database")
+        if not health.control_plane.ok and not self._control_plane_recovers(state):
+            self._log(f"control plane: {health.control_plane.detail}; restarting it")
+            stop_session(state.control_plane_pid)
+            state.control_plane_pid = self._start_control_plane(self._database_url())
+            restarted.append("control plane")
+        if not health.ray.ok and state.ray_head_pid is not None:
+            self._log(f"ray: {health.ray.detail}; restarting the head node")
+            stop_session(state.ray_head_pid, timeout_s=60)
+            state.ray_address, state.ray_head_pid = self._start_ray()
+            restarted.append("ray")
+        state.save(self.home)
+        if "ray" in restarted or not health.serve.ok:
+            self._log(f"serve: {health.serve.detail}; deploying the application")
+            self._deploy_serve_or_stop_all(state)
+            restarted.append("serve application")
+        if restarted:
+            self._log(f"restarted: {', '.join(restarted)}")
+        else:
+            # Only pools without replicas: Serve restarts them itself, and `up` would change nothing.
+            self._log("atelier is running; Serve is restarting pools without replicas: see 'atelier status'")
+        return state
+
+    def _control_plane_recovers(self, state: ClusterState) -> bool:
+        """Whether a live control plane becomes healthy on its own within a few seconds (it reports
+        NOT_SERVING until its probe sees a database that was just started)."""
+        if not is_running(state.control_plane_pid):
+            return False
+        deadline = time.monotonic() + _CONTROL_PLANE_RECOVERY_S
+        while time.monotonic() < deadline:
+            if check_control_plane(self.settings, state).ok:
+                return True
+            time.sleep(0.25)
+        return False
+
+    def _database_url(self) -> str:
+        if self.settings.database_url is not None:
+            return self.settings.database_url
+        from control_plane.db.embedded import EmbeddedPostgres
+
+        url = EmbeddedPostgres(self.home / "postgres").url()
+        if url is None:
+            raise StartError(f"the embedded PostgreSQL in {self.home / 'postgres'} is not running")
+        return url
 
     def down(self) -> None:
         """Stops whatever `up` started from this home; safe to call when nothing runs."""
@@ -264,21 +330,39 @@ class LocalCluster:
         digest = hashlib.sha256(str(self.home).encode()).hexdigest()[:12]
         return Path(tempfile.gettempdir()) / f"atelier-ray-{digest}"
 
+    def _deploy_serve_or_stop_all(self, state: ClusterState) -> None:
+        """Deploys the Serve application; should it fail, stops the whole cluster (nothing is left
+        half-started) and raises a one-line `StartError` naming the model and the cause, with the
+        details in `logs/serve-deploy.log`."""
+        try:
+            self._deploy_serve(state.ray_address, state.ray_head_pid)
+        except StartError:
+            self._log("stopping what was started")
+            self.down()
+            raise
+
     def _deploy_serve(self, ray_address: str, ray_head_pid: int | None) -> None:
+        # Building the application imports diffusers and transformers, whose import-time warnings
+        # (no torchvision, ...) would bury `up`'s own lines; the replicas log theirs to Ray's logs.
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         import ray
+        from ray import serve
 
         from inference.app import deploy
-        from inference.config import ServeConfig
+        from inference.config import ConfigError, ServeConfig
 
-        config = ServeConfig.from_env(
-            {
-                **os.environ,
-                "ATELIER_HOME": str(self.home),
-                "ATELIER_CONTROL_PLANE_ADDRESS": self.settings.control_plane_address,
-                "ATELIER_SERVE_GRPC_PORT": str(self.settings.serve_grpc_port),
-                "ATELIER_SERVE_HTTP_PORT": str(self.settings.serve_http_port),
-            }
-        )
+        try:
+            config = ServeConfig.from_env(
+                {
+                    **os.environ,
+                    "ATELIER_HOME": str(self.home),
+                    "ATELIER_CONTROL_PLANE_ADDRESS": self.settings.control_plane_address,
+                    "ATELIER_SERVE_GRPC_PORT": str(self.settings.serve_grpc_port),
+                    "ATELIER_SERVE_HTTP_PORT": str(self.settings.serve_http_port),
+                }
+            )
+        except ConfigError as exc:
+            raise StartError(f"serve: {exc}") from None
         self._log("serve: deploying the Gateway and model pools " + ", ".join(m.name for m in config.models))
         _connect_ray(
             ray,
@@ -287,8 +371,18 @@ class LocalCluster:
             self._logs / "ray-head.log",
             lambda: ray_head_pid is None or is_running(ray_head_pid),
         )
+        # Serve's driver-side INFO lines ("Started Serve in namespace ...") say nothing `up` does not.
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)
         try:
             deploy(config)
+        except Exception as exc:  # Serve's RuntimeError names the deployments; their statuses say why
+            log_path = self._logs / "serve-deploy.log"
+            messages = _failed_deployment_messages(serve)
+            with log_path.open("a") as log:
+                log.write(f"{datetime.now(UTC).isoformat()} deploy failed: {exc}\n")
+                log.writelines(f"{name}: {message}\n" for name, message in messages.items())
+            pools = {pool.name: [m.name for m in models] for pool, models in config.model_pools()}
+            raise StartError(f"{summarize_deploy_failure(messages, pools, str(exc))}; see {log_path}") from exc
         finally:
             ray.shutdown()
         wait_until_serving(
@@ -324,6 +418,42 @@ class LocalCluster:
         saved.write_text(account_id + "\n")
         self._log(f"demo account: {account_id} with {self.settings.demo_credits} credits")
         return account_id
+
+
+def _failed_deployment_messages(serve: Any) -> dict[str, str]:
+    """Status messages of the atelier application's deployments that are not healthy."""
+    try:
+        application = serve.status().applications.get(APP_NAME)
+    except Exception:  # the controller itself is gone: the caller still reports Serve's own error
+        return {}
+    if application is None:
+        return {}
+    return {
+        name: overview.message
+        for name, overview in application.deployments.items()
+        if str(getattr(overview.status, "value", overview.status)) != "HEALTHY"
+    }
+
+
+def summarize_deploy_failure(messages: dict[str, str], pool_models: dict[str, list[str]], fallback: str) -> str:
+    """One line saying which model failed to deploy and why, from Serve's deployment messages.
+
+    Args:
+        messages: Status message of each unhealthy deployment (`DiffusionModel-<pool>`, `Gateway`);
+            a replica's failure ends with its exception's traceback.
+        pool_models: The models of each pool, by pool name.
+        fallback: Serve's own error, used when no message says more.
+    """
+    for name, message in sorted(messages.items(), key=lambda item: not item[0].startswith(POOL_DEPLOYMENT_PREFIX)):
+        lines = [line.strip() for line in message.splitlines() if line.strip()]
+        # A traceback's last line is the exception: "FileNotFoundError: no checkpoint at ...".
+        cause = next((line for line in reversed(lines) if _EXCEPTION_LINE.match(line)), lines[-1] if lines else "")
+        if name.startswith(POOL_DEPLOYMENT_PREFIX):
+            pool = name.removeprefix(POOL_DEPLOYMENT_PREFIX)
+            models = ", ".join(pool_models.get(pool, [pool]))
+            return f"serve: model {models} failed to deploy: {cause}"
+        return f"serve: {name} failed to deploy: {cause}"
+    return f"serve: the application failed to deploy: {fallback.splitlines()[0] if fallback else 'no reason given'}"
 
 
 def _connect_ray(ray, address: str, timeout_s: float, log_path: Path, still_alive: Callable[[], bool]) -> None:  # type: ignore[no-untyped-def]

@@ -23,6 +23,7 @@ ENV_VARS: Mapping[str, str] = {
     "max_reservation_ttl_s": "ATELIER_MAX_RESERVATION_TTL_S",
     "pool_min_size": "ATELIER_DB_POOL_MIN_SIZE",
     "pool_max_size": "ATELIER_DB_POOL_MAX_SIZE",
+    "database_probe_interval_ms": "ATELIER_DATABASE_PROBE_INTERVAL_MS",
     "grpc_workers": "ATELIER_CONTROL_PLANE_WORKERS",
     "max_message_bytes": "ATELIER_CONTROL_PLANE_MAX_MESSAGE_BYTES",
     "default_visibility": "ATELIER_DEFAULT_VISIBILITY",
@@ -96,6 +97,11 @@ class ControlPlaneConfig:
     pool_max_size: int = 16
     """Most database connections open at once, >= max(1, pool_min_size)."""
 
+    database_probe_interval_ms: int = 1000
+    """Milliseconds between the server's background checks that the database answers
+    (100..60000). Health reports NOT_SERVING, and RPCs fail at once with UNAVAILABLE
+    `DATABASE_UNAVAILABLE`, from the first failed check until the next good one."""
+
     grpc_workers: int = 16
     """Threads serving RPCs, >= 1. Each RPC holds one database connection while it runs."""
 
@@ -164,6 +170,7 @@ class ControlPlaneConfig:
         _check_range("max_reservation_ttl_s", self.max_reservation_ttl_s, 1, 7 * 24 * 3600)
         _check_range("pool_min_size", self.pool_min_size, 0, 1000)
         _check_range("pool_max_size", self.pool_max_size, max(1, self.pool_min_size), 1000)
+        _check_range("database_probe_interval_ms", self.database_probe_interval_ms, 100, 60_000)
         _check_range("grpc_workers", self.grpc_workers, 1, 1000)
         _check_range("max_message_bytes", self.max_message_bytes, 1024 * 1024, 2**31 - 1)
         if self.default_visibility not in VISIBILITIES:

@@ -43,6 +43,8 @@ class InvalidArgument(DomainError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
+        self.description = message
+        """What is wrong with the field, without its name (`google.rpc.BadRequest`'s description)."""
 
 
 class Unauthenticated(DomainError):
@@ -78,7 +80,19 @@ class AlreadyExists(DomainError):
 
 
 class Unavailable(DomainError):
-    """A dependency (the database) cannot be reached right now; retrying may succeed."""
+    """A dependency (the database) cannot be reached right now; retrying may succeed.
+
+    The interceptor sends a `google.rpc.RetryInfo` with it."""
+
+
+class DatabaseUnavailable(Unavailable):
+    """The database cannot be reached, or not within the caller's deadline; nothing was changed
+    that the caller did not see confirmed."""
+
+    reason = "DATABASE_UNAVAILABLE"
+
+    def __init__(self) -> None:
+        super().__init__("the database is unavailable right now; retry shortly")
 
 
 class StorageFull(DomainError):

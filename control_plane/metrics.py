@@ -8,12 +8,13 @@ and alerts take their `max()`.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import datetime
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from control_plane.clock import Clock
-from control_plane.db.pool import Pool
+from control_plane.db.pool import Connection, Pool, read_for_scrape
 
 _DSR_KINDS = ("export", "erasure")
 
@@ -27,21 +28,10 @@ class DatabaseStateCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         now = self._clock.now()
-        with self._pool.connection() as conn:
-            held_count, oldest_held_at = conn.execute(
-                "SELECT count(*), min(created_at) FROM reservations WHERE state = 'held'"
-            ).fetchone() or (0, None)
-            (exported_rows,) = conn.execute(
-                "SELECT coalesce(sum(item_count), 0) FROM training_exports WHERE state = 'completed'"
-            ).fetchone() or (0,)
-            dsr_rows = conn.execute(
-                """
-                SELECT kind, count(*), count(*) FILTER (WHERE due_at < %s)
-                FROM dsr_requests WHERE state IN ('received', 'in_progress')
-                GROUP BY kind
-                """,
-                (now,),
-            ).fetchall()
+        figures = read_for_scrape(self._pool, lambda conn: _read_state(conn, now))
+        if figures is None:
+            return
+        held_count, oldest_held_at, exported_rows, dsr_rows = figures
         held = GaugeMetricFamily(
             "atelier_credit_reservations_held", "Credit reservations held (neither committed, released nor expired)."
         )
@@ -70,3 +60,21 @@ class DatabaseStateCollector(Collector):
             overdue_requests.add_metric([kind], overdue)
         yield open_requests
         yield overdue_requests
+
+
+def _read_state(conn: Connection, now: datetime) -> tuple[int, datetime | None, int, list[tuple[str, int, int]]]:
+    held_count, oldest_held_at = conn.execute(
+        "SELECT count(*), min(created_at) FROM reservations WHERE state = 'held'"
+    ).fetchone() or (0, None)
+    (exported_rows,) = conn.execute(
+        "SELECT coalesce(sum(item_count), 0) FROM training_exports WHERE state = 'completed'"
+    ).fetchone() or (0,)
+    dsr_rows = conn.execute(
+        """
+        SELECT kind, count(*), count(*) FILTER (WHERE due_at < %s)
+        FROM dsr_requests WHERE state IN ('received', 'in_progress')
+        GROUP BY kind
+        """,
+        (now,),
+    ).fetchall()
+    return held_count, oldest_held_at, exported_rows, dsr_rows

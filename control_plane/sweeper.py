@@ -52,7 +52,7 @@ from control_plane import credits, removals
 from control_plane.adapters.blobstore import BlobStore
 from control_plane.audit import SYSTEM, Actor, record_audit
 from control_plane.clock import Clock
-from control_plane.db.pool import Connection, Pool
+from control_plane.db.pool import Connection, Pool, read_for_scrape
 from control_plane.errors import InvalidArgument
 from control_plane.policy import PolicyRegistry
 from control_plane.retention import DEADLINE_SQL, POLICY_CTE, TenantPolicies
@@ -572,8 +572,9 @@ class SweepLagCollector(Collector):
         self._clock = clock
 
     def collect(self) -> Any:
-        with self._pool.connection() as conn:
-            lag = sweep_lag_seconds(conn, self._registry, self._clock.now())
+        lag = read_for_scrape(self._pool, lambda conn: sweep_lag_seconds(conn, self._registry, self._clock.now()))
+        if lag is None:
+            return
         gauge = GaugeMetricFamily(
             "atelier_sweep_lag_seconds",
             "Age of the oldest item (or held reservation) still present past its retention deadline; 0 when "

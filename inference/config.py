@@ -209,6 +209,11 @@ class PoolConfig:
             for name in ("upscale_delay_s", "downscale_delay_s"):
                 _require(getattr(self, name) >= 0, f"pools[{self.name}].{name}", "must be >= 0 seconds")
 
+    @property
+    def may_scale_to_zero(self) -> bool:
+        """Whether the autoscaler may leave the pool without replicas (so none running is no fault)."""
+        return bool(self.max_replicas) and self.min_replicas == 0
+
     def autoscaling_config(self) -> dict[str, float] | None:
         """Serve's ``autoscaling_config`` for this pool, or None when autoscaling is off."""
         if not self.max_replicas:

@@ -34,6 +34,8 @@ _CALLER_CODES = frozenset(
 )
 _RETRYABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 _STATUS_DETAILS_KEY = "grpc-status-details-bin"
+CONTROL_PLANE_UNAVAILABLE = "CONTROL_PLANE_UNAVAILABLE"
+"""ErrorInfo reason of a request refused because the control plane did not answer (in time)."""
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 """Largest message sent to or accepted from the control plane: its own server default
@@ -181,10 +183,16 @@ class ControlPlaneClient:
 
 def _to_request_error(exc: grpc.aio.AioRpcError) -> RequestError:
     code = exc.code()
-    if code in _CALLER_CODES:
-        details = next((value for key, value in exc.trailing_metadata() or () if key == _STATUS_DETAILS_KEY), None)
+    details = next((value for key, value in exc.trailing_metadata() or () if key == _STATUS_DETAILS_KEY), None)
+    if code in _CALLER_CODES or (code == grpc.StatusCode.UNAVAILABLE and isinstance(details, bytes)):
+        # The control plane's own refusal (an UNAVAILABLE with details is its DATABASE_UNAVAILABLE).
         return RequestError(code, exc.details() or code.name, details if isinstance(details, bytes) else None)
     logger.warning("control_plane_call_failed code=%s", code.name)
     if code in _RETRYABLE_CODES:
-        return RequestError(grpc.StatusCode.UNAVAILABLE, "control plane unavailable; retry with backoff")
+        return RequestError.retry_later(
+            grpc.StatusCode.UNAVAILABLE,
+            "the accounts service is unavailable right now; nothing was charged, retry with backoff",
+            CONTROL_PLANE_UNAVAILABLE,
+            retry_after_s=1,
+        )
     return RequestError(grpc.StatusCode.INTERNAL, "control plane error")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
 ERROR_DOMAIN = "atelier.v1"
@@ -28,10 +29,31 @@ class RequestError(Exception):
     @classmethod
     def retry_later(cls, code: grpc.StatusCode, message: str, reason: str, retry_after_s: int) -> RequestError:
         """An error the caller should retry: ErrorInfo `reason` and a RetryInfo of `retry_after_s`."""
-        info, retry = any_pb2.Any(), any_pb2.Any()
-        info.Pack(error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN))
-        retry.Pack(error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=retry_after_s)))
-        status = status_pb2.Status(code=code.value[0], message=message, details=[info, retry])
+        return cls._with_details(
+            code,
+            message,
+            error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN),
+            error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=retry_after_s)),
+        )
+
+    @classmethod
+    def invalid_argument(cls, field: str, description: str) -> RequestError:
+        """INVALID_ARGUMENT "`field`: `description`", with a `google.rpc.BadRequest` naming the field."""
+        violation = error_details_pb2.BadRequest.FieldViolation(field=field, description=description)
+        return cls._with_details(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"{field}: {description}",
+            error_details_pb2.BadRequest(field_violations=[violation]),
+        )
+
+    @classmethod
+    def _with_details(cls, code: grpc.StatusCode, message: str, *details: Message) -> RequestError:
+        packed = []
+        for detail in details:
+            any_detail = any_pb2.Any()
+            any_detail.Pack(detail)
+            packed.append(any_detail)
+        status = status_pb2.Status(code=code.value[0], message=message, details=packed)
         return cls(code, message, status.SerializeToString())
 
     def error_info(self) -> error_details_pb2.ErrorInfo | None:

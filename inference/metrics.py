@@ -14,7 +14,9 @@ from ray.serve import metrics
 
 # Generations take from tens of milliseconds (tiny models on a CPU) to tens of seconds.
 LATENCY_BUCKETS_S = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0]
-BATCH_SIZE_BUCKETS = [1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0]
+# Batch sizes are whole numbers: boundaries half-way between them put each size inside a bucket, so
+# histogram_quantile of all size-1 batches reads 1 (bucket 0.5..1.5), not 0.5 (bucket 0..1).
+BATCH_SIZE_BUCKETS = [0.5, 1.5, 2.5, 3.5, 4.5, 6.5, 8.5, 12.5, 16.5, 24.5, 32.5, 64.5]
 STAGES = ("reserve", "queue", "denoise", "decode", "store", "total")
 
 

@@ -200,4 +200,4 @@ def _validate_size(field_name: str, value: int, model: ModelConfig) -> int:
 
 
 def _invalid(field_name: str, message: str) -> RequestError:
-    return RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"{field_name}: {message}")
+    return RequestError.invalid_argument(field_name, message)

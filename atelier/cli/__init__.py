@@ -27,6 +27,7 @@ from atelier.cli import (
     tenant,
     up,
 )
+from atelier.cli._cluster import add_timeout_flag
 from atelier.cli._output import CommandError, report_error
 
 _COMMANDS = (
@@ -56,7 +57,19 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in _COMMANDS:
         command.register(subparsers)
+    _add_timeout_flags(parser)
     return parser
+
+
+def _add_timeout_flags(parser: argparse.ArgumentParser) -> None:
+    """Gives every command that has none a `--timeout`: each of its calls then carries that deadline,
+    so a cluster that does not answer fails the command within it, not after minutes."""
+    subcommands = [action for action in parser._actions if isinstance(action, argparse._SubParsersAction)]
+    for action in subcommands:
+        for child in action.choices.values():
+            _add_timeout_flags(child)
+    if not subcommands and "--timeout" not in parser._option_string_actions:
+        add_timeout_flag(parser)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,6 +18,10 @@ from protos.atelier.v1 import control_plane_pb2_grpc, inference_pb2_grpc, traini
 # Images are up to a few MiB each, eight to a response.
 _MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
+DEFAULT_TIMEOUT_S = 10.0
+"""Deadline of a command's calls unless its `--timeout` says otherwise: the control plane answers
+within it (UNAVAILABLE when its database is down), so a command never hangs on a sick cluster."""
+
 
 def settings() -> ClusterSettings:
     try:
@@ -28,6 +32,16 @@ def settings() -> ClusterSettings:
 
 def add_json_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object for scripts")
+
+
+def add_timeout_flag(parser: argparse.ArgumentParser, default_s: float = DEFAULT_TIMEOUT_S) -> None:
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=default_s,
+        metavar="SECONDS",
+        help=f"deadline of each call to the cluster (default {default_s:g})",
+    )
 
 
 @dataclass
@@ -43,10 +57,11 @@ class Connection:
 
 
 @contextmanager
-def connect() -> Iterator[Connection]:
+def connect(timeout_s: float = DEFAULT_TIMEOUT_S) -> Iterator[Connection]:
     """Stubs for the cluster `atelier up` started, authenticated with the operator key.
 
-    Channels use TLS (and a client certificate) as `ATELIER_TLS_*` says.
+    Channels use TLS (and a client certificate) as `ATELIER_TLS_*` says. Every call made
+    without a `timeout` of its own carries a deadline of `timeout_s` seconds.
 
     Raises:
         CommandError: no cluster is running from this home.
@@ -63,9 +78,12 @@ def connect() -> Iterator[Connection]:
     ]
     tls = cluster_settings.tls
     with (
-        tls.channel(state.control_plane_address, options) as cp_channel,
-        tls.channel(state.serve_grpc_address, options) as serve_channel,
+        tls.channel(state.control_plane_address, options) as cp_plain,
+        tls.channel(state.serve_grpc_address, options) as serve_plain,
     ):
+        deadline = _DefaultDeadline(timeout_s)
+        cp_channel = grpc.intercept_channel(cp_plain, deadline)
+        serve_channel = grpc.intercept_channel(serve_plain, deadline)
         yield Connection(
             home=home,
             key_id="_".join(key.split("_")[1:3]),
@@ -75,6 +93,41 @@ def connect() -> Iterator[Connection]:
             inference=inference_pb2_grpc.InferenceStub(serve_channel),
             training=training_pb2_grpc.TrainingDataStub(cp_channel),
         )
+
+
+class _DefaultDeadline(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+    """Sets the deadline of each call that has none."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self._timeout_s = timeout_s
+
+    def _with_deadline(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
+        if details.timeout is not None:
+            return details
+        return _CallDetails(
+            details.method,
+            self._timeout_s,
+            details.metadata,
+            details.credentials,
+            getattr(details, "wait_for_ready", None),
+            getattr(details, "compression", None),
+        )
+
+    def intercept_unary_unary(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
+        return continuation(self._with_deadline(client_call_details), request)
+
+    def intercept_unary_stream(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
+        return continuation(self._with_deadline(client_call_details), request)
+
+
+@dataclass(frozen=True)
+class _CallDetails(grpc.ClientCallDetails):
+    method: str
+    timeout: float | None
+    metadata: object
+    credentials: object
+    wait_for_ready: bool | None = None
+    compression: object = None
 
 
 @contextmanager

@@ -45,7 +45,7 @@ def run_create(args: argparse.Namespace) -> int:
         age_attested=args.age_attested or 0,
         initial_credits=args.credits,
     )
-    with connect() as cluster, rpc_errors():
+    with connect(args.timeout) as cluster, rpc_errors():
         response = cluster.control_plane.CreateAccount(request, metadata=cluster.metadata)
     account = response.account
     result = {
@@ -62,7 +62,7 @@ def run_create(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    with connect() as cluster, rpc_errors():
+    with connect(args.timeout) as cluster, rpc_errors():
         response = cluster.control_plane.GetAccount(
             control_plane_pb2.GetAccountRequest(account_id=args.account_id), metadata=cluster.metadata
         )

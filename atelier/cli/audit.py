@@ -22,7 +22,7 @@ def run_audit(args: argparse.Namespace) -> int:
     if not 1 <= args.limit <= 1000:
         raise CommandError("--limit must be 1..1000", "INVALID_ARGUMENT")
     request = control_plane_pb2.ListAuditEntriesRequest(account_id=args.account, page_size=args.limit)
-    with connect() as cluster, rpc_errors():
+    with connect(args.timeout) as cluster, rpc_errors():
         response = cluster.control_plane.ListAuditEntries(request, metadata=cluster.metadata)
     entries = [
         {

@@ -56,7 +56,7 @@ def run_record(args: argparse.Namespace) -> int:
         method=_METHODS[args.method],
         source=args.source,
     )
-    with connect() as cluster, rpc_errors():
+    with connect(args.timeout) as cluster, rpc_errors():
         record = cluster.control_plane.RecordConsent(request, metadata=cluster.metadata).record
     result = {"consent_id": record.consent_id, "purpose": args.purpose, "granted": record.granted}
     emit(result, f"{'granted' if record.granted else 'withdrew'} {args.purpose}", json_output=args.json)
@@ -64,7 +64,7 @@ def run_record(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    with connect() as cluster, rpc_errors():
+    with connect(args.timeout) as cluster, rpc_errors():
         response = cluster.control_plane.GetConsents(
             control_plane_pb2.GetConsentsRequest(account_id=args.account_id), metadata=cluster.metadata
         )
@@ -92,7 +92,7 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def run_history(args: argparse.Namespace) -> int:
-    with connect() as cluster, rpc_errors():
+    with connect(args.timeout) as cluster, rpc_errors():
         response = cluster.control_plane.ListConsentHistory(
             control_plane_pb2.ListConsentHistoryRequest(account_id=args.account_id), metadata=cluster.metadata
         )

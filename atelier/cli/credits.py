@@ -1,4 +1,4 @@
-"""`atelier credits balance|grant`: an account's credits."""
+"""`atelier credits balance|grant|ledger`: an account's credits and the ledger behind them."""
 
 from __future__ import annotations
 
@@ -25,6 +25,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_json_flag(grant)
     grant.set_defaults(run=run_grant)
 
+    ledger = commands.add_parser("ledger", help="list an account's ledger entries (grants and charges), newest first")
+    ledger.add_argument("account_id")
+    ledger.add_argument(
+        "--limit", type=int, default=50, help=f"most entries to list, 1..{_MAX_LEDGER_ENTRIES} (default 50)"
+    )
+    add_json_flag(ledger)
+    ledger.set_defaults(run=run_ledger)
+
+
+_MAX_LEDGER_ENTRIES = 10_000
+
 
 def _balance_result(balance: control_plane_pb2.Balance) -> tuple[dict[str, object], str]:
     result = {
@@ -38,7 +49,7 @@ def _balance_result(balance: control_plane_pb2.Balance) -> tuple[dict[str, objec
 
 
 def run_balance(args: argparse.Namespace) -> int:
-    with connect() as cluster, rpc_errors():
+    with connect(args.timeout) as cluster, rpc_errors():
         response = cluster.control_plane.GetBalance(
             control_plane_pb2.GetBalanceRequest(account_id=args.account_id), metadata=cluster.metadata
         )
@@ -50,7 +61,48 @@ def run_grant(args: argparse.Namespace) -> int:
     if args.amount < 1:
         raise CommandError("amount must be >= 1", "INVALID_ARGUMENT")
     request = control_plane_pb2.GrantCreditsRequest(account_id=args.account_id, amount=args.amount, reason=args.reason)
-    with connect() as cluster, rpc_errors():
+    with connect(args.timeout) as cluster, rpc_errors():
         response = cluster.control_plane.GrantCredits(request, metadata=cluster.metadata)
     emit(*_balance_result(response.balance), json_output=args.json)
+    return 0
+
+
+def run_ledger(args: argparse.Namespace) -> int:
+    if not 1 <= args.limit <= _MAX_LEDGER_ENTRIES:
+        raise CommandError(f"--limit must be 1..{_MAX_LEDGER_ENTRIES}", "INVALID_ARGUMENT")
+    entries: list[control_plane_pb2.LedgerEntry] = []
+    page_token = ""
+    with connect(args.timeout) as cluster, rpc_errors():
+        while len(entries) < args.limit:
+            page = cluster.control_plane.ListLedger(
+                control_plane_pb2.ListLedgerRequest(
+                    account_id=args.account_id, page_size=min(500, args.limit - len(entries)), page_token=page_token
+                ),
+                metadata=cluster.metadata,
+            )
+            entries.extend(page.entries)
+            page_token = page.next_page_token
+            if not page_token:
+                break
+    rows = [
+        {
+            "entry_id": entry.entry_id,
+            "created_at": entry.created_at.ToJsonString(),
+            "delta": entry.delta,
+            "kind": entry.kind,
+            "reservation_id": entry.reservation_id or None,
+            "reason": entry.reason,
+        }
+        for entry in entries
+    ]
+    lines = [f"{len(rows)} ledger entries of account {args.account_id}, newest first:"]
+    lines += [
+        f"  {row['created_at']}  {row['delta']:+d}  {row['kind']:<6}  {row['reason'] or row['reservation_id'] or ''}"
+        for row in rows
+    ]
+    emit(
+        {"account_id": args.account_id, "entries": rows, "more": bool(page_token)},
+        "\n".join(lines),
+        json_output=args.json,
+    )
     return 0

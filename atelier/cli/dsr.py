@@ -5,14 +5,18 @@ from __future__ import annotations
 import argparse
 import datetime
 import io
+import os
 import zipfile
 from pathlib import Path
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from atelier.cli._cluster import add_json_flag, connect, rpc_errors
+from atelier.cli._cluster import add_json_flag, add_timeout_flag, connect, rpc_errors
 from atelier.cli._output import CommandError, emit
 from protos.atelier.v1 import control_plane_pb2
+
+# Exporting or erasing an account with much content reads or deletes every blob of it.
+_LONG_CALL_TIMEOUT_S = 300.0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,12 +27,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("account_id")
     export.add_argument("-o", "--output", required=True, type=Path, metavar="DIR", help="directory to unpack into")
     add_json_flag(export)
+    add_timeout_flag(export, _LONG_CALL_TIMEOUT_S)
     export.set_defaults(run=run_export)
 
     erase = commands.add_parser("erase", help="erase an account (its key is destroyed) or one of its items")
     erase.add_argument("account_id")
     erase.add_argument("--content", metavar="CONTENT_ID", default="", help="erase only this item")
     add_json_flag(erase)
+    add_timeout_flag(erase, _LONG_CALL_TIMEOUT_S)
     erase.set_defaults(run=run_erase)
 
     listing = commands.add_parser("list", help="list requests, earliest due date first")
@@ -57,20 +63,19 @@ def run_export(args: argparse.Namespace) -> int:
     output: Path = args.output
     if output.exists() and any(output.iterdir()):
         raise CommandError(f"{output} is not empty: choose a new or empty directory", "INVALID_ARGUMENT")
-    with connect() as cluster, rpc_errors():
+    with connect(args.timeout) as cluster, rpc_errors():
         requested = cluster.control_plane.RequestExport(
             control_plane_pb2.RequestExportRequest(account_id=args.account_id), metadata=cluster.metadata
         ).request
         archive = cluster.control_plane.GetExportArchive(
             control_plane_pb2.GetExportArchiveRequest(dsr_id=requested.dsr_id), metadata=cluster.metadata
         ).archive
-    output.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(io.BytesIO(archive)) as unpacked:
         names = unpacked.namelist()
         # Names come from our own server, but never write outside the directory.
         if any(name.startswith("/") or ".." in Path(name).parts for name in names):
             raise CommandError("the archive holds an unsafe path; nothing was written")
-        unpacked.extractall(output)
+        _extract_private(unpacked, output)
     images = sum(1 for name in names if name.startswith("images/"))
     result = {**request_result(requested), "directory": str(output), "files": sorted(names), "images": images}
     emit(
@@ -81,9 +86,29 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _extract_private(archive: zipfile.ZipFile, output: Path) -> None:
+    """Unpacks `archive` into `output` readable by this user only: a person's data, so every
+    directory is 0700 and every file 0600, whatever the umask."""
+    _private_directory(output)
+    for info in archive.infolist():
+        target = output / info.filename
+        if info.is_dir():
+            _private_directory(target)
+            continue
+        _private_directory(target.parent)
+        descriptor = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(archive.read(info))
+
+
+def _private_directory(path: Path) -> None:
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.chmod(0o700)  # mkdir's mode is masked by the umask, and an existing empty directory keeps its own
+
+
 def run_erase(args: argparse.Namespace) -> int:
     request = control_plane_pb2.RequestErasureRequest(account_id=args.account_id, content_id=args.content)
-    with connect() as cluster, rpc_errors():
+    with connect(args.timeout) as cluster, rpc_errors():
         erased = cluster.control_plane.RequestErasure(request, metadata=cluster.metadata).request
     what = f"content {args.content}" if args.content else f"account {args.account_id}"
     emit(request_result(erased), f"erased {what} (request {erased.dsr_id})", json_output=args.json)
@@ -94,7 +119,7 @@ def run_list(args: argparse.Namespace) -> int:
     request = control_plane_pb2.ListDsrRequestsRequest(overdue_only=args.overdue, account_id=args.account)
     if args.as_of:
         request.as_of.CopyFrom(_timestamp(args.as_of))
-    with connect() as cluster, rpc_errors():
+    with connect(args.timeout) as cluster, rpc_errors():
         response = cluster.control_plane.ListDsrRequests(request, metadata=cluster.metadata)
     rows = [request_result(r) for r in response.requests]
     lines = [f"{r['dsr_id']}  {r['kind']:8} {r['state']:11} due {r['due_at']}  account {r['account_id']}" for r in rows]

@@ -85,7 +85,7 @@ def run_training(args: argparse.Namespace) -> int:
 def run_removals(args: argparse.Namespace) -> int:
     rows: list[dict[str, str]] = []
     cursor = args.since
-    with connect() as cluster, rpc_errors():
+    with connect(args.timeout) as cluster, rpc_errors():
         while True:
             page = cluster.training.ListRemovals(
                 training_pb2.ListRemovalsRequest(export_id=args.export_id, page_token=cursor, page_size=_PAGE_SIZE),

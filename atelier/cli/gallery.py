@@ -47,7 +47,7 @@ def run_visibility(args: argparse.Namespace) -> int:
         visibility=_VISIBILITIES[args.visibility],
         apply_to_default=args.default,
     )
-    with connect() as cluster, rpc_errors():
+    with connect(args.timeout) as cluster, rpc_errors():
         response = cluster.control_plane.SetVisibility(request, metadata=cluster.metadata)
     result = {"updated_count": response.updated_count, "visibility": args.visibility}
     emit(result, f"{response.updated_count} item(s) made {args.visibility}", json_output=args.json)
@@ -68,7 +68,7 @@ def run_default(args: argparse.Namespace) -> int:
 def run_public(args: argparse.Namespace) -> int:
     if not 1 <= args.limit <= 100:
         raise CommandError("--limit must be 1..100", "INVALID_ARGUMENT")
-    with connect() as cluster, rpc_errors():
+    with connect(args.timeout) as cluster, rpc_errors():
         response = cluster.control_plane.ListPublicGallery(
             control_plane_pb2.ListPublicGalleryRequest(page_size=args.limit), metadata=cluster.metadata
         )

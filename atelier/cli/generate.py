@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 
 from atelier.cli._cluster import add_json_flag, connect, rpc_errors
@@ -23,6 +24,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--width", type=int, help="width in pixels, a multiple of 8")
     parser.add_argument("--height", type=int, help="height in pixels, a multiple of 8")
     parser.add_argument("--seed", type=int, help="seed of the first image (default: random)")
+    parser.add_argument("--negative-prompt", default="", help="what the images should not show")
+    parser.add_argument(
+        "--guidance", type=float, help="guidance scale, how closely to follow the prompt (default: the model's)"
+    )
+    parser.add_argument(
+        "--idempotency-key",
+        metavar="KEY",
+        help="retrying with the same key and request returns the first result instead of generating and charging again",
+    )
     parser.add_argument("--num-images", type=int, help="images to generate (default 1)")
     parser.add_argument(
         "--init-image",
@@ -56,11 +66,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    with connect() as cluster:
+    _check_writable(args.output)  # before anything is charged: a finished generation would be lost
+    with connect(args.timeout) as cluster:
         account_id = args.account or cluster.state.demo_account_id
         if not account_id:
             raise CommandError("no --account given and the cluster has no demo account")
-        request = inference_pb2.GenerateRequest(account_id=account_id, model=args.model, prompt=args.prompt)
+        request = inference_pb2.GenerateRequest(
+            account_id=account_id, model=args.model, prompt=args.prompt, negative_prompt=args.negative_prompt
+        )
+        if args.guidance is not None:
+            request.guidance_scale = args.guidance
+        if args.idempotency_key is not None:
+            request.idempotency_key = args.idempotency_key
         for field in ("steps", "width", "height", "seed", "num_images"):
             value = getattr(args, field)
             if value is not None:
@@ -133,6 +150,30 @@ def _read_image(flag: str, path: Path) -> bytes:
         return path.read_bytes()
     except OSError as exc:
         raise CommandError(f"{flag} {path}: cannot read it ({exc.strerror or exc})", "INVALID_ARGUMENT") from None
+
+
+def _check_writable(output: Path) -> None:
+    """Raises a CommandError when `output` (and the NAME-2.png... beside it) cannot be written."""
+    directory = output.parent
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CommandError(
+            f"-o {output}: cannot create {directory} ({exc.strerror or exc})", "INVALID_ARGUMENT"
+        ) from None
+    if output.is_dir():
+        raise CommandError(f"-o {output}: is a directory; name a .png file", "INVALID_ARGUMENT")
+    try:  # trying beats os.access, which root (or a read-only mount) would answer wrongly
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".atelier-write-check-"):
+            pass
+        if output.exists():
+            with output.open("ab"):
+                pass
+    except OSError as exc:
+        raise CommandError(
+            f"-o {output}: cannot write there ({exc.strerror or exc}); nothing was generated or charged",
+            "INVALID_ARGUMENT",
+        ) from None
 
 
 def _write_images(output: Path, pngs: list[bytes]) -> list[Path]:

@@ -73,7 +73,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_list(args: argparse.Namespace) -> int:
     keys: list[control_plane_pb2.ApiKey] = []
-    with connect() as cluster, rpc_errors():
+    with connect(args.timeout) as cluster, rpc_errors():
         token = ""
         while True:
             page = cluster.control_plane.ListApiKeys(
@@ -92,7 +92,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_create(args: argparse.Namespace) -> int:
     request = control_plane_pb2.CreateApiKeyRequest(name=args.name, scopes=[_SCOPES[s] for s in args.scopes])
-    with connect() as cluster, rpc_errors():
+    with connect(args.timeout) as cluster, rpc_errors():
         response = cluster.control_plane.CreateApiKey(request, metadata=cluster.metadata)
     key = _key_dict(response.key)
     text = (
@@ -108,7 +108,7 @@ def run_rotate(args: argparse.Namespace) -> int:
     if not 0 <= args.grace <= _MAX_GRACE_S:
         raise CommandError(f"--grace must be 0..{_MAX_GRACE_S} seconds", "INVALID_ARGUMENT")
     request = control_plane_pb2.RotateApiKeyRequest(key_id=args.key_id, grace_seconds=args.grace)
-    with connect() as cluster, rpc_errors():
+    with connect(args.timeout) as cluster, rpc_errors():
         response = cluster.control_plane.RotateApiKey(request, metadata=cluster.metadata)
     # The key this home's commands use was replaced: keep them working with the new secret.
     operator_key_updated = cluster.key_id == response.previous.key_id
@@ -135,7 +135,7 @@ def run_rotate(args: argparse.Namespace) -> int:
 
 def run_revoke(args: argparse.Namespace) -> int:
     request = control_plane_pb2.RevokeApiKeyRequest(key_id=args.key_id)
-    with connect() as cluster, rpc_errors():
+    with connect(args.timeout) as cluster, rpc_errors():
         response = cluster.control_plane.RevokeApiKey(request, metadata=cluster.metadata)
     key = _key_dict(response.key)
     emit({"key": key}, f"revoked {key['key_id']} ({key['name']}) at {key['revoked_at']}", json_output=args.json)
@@ -143,7 +143,7 @@ def run_revoke(args: argparse.Namespace) -> int:
 
 
 def run_rotate_master(args: argparse.Namespace) -> int:
-    with connect() as cluster, rpc_errors():
+    with connect(args.timeout) as cluster, rpc_errors():
         response = cluster.control_plane.RotateMasterKey(
             control_plane_pb2.RotateMasterKeyRequest(), metadata=cluster.metadata
         )

@@ -1,4 +1,4 @@
-"""`atelier status`: which components of the local cluster answer their health checks."""
+"""`atelier status`: the database, control plane, Ray, the Serve application and every model pool."""
 
 from __future__ import annotations
 
@@ -9,29 +9,44 @@ from atelier.cli._output import emit
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("status", help="show whether the local cluster is healthy")
+    parser = subparsers.add_parser(
+        "status",
+        help="show whether each part of the local cluster is healthy; exit 1 when any is not",
+        description="Checks every component at once, each within a few seconds, and exits non-zero "
+        "when any is unhealthy (or nothing runs); `atelier up` starts what is missing.",
+    )
     add_json_flag(parser)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from atelier._processes import health_status
+    from atelier.health import check_cluster
     from atelier.state import ClusterState
 
     cluster_settings = settings()
     state = ClusterState.load(cluster_settings.home.resolve())
     if state is None:
-        emit({"running": False}, "atelier is not running", json_output=args.json)
+        emit({"running": False, "healthy": False}, "atelier is not running", json_output=args.json)
         return 1
-    components = {
-        "control_plane": health_status(state.control_plane_address, tls=cluster_settings.tls),
-        "inference": health_status(state.serve_grpc_address, tls=cluster_settings.tls),
-    }
-    healthy = all(value == "SERVING" for value in components.values())
-    lines = [f"atelier is {'healthy' if healthy else 'DEGRADED'}:"]
+    health = check_cluster(cluster_settings, state)
+
+    def mark(ok: bool) -> str:
+        return "ok  " if ok else "DOWN"
+
+    lines = [f"atelier is {'healthy' if health.healthy else 'UNHEALTHY'}:"]
     lines += [
-        f"  control plane  {state.control_plane_address}  {components['control_plane']}",
-        f"  inference      {state.serve_grpc_address}  {components['inference']}",
+        f"  {mark(check.ok)} {name:<14} {where:<22} {check.detail}"
+        for name, where, check in (
+            ("database", "", health.database),
+            ("control plane", state.control_plane_address, health.control_plane),
+            ("ray", state.ray_address, health.ray),
+            ("serve", state.serve_grpc_address, health.serve),
+        )
     ]
-    emit({"running": True, "healthy": healthy, "components": components}, "\n".join(lines), json_output=args.json)
-    return 0 if healthy else 1
+    lines += [
+        f"  {mark(pool.ok)} pool {pool.name:<9} {f'{pool.running}/{pool.target} replicas':<22} "
+        f"models: {', '.join(pool.models) or '?'}"
+        for pool in health.pools
+    ]
+    emit({"running": True, **health.to_json()}, "\n".join(lines), json_output=args.json)
+    return 0 if health.healthy else 1

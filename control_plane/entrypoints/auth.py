@@ -13,7 +13,7 @@ next to the key.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -30,7 +30,7 @@ from control_plane.audit import Actor
 from control_plane.db.pool import Connection, Pool, connection_wait_s
 from control_plane.entrypoints.bearer import bearer_secret
 from control_plane.entrypoints.interceptor import current_request_id, reject_unstorable_text
-from control_plane.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated, Unavailable
+from control_plane.errors import DatabaseUnavailable, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 from control_plane.user_tokens import UserTokenVerifier
 from transport.call_metadata import ACTING_ACCOUNT, USER_TOKEN, first_value
 
@@ -116,12 +116,15 @@ def authorized(
     *,
     now: datetime,
     user_tokens: UserTokenVerifier,
+    database_up: Callable[[], bool] = lambda: True,
 ) -> Iterator[tuple[Connection, Caller]]:
     """Borrows a connection, authenticates the caller on it, checks `scope` and reads the acting account.
 
     Authentication comes before any field is parsed: an unauthenticated caller learns
     nothing about its request, not even that a field is malformed. `now` (the server's
     clock) decides whether a rotated key's grace period is over, and stamps the call.
+    While `database_up()` (the server's `DatabaseProbe`) says the database is down, the call
+    fails at once rather than wait for a connection that cannot come.
 
     Raises:
         Unauthenticated: No bearer key, or an unknown or revoked one; an invalid user token,
@@ -130,24 +133,28 @@ def authorized(
             the user token's account differ.
         InvalidArgument: A string of the request holds NUL (U+0000); the acting account is
             not an account id; a user token is sent to a tenant without an identity provider.
-        Unavailable: The database cannot be reached (in time for the caller's deadline).
+        DatabaseUnavailable: The database cannot be reached (in time for the caller's deadline).
     """
     metadata = context.invocation_metadata()
     secret = bearer_secret(metadata)
+    if not database_up():
+        raise DatabaseUnavailable()
     wait_s = connection_wait_s(context.time_remaining(), pool.timeout)
     try:
         with pool.connection(timeout=wait_s) as conn:
             principal = api_keys.authenticate(conn, secret, now)
             if scope is not None and not principal.allows(scope):
+                # The message does not name `method`: through the gateway, a Generate's caller
+                # would read the name of an internal call (ReserveCredits) it never made.
                 raise PermissionDenied(
-                    f"{method} needs an API key with the {scope.value!r} scope (or 'admin'); "
+                    f"this call needs an API key with the {scope.value!r} scope (or 'admin'); "
                     f"this key has {', '.join(sorted(principal.scopes))}"
                 )
             acting = _acting_account(conn, principal, metadata, user_tokens, now)
             reject_unstorable_text()
             yield conn, Caller(principal=principal, now=now, request_id=current_request_id(), acting_account_id=acting)
     except (PoolTimeout, psycopg.OperationalError) as error:
-        raise Unavailable("the database is unavailable right now; retry shortly") from error
+        raise DatabaseUnavailable() from error
 
 
 def _acting_account(

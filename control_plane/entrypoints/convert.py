@@ -172,12 +172,24 @@ def parse_page_size(value: int, *, default: int, maximum: int) -> int:
 
 
 def parameters_to_dict(parameters: common_pb2.GenerationParameters) -> dict[str, Any]:
-    """The parameters that are set, as JSON-ready values keyed by proto field name."""
-    return {descriptor.name: value for descriptor, value in parameters.ListFields()}
+    """The parameters that are set, as JSON-ready values keyed by proto field name.
+
+    Enum fields are stored by value name ("GENERATION_MODE_INPAINT"), not number, so the stored
+    rows (and DSR exports of them) read without the proto at hand.
+    """
+    return {
+        descriptor.name: descriptor.enum_type.values_by_number[value].name
+        if descriptor.enum_type is not None and value in descriptor.enum_type.values_by_number
+        else value
+        for descriptor, value in parameters.ListFields()
+    }
 
 
 def parameters_from_dict(values: Mapping[str, Any]) -> common_pb2.GenerationParameters:
-    """Rebuilds stored parameters, ignoring keys this version of the proto does not know."""
+    """Rebuilds stored parameters, ignoring keys this version of the proto does not know.
+
+    Enum values may be names (as stored now) or numbers (rows stored before names were).
+    """
     known = common_pb2.GenerationParameters.DESCRIPTOR.fields_by_name
     return common_pb2.GenerationParameters(**{k: v for k, v in values.items() if k in known})
 

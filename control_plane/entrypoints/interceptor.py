@@ -5,7 +5,8 @@
   for audit rows and logs.
 - `DomainError` subclasses become their status code with the error's message; errors with a
   `reason` also carry a `google.rpc.ErrorInfo` in the rich status details (grpcio-status),
-  and `Unavailable` a `google.rpc.RetryInfo`.
+  `Unavailable` a `google.rpc.RetryInfo`, and `InvalidArgument` a `google.rpc.BadRequest`
+  naming the field.
 - Request bytes that are not a valid message become INVALID_ARGUMENT (gRPC itself would
   answer INTERNAL "Exception deserializing request!" and log a traceback).
 - A request whose strings hold NUL (U+0000), which PostgreSQL text cannot store, is noted here
@@ -239,6 +240,9 @@ def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, error: errors.D
     if error.reason is not None:
         info = error_details_pb2.ErrorInfo(reason=error.reason, domain=_ERROR_DOMAIN, metadata=dict(error.metadata))
         details.append(_packed(info))
+    if isinstance(error, errors.InvalidArgument):
+        violation = error_details_pb2.BadRequest.FieldViolation(field=error.field, description=error.description)
+        details.append(_packed(error_details_pb2.BadRequest(field_violations=[violation])))
     if isinstance(error, errors.Unavailable):
         retry = error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=1))
         details.append(_packed(retry))

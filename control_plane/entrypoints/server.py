@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 
 from control_plane.bootstrap import ControlPlaneDeps, bootstrap
 from control_plane.config import ControlPlaneConfig
+from control_plane.db.probe import DatabaseProbe
 from control_plane.entrypoints.interceptor import ControlPlaneInterceptor
 from control_plane.entrypoints.servicers import ControlPlaneServicer, TrainingDataServicer
 from control_plane.metrics import DatabaseStateCollector
@@ -36,12 +37,19 @@ SHUTDOWN_GRACE_S = 10.0
 """How long in-flight RPCs may finish after SIGTERM before they are cancelled."""
 
 
-def build_server(config: ControlPlaneConfig, deps: ControlPlaneDeps) -> grpc.Server:
+def build_server(
+    config: ControlPlaneConfig, deps: ControlPlaneDeps, *, database_probe: DatabaseProbe | None = None
+) -> grpc.Server:
     """Builds (without binding or starting) a server with every control-plane service.
 
-    Registers `atelier.v1.ControlPlane`, the standard health service (SERVING for "" and
-    for `atelier.v1.ControlPlane`) and reflection for all three, behind the interceptor
-    that maps errors and records metrics into `deps.registry`.
+    Registers `atelier.v1.ControlPlane`, `atelier.v1.TrainingData`, the standard health
+    service and reflection, behind the interceptor that maps errors and records metrics into
+    `deps.registry`.
+
+    With a `database_probe` (the caller starts and stops it), health answers SERVING for "" and
+    each service only while the probe reaches the database, NOT_SERVING otherwise, and RPCs
+    fail at once with UNAVAILABLE `DATABASE_UNAVAILABLE` while it does not. Without one, health
+    always answers SERVING.
 
     Bind it with `add_listen_port(server, address)`, then `server.start()`.
     """
@@ -55,15 +63,32 @@ def build_server(config: ControlPlaneConfig, deps: ControlPlaneDeps) -> grpc.Ser
             ("grpc.so_reuseport", 0),
         ],
     )
-    servicer = ControlPlaneServicer(config=config, deps=deps)
+    database_up = (lambda: database_probe.reachable) if database_probe is not None else (lambda: True)
+    servicer = ControlPlaneServicer(config=config, deps=deps, database_up=database_up)
     control_plane_pb2_grpc.add_ControlPlaneServicer_to_server(servicer, server)
-    training_pb2_grpc.add_TrainingDataServicer_to_server(TrainingDataServicer(deps), server)
+    training_pb2_grpc.add_TrainingDataServicer_to_server(TrainingDataServicer(deps, database_up), server)
     deps.registry.register(SweepLagCollector(deps.pool, deps.policies, deps.clock))
     deps.registry.register(DatabaseStateCollector(deps.pool, deps.clock))
 
     health_servicer = health.HealthServicer()
-    for service in ("", SERVICE_NAME, TRAINING_SERVICE_NAME):
-        health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+
+    def report(database_reachable: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if database_reachable else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for service in ("", SERVICE_NAME, TRAINING_SERVICE_NAME):
+            health_servicer.set(service, status)
+
+    if database_probe is None:
+        report(True)
+    else:
+        reachable = prometheus_client.Gauge(
+            "atelier_database_reachable",
+            "1 while the control plane's background probe reaches its database, 0 while it does not.",
+            registry=deps.registry,
+        )
+        database_probe.subscribe(report)
+        database_probe.subscribe(lambda up: reachable.set(1 if up else 0))
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
 
     health_service = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
@@ -153,7 +178,8 @@ def serve(config: ControlPlaneConfig, *, stop: threading.Event | None = None, tl
             metrics_server, _ = prometheus_client.start_http_server(
                 config.metrics_port, addr=_host_of(config.listen_address), registry=deps.registry
             )
-        server = build_server(config, deps)
+        database_probe = DatabaseProbe(deps.pool.conninfo, interval_s=config.database_probe_interval_ms / 1000).start()
+        server = build_server(config, deps, database_probe=database_probe)
         port = add_listen_port(server, config.listen_address, tls)
         server.start()
         sweep_loop = None
@@ -179,6 +205,7 @@ def serve(config: ControlPlaneConfig, *, stop: threading.Event | None = None, tl
             if sweep_loop is not None:
                 sweep_loop.stop()
             server.stop(grace=SHUTDOWN_GRACE_S).wait()
+            database_probe.stop()
             if metrics_server is not None:
                 metrics_server.shutdown()
             _logger.info("control plane stopped")

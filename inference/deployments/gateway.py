@@ -19,10 +19,16 @@ running the model or charging again. Refusals of the control plane (rate limits,
 generations in flight, a key in flight) reach the caller with their code, message and rich
 details (ErrorInfo, RetryInfo) unchanged.
 
+A model whose pool has no running replica (all crashed, being restarted or replaced) is refused at
+once with UNAVAILABLE and ErrorInfo `POOL_UNAVAILABLE` before anything is reserved, and the health
+check answers NOT_SERVING for the model's name (and for "" while no pool has a replica); a pool
+allowed to scale to zero is exempt, since a request is what scales it up.
+
 A model replica that dies mid-generation (killed, out of memory, node lost) fails the request
-with UNAVAILABLE, not INTERNAL: nothing was charged, Serve restarts the replica, and the caller
-retries with backoff. The gateway does not retry by itself: a request that crashed one replica
-could crash the next, and the caller's deadline is the caller's to spend.
+with UNAVAILABLE and ErrorInfo `REPLICA_FAILED`, not INTERNAL: nothing was charged, Serve
+restarts the replica, and the caller retries with backoff. The gateway does not retry by itself:
+a request that crashed one replica could crash the next, and the caller's deadline is the
+caller's to spend.
 """
 
 from __future__ import annotations
@@ -43,11 +49,12 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.grpc_util import RayServegRPCContext
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
-from inference.config import ModelConfig, ServeConfig
+from inference.config import ModelConfig, PoolConfig, ServeConfig
 from inference.control_plane_client import ControlPlaneClient
 from inference.errors import RequestError
 from inference.generation import IMAGE_TO_IMAGE, INPAINT, TEXT_TO_IMAGE, GenerationResult, StepProgress
 from inference.metrics import STAGES, GatewayMetrics
+from inference.pool_health import PoolReplicaWatch
 from inference.validation import ValidatedRequest, validate_generate_request
 from protos.atelier.v1 import common_pb2, control_plane_pb2, inference_pb2
 from transport.call_metadata import ACTING_ACCOUNT, USER_TOKEN, CallerCredentials, first_value
@@ -57,9 +64,15 @@ logger = logging.getLogger(__name__)
 _SERVICE_NAME = "atelier.v1.Inference"
 # ErrorInfo reason of a prompt the control plane's moderation refused.
 _PROMPT_BLOCKED = "PROMPT_BLOCKED"
-# ErrorInfo reason of a request refused because its model pool's queue is full.
+# ErrorInfo reasons of the gateway's own refusals (listed in common.proto's ErrorReason).
 _POOL_AT_CAPACITY = "POOL_AT_CAPACITY"
+_POOL_UNAVAILABLE = "POOL_UNAVAILABLE"
+_REPLICA_FAILED = "REPLICA_FAILED"
+# How long a caller should wait before retrying a pool without replicas: about a replica's restart.
+_POOL_RETRY_AFTER_S = 5
 _STATUS_DETAILS_KEY = "grpc-status-details-bin"
+IN_FLIGHT_REFRESH_S = 5.0
+"""How often the in-flight gauges are set again, well within Ray's metric export interval (10 s)."""
 
 ProgressSink = Callable[[StepProgress], Awaitable[None]]
 
@@ -72,8 +85,14 @@ class Gateway:
         self._config = config
         self._pools = pools
         self._control_plane = ControlPlaneClient(config.control_plane_address, config.control_plane_timeout_s)
+        self._replicas = PoolReplicaWatch(
+            serve.status,
+            serve.get_replica_context().app_name,
+            {name: handle.deployment_name for name, handle in pools.items()},
+        )
         self._metrics = GatewayMetrics()
         self._in_flight: Counter[str] = Counter()
+        self._in_flight_refresh: asyncio.Task[None] | None = None
         self._background: set[asyncio.Future[Any]] = set()
         """Tasks that outlive their request (the event loop keeps only weak references)."""
 
@@ -150,11 +169,32 @@ class Gateway:
     async def Check(  # noqa: N802 - grpc.health.v1.Health method name
         self, request: health_pb2.HealthCheckRequest, grpc_context: RayServegRPCContext
     ) -> health_pb2.HealthCheckResponse:
-        if request.service not in ("", _SERVICE_NAME):
+        """SERVING for "" and `atelier.v1.Inference` while some pool can serve, for a model's name
+        while its pool can (see `_pool_can_serve`); NOT_SERVING otherwise."""
+        if request.service in ("", _SERVICE_NAME):
+            serving = any(self._pool_can_serve(pool) for pool, _ in self._config.model_pools())
+        elif (model := self._config.model(request.service)) is not None:
+            serving = self._pool_can_serve(self._config.pool_of(model))
+        else:
             grpc_context.set_code(grpc.StatusCode.NOT_FOUND)
-            grpc_context.set_details(f"unknown service {request.service!r}")
+            grpc_context.set_details(f"unknown service {request.service!r}: name a served model or {_SERVICE_NAME}")
             return health_pb2.HealthCheckResponse()
-        return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        return health_pb2.HealthCheckResponse(status=status)
+
+    def _pool_can_serve(self, pool: PoolConfig) -> bool:
+        """False only when Serve reports no running replica of a pool that should have one."""
+        return pool.may_scale_to_zero or self._replicas.running(pool.name) != 0
+
+    def _require_running_pool(self, model: ModelConfig) -> None:
+        if not self._pool_can_serve(self._config.pool_of(model)):
+            raise RequestError.retry_later(
+                grpc.StatusCode.UNAVAILABLE,
+                f"model {model.name!r} has no running replica right now (Serve is restarting it); "
+                "nothing was charged, retry with backoff",
+                _POOL_UNAVAILABLE,
+                retry_after_s=_POOL_RETRY_AFTER_S,
+            )
 
     async def _generate(
         self,
@@ -166,6 +206,7 @@ class Gateway:
         started = time.perf_counter()
         caller = _credentials(grpc_context)
         validated = await _validate(request, self._config)
+        self._require_running_pool(validated.model)
         params = validated.params
         purpose = _purpose(validated)
         model = validated.model.name
@@ -334,6 +375,16 @@ class Gateway:
     def _track_in_flight(self, model: str, delta: int) -> None:
         self._in_flight[model] += delta
         self._metrics.in_flight.set(self._in_flight[model], tags={"model": model})
+        if self._in_flight_refresh is None:
+            self._in_flight_refresh = asyncio.get_running_loop().create_task(self._refresh_in_flight_forever())
+
+    async def _refresh_in_flight_forever(self) -> None:
+        """Sets every model's in-flight gauge again every IN_FLIGHT_REFRESH_S: Ray stops exporting a
+        gauge not set within two export intervals, so a quiet model's 0 would vanish from /metrics."""
+        while True:
+            await asyncio.sleep(IN_FLIGHT_REFRESH_S)
+            for model in self._config.models:
+                self._metrics.in_flight.set(self._in_flight[model.name], tags={"model": model.name})
 
     def _count_request(self, request: inference_pb2.GenerateRequest, method: str, code: grpc.StatusCode) -> None:
         # Only served model names become label values: arbitrary strings would explode cardinality.
@@ -355,9 +406,11 @@ class Gateway:
             ) from None
         except RayActorError as exc:  # ActorDiedError, ActorUnavailableError
             logger.warning("model_replica_lost model=%s error=%s", validated.model.name, type(exc).__name__)
-            raise RequestError(
+            raise RequestError.retry_later(
                 grpc.StatusCode.UNAVAILABLE,
                 "the model replica stopped during the generation; nothing was charged: retry with backoff",
+                _REPLICA_FAILED,
+                retry_after_s=1,
             ) from None
 
     async def _call_pool(self, validated: ValidatedRequest, on_progress: ProgressSink | None) -> GenerationResult:

@@ -27,6 +27,7 @@ OTHER_METRICS = {
     "atelier_dsr_overdue_requests",
     "atelier_credit_reservations_held",
     "atelier_credit_reservation_oldest_held_age_seconds",
+    "atelier_database_reachable",
 }
 EXPOSED = OTHER_METRICS | {f"{name}{suffix}" for name in HISTOGRAMS for suffix in ("_bucket", "_sum", "_count")}
 

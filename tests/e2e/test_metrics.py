@@ -30,6 +30,7 @@ CONTROL_PLANE_FAMILIES = {
     "atelier_sweep_lag_seconds",
     "atelier_sweep_deleted_items",
     "atelier_export_rows",
+    "atelier_database_reachable",
 }
 
 

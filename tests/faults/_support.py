@@ -11,6 +11,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -27,6 +28,7 @@ from control_plane.config import ControlPlaneConfig
 from control_plane.crypto import ensure_master_key_file
 from control_plane.db.embedded import EmbeddedPostgres
 from control_plane.db.pool import Pool
+from control_plane.db.probe import DatabaseProbe
 from control_plane.entrypoints.server import add_listen_port, build_server, wait_until_serving
 from tests.integration.control_plane._support import REPO_ROOT
 
@@ -55,23 +57,41 @@ def private_postgres() -> Iterator[EmbeddedPostgres]:
 
 
 @contextmanager
-def control_plane_server(config: ControlPlaneConfig, pool: Pool, clock: Clock) -> Iterator[str]:
-    """The real gRPC server, built as `serve` builds it, on `pool`; yields its host:port."""
+def control_plane_server(
+    config: ControlPlaneConfig,
+    pool: Pool,
+    clock: Clock,
+    *,
+    database_probe: DatabaseProbe | None = None,
+    registry: CollectorRegistry | None = None,
+) -> Iterator[str]:
+    """The real gRPC server, built as `serve` builds it, on `pool` (and `database_probe`, which
+    the caller starts and stops, with its metrics in `registry`); yields its host:port."""
     deps = ControlPlaneDeps(
         pool=pool,
         blobs=LocalBlobStore(config.blob_root),
         clock=clock,
         keys=PostgresKeyStore(ensure_master_key_file(config.home / "master.key")),
         policies=load_policies(config),
-        registry=CollectorRegistry(),
+        registry=registry if registry is not None else CollectorRegistry(),
     )
-    server = build_server(config, deps)
+    server = build_server(config, deps, database_probe=database_probe)
     port = add_listen_port(server, config.listen_address)
     server.start()
     try:
         yield f"127.0.0.1:{port}"
     finally:
         server.stop(grace=None).wait()
+
+
+def wait_for(condition: Callable[[], bool], within_s: float) -> bool:
+    """Polls `condition` until it holds (True) or `within_s` seconds pass (False)."""
+    deadline = time.monotonic() + within_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def noisy_png(approx_bytes: int, seed: int = 0) -> bytes:

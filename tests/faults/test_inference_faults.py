@@ -1,4 +1,5 @@
-"""Faults under a running cluster: a diffusion replica killed mid-generation, a full blob store.
+"""Faults under a running cluster: a diffusion replica killed mid-generation, a full blob store,
+the embedded PostgreSQL stopped.
 
 Both run on a local cluster of this module's own, so killing and filling disturb no other test.
 
@@ -15,13 +16,24 @@ Both run on a local cluster of this module's own, so killing and filling disturb
    filesystem is gone again the next Generate succeeds. (Mounting needs CAP_SYS_ADMIN; where
    it is not permitted this case is skipped, and test_blob_store_full covers the control
    plane under RLIMIT_FSIZE.)
+3. The embedded PostgreSQL is stopped: `atelier status` exits non-zero within 10 s, the control
+   plane's health says NOT_SERVING, a Generate with a 3 s deadline fails with UNAVAILABLE
+   (DATABASE_UNAVAILABLE) within it, and `atelier up` starts the database again (nothing else),
+   so the next Generate succeeds and is charged exactly once.
+
+While the killed replica is being replaced, the gateway's health answers NOT_SERVING for the
+model and a Generate is refused at once with POOL_UNAVAILABLE, reserving nothing.
 """
 
 from __future__ import annotations
 
-import contextlib
+import json
 import os
+import shutil
 import signal
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,47 +42,54 @@ from pathlib import Path
 import grpc
 import pytest
 
+from atelier._processes import is_running, stop_session
 from atelier.launcher import LocalCluster
 from atelier.ports import local_cluster_ports
 from atelier.settings import ClusterSettings
 from atelier.state import ClusterState, load_operator_key
+from control_plane.db.embedded import EmbeddedPostgres
 from protos.atelier.v1 import control_plane_pb2, inference_pb2
 from protos.atelier.v1.control_plane_pb2_grpc import ControlPlaneStub
 from protos.atelier.v1.inference_pb2_grpc import InferenceStub
-from tests.faults._support import fill_up, small_tmpfs
-from tests.integration._postgres import TEST_DATABASE_URL_VAR, fresh_database
+from tests.e2e._status import reason_and_retry_delay
+from tests.faults._support import fill_up, small_tmpfs, wait_for
 from tests.integration.control_plane._support import error_reason
 
 pytestmark = pytest.mark.e2e
 
-MODEL_DEPLOYMENT = "DiffusionModel-tiny-sd"
+MODEL = "tiny-sd"
+MODEL_DEPLOYMENT = f"DiffusionModel-{MODEL}"
 REPLICA_CLASS = f"ServeReplica:atelier:{MODEL_DEPLOYMENT}"
 RECOVERY_WITHIN_S = 180.0
 """Serve notices the dead replica, starts another and loads tiny-sd into it."""
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("atelier-faults-home")
+def home() -> Iterator[Path]:
+    """Under the system temp dir, not pytest's: the embedded PostgreSQL runs as pgserver's user, which
+    must traverse every parent, and any pytest session starting meanwhile resets pytest's base
+    directory to 0700 (as `private_postgres` explains)."""
+    path = Path(tempfile.mkdtemp(prefix="atelier-faults-home-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
-def cluster(home: Path) -> Iterator[ClusterState]:
-    """A cluster of this module's own, torn down afterwards.
+def settings(home: Path) -> ClusterSettings:
+    """Always its own embedded PostgreSQL under `home` (which a test stops), never a shared server:
+    sweeps of other clusters on a shared database (`atelier sweep --as-of` a month ahead) would
+    expire its reservations, and stopping it must disturb no other test."""
+    return ClusterSettings(home=home, database_url=None, **local_cluster_ports(), demo_credits=0)
 
-    On ATELIER_TEST_DATABASE_URL's server it gets a database of its own: sweeps of other
-    clusters on a shared database (`atelier sweep --as-of` a month ahead) would expire its
-    reservations. Without that variable it starts its own embedded server under `home`.
-    """
-    with contextlib.ExitStack() as stack:
-        server_url = os.environ.get(TEST_DATABASE_URL_VAR) or None
-        database_url = stack.enter_context(fresh_database(server_url, "atelier_faults")) if server_url else None
-        settings = ClusterSettings(home=home, database_url=database_url, **local_cluster_ports(), demo_credits=0)
-        local = LocalCluster(settings, log=lambda line: print(f"[faults cluster] {line}"))
-        try:
-            yield local.up()
-        finally:
-            local.down()
+
+@pytest.fixture(scope="module")
+def cluster(settings: ClusterSettings) -> Iterator[ClusterState]:
+    """A cluster of this module's own, torn down afterwards."""
+    local = LocalCluster(settings, log=lambda line: print(f"[faults cluster] {line}"))
+    try:
+        yield local.up()
+    finally:
+        local.down()
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +135,12 @@ def _kill_replica(cluster: ClusterState) -> int:
     pid = int(alive[0].pid)
     os.kill(pid, signal.SIGKILL)
     return pid
+
+
+def _health(address: str, service: str) -> str:
+    from atelier._processes import health_status
+
+    return health_status(address, service)
 
 
 def _long_request(account_id: str) -> inference_pb2.GenerateRequest:
@@ -184,6 +209,7 @@ def test_a_replica_killed_mid_stream_fails_the_stream_unavailable_and_charges_no
 
     assert failed.value.code() == grpc.StatusCode.UNAVAILABLE, failed.value  # type: ignore[attr-defined]
     assert "replica" in failed.value.details()  # type: ignore[attr-defined]
+    # Serve's proxy drops a failed stream's trailing metadata, so no ErrorInfo here (Generate has it).
     _assert_nothing_charged_or_kept(control, metadata, account_id, home)
     _generate_once_recovered(control, inference, metadata, account_id)
 
@@ -216,8 +242,21 @@ def test_a_replica_killed_mid_generate_fails_it_unavailable_and_charges_nothing(
 
     assert len(outcome) == 1 and isinstance(outcome[0], grpc.RpcError), f"Generate answered {outcome}"
     assert outcome[0].code() == grpc.StatusCode.UNAVAILABLE, outcome[0]  # type: ignore[attr-defined]
+    assert reason_and_retry_delay(outcome[0]) == ("REPLICA_FAILED", 1.0)
     _assert_nothing_charged_or_kept(control, metadata, account_id, home)
+
+    # Until Serve has replaced the replica, the pool has none: say so, and refuse at once.
+    assert wait_for(lambda: _health(cluster.serve_grpc_address, MODEL) == "NOT_SERVING", within_s=30)
+    started = time.monotonic()
+    with pytest.raises(grpc.RpcError) as refused:
+        inference.Generate(_long_request(account_id), metadata=metadata, timeout=60)
+    assert time.monotonic() - started < 2.0, "a request to a pool without replicas was not refused at once"
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+    assert reason_and_retry_delay(refused.value) == ("POOL_UNAVAILABLE", 5.0)
+    _assert_nothing_charged_or_kept(control, metadata, account_id, home)
+
     _generate_once_recovered(control, inference, metadata, account_id)
+    assert _health(cluster.serve_grpc_address, MODEL) == "SERVING"
 
 
 def test_a_generate_into_a_full_blob_store_is_refused_and_charges_nothing(
@@ -241,3 +280,69 @@ def test_a_generate_into_a_full_blob_store_is_refused_and_charges_nothing(
     response = inference.Generate(request, metadata=metadata, timeout=120)
     balance = control.GetBalance(control_plane_pb2.GetBalanceRequest(account_id=account_id), metadata=metadata).balance
     assert (balance.total, balance.held) == (100 - response.credits_charged, 0)
+
+
+def test_a_stopped_database_is_reported_fails_calls_within_their_deadline_and_up_restarts_it(
+    stubs: tuple[ControlPlaneStub, InferenceStub],
+    metadata: tuple[tuple[str, str], ...],
+    settings: ClusterSettings,
+    cluster: ClusterState,
+    home: Path,
+) -> None:
+    control, inference = stubs
+    account_id = _new_account(control, metadata)
+    request = inference_pb2.GenerateRequest(account_id=account_id, prompt="a fox", steps=2, seed=4)
+    assert EmbeddedPostgres(home / "postgres").stop(), "the embedded database was not running"
+    try:
+        assert wait_for(lambda: _health(cluster.control_plane_address, "atelier.v1.ControlPlane") == "NOT_SERVING", 5)
+
+        started = time.monotonic()
+        status = subprocess.run(
+            [sys.executable, "-m", "atelier.cli", "status", "--json"],
+            env={**os.environ, "ATELIER_HOME": str(home)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        took = time.monotonic() - started
+        assert status.returncode == 1 and took < 10.0, f"status exited {status.returncode} after {took:.1f} s"
+        report = json.loads(status.stdout)
+        assert (report["healthy"], report["database"]["ok"], report["control_plane"]["ok"]) == (False, False, False)
+        assert report["ray"]["ok"] and all(pool["ok"] for pool in report["pools"]), report
+
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as refused:
+            inference.Generate(request, metadata=metadata, timeout=3)
+        took = time.monotonic() - started
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, refused.value  # type: ignore[attr-defined]
+        assert reason_and_retry_delay(refused.value) == ("DATABASE_UNAVAILABLE", 1.0)
+        assert took < 3.0
+    finally:
+        said: list[str] = []
+        LocalCluster(settings, log=said.append).up()
+    assert "restarted: database" in said, said
+
+    response = inference.Generate(request, metadata=metadata, timeout=120)
+    balance = control.GetBalance(control_plane_pb2.GetBalanceRequest(account_id=account_id), metadata=metadata).balance
+    assert (balance.total, balance.held) == (100 - response.credits_charged, 0), "not charged exactly once"
+
+
+def test_up_restarts_a_dead_control_plane_and_leaves_the_rest_running(
+    stubs: tuple[ControlPlaneStub, InferenceStub],
+    metadata: tuple[tuple[str, str], ...],
+    settings: ClusterSettings,
+    home: Path,
+) -> None:
+    control, _ = stubs
+    before = ClusterState.load(home)
+    assert before is not None and before.control_plane_pid is not None
+    stop_session(before.control_plane_pid)
+
+    said: list[str] = []
+    LocalCluster(settings, log=said.append).up()
+    assert "restarted: control plane" in said, said
+    after = ClusterState.load(home)
+    assert after is not None and after.control_plane_pid != before.control_plane_pid
+    assert is_running(after.control_plane_pid) and after.ray_head_pid == before.ray_head_pid
+    account_id = _new_account(control, metadata)  # the old channel reaches the new server
+    assert control.GetBalance(control_plane_pb2.GetBalanceRequest(account_id=account_id), metadata=metadata)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from control_plane.admission import AdmissionRules
 from control_plane.bootstrap import ControlPlaneDeps
 from control_plane.config import ControlPlaneConfig
@@ -17,6 +19,8 @@ __all__ = ["ControlPlaneServicer", "TrainingDataServicer"]
 class ControlPlaneServicer(AccountRpcs, CreditRpcs, ContentRpcs, PrivacyRpcs):
     """Every RPC of control_plane.proto: each area's class contributes its own."""
 
-    def __init__(self, *, config: ControlPlaneConfig, deps: ControlPlaneDeps) -> None:
-        """Serves with these dependencies; nothing is opened here."""
-        super().__init__(deps=deps, admission=AdmissionRules.from_config(config, deps.clock))
+    def __init__(
+        self, *, config: ControlPlaneConfig, deps: ControlPlaneDeps, database_up: Callable[[], bool] = lambda: True
+    ) -> None:
+        """Serves with these dependencies; nothing is opened here. `database_up` as for `authorized`."""
+        super().__init__(deps=deps, admission=AdmissionRules.from_config(config, deps.clock), database_up=database_up)

@@ -9,7 +9,7 @@ errors propagate to `ControlPlaneInterceptor`, which maps them to status codes.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import grpc
@@ -28,8 +28,11 @@ from protos.atelier.v1 import control_plane_pb2_grpc
 class ControlPlaneRpcs(control_plane_pb2_grpc.ControlPlaneServicer):
     """The state every area's RPCs run on; nothing is opened here."""
 
-    def __init__(self, *, deps: ControlPlaneDeps, admission: AdmissionRules) -> None:
+    def __init__(
+        self, *, deps: ControlPlaneDeps, admission: AdmissionRules, database_up: Callable[[], bool] = lambda: True
+    ) -> None:
         self._pool = deps.pool
+        self._database_up = database_up
         self._blobs = EncryptedBlobStore(deps.blobs)
         self._keys = deps.keys
         self._policies = deps.policies
@@ -45,7 +48,15 @@ class ControlPlaneRpcs(control_plane_pb2_grpc.ControlPlaneServicer):
         self, context: grpc.ServicerContext, scope: Scope | None, method: str
     ) -> Iterator[tuple[Connection, Caller]]:
         """Borrows a connection, authenticates the caller at the server clock's time, checks `scope`."""
-        with authorized(self._pool, context, scope, method, now=self._clock.now(), user_tokens=self._user_tokens) as (
+        with authorized(
+            self._pool,
+            context,
+            scope,
+            method,
+            now=self._clock.now(),
+            user_tokens=self._user_tokens,
+            database_up=self._database_up,
+        ) as (
             conn,
             caller,
         ):

@@ -6,7 +6,7 @@ domain module, convert. Domain errors go to the interceptor.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import grpc
@@ -32,16 +32,25 @@ INELIGIBILITY_TO_PB: dict[Ineligibility, training_pb2.IneligibilityReason.ValueT
 class TrainingDataServicer(training_pb2_grpc.TrainingDataServicer):
     """Implements training.proto on `optouts`, `eligibility` and `removals`."""
 
-    def __init__(self, deps: ControlPlaneDeps) -> None:
-        """Serves with these dependencies; nothing is opened here."""
+    def __init__(self, deps: ControlPlaneDeps, database_up: Callable[[], bool] = lambda: True) -> None:
+        """Serves with these dependencies; nothing is opened here. `database_up` as for `authorized`."""
         self._pool = deps.pool
+        self._database_up = database_up
         self._policies = deps.policies
         self._clock = deps.clock
         self._user_tokens = deps.user_tokens
 
     @contextmanager
     def _call(self, context: grpc.ServicerContext, scope: Scope, method: str) -> Iterator[tuple[Connection, Caller]]:
-        with authorized(self._pool, context, scope, method, now=self._clock.now(), user_tokens=self._user_tokens) as (
+        with authorized(
+            self._pool,
+            context,
+            scope,
+            method,
+            now=self._clock.now(),
+            user_tokens=self._user_tokens,
+            database_up=self._database_up,
+        ) as (
             conn,
             caller,
         ):

@@ -17,6 +17,147 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _ErrorReason:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReason.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ERROR_REASON_UNSPECIFIED: _ErrorReason.ValueType  # 0
+    """Never sent."""
+    ERROR_REASON_DATABASE_UNAVAILABLE: _ErrorReason.ValueType  # 1
+    """UNAVAILABLE, retry: the database cannot be reached (in time for the caller's deadline).
+    Nothing was changed that the caller did not see confirmed.
+    """
+    ERROR_REASON_CONTROL_PLANE_UNAVAILABLE: _ErrorReason.ValueType  # 2
+    """UNAVAILABLE, retry: the gateway could not reach the control plane; nothing was charged."""
+    ERROR_REASON_POOL_UNAVAILABLE: _ErrorReason.ValueType  # 3
+    """UNAVAILABLE, retry: the model's pool has no running replica (Serve is restarting or
+    replacing it); refused at once, nothing was reserved.
+    """
+    ERROR_REASON_POOL_AT_CAPACITY: _ErrorReason.ValueType  # 4
+    """UNAVAILABLE, retry: the model's pool queue is full; nothing was charged."""
+    ERROR_REASON_REPLICA_FAILED: _ErrorReason.ValueType  # 5
+    """UNAVAILABLE, retry: the replica running the request died mid-generation; nothing was charged."""
+    ERROR_REASON_INSUFFICIENT_CREDITS: _ErrorReason.ValueType  # 6
+    """RESOURCE_EXHAUSTED: the account's available credits do not cover the request
+    (metadata: available, requested).
+    """
+    ERROR_REASON_RATE_LIMITED: _ErrorReason.ValueType  # 7
+    """RESOURCE_EXHAUSTED, retry: a per-key or per-account rate limit (metadata: scope)."""
+    ERROR_REASON_TOO_MANY_CONCURRENT_REQUESTS: _ErrorReason.ValueType  # 8
+    """RESOURCE_EXHAUSTED, retry: the account has its maximum of generations in flight (metadata: limit)."""
+    ERROR_REASON_BLOB_STORE_FULL: _ErrorReason.ValueType  # 9
+    """RESOURCE_EXHAUSTED: the blob store has no space left; nothing was stored or charged."""
+    ERROR_REASON_IDEMPOTENCY_KEY_IN_FLIGHT: _ErrorReason.ValueType  # 10
+    """ABORTED, retry: a request with the same idempotency key is still in flight."""
+    ERROR_REASON_IDEMPOTENCY_KEY_REUSED: _ErrorReason.ValueType  # 11
+    """FAILED_PRECONDITION: the idempotency key was used for a different request."""
+    ERROR_REASON_PROMPT_BLOCKED: _ErrorReason.ValueType  # 12
+    """FAILED_PRECONDITION: moderation refused the prompt (metadata: category)."""
+    ERROR_REASON_CONTENT_FLAGGED: _ErrorReason.ValueType  # 13
+    """FAILED_PRECONDITION: moderation flagged the item, so it cannot be made public."""
+    ERROR_REASON_ACCOUNT_SUSPENDED: _ErrorReason.ValueType  # 14
+    """FAILED_PRECONDITION: the account is suspended."""
+    ERROR_REASON_ACCOUNT_ERASED: _ErrorReason.ValueType  # 15
+    """FAILED_PRECONDITION: the account was erased."""
+    ERROR_REASON_UNDER_MINIMUM_AGE: _ErrorReason.ValueType  # 16
+    """FAILED_PRECONDITION: the account holder is under the minimum age."""
+    ERROR_REASON_GUARDIAN_CONSENT_REQUIRED: _ErrorReason.ValueType  # 17
+    """FAILED_PRECONDITION: the account is under the guardian age and has no guardian consent."""
+    ERROR_REASON_RESERVATION_SETTLED: _ErrorReason.ValueType  # 18
+    """FAILED_PRECONDITION: the reservation was already committed or released."""
+    ERROR_REASON_RESERVATION_EXPIRED: _ErrorReason.ValueType  # 19
+    """FAILED_PRECONDITION: the reservation expired before it was committed."""
+    ERROR_REASON_DATA_KEY_DESTROYED: _ErrorReason.ValueType  # 20
+    """FAILED_PRECONDITION: the account's data key was destroyed (erasure); its content cannot be read."""
+    ERROR_REASON_EXPORT_NOT_READY: _ErrorReason.ValueType  # 21
+    """FAILED_PRECONDITION: the data-subject export is not finished yet."""
+    ERROR_REASON_LAST_ADMIN_KEY: _ErrorReason.ValueType  # 22
+    """FAILED_PRECONDITION: revoking this key would leave the tenant without an admin key."""
+    ERROR_REASON_MASTER_KEY_NOT_ROTATABLE: _ErrorReason.ValueType  # 23
+    """FAILED_PRECONDITION: the master key is given inline and cannot be rotated in place."""
+    ERROR_REASON_API_KEY_REVOKED: _ErrorReason.ValueType  # 24
+    """FAILED_PRECONDITION: the API key to rotate is revoked; create a new key instead."""
+    ERROR_REASON_API_KEY_ROTATED: _ErrorReason.ValueType  # 25
+    """FAILED_PRECONDITION: the API key to rotate was already rotated; rotate its successor."""
+    ERROR_REASON_BLOB_STORE_UNAVAILABLE: _ErrorReason.ValueType  # 26
+    """UNAVAILABLE, retry: the object store holding content cannot be reached (down, timing out,
+    credentials refused); nothing was stored or charged.
+    """
+
+class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
+    """Every `google.rpc.ErrorInfo.reason` atelier sends (domain "atelier.v1"), so callers can branch on
+    a refusal without parsing its message. The reason string is the value's name without the
+    `ERROR_REASON_` prefix: ERROR_REASON_POOL_UNAVAILABLE is sent as "POOL_UNAVAILABLE". Reasons marked
+    "retry" come with a `google.rpc.RetryInfo` saying how long to wait. New reasons may be added;
+    treat an unknown one by its status code.
+    """
+
+ERROR_REASON_UNSPECIFIED: ErrorReason.ValueType  # 0
+"""Never sent."""
+ERROR_REASON_DATABASE_UNAVAILABLE: ErrorReason.ValueType  # 1
+"""UNAVAILABLE, retry: the database cannot be reached (in time for the caller's deadline).
+Nothing was changed that the caller did not see confirmed.
+"""
+ERROR_REASON_CONTROL_PLANE_UNAVAILABLE: ErrorReason.ValueType  # 2
+"""UNAVAILABLE, retry: the gateway could not reach the control plane; nothing was charged."""
+ERROR_REASON_POOL_UNAVAILABLE: ErrorReason.ValueType  # 3
+"""UNAVAILABLE, retry: the model's pool has no running replica (Serve is restarting or
+replacing it); refused at once, nothing was reserved.
+"""
+ERROR_REASON_POOL_AT_CAPACITY: ErrorReason.ValueType  # 4
+"""UNAVAILABLE, retry: the model's pool queue is full; nothing was charged."""
+ERROR_REASON_REPLICA_FAILED: ErrorReason.ValueType  # 5
+"""UNAVAILABLE, retry: the replica running the request died mid-generation; nothing was charged."""
+ERROR_REASON_INSUFFICIENT_CREDITS: ErrorReason.ValueType  # 6
+"""RESOURCE_EXHAUSTED: the account's available credits do not cover the request
+(metadata: available, requested).
+"""
+ERROR_REASON_RATE_LIMITED: ErrorReason.ValueType  # 7
+"""RESOURCE_EXHAUSTED, retry: a per-key or per-account rate limit (metadata: scope)."""
+ERROR_REASON_TOO_MANY_CONCURRENT_REQUESTS: ErrorReason.ValueType  # 8
+"""RESOURCE_EXHAUSTED, retry: the account has its maximum of generations in flight (metadata: limit)."""
+ERROR_REASON_BLOB_STORE_FULL: ErrorReason.ValueType  # 9
+"""RESOURCE_EXHAUSTED: the blob store has no space left; nothing was stored or charged."""
+ERROR_REASON_IDEMPOTENCY_KEY_IN_FLIGHT: ErrorReason.ValueType  # 10
+"""ABORTED, retry: a request with the same idempotency key is still in flight."""
+ERROR_REASON_IDEMPOTENCY_KEY_REUSED: ErrorReason.ValueType  # 11
+"""FAILED_PRECONDITION: the idempotency key was used for a different request."""
+ERROR_REASON_PROMPT_BLOCKED: ErrorReason.ValueType  # 12
+"""FAILED_PRECONDITION: moderation refused the prompt (metadata: category)."""
+ERROR_REASON_CONTENT_FLAGGED: ErrorReason.ValueType  # 13
+"""FAILED_PRECONDITION: moderation flagged the item, so it cannot be made public."""
+ERROR_REASON_ACCOUNT_SUSPENDED: ErrorReason.ValueType  # 14
+"""FAILED_PRECONDITION: the account is suspended."""
+ERROR_REASON_ACCOUNT_ERASED: ErrorReason.ValueType  # 15
+"""FAILED_PRECONDITION: the account was erased."""
+ERROR_REASON_UNDER_MINIMUM_AGE: ErrorReason.ValueType  # 16
+"""FAILED_PRECONDITION: the account holder is under the minimum age."""
+ERROR_REASON_GUARDIAN_CONSENT_REQUIRED: ErrorReason.ValueType  # 17
+"""FAILED_PRECONDITION: the account is under the guardian age and has no guardian consent."""
+ERROR_REASON_RESERVATION_SETTLED: ErrorReason.ValueType  # 18
+"""FAILED_PRECONDITION: the reservation was already committed or released."""
+ERROR_REASON_RESERVATION_EXPIRED: ErrorReason.ValueType  # 19
+"""FAILED_PRECONDITION: the reservation expired before it was committed."""
+ERROR_REASON_DATA_KEY_DESTROYED: ErrorReason.ValueType  # 20
+"""FAILED_PRECONDITION: the account's data key was destroyed (erasure); its content cannot be read."""
+ERROR_REASON_EXPORT_NOT_READY: ErrorReason.ValueType  # 21
+"""FAILED_PRECONDITION: the data-subject export is not finished yet."""
+ERROR_REASON_LAST_ADMIN_KEY: ErrorReason.ValueType  # 22
+"""FAILED_PRECONDITION: revoking this key would leave the tenant without an admin key."""
+ERROR_REASON_MASTER_KEY_NOT_ROTATABLE: ErrorReason.ValueType  # 23
+"""FAILED_PRECONDITION: the master key is given inline and cannot be rotated in place."""
+ERROR_REASON_API_KEY_REVOKED: ErrorReason.ValueType  # 24
+"""FAILED_PRECONDITION: the API key to rotate is revoked; create a new key instead."""
+ERROR_REASON_API_KEY_ROTATED: ErrorReason.ValueType  # 25
+"""FAILED_PRECONDITION: the API key to rotate was already rotated; rotate its successor."""
+ERROR_REASON_BLOB_STORE_UNAVAILABLE: ErrorReason.ValueType  # 26
+"""UNAVAILABLE, retry: the object store holding content cannot be reached (down, timing out,
+credentials refused); nothing was stored or charged.
+"""
+Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
+
 class _Visibility:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015

@@ -23,17 +23,20 @@ SCOPE_ACT_FOR_ANY must name one on account-scoped calls. Errors use the canonica
   FAILED_PRECONDITION state forbids it (suspended account, reservation
                       already committed, released or expired; under age)
   ALREADY_EXISTS      a unique name is taken
-  UNAVAILABLE         the database cannot be reached (e.g. restarting); sent
-                      before the caller's deadline, with a RetryInfo. A state
+  UNAVAILABLE         the database cannot be reached (e.g. restarting): ErrorInfo
+                      reason DATABASE_UNAVAILABLE, sent at once while the
+                      server's health says NOT_SERVING and otherwise before the
+                      caller's deadline, with a RetryInfo. A state
                       change that answered UNAVAILABLE happened entirely or
                       not at all; retry with backoff (a retried commit answers
                       FAILED_PRECONDITION when the first one went through)
-Every state change is one transaction with its audit-log row.
+Every state change is one transaction with its audit-log row. Every ErrorInfo
+reason is listed in common.proto's ErrorReason.
 """
 
+from protos.atelier.v1 import control_plane_pb2 as _control_plane_pb2
 from collections import abc as _abc
 from grpc import aio as _aio
-from protos.atelier.v1 import control_plane_pb2 as _control_plane_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys

@@ -17,19 +17,24 @@ only lets the call spend and store for that account. Errors use the canonical gR
   RESOURCE_EXHAUSTED  not enough credits (ErrorInfo reason INSUFFICIENT_CREDITS),
                       or the blob store is full (reason BLOB_STORE_FULL)
   FAILED_PRECONDITION account suspended or not allowed to generate
-  UNAVAILABLE         overloaded, a dependency is down, or the model replica
-                      died mid-generation (Serve restarts it); nothing was
-                      charged and the request is not retried for you: retry
-                      with backoff
+  UNAVAILABLE         with an ErrorInfo reason and a RetryInfo: the pool is full
+                      (POOL_AT_CAPACITY) or has no running replica
+                      (POOL_UNAVAILABLE, refused at once), the replica died
+                      mid-generation (REPLICA_FAILED; Serve restarts it), the
+                      database (DATABASE_UNAVAILABLE) or the control plane
+                      (CONTROL_PLANE_UNAVAILABLE) is down; nothing was charged
+                      and the request is not retried for you: retry with backoff
   DEADLINE_EXCEEDED   the caller's deadline passed; nothing was charged
-A failed or cancelled request charges nothing.
+A failed or cancelled request charges nothing. Every ErrorInfo reason is listed
+in common.proto's ErrorReason. Health (grpc.health.v1): NOT_SERVING for a
+model's name while its pool has no running replica, and for "" while no pool has one.
 """
 
+from protos.atelier.v1 import common_pb2 as _common_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
-from protos.atelier.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
 import sys
 import typing as _typing

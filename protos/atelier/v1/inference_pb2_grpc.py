@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from protos.atelier.v1 import inference_pb2 as protos_dot_atelier_dot_v1_dot_inference__pb2
+from protos.atelier.v1 import inference_pb2 as atelier_dot_v1_dot_inference__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in protos/atelier/v1/inference_pb2_grpc.py depends on'
+        + ' but the generated code in atelier/v1/inference_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,18 +36,18 @@ class InferenceStub:
         """
         self.Generate = channel.unary_unary(
                 '/atelier.v1.Inference/Generate',
-                request_serializer=protos_dot_atelier_dot_v1_dot_inference__pb2.GenerateRequest.SerializeToString,
-                response_deserializer=protos_dot_atelier_dot_v1_dot_inference__pb2.GenerateResponse.FromString,
+                request_serializer=atelier_dot_v1_dot_inference__pb2.GenerateRequest.SerializeToString,
+                response_deserializer=atelier_dot_v1_dot_inference__pb2.GenerateResponse.FromString,
                 _registered_method=True)
         self.GenerateStream = channel.unary_stream(
                 '/atelier.v1.Inference/GenerateStream',
-                request_serializer=protos_dot_atelier_dot_v1_dot_inference__pb2.GenerateRequest.SerializeToString,
-                response_deserializer=protos_dot_atelier_dot_v1_dot_inference__pb2.GenerateStreamResponse.FromString,
+                request_serializer=atelier_dot_v1_dot_inference__pb2.GenerateRequest.SerializeToString,
+                response_deserializer=atelier_dot_v1_dot_inference__pb2.GenerateStreamResponse.FromString,
                 _registered_method=True)
         self.ListModels = channel.unary_unary(
                 '/atelier.v1.Inference/ListModels',
-                request_serializer=protos_dot_atelier_dot_v1_dot_inference__pb2.ListModelsRequest.SerializeToString,
-                response_deserializer=protos_dot_atelier_dot_v1_dot_inference__pb2.ListModelsResponse.FromString,
+                request_serializer=atelier_dot_v1_dot_inference__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=atelier_dot_v1_dot_inference__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
 
 
@@ -81,18 +81,18 @@ def add_InferenceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Generate': grpc.unary_unary_rpc_method_handler(
                     servicer.Generate,
-                    request_deserializer=protos_dot_atelier_dot_v1_dot_inference__pb2.GenerateRequest.FromString,
-                    response_serializer=protos_dot_atelier_dot_v1_dot_inference__pb2.GenerateResponse.SerializeToString,
+                    request_deserializer=atelier_dot_v1_dot_inference__pb2.GenerateRequest.FromString,
+                    response_serializer=atelier_dot_v1_dot_inference__pb2.GenerateResponse.SerializeToString,
             ),
             'GenerateStream': grpc.unary_stream_rpc_method_handler(
                     servicer.GenerateStream,
-                    request_deserializer=protos_dot_atelier_dot_v1_dot_inference__pb2.GenerateRequest.FromString,
-                    response_serializer=protos_dot_atelier_dot_v1_dot_inference__pb2.GenerateStreamResponse.SerializeToString,
+                    request_deserializer=atelier_dot_v1_dot_inference__pb2.GenerateRequest.FromString,
+                    response_serializer=atelier_dot_v1_dot_inference__pb2.GenerateStreamResponse.SerializeToString,
             ),
             'ListModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModels,
-                    request_deserializer=protos_dot_atelier_dot_v1_dot_inference__pb2.ListModelsRequest.FromString,
-                    response_serializer=protos_dot_atelier_dot_v1_dot_inference__pb2.ListModelsResponse.SerializeToString,
+                    request_deserializer=atelier_dot_v1_dot_inference__pb2.ListModelsRequest.FromString,
+                    response_serializer=atelier_dot_v1_dot_inference__pb2.ListModelsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -120,8 +120,8 @@ class Inference:
             request,
             target,
             '/atelier.v1.Inference/Generate',
-            protos_dot_atelier_dot_v1_dot_inference__pb2.GenerateRequest.SerializeToString,
-            protos_dot_atelier_dot_v1_dot_inference__pb2.GenerateResponse.FromString,
+            atelier_dot_v1_dot_inference__pb2.GenerateRequest.SerializeToString,
+            atelier_dot_v1_dot_inference__pb2.GenerateResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -147,8 +147,8 @@ class Inference:
             request,
             target,
             '/atelier.v1.Inference/GenerateStream',
-            protos_dot_atelier_dot_v1_dot_inference__pb2.GenerateRequest.SerializeToString,
-            protos_dot_atelier_dot_v1_dot_inference__pb2.GenerateStreamResponse.FromString,
+            atelier_dot_v1_dot_inference__pb2.GenerateRequest.SerializeToString,
+            atelier_dot_v1_dot_inference__pb2.GenerateStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -174,8 +174,8 @@ class Inference:
             request,
             target,
             '/atelier.v1.Inference/ListModels',
-            protos_dot_atelier_dot_v1_dot_inference__pb2.ListModelsRequest.SerializeToString,
-            protos_dot_atelier_dot_v1_dot_inference__pb2.ListModelsResponse.FromString,
+            atelier_dot_v1_dot_inference__pb2.ListModelsRequest.SerializeToString,
+            atelier_dot_v1_dot_inference__pb2.ListModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from protos.atelier.v1 import training_pb2 as protos_dot_atelier_dot_v1_dot_training__pb2
+from protos.atelier.v1 import training_pb2 as atelier_dot_v1_dot_training__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in protos/atelier/v1/training_pb2_grpc.py depends on'
+        + ' but the generated code in atelier/v1/training_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,23 +36,23 @@ class TrainingDataStub:
         """
         self.OptOut = channel.unary_unary(
                 '/atelier.v1.TrainingData/OptOut',
-                request_serializer=protos_dot_atelier_dot_v1_dot_training__pb2.OptOutRequest.SerializeToString,
-                response_deserializer=protos_dot_atelier_dot_v1_dot_training__pb2.OptOutResponse.FromString,
+                request_serializer=atelier_dot_v1_dot_training__pb2.OptOutRequest.SerializeToString,
+                response_deserializer=atelier_dot_v1_dot_training__pb2.OptOutResponse.FromString,
                 _registered_method=True)
         self.ListOptOuts = channel.unary_unary(
                 '/atelier.v1.TrainingData/ListOptOuts',
-                request_serializer=protos_dot_atelier_dot_v1_dot_training__pb2.ListOptOutsRequest.SerializeToString,
-                response_deserializer=protos_dot_atelier_dot_v1_dot_training__pb2.ListOptOutsResponse.FromString,
+                request_serializer=atelier_dot_v1_dot_training__pb2.ListOptOutsRequest.SerializeToString,
+                response_deserializer=atelier_dot_v1_dot_training__pb2.ListOptOutsResponse.FromString,
                 _registered_method=True)
         self.CheckTrainingEligibility = channel.unary_unary(
                 '/atelier.v1.TrainingData/CheckTrainingEligibility',
-                request_serializer=protos_dot_atelier_dot_v1_dot_training__pb2.CheckTrainingEligibilityRequest.SerializeToString,
-                response_deserializer=protos_dot_atelier_dot_v1_dot_training__pb2.CheckTrainingEligibilityResponse.FromString,
+                request_serializer=atelier_dot_v1_dot_training__pb2.CheckTrainingEligibilityRequest.SerializeToString,
+                response_deserializer=atelier_dot_v1_dot_training__pb2.CheckTrainingEligibilityResponse.FromString,
                 _registered_method=True)
         self.ListRemovals = channel.unary_unary(
                 '/atelier.v1.TrainingData/ListRemovals',
-                request_serializer=protos_dot_atelier_dot_v1_dot_training__pb2.ListRemovalsRequest.SerializeToString,
-                response_deserializer=protos_dot_atelier_dot_v1_dot_training__pb2.ListRemovalsResponse.FromString,
+                request_serializer=atelier_dot_v1_dot_training__pb2.ListRemovalsRequest.SerializeToString,
+                response_deserializer=atelier_dot_v1_dot_training__pb2.ListRemovalsResponse.FromString,
                 _registered_method=True)
 
 
@@ -94,23 +94,23 @@ def add_TrainingDataServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'OptOut': grpc.unary_unary_rpc_method_handler(
                     servicer.OptOut,
-                    request_deserializer=protos_dot_atelier_dot_v1_dot_training__pb2.OptOutRequest.FromString,
-                    response_serializer=protos_dot_atelier_dot_v1_dot_training__pb2.OptOutResponse.SerializeToString,
+                    request_deserializer=atelier_dot_v1_dot_training__pb2.OptOutRequest.FromString,
+                    response_serializer=atelier_dot_v1_dot_training__pb2.OptOutResponse.SerializeToString,
             ),
             'ListOptOuts': grpc.unary_unary_rpc_method_handler(
                     servicer.ListOptOuts,
-                    request_deserializer=protos_dot_atelier_dot_v1_dot_training__pb2.ListOptOutsRequest.FromString,
-                    response_serializer=protos_dot_atelier_dot_v1_dot_training__pb2.ListOptOutsResponse.SerializeToString,
+                    request_deserializer=atelier_dot_v1_dot_training__pb2.ListOptOutsRequest.FromString,
+                    response_serializer=atelier_dot_v1_dot_training__pb2.ListOptOutsResponse.SerializeToString,
             ),
             'CheckTrainingEligibility': grpc.unary_unary_rpc_method_handler(
                     servicer.CheckTrainingEligibility,
-                    request_deserializer=protos_dot_atelier_dot_v1_dot_training__pb2.CheckTrainingEligibilityRequest.FromString,
-                    response_serializer=protos_dot_atelier_dot_v1_dot_training__pb2.CheckTrainingEligibilityResponse.SerializeToString,
+                    request_deserializer=atelier_dot_v1_dot_training__pb2.CheckTrainingEligibilityRequest.FromString,
+                    response_serializer=atelier_dot_v1_dot_training__pb2.CheckTrainingEligibilityResponse.SerializeToString,
             ),
             'ListRemovals': grpc.unary_unary_rpc_method_handler(
                     servicer.ListRemovals,
-                    request_deserializer=protos_dot_atelier_dot_v1_dot_training__pb2.ListRemovalsRequest.FromString,
-                    response_serializer=protos_dot_atelier_dot_v1_dot_training__pb2.ListRemovalsResponse.SerializeToString,
+                    request_deserializer=atelier_dot_v1_dot_training__pb2.ListRemovalsRequest.FromString,
+                    response_serializer=atelier_dot_v1_dot_training__pb2.ListRemovalsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -138,8 +138,8 @@ class TrainingData:
             request,
             target,
             '/atelier.v1.TrainingData/OptOut',
-            protos_dot_atelier_dot_v1_dot_training__pb2.OptOutRequest.SerializeToString,
-            protos_dot_atelier_dot_v1_dot_training__pb2.OptOutResponse.FromString,
+            atelier_dot_v1_dot_training__pb2.OptOutRequest.SerializeToString,
+            atelier_dot_v1_dot_training__pb2.OptOutResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -165,8 +165,8 @@ class TrainingData:
             request,
             target,
             '/atelier.v1.TrainingData/ListOptOuts',
-            protos_dot_atelier_dot_v1_dot_training__pb2.ListOptOutsRequest.SerializeToString,
-            protos_dot_atelier_dot_v1_dot_training__pb2.ListOptOutsResponse.FromString,
+            atelier_dot_v1_dot_training__pb2.ListOptOutsRequest.SerializeToString,
+            atelier_dot_v1_dot_training__pb2.ListOptOutsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -192,8 +192,8 @@ class TrainingData:
             request,
             target,
             '/atelier.v1.TrainingData/CheckTrainingEligibility',
-            protos_dot_atelier_dot_v1_dot_training__pb2.CheckTrainingEligibilityRequest.SerializeToString,
-            protos_dot_atelier_dot_v1_dot_training__pb2.CheckTrainingEligibilityResponse.FromString,
+            atelier_dot_v1_dot_training__pb2.CheckTrainingEligibilityRequest.SerializeToString,
+            atelier_dot_v1_dot_training__pb2.CheckTrainingEligibilityResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -219,8 +219,8 @@ class TrainingData:
             request,
             target,
             '/atelier.v1.TrainingData/ListRemovals',
-            protos_dot_atelier_dot_v1_dot_training__pb2.ListRemovalsRequest.SerializeToString,
-            protos_dot_atelier_dot_v1_dot_training__pb2.ListRemovalsResponse.FromString,
+            atelier_dot_v1_dot_training__pb2.ListRemovalsRequest.SerializeToString,
+            atelier_dot_v1_dot_training__pb2.ListRemovalsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -11,9 +11,9 @@ export they received must be deleted since. Every call carries a service API key
 of control_plane.proto.
 """
 
+from protos.atelier.v1 import training_pb2 as _training_pb2
 from collections import abc as _abc
 from grpc import aio as _aio
-from protos.atelier.v1 import training_pb2 as _training_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys

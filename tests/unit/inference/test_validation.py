@@ -7,6 +7,7 @@ import io
 import grpc
 import PIL.Image
 import pytest
+from google.rpc import error_details_pb2, status_pb2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -71,6 +72,20 @@ def test_invalid_field_is_named(fields, code, field) -> None:  # type: ignore[no
         validate_generate_request(_request(**fields), CONFIG)
     assert raised.value.code == code
     assert field in raised.value.message
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        assert _field_violations(raised.value) == [field]
+
+
+def _field_violations(error: RequestError) -> list[str]:
+    """The fields the `google.rpc.BadRequest` among the error's rich details names."""
+    assert error.details is not None, "INVALID_ARGUMENT without rich details"
+    fields = []
+    for detail in status_pb2.Status.FromString(error.details).details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            request = error_details_pb2.BadRequest()
+            detail.Unpack(request)
+            fields += [violation.field for violation in request.field_violations]
+    return fields
 
 
 @given(
