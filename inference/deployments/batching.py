@@ -8,6 +8,11 @@ next batch of that key takes as many as fit (up to `max_batch_images` images). W
 above zero, a batch also waits that long for more requests before it starts, even when the pipeline
 is idle; with zero (the default) a lone request on an idle replica starts at once.
 
+Every batch runs on the replica's one model thread (`ModelThread`), which also ran its warm-up:
+`torch.compile` with CUDA graphs keeps its graph state per thread, so a batch on another thread would
+fail (or recapture). The images are PNG-encoded after the pipeline is released, off that thread, so the
+next batch does not wait for the encoding (30 ms at 512x512, 110 ms at 1024x1024).
+
 Each request has its own stop flag: a request cancelled before its batch starts leaves the queue; one
 cancelled in a running batch stops getting progress, and the denoising loop stops at the next step
 once every request of the batch has been cancelled.
@@ -23,7 +28,9 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import PIL.Image
 import torch
@@ -35,6 +42,33 @@ logger = logging.getLogger(__name__)
 
 # Speed over size: PNGs go straight to the control plane, and level 1 is ~5x faster than 6.
 _PNG_COMPRESS_LEVEL = 1
+
+
+_T = TypeVar("_T")
+
+
+class ModelThread:
+    """The one thread that runs a replica's model work: loading, warm-up and every batch.
+
+    CUDA graphs captured by `torch.compile(mode="reduce-overhead")` live in thread-local state (torch
+    2.11 asserts ``_is_key_in_tls`` when a graph captured on one thread is replayed on another), and a
+    CUDA stream is current per thread: so everything that touches the model runs here, in order.
+    """
+
+    def __init__(self, name: str = "model") -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"atelier-{name}")
+
+    def call(self, function: Callable[[], _T]) -> _T:
+        """Runs `function` on the model thread and waits for it (from any thread but that one)."""
+        return self._executor.submit(function).result()
+
+    async def run(self, function: Callable[[], _T]) -> _T:
+        """Runs `function` on the model thread without blocking the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, function)
+
+    def shutdown(self) -> None:
+        """Lets the thread end once its queued work is done."""
+        self._executor.shutdown(wait=False)
 
 
 @dataclass(frozen=True)
@@ -93,6 +127,7 @@ class BatchScheduler:
         max_batch_images: int,
         wait_s: float = 0.0,
         on_batch: Callable[[int], None] | None = None,
+        model_thread: ModelThread | None = None,
     ) -> None:
         """Schedule requests on `backend`.
 
@@ -102,6 +137,8 @@ class BatchScheduler:
                 with more images than this runs alone.
             wait_s: How long a batch waits for more requests before it starts, >= 0 seconds.
             on_batch: Called with the number of images of every pipeline call (for metrics).
+            model_thread: The thread every pipeline call runs on (the replica's, which warmed the
+                backend up); a new one when None.
         """
         if max_batch_images < 1:
             raise ValueError(f"max_batch_images must be >= 1, got {max_batch_images}")
@@ -111,6 +148,9 @@ class BatchScheduler:
         self._max_images = max_batch_images
         self._wait_s = wait_s
         self._on_batch = on_batch
+        self._model_thread = model_thread or ModelThread()
+        # Encodings of finished batches, running after the pipeline was released (kept referenced).
+        self._deliveries: set[asyncio.Task[None]] = set()
         self._queues: dict[BatchKey, deque[_Pending]] = {}
         self._arrived: dict[BatchKey, asyncio.Event] = {}
         self._drainers: dict[BatchKey, asyncio.Task[None]] = {}
@@ -181,8 +221,12 @@ class BatchScheduler:
                         await asyncio.wait_for(arrived.wait(), remaining)
             async with self._pipeline:
                 batch = self._take_batch(queue)
-                if batch:
-                    await self._run_batch(batch)
+                outcome = await self._run_batch(batch) if batch else None
+            if outcome is not None:
+                # Encoded with the pipeline released: the next batch (of any key) starts meanwhile.
+                delivery = asyncio.ensure_future(self._deliver(batch, *outcome))
+                self._deliveries.add(delivery)
+                delivery.add_done_callback(self._deliveries.discard)
         del self._queues[key], self._arrived[key], self._drainers[key]
 
     def _take_batch(self, queue: deque[_Pending]) -> list[_Pending]:
@@ -201,8 +245,12 @@ class BatchScheduler:
             images += pending.params.num_images
         return batch
 
-    async def _run_batch(self, batch: list[_Pending]) -> None:
-        loop = asyncio.get_running_loop()
+    async def _run_batch(self, batch: list[_Pending]) -> tuple[list[list[PIL.Image.Image]], int, float, float] | None:
+        """Runs `batch`'s pipeline call on the model thread; None when it failed (its futures are set).
+
+        Returns the images per request, the batch's image count, and when the call started and its
+        last step ended (``time.perf_counter``).
+        """
         images = sum(p.params.num_images for p in batch)
         if self._on_batch is not None:
             self._on_batch(images)
@@ -221,7 +269,7 @@ class BatchScheduler:
         def on_step(step: int, total_steps: int) -> bool:
             nonlocal last_step_at
             last_step_at = time.perf_counter()
-            self._steps_run += 1  # only this worker thread writes it
+            self._steps_run += 1  # only the model thread writes it
             for index, pending in enumerate(batch):
                 if pending.on_progress is not None and not pending.stop.is_set():
                     pending.on_progress(step, total_steps, previews.get(index))
@@ -229,16 +277,15 @@ class BatchScheduler:
 
         wants_previews = any(p.preview_every for p in batch)
 
-        def generate() -> list[list[bytes]]:
-            outputs = self._backend.generate_batch(
+        def generate() -> list[list[PIL.Image.Image]]:
+            return self._backend.generate_batch(
                 [p.params for p in batch], on_step, on_latents if wants_previews else None
             )
-            return [[_encode_png(image) for image in output] for output in outputs]
 
         self._batches_run += 1
         self._running = True
         try:
-            pngs = await loop.run_in_executor(None, generate)
+            outputs = await self._model_thread.run(generate)
         except BaseException as exc:
             if isinstance(exc, GenerationCancelled):
                 self._batches_stopped += 1
@@ -253,9 +300,26 @@ class BatchScheduler:
                     pending.future.set_exception(exc)
             if not isinstance(exc, Exception):
                 raise
-            return
+            return None
         finally:
             self._running = False
+        return outputs, images, started_at, last_step_at
+
+    async def _deliver(
+        self,
+        batch: list[_Pending],
+        outputs: list[list[PIL.Image.Image]],
+        images: int,
+        started_at: float,
+        last_step_at: float,
+    ) -> None:
+        try:
+            pngs = await asyncio.to_thread(lambda: [[_encode_png(image) for image in output] for output in outputs])
+        except Exception as exc:
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(exc)
+            return
         finished_at = time.perf_counter()
         for pending, request_pngs in zip(batch, pngs, strict=True):
             if pending.future.done():
@@ -285,4 +349,4 @@ def _encode_png(image: PIL.Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-__all__ = ["BatchScheduler", "BatchedResult", "ProgressCallback", "SchedulerStats"]
+__all__ = ["BatchScheduler", "BatchedResult", "ModelThread", "ProgressCallback", "SchedulerStats"]
