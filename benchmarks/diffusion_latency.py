@@ -144,13 +144,13 @@ def _pipeline(model: str, device: str) -> Any:
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from inference.models.tiny_sd import _build_tokenizer
+    from inference.models.tiny_sd import build_tokenizer
 
     dtype = torch.float16 if device == "cuda" else torch.float32
     scheduler = EulerDiscreteScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", timestep_spacing="leading", steps_offset=1
     )
-    tokenizer = _build_tokenizer()
+    tokenizer = build_tokenizer()
     with torch.device(device):
         vae = AutoencoderKL(**SD_VAE, scaling_factor=0.18215 if model == "sd15" else 0.13025)
         if model == "sd15":

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import PIL.Image
 
-from inference.generation import GenerationParams
+from inference.generation import GenerationParams, ShapeBuckets
 
 if TYPE_CHECKING:
     import torch
@@ -53,6 +53,8 @@ class BackendOptions:
     """Smallest image side in pixels the backend must support."""
     max_size: int = 512
     """Largest image side in pixels the backend must support."""
+    buckets: ShapeBuckets = field(default_factory=ShapeBuckets)
+    """The shapes the backend is built for ahead (one graph or profile each); none: any shape, on first use."""
 
 
 @runtime_checkable

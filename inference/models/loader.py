@@ -17,11 +17,12 @@ from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.utils.import_utils import is_accelerate_available
 
 from inference.models.tiny_sd import ensure_tiny_sd
+from inference.models.tiny_sdxl import ensure_tiny_sdxl
 
 # Builtin models by name: each saves the model built with a seed under the cache directory (if not
 # there yet) and returns the saved pipeline's directory. A setting names a variant as
 # ``tiny-sd@seed=1`` (the default variant is seed 0).
-_BUILTIN_MODELS: dict[str, Callable[[Path, int], Path]] = {"tiny-sd": ensure_tiny_sd}
+_BUILTIN_MODELS: dict[str, Callable[[Path, int], Path]] = {"tiny-sd": ensure_tiny_sd, "tiny-sdxl": ensure_tiny_sdxl}
 _VARIANT_SEPARATOR = "@seed="
 
 
