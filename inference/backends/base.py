@@ -14,6 +14,9 @@ from inference.generation import GenerationParams, ShapeBuckets
 if TYPE_CHECKING:
     import torch
 
+    # From the defining module: diffusers' lazy top-level namespace shows type checkers placeholder classes.
+    from diffusers.pipelines.pipeline_utils import DiffusionPipeline
+
 StepCallback = Callable[[int, int], bool]
 """Called as ``on_step(step, total_steps)`` after each denoising step (``step`` counts from 1);
 returning ``False`` cancels the generation."""
@@ -66,6 +69,9 @@ class Backend(Protocol):
 
     supports_editing: bool
     """Whether requests with an `edit` (image-to-image, inpainting) can run on this backend."""
+
+    pipeline: DiffusionPipeline
+    """The diffusers pipeline it runs (its scheduler, components and config)."""
 
     def generate(self, request: GenerationParams, on_step: StepCallback | None = None) -> list[PIL.Image.Image]:
         """Generate the images a request asks for.
