@@ -22,13 +22,30 @@ from atelier.cli import (
     gallery,
     generate,
     keys,
+    models,
     status,
     sweep,
     up,
 )
 from atelier.cli._output import CommandError, report_error
 
-_COMMANDS = (up, down, status, account, credits, generate, gallery, consent, dsr, audit, keys, db, sweep, export)
+_COMMANDS = (
+    up,
+    down,
+    status,
+    account,
+    credits,
+    generate,
+    gallery,
+    consent,
+    dsr,
+    audit,
+    keys,
+    db,
+    sweep,
+    export,
+    models,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

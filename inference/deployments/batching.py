@@ -71,6 +71,35 @@ class ModelThread:
         self._executor.shutdown(wait=False)
 
 
+class _StepTimer:
+    """Timestamps of a batch (start, each step's end, end), on the device's clock.
+
+    On a GPU the host runs ahead of the kernels it queued (far ahead with CUDA graphs): host time at a
+    step's callback says when the step was queued, not done. There each mark is a CUDA event on the
+    current stream, and `wait` blocks until the device reached it; on a CPU marks are host times.
+    """
+
+    def __init__(self, cuda: bool) -> None:
+        self._cuda = cuda
+
+    def mark(self) -> float | torch.cuda.Event:
+        if not self._cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def wait(self, mark: float | torch.cuda.Event) -> None:
+        if isinstance(mark, torch.cuda.Event):
+            mark.synchronize()
+
+    def elapsed_ms(self, start: float | torch.cuda.Event, end: float | torch.cuda.Event) -> float:
+        if isinstance(start, torch.cuda.Event) and isinstance(end, torch.cuda.Event):
+            end.synchronize()
+            return float(start.elapsed_time(end))
+        return (float(end) - float(start)) * 1000  # type: ignore[arg-type]
+
+
 @dataclass(frozen=True)
 class BatchedResult:
     """One request's images from a batch, PNG-encoded, with where its time went."""
@@ -115,6 +144,8 @@ class _Pending:
     future: asyncio.Future[BatchedResult]
     preview_every: int = 0
     queued_at: float = field(default_factory=time.perf_counter)
+    started_at: float = 0.0
+    """When its batch's pipeline call started (``time.perf_counter``)."""
 
 
 class BatchScheduler:
@@ -128,6 +159,7 @@ class BatchScheduler:
         wait_s: float = 0.0,
         on_batch: Callable[[int], None] | None = None,
         model_thread: ModelThread | None = None,
+        cuda_timing: bool = False,
     ) -> None:
         """Schedule requests on `backend`.
 
@@ -139,6 +171,8 @@ class BatchScheduler:
             on_batch: Called with the number of images of every pipeline call (for metrics).
             model_thread: The thread every pipeline call runs on (the replica's, which warmed the
                 backend up); a new one when None.
+            cuda_timing: Time steps with CUDA events (the backend runs on a GPU); progress callbacks
+                then come once the device finished the step.
         """
         if max_batch_images < 1:
             raise ValueError(f"max_batch_images must be >= 1, got {max_batch_images}")
@@ -149,6 +183,7 @@ class BatchScheduler:
         self._wait_s = wait_s
         self._on_batch = on_batch
         self._model_thread = model_thread or ModelThread()
+        self._timer = _StepTimer(cuda_timing)
         # Encodings of finished batches, running after the pipeline was released (kept referenced).
         self._deliveries: set[asyncio.Task[None]] = set()
         self._queues: dict[BatchKey, deque[_Pending]] = {}
@@ -248,14 +283,18 @@ class BatchScheduler:
     async def _run_batch(self, batch: list[_Pending]) -> tuple[list[list[PIL.Image.Image]], int, float, float] | None:
         """Runs `batch`'s pipeline call on the model thread; None when it failed (its futures are set).
 
-        Returns the images per request, the batch's image count, and when the call started and its
-        last step ended (``time.perf_counter``).
+        Returns the images per request, the batch's image count, and the milliseconds from the call's
+        start to its last step's end and from there to the images (device time on a GPU).
         """
         images = sum(p.params.num_images for p in batch)
         if self._on_batch is not None:
             self._on_batch(images)
         started_at = time.perf_counter()
-        last_step_at = started_at
+        for pending in batch:
+            pending.started_at = started_at
+        timer = self._timer
+        marks: dict[str, float | torch.cuda.Event] = {}
+        listening = any(p.on_progress is not None for p in batch)
         # Row of each request's first image in the batch's latents.
         first_rows = [sum(p.params.num_images for p in batch[:index]) for index in range(len(batch))]
         previews: dict[int, bytes] = {}
@@ -267,8 +306,10 @@ class BatchScheduler:
                     previews[index] = latent_preview_png(latents[first_rows[index]])
 
         def on_step(step: int, total_steps: int) -> bool:
-            nonlocal last_step_at
-            last_step_at = time.perf_counter()
+            marks["last_step"] = timer.mark()
+            if listening:
+                # Progress says a step is done when the device has done it (a no-op on a CPU).
+                timer.wait(marks["last_step"])
             self._steps_run += 1  # only the model thread writes it
             for index, pending in enumerate(batch):
                 if pending.on_progress is not None and not pending.stop.is_set():
@@ -277,15 +318,19 @@ class BatchScheduler:
 
         wants_previews = any(p.preview_every for p in batch)
 
-        def generate() -> list[list[PIL.Image.Image]]:
-            return self._backend.generate_batch(
+        def generate() -> tuple[list[list[PIL.Image.Image]], float, float]:
+            marks["start"] = timer.mark()
+            outputs = self._backend.generate_batch(
                 [p.params for p in batch], on_step, on_latents if wants_previews else None
             )
+            end = timer.mark()
+            last_step = marks.get("last_step", marks["start"])
+            return outputs, timer.elapsed_ms(marks["start"], last_step), timer.elapsed_ms(last_step, end)
 
         self._batches_run += 1
         self._running = True
         try:
-            outputs = await self._model_thread.run(generate)
+            outputs, denoise_ms, decode_ms = await self._model_thread.run(generate)
         except BaseException as exc:
             if isinstance(exc, GenerationCancelled):
                 self._batches_stopped += 1
@@ -303,16 +348,17 @@ class BatchScheduler:
             return None
         finally:
             self._running = False
-        return outputs, images, started_at, last_step_at
+        return outputs, images, denoise_ms, decode_ms
 
     async def _deliver(
         self,
         batch: list[_Pending],
         outputs: list[list[PIL.Image.Image]],
         images: int,
-        started_at: float,
-        last_step_at: float,
+        denoise_ms: float,
+        decode_ms: float,
     ) -> None:
+        encode_started = time.perf_counter()
         try:
             pngs = await asyncio.to_thread(lambda: [[_encode_png(image) for image in output] for output in outputs])
         except Exception as exc:
@@ -320,7 +366,7 @@ class BatchScheduler:
                 if not pending.future.done():
                     pending.future.set_exception(exc)
             return
-        finished_at = time.perf_counter()
+        encode_ms = (time.perf_counter() - encode_started) * 1000
         for pending, request_pngs in zip(batch, pngs, strict=True):
             if pending.future.done():
                 continue
@@ -332,9 +378,9 @@ class BatchScheduler:
                 BatchedResult(
                     pngs=request_pngs,
                     batch_images=images,
-                    queue_ms=(started_at - pending.queued_at) * 1000,
-                    denoise_ms=(last_step_at - started_at) * 1000,
-                    decode_ms=(finished_at - last_step_at) * 1000,
+                    queue_ms=(pending.started_at - pending.queued_at) * 1000,
+                    denoise_ms=denoise_ms,
+                    decode_ms=decode_ms + encode_ms,
                 )
             )
 

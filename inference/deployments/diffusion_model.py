@@ -12,53 +12,14 @@ from pathlib import Path
 import torch
 from ray import serve
 
-from inference.backends import Backend, BackendOptions, BucketedBackend, GenerationParams, create_backend
+from inference.backends import Backend, GenerationParams
 from inference.config import ModelConfig, PoolConfig
 from inference.deployments.batching import BatchScheduler, ModelThread, SchedulerStats
+from inference.deployments.loading import load_backend, warm_up
 from inference.generation import GenerationResult, StepProgress
 from inference.metrics import ModelMetrics
-from inference.models import ModelSource, load_pipeline
 
 logger = logging.getLogger(__name__)
-
-
-def load_backend(model: ModelConfig, cache_dir: Path) -> Backend:
-    """Loads `model`'s pipeline and wraps it in its backend (with its shape buckets), as a replica does.
-
-    Compiled artefacts (ONNX exports, TensorRT engines, inductor caches) come from ``cache_dir /
-    "compiled"``, built there first if missing. `atelier models build` calls this too.
-
-    Raises:
-        BackendUnavailable: The backend cannot run here (TensorRT without a GPU, ...): never a silent
-            fallback to another backend.
-    """
-    source = ModelSource.from_setting(model.source, cache_dir)
-    pipeline = load_pipeline(source, model.device, model.dtype, model.variant)
-    options = BackendOptions(
-        cache_dir=cache_dir / "compiled",
-        max_batch_images=model.max_batch_size,
-        min_size=model.min_size,
-        max_size=model.max_size,
-        buckets=model.buckets,
-    )
-    return create_backend(model.backend, pipeline, options)
-
-
-def warm_up(backend: Backend, model: ModelConfig, on_bucket: Callable[[str, float], None] | None = None) -> None:
-    """Runs every shape the backend serves fast once, so no request waits for a compile or a load.
-
-    With buckets, each bucket; without, one image at the model's default size (other shapes are then
-    shaped on first use).
-    """
-    if isinstance(backend, BucketedBackend):
-        backend.warm_up(model.default_guidance_scale, on_bucket)
-        return
-    started = time.perf_counter()
-    backend.generate(
-        GenerationParams("", "", model.default_width, model.default_height, 2, model.default_guidance_scale, 0, 1)
-    )
-    if on_bucket is not None:
-        on_bucket(f"1x{model.default_width}x{model.default_height}", time.perf_counter() - started)
 
 
 class _LoadedModel:
@@ -96,6 +57,7 @@ class _LoadedModel:
             wait_s=model.batch_wait_timeout_ms / 1000,
             on_batch=lambda images: metrics.batch_size.observe(images, tags={"model": model.name}),
             model_thread=model_thread,
+            cuda_timing=model.device == "cuda",
         )
         logger.info("model_loaded model=%s backend=%s device=%s", model.name, model.backend, model.device)
 
@@ -190,13 +152,14 @@ class DiffusionModel:
         submitted_at = time.perf_counter()
 
         def on_progress(step: int, total_steps: int, preview_png: bytes | None) -> None:
-            if report_steps:
-                elapsed_ms = (time.perf_counter() - submitted_at) * 1000
-                progress = StepProgress(step, total_steps, elapsed_ms, preview_png)
-                loop.call_soon_threadsafe(events.put_nowait, progress)
+            elapsed_ms = (time.perf_counter() - submitted_at) * 1000
+            progress = StepProgress(step, total_steps, elapsed_ms, preview_png)
+            loop.call_soon_threadsafe(events.put_nowait, progress)
 
         model = await self._model()
-        task = asyncio.ensure_future(model.batches.run(params, on_progress, stop, preview_every=preview_every))
+        task = asyncio.ensure_future(
+            model.batches.run(params, on_progress if report_steps else None, stop, preview_every=preview_every)
+        )
         task.add_done_callback(lambda _: events.put_nowait(None))
         finished = False
         try:
