@@ -27,6 +27,7 @@ SIZE_MULTIPLE = 8
 # Hard ceiling for any model; a model's own max_steps may be lower.
 MAX_STEPS = 150
 MAX_IMAGES_PER_REQUEST = 8
+MAX_GUIDANCE_SCALE = 30.0
 MAX_PROMPT_CHARS = 2000
 PROXY_LOCATIONS = ("EveryNode", "HeadOnly", "Disabled")
 
@@ -86,7 +87,8 @@ class ModelConfig:
     max_steps: int = 50
     """Most denoising steps a request may ask for (at most `MAX_STEPS`)."""
     default_guidance_scale: float = 7.5
-    """Classifier-free guidance scale when a request leaves it out."""
+    """Classifier-free guidance scale when a request leaves it out, in [0, `MAX_GUIDANCE_SCALE`]; few-step
+    models (SDXL-Turbo, LCM) set 0 to 1 here (at most 1 turns guidance off, halving the UNet's work)."""
     millicredits_per_step: int = 50
     """Price of one denoising step of one 512x512 image, in thousandths of a credit."""
     num_replicas: int = 1
@@ -157,6 +159,11 @@ class ModelConfig:
             1 <= self.default_steps <= self.max_steps,
             f"models[{self.name}].default_steps",
             f"must lie within [1, max_steps={self.max_steps}]",
+        )
+        _require(
+            0.0 <= self.default_guidance_scale <= MAX_GUIDANCE_SCALE,  # also rejects NaN
+            f"models[{self.name}].default_guidance_scale",
+            f"must lie within [0, {MAX_GUIDANCE_SCALE:g}], got {self.default_guidance_scale}",
         )
         _require(self.millicredits_per_step >= 0, f"models[{self.name}].millicredits_per_step", "must be >= 0")
         _require(self.num_replicas >= 1, f"models[{self.name}].num_replicas", "must be >= 1")

@@ -93,8 +93,9 @@ class CompileBackend(EagerBackend):
         device = pipeline.device
         if (cache := inductor_cache_dir(options, device)) is not None:
             os.makedirs(cache, exist_ok=True)
-            # Read by inductor when it first compiles; one replica per process, so one cache per process.
-            os.environ.setdefault(_INDUCTOR_CACHE_VARIABLE, cache)
+            # Read by inductor when it compiles; one replica per process, so one cache per process. Set, not
+            # defaulted: inductor writes its own default into the variable the first time it looks.
+            os.environ[_INDUCTOR_CACHE_VARIABLE] = cache
         unet = getattr(pipeline, "unet", None)
         if unet is None:
             raise ValueError("the compile backend needs a pipeline with a UNet (SD 1.x/2.x, SDXL).")
