@@ -220,11 +220,23 @@ class EngineRunner:
         key = tuple(tuple(inputs[name].shape) for name in self._inputs)
         bound = self._bound.get(key) or self._bind({name: tuple(inputs[name].shape) for name in self._inputs})
         self._bound[key] = bound
-        handle = 0
-        if self._stream is not None:
-            # The inputs were made on the pipeline's stream: the engine's stream waits for them.
-            self._stream.wait_stream(torch.cuda.current_stream(self._device))
-            handle = self._stream.cuda_stream
+        if self._stream is None:  # a CPU test through a fake engine
+            return self._launch(bound, inputs, 0)
+        # The inputs were made on the pipeline's stream: the engine's stream waits for them, reads them
+        # (recorded, so the allocator keeps them until it has), and the pipeline's stream waits for the copy
+        # of the output made there.
+        current = torch.cuda.current_stream(self._device)
+        self._stream.wait_stream(current)
+        with torch.cuda.stream(self._stream):
+            for tensor in inputs.values():
+                tensor.record_stream(self._stream)
+            output = self._launch(bound, inputs, self._stream.cuda_stream)
+        current.wait_stream(self._stream)
+        output.record_stream(current)
+        return output
+
+    def _launch(self, bound: _Bound, inputs: Mapping[str, torch.Tensor], handle: int) -> torch.Tensor:
+        """Copies `inputs` in, runs (or replays) the engine on stream `handle`, returns a copy of the output."""
         for name in self._inputs:
             bound.buffers[name].copy_(inputs[name], non_blocking=True)
         if bound.graph is not None:
@@ -233,10 +245,7 @@ class EngineRunner:
             if not bound.context.execute_async_v3(handle):
                 raise RuntimeError(f"TensorRT engine {self._name} failed to run")
             bound.graph = self._capture(bound, handle)
-        output = bound.buffers[bound.output].clone()  # the buffer is overwritten by the next call
-        if self._stream is not None:
-            torch.cuda.current_stream(self._device).wait_stream(self._stream)
-        return output
+        return bound.buffers[bound.output].clone()  # the buffer is overwritten by the next call
 
     def _bind(self, shapes: Mapping[str, tuple[int, ...]]) -> _Bound:
         profile = self._profile_holding(shapes)
