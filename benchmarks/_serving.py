@@ -110,7 +110,7 @@ def direct_generate_caller(home: Path, steps: int, size: int | None = None) -> C
 
     model = ServeConfig().default_model
     torch.set_num_threads(max(1, int(model.num_cpus)))
-    pipeline = load_pipeline(ModelSource.from_setting(model.source, home / "models"), model.device, torch.float32)
+    pipeline = load_pipeline(ModelSource.from_setting(model.source, home / "models"), model.device, "float32")
     backend = create_backend(model.backend, pipeline)
     params = GenerationParams(
         prompt=PROMPT,

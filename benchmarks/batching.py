@@ -25,10 +25,9 @@ from pathlib import Path
 import torch
 
 from inference.backends import BackendOptions, GenerationParams, create_backend
+from inference.config import DTYPES
 from inference.deployments.batching import BatchScheduler
 from inference.models import ModelSource, load_pipeline
-
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="tiny-sd", help="builtin model name or local checkpoint directory")
     parser.add_argument("--backend", default="eager")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", choices=sorted(_DTYPES))
+    parser.add_argument("--dtype", default="float32", choices=DTYPES)
     parser.add_argument("--size", type=int, default=64, help="image width and height in pixels")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--callers", type=int, default=8, help="concurrent callers")
@@ -50,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     source = ModelSource.from_setting(args.model, args.cache_dir)
-    pipeline = load_pipeline(source, args.device, _DTYPES[args.dtype])
+    pipeline = load_pipeline(source, args.device, args.dtype)
     backend = create_backend(
         args.backend, pipeline, BackendOptions(cache_dir=args.cache_dir / "compiled", max_batch_images=args.max_batch)
     )

@@ -1,19 +1,28 @@
-"""How fast does one replica generate? Seconds per image, denoising it/s, batch throughput and MFU per backend.
+"""How fast does one replica generate? Seconds per image, images/s, UNet ms/step and MFU per backend.
+
+Every figure goes through the replica's own code: its backend (with the shape buckets of the workload,
+padded batches, warm-up before timing), its `BatchScheduler` on its one model thread, and its step
+timings (CUDA events on a GPU). Next to them, in the same run, plain diffusers eager: the pipeline called
+as diffusers documents it, nothing of atelier's.
 
 GPU mode builds architecture-accurate random-weight pipelines from the published configs of SD 1.5
-(512x512, 50 steps) and SDXL (1024x1024, 30 steps) in fp16 — no weights are downloaded; speed depends
-only on the shapes — and runs each available backend on them. The CPU tiny mode runs tiny-sd (64x64)
-the same way; it is what the tests run. MFU counts the UNet's FLOPs per step (measured with
-torch.utils.flop_counter on one step) against the device's dense peak (--peak-tflops; 989 for an H100
-SXM in bf16/fp16).
+(512x512, 50 steps, batch 1 and `--batch`) and SDXL (1024x1024, 30 steps, batch 1) in fp16 — no weights
+are downloaded; speed depends only on the shapes. The CPU tiny mode runs tiny-sd (64x64) the same way; it
+is what the tests run. MFU counts the UNet's FLOPs per step (torch.utils.flop_counter on one call) over
+the UNet's share of the time against the device's dense peak (--peak-tflops; 989 for an H100 SXM in
+bf16/fp16).
 
     python benchmarks/diffusion_latency.py --tiny --json                  # CPU, tiny-sd, as the tests run it
-    python benchmarks/diffusion_latency.py --models sd15 sdxl --backends eager compile tensorrt
+    PYTHONPATH=. python benchmarks/diffusion_latency.py --backends eager compile tensorrt   # a GPU machine
+
+On a GPU machine that has torch and transformers but not this project's install, carry a diffusers
+wheel (and onnx/tensorrt for those backends) and run from the repository root; see the README.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import statistics
 import sys
@@ -24,7 +33,15 @@ from typing import Any
 
 import torch
 
-from inference.backends import BackendOptions, BackendUnavailable, GenerationParams, create_backend
+from inference.backends import (
+    BackendOptions,
+    BackendUnavailable,
+    BucketedBackend,
+    GenerationParams,
+    ShapeBuckets,
+    create_backend,
+)
+from inference.deployments.batching import BatchedResult, BatchScheduler, ModelThread
 
 # Published configs (diffusers' unet/vae/text_encoder config.json of the reference checkpoints), the
 # fields that set the shapes; the rest take diffusers' defaults, which match those checkpoints.
@@ -60,6 +77,9 @@ SD_VAE = {
     "sample_size": 512,
 }
 WORKLOADS = {"sd15": (512, 50), "sdxl": (1024, 30), "tiny-sd": (64, 20)}
+# Batch sizes measured per model besides 1 (`--batch`); SDXL at 1024x1024 is measured at batch 1 only.
+BATCHED = {"sd15": True, "sdxl": False, "tiny-sd": True}
+GUIDANCE = 7.5
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,20 +92,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iterations", type=int, default=3, help="timed runs per figure")
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="device dense fp16/bf16 peak")
     parser.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "atelier-bench-models")
+    parser.add_argument("--no-baseline", action="store_true", help="leave out plain diffusers eager")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
 
     device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
     models = ["tiny-sd"] if args.tiny else args.models
-    backends = [b for b in args.backends if not (args.tiny and b == "tensorrt")] if args.tiny else args.backends
+    backends = [b for b in args.backends if not (args.tiny and b == "tensorrt")]
     if args.tiny:
         torch.set_num_threads(1)
     rows: list[dict[str, Any]] = []
     for model in models:
         size, steps = WORKLOADS[model]
         steps = args.steps or steps
+        if not args.no_baseline:
+            rows.append(_measure_plain_diffusers(model, device, size, steps, args))
         for backend_name in backends:
             rows.append(_measure(model, backend_name, device, size, steps, args))
+            _release(device)
     report = {"device": _device_name(device), "torch": torch.__version__, "results": rows}
     if args.json:
         print(json.dumps(report, indent=2))
@@ -97,42 +121,96 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _measure(model: str, backend_name: str, device: str, size: int, steps: int, args: argparse.Namespace) -> dict:  # type: ignore[type-arg]
+    """One backend through the replica's code: buckets, warm-up and scheduler on one model thread."""
     row: dict[str, Any] = {"model": model, "backend": backend_name, "size": size, "steps": steps}
+    batches = (1, args.batch) if BATCHED[model] and args.batch > 1 else (1,)
     pipeline = _pipeline(model, device)
     unet_flops = _unet_flops_per_step(pipeline, size, device)
-    try:
-        options = BackendOptions(
-            cache_dir=args.cache_dir / "compiled", max_batch_images=args.batch, min_size=size, max_size=size
-        )
-        backend = create_backend(backend_name, pipeline, options)
-    except (BackendUnavailable, ValueError) as exc:
-        row["skipped"] = str(exc).split(";")[0]
-        return row
+    model_thread = ModelThread(f"bench-{backend_name}")
+    options = BackendOptions(
+        cache_dir=args.cache_dir / "compiled",
+        max_batch_images=max(batches),
+        min_size=size,
+        max_size=size,
+        buckets=ShapeBuckets(batch_sizes=batches, sizes=((size, size),)),
+    )
 
-    def run(batch: int) -> float:
-        requests = [_params(size, steps, seed) for seed in range(batch)]
-        _synchronize(device)
-        started = time.perf_counter()
-        backend.generate_batch(requests)
-        _synchronize(device)
-        return time.perf_counter() - started
+    def ready_backend() -> Any:
+        backend = create_backend(backend_name, pipeline, options)
+        if isinstance(backend, BucketedBackend):
+            backend.warm_up(GUIDANCE)
+        else:  # eager: nothing to build; one call warms the allocator and cuDNN's autotuner
+            for batch in batches:
+                backend.generate_batch([_params(size, steps, seed) for seed in range(batch)])
+        return backend
 
     warm_started = time.perf_counter()
-    run(1)  # compiles, exports or builds engines on first use
+    try:
+        backend = model_thread.call(ready_backend)
+    except (BackendUnavailable, ValueError) as exc:
+        row["skipped"] = str(exc).split(";")[0]
+        model_thread.shutdown()
+        return row
     row["warmup_s"] = round(time.perf_counter() - warm_started, 2)
-    single = statistics.median(run(1) for _ in range(args.iterations))
-    run(args.batch)
-    batched = statistics.median(run(args.batch) for _ in range(args.iterations))
-    # Classifier-free guidance runs the UNet on two rows per image.
-    achieved = 2 * unet_flops * steps / single
-    row.update(
-        s_per_image=round(single, 4),
-        it_per_s=round(steps / single, 2),
-        batch=args.batch,
-        batch_images_per_s=round(args.batch / batched, 3),
-        unet_gflops_per_step=round(unet_flops / 1e9, 2),
-        mfu=round(achieved / (args.peak_tflops * 1e12), 4) if device == "cuda" else None,
+    scheduler = BatchScheduler(
+        backend, max_batch_images=max(batches), model_thread=model_thread, cuda_timing=device == "cuda"
     )
+    rows_per_image = 2 if GUIDANCE > 1 else 1  # classifier-free guidance runs the UNet on two rows
+    for batch in batches:
+        timings = [_timed_batch(scheduler, size, steps, batch) for _ in range(args.iterations)]
+        seconds = statistics.median(wall for wall, _ in timings)
+        denoise_s = statistics.median(result.denoise_ms for _, result in timings) / 1000
+        suffix = "" if batch == 1 else f"_batch{batch}"
+        row[f"s_per_image{suffix}"] = round(seconds / batch, 4)
+        row[f"images_per_s{suffix}"] = round(batch / seconds, 3)
+        row[f"unet_ms_per_step{suffix}"] = round(denoise_s / steps * 1000, 2)
+        achieved = rows_per_image * batch * unet_flops * steps / denoise_s
+        row[f"mfu{suffix}"] = round(achieved / (args.peak_tflops * 1e12), 4) if device == "cuda" else None
+    row["it_per_s"] = round(steps / (row["s_per_image"]), 2)
+    row["unet_gflops_per_step"] = round(unet_flops / 1e9, 2)
+    model_thread.shutdown()
+    return row
+
+
+def _timed_batch(scheduler: BatchScheduler, size: int, steps: int, batch: int) -> tuple[float, BatchedResult]:
+    """Wall seconds of `batch` concurrent one-image requests (one pipeline call), and the first's result."""
+
+    async def run() -> list[BatchedResult]:
+        # Enqueued together before the scheduler's drainer runs: one call of `batch` images.
+        return await asyncio.gather(*(scheduler.run(_params(size, steps, seed)) for seed in range(batch)))
+
+    started = time.perf_counter()
+    results = asyncio.run(run())
+    wall = time.perf_counter() - started
+    if any(result.batch_images != batch for result in results):
+        raise RuntimeError(f"expected one pipeline call of {batch} images, got {[r.batch_images for r in results]}")
+    return wall, results[0]
+
+
+def _measure_plain_diffusers(model: str, device: str, size: int, steps: int, args: argparse.Namespace) -> dict:  # type: ignore[type-arg]
+    """The baseline: the pipeline called as diffusers documents it, nothing of atelier's in the loop."""
+    row: dict[str, Any] = {"model": model, "backend": "diffusers-eager", "size": size, "steps": steps}
+    pipeline = _pipeline(model, device)
+    batches = (1, args.batch) if BATCHED[model] and args.batch > 1 else (1,)
+    for batch in batches:
+
+        def call(batch: int = batch) -> float:
+            generator = torch.Generator(device).manual_seed(0)
+            _synchronize(device)
+            started = time.perf_counter()
+            pipeline(
+                prompt=["a lighthouse at dusk, oil painting"] * batch, num_inference_steps=steps,
+                guidance_scale=GUIDANCE, height=size, width=size, generator=generator,
+            )  # fmt: skip
+            _synchronize(device)
+            return time.perf_counter() - started
+
+        call()  # warm-up
+        seconds = statistics.median(call() for _ in range(args.iterations))
+        suffix = "" if batch == 1 else f"_batch{batch}"
+        row[f"s_per_image{suffix}"] = round(seconds / batch, 4)
+        row[f"images_per_s{suffix}"] = round(batch / seconds, 3)
+    _release(device)
     return row
 
 
@@ -144,13 +222,13 @@ def _pipeline(model: str, device: str) -> Any:
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from inference.models.tiny_sd import _build_tokenizer
+    from inference.models.tiny_sd import build_tokenizer
 
     dtype = torch.float16 if device == "cuda" else torch.float32
     scheduler = EulerDiscreteScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", timestep_spacing="leading", steps_offset=1
     )
-    tokenizer = _build_tokenizer()
+    tokenizer = build_tokenizer()
     with torch.device(device):
         vae = AutoencoderKL(**SD_VAE, scaling_factor=0.18215 if model == "sd15" else 0.13025)
         if model == "sd15":
@@ -215,8 +293,13 @@ def _unet_flops_per_step(pipeline: Any, size: int, device: str) -> float:
 def _params(size: int, steps: int, seed: int) -> GenerationParams:
     return GenerationParams(
         prompt="a lighthouse at dusk, oil painting", negative_prompt="", width=size, height=size,
-        steps=steps, guidance_scale=7.5, seed=seed, num_images=1,
+        steps=steps, guidance_scale=GUIDANCE, seed=seed, num_images=1,
     )  # fmt: skip
+
+
+def _release(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.empty_cache()
 
 
 def _synchronize(device: str) -> None:

@@ -13,18 +13,21 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from inference.generation import ShapeBuckets
+
 # Kept in step with inference.backends.BACKEND_NAMES (a unit test checks), without importing torch here.
 BACKENDS = ("compile", "eager", "onnxruntime", "tensorrt")
 # Backends that run image edits (each backend class's `supports_editing`; a unit test checks): the
 # onnxruntime and tensorrt exports hold no VAE encoder.
 EDITING_BACKENDS = ("compile", "eager")
 DEVICES = ("cpu", "cuda")
-DTYPES = ("float32", "float16", "bfloat16")
+DTYPES = ("auto", "float32", "float16", "bfloat16")
 # SD-family models work on latents 1/8 of the image size.
 SIZE_MULTIPLE = 8
 # Hard ceiling for any model; a model's own max_steps may be lower.
 MAX_STEPS = 150
 MAX_IMAGES_PER_REQUEST = 8
+MAX_GUIDANCE_SCALE = 30.0
 MAX_PROMPT_CHARS = 2000
 PROXY_LOCATIONS = ("EveryNode", "HeadOnly", "Disabled")
 
@@ -57,8 +60,20 @@ class ModelConfig:
     """Which backend runs the pipeline: one of `BACKENDS`."""
     device: str = "cpu"
     """`cpu` or `cuda`."""
-    dtype: str = "float32"
-    """Weights and activations dtype: one of `DTYPES`."""
+    dtype: str = "auto"
+    """Weights and activations dtype: one of `DTYPES`. ``auto`` is float32 on a CPU and, on a GPU, the
+    model family's half precision (float16 for SD 1.x/2.x and SDXL UNets, bfloat16 for transformer
+    models such as SD3 and Flux)."""
+    variant: str = ""
+    """The weights variant to load (``fp16`` for checkpoints holding only ``*.fp16.safetensors``); empty
+    for the unsuffixed files."""
+    bucket_batch_sizes: tuple[int, ...] = ()
+    """Shape buckets: the image counts a pipeline call is padded up to (ascending, e.g. [1, 2, 4, 8]); the
+    fast backend is compiled or built for each, at every `bucket_sizes`, before the replica is ready.
+    Empty: no buckets (every shape runs on the backend, shaped on first use)."""
+    bucket_sizes: tuple[str, ...] = ()
+    """Shape buckets: image sizes as ``"WIDTHxHEIGHT"``. Batches of other sizes, or of more images than the
+    largest batch bucket, run on the eager path of the same weights (ListModels says so)."""
     default_width: int = 64
     """Width in pixels when a request leaves it out."""
     default_height: int = 64
@@ -72,7 +87,8 @@ class ModelConfig:
     max_steps: int = 50
     """Most denoising steps a request may ask for (at most `MAX_STEPS`)."""
     default_guidance_scale: float = 7.5
-    """Classifier-free guidance scale when a request leaves it out."""
+    """Classifier-free guidance scale when a request leaves it out, in [0, `MAX_GUIDANCE_SCALE`]; few-step
+    models (SDXL-Turbo, LCM) set 0 to 1 here (at most 1 turns guidance off, halving the UNet's work)."""
     millicredits_per_step: int = 50
     """Price of one denoising step of one 512x512 image, in thousandths of a credit."""
     num_replicas: int = 1
@@ -97,6 +113,12 @@ class ModelConfig:
     fill batches better on a GPU at the price of that much latency."""
     description: str = "Tiny random-weight Stable Diffusion pipeline; images are noise."
     """Shown by ListModels."""
+
+    @property
+    def buckets(self) -> ShapeBuckets:
+        """The shape buckets `bucket_batch_sizes` x `bucket_sizes` declare (empty when none)."""
+        sizes = tuple(tuple(int(side) for side in size.split("x")) for size in self.bucket_sizes)
+        return ShapeBuckets(tuple(self.bucket_batch_sizes), sizes)  # type: ignore[arg-type]
 
     @property
     def supports_editing(self) -> bool:
@@ -138,6 +160,11 @@ class ModelConfig:
             f"models[{self.name}].default_steps",
             f"must lie within [1, max_steps={self.max_steps}]",
         )
+        _require(
+            0.0 <= self.default_guidance_scale <= MAX_GUIDANCE_SCALE,  # also rejects NaN
+            f"models[{self.name}].default_guidance_scale",
+            f"must lie within [0, {MAX_GUIDANCE_SCALE:g}], got {self.default_guidance_scale}",
+        )
         _require(self.millicredits_per_step >= 0, f"models[{self.name}].millicredits_per_step", "must be >= 0")
         _require(self.num_replicas >= 1, f"models[{self.name}].num_replicas", "must be >= 1")
         _require(self.max_ongoing_requests >= 1, f"models[{self.name}].max_ongoing_requests", "must be >= 1")
@@ -153,6 +180,31 @@ class ModelConfig:
             "must lie within [0, 1000] milliseconds",
         )
         _require(self.num_gpus == 0 or self.device == "cuda", f"models[{self.name}].num_gpus", "needs device='cuda'")
+        self._check_buckets()
+
+    def _check_buckets(self) -> None:
+        # JSON gives lists; the frozen config keeps tuples (hashable, comparable).
+        object.__setattr__(self, "bucket_batch_sizes", tuple(self.bucket_batch_sizes))
+        object.__setattr__(self, "bucket_sizes", tuple(self.bucket_sizes))
+        for size in self.bucket_sizes:
+            sides = size.split("x")
+            _require(
+                len(sides) == 2
+                and all(side.isdigit() and int(side) % SIZE_MULTIPLE == 0 for side in sides)
+                and all(self.min_size <= int(side) <= self.max_size for side in sides),
+                f"models[{self.name}].bucket_sizes",
+                f"must be 'WIDTHxHEIGHT' sizes, multiples of {SIZE_MULTIPLE} within [{self.min_size}, "
+                f"{self.max_size}], got {size!r}",
+            )
+        _require(
+            all(1 <= b <= self.max_batch_size for b in self.bucket_batch_sizes),
+            f"models[{self.name}].bucket_batch_sizes",
+            f"must lie within [1, max_batch_size={self.max_batch_size}], got {list(self.bucket_batch_sizes)}",
+        )
+        try:
+            self.buckets  # noqa: B018 - validates order and pairing
+        except ValueError as exc:
+            raise ConfigError(f"models[{self.name}].bucket_batch_sizes/bucket_sizes: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -232,6 +284,8 @@ POOL_SETTINGS = (
     "backend",
     "device",
     "dtype",
+    "bucket_batch_sizes",
+    "bucket_sizes",
     "num_replicas",
     "num_cpus",
     "num_gpus",

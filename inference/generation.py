@@ -164,3 +164,44 @@ class GenerationResult:
     """From the start of the pipeline call to the end of the last denoising step."""
     decode_ms: float
     """VAE decode and PNG encoding after the last step."""
+
+
+@dataclass(frozen=True)
+class ShapeBuckets:
+    """The shapes a model's fast backend is built for: batch sizes and image sizes.
+
+    A batch whose image size is a bucket's runs on the fast backend, padded up to the smallest batch
+    bucket that holds it (one CUDA graph or TensorRT profile per bucket, built before the replica is
+    ready); any other batch runs on the eager path of the same weights. No buckets: every shape runs
+    on the fast backend, compiled (or shaped) on first use.
+    """
+
+    batch_sizes: tuple[int, ...] = ()
+    """Image counts a pipeline call is padded up to, ascending (e.g. 1, 2, 4, 8)."""
+    sizes: tuple[tuple[int, int], ...] = ()
+    """Image sizes as (width, height) in pixels."""
+
+    def __post_init__(self) -> None:
+        if list(self.batch_sizes) != sorted(set(self.batch_sizes)) or any(b < 1 for b in self.batch_sizes):
+            raise ValueError(f"ShapeBuckets.batch_sizes must be ascending, distinct and >= 1, got {self.batch_sizes}.")
+        if bool(self.batch_sizes) != bool(self.sizes):
+            raise ValueError("ShapeBuckets needs both batch_sizes and sizes, or neither.")
+
+    def __bool__(self) -> bool:
+        return bool(self.batch_sizes)
+
+    def padded_batch(self, width: int, height: int, images: int) -> int | None:
+        """The batch size a call of `images` images at `width` x `height` is padded to; None when no bucket
+        holds it (it runs eagerly). Without buckets, `images` itself."""
+        if not self:
+            return images
+        if (width, height) not in self.sizes:
+            return None
+        return next((size for size in self.batch_sizes if size >= images), None)
+
+    def describe(self) -> str:
+        """``batch 1,2,4 at 512x512,768x768`` (for ListModels and logs); empty without buckets."""
+        if not self:
+            return ""
+        sizes = ",".join(f"{w}x{h}" for w, h in self.sizes)
+        return f"batch {','.join(map(str, self.batch_sizes))} at {sizes}"

@@ -71,3 +71,8 @@ class ModelMetrics:
             boundaries=BATCH_SIZE_BUCKETS,
             tag_keys=("model",),
         )
+        self.warm_up_seconds = metrics.Gauge(
+            "atelier_inference_warm_up_seconds",
+            description="Seconds a replica took to compile or load one shape bucket before it reported ready.",
+            tag_keys=("model", "bucket"),
+        )

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import grpc
 
 from inference.config import (
+    MAX_GUIDANCE_SCALE,
     MAX_IMAGES_PER_REQUEST,
     MAX_PROMPT_CHARS,
     MAX_STEPS,
@@ -35,7 +36,6 @@ from protos.atelier.v1 import inference_pb2
 # Random seeds stay below 2**63 so seed + image index never overflows uint64.
 _RANDOM_SEED_BITS = 63
 _MAX_SEED = 2**64 - 1
-_MAX_GUIDANCE = 30.0
 DEFAULT_STRENGTH = 0.75
 # float fields arrive as float32: 0.7 becomes 0.69999999; rounding restores what the caller wrote, so
 # int(steps * strength) counts the steps they expect (and pricing and the pipeline agree on it).
@@ -89,8 +89,8 @@ def validate_generate_request(request: inference_pb2.GenerateRequest, config: Se
     if not 1 <= steps <= model.max_steps:
         raise _invalid("steps", f"must lie within [1, {model.max_steps}] for model {model.name!r}, got {steps}")
     guidance = request.guidance_scale if request.HasField("guidance_scale") else model.default_guidance_scale
-    if not 0.0 <= guidance <= _MAX_GUIDANCE:  # also rejects NaN
-        raise _invalid("guidance_scale", f"must lie within [0, {_MAX_GUIDANCE:g}], got {guidance}")
+    if not 0.0 <= guidance <= MAX_GUIDANCE_SCALE:  # also rejects NaN
+        raise _invalid("guidance_scale", f"must lie within [0, {MAX_GUIDANCE_SCALE:g}], got {guidance}")
     num_images = request.num_images if request.HasField("num_images") else 1
     if not 1 <= num_images <= MAX_IMAGES_PER_REQUEST:
         raise _invalid("num_images", f"must lie within [1, {MAX_IMAGES_PER_REQUEST}], got {num_images}")

@@ -22,6 +22,7 @@ from atelier.cli import (
     gallery,
     generate,
     keys,
+    models,
     status,
     sweep,
     tenant,
@@ -46,6 +47,7 @@ _COMMANDS = (
     db,
     sweep,
     export,
+    models,
 )
 
 

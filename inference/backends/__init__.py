@@ -20,6 +20,7 @@ from inference.backends.base import (
     LatentsCallback,
     StepCallback,
 )
+from inference.backends.buckets import BucketedBackend
 from inference.backends.eager import EagerBackend
 from inference.generation import (
     GENERATION_MODES,
@@ -29,6 +30,7 @@ from inference.generation import (
     BatchKey,
     GenerationParams,
     ImageEdit,
+    ShapeBuckets,
     batch_key,
     denoising_steps,
 )
@@ -57,7 +59,9 @@ def create_backend(name: str, pipeline: DiffusionPipeline, options: BackendOptio
         options: Cache directory and expected shapes, for backends that compile ahead of time.
 
     Returns:
-        The backend, ready to `generate`.
+        The backend, ready to `generate`. With ``options.buckets`` (and a backend other than eager) a
+        `BucketedBackend`: the named backend runs the buckets' shapes, the eager path of the same
+        weights every other shape; call its `warm_up` before serving.
 
     Raises:
         ValueError: If `name` is not a known backend; the message lists the valid names.
@@ -71,7 +75,12 @@ def create_backend(name: str, pipeline: DiffusionPipeline, options: BackendOptio
     factory: _BackendFactory = getattr(importlib.import_module(module_name), class_name)
     if factory is EagerBackend:
         return EagerBackend(pipeline)
-    return factory(pipeline, options)
+    if options is None or not options.buckets:
+        return factory(pipeline, options)
+    # A second pipeline object holding the same modules (no copy of the weights), made before the fast
+    # backend swaps its compiled or exported modules into `pipeline`.
+    eager = EagerBackend(type(pipeline).from_pipe(pipeline))
+    return BucketedBackend(factory(pipeline, options), eager, options.buckets)
 
 
 __all__ = [
@@ -84,11 +93,13 @@ __all__ = [
     "BackendOptions",
     "BackendUnavailable",
     "BatchKey",
+    "BucketedBackend",
     "EagerBackend",
     "GenerationCancelled",
     "GenerationParams",
     "ImageEdit",
     "LatentsCallback",
+    "ShapeBuckets",
     "StepCallback",
     "batch_key",
     "create_backend",

@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
 
 from inference._locking import exclusive_lock
+
+logger = logging.getLogger(__name__)
 
 _COMPLETE = "artefact.json"
 
@@ -65,6 +69,9 @@ def cached_artifact(root: Path, kind: str, key: Mapping[str, str | int], build: 
             return target
         if target.exists():
             shutil.rmtree(target)
+        # Replicas should find it built by `atelier models build`; building here works but delays the start.
+        logger.warning("artefact_missing kind=%s dir=%s building_now=true hint='atelier models build'", kind, target)
+        started = time.perf_counter()
         staging = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root))
         try:
             build(staging)
@@ -73,4 +80,5 @@ def cached_artifact(root: Path, kind: str, key: Mapping[str, str | int], build: 
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
+        logger.info("artefact_built kind=%s dir=%s seconds=%.1f", kind, target, time.perf_counter() - started)
     return target

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import PIL.Image
 
-from inference.generation import GenerationParams
+from inference.generation import GenerationParams, ShapeBuckets
 
 if TYPE_CHECKING:
     import torch
+
+    # From the defining module: diffusers' lazy top-level namespace shows type checkers placeholder classes.
+    from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 
 StepCallback = Callable[[int, int], bool]
 """Called as ``on_step(step, total_steps)`` after each denoising step (``step`` counts from 1);
@@ -53,6 +56,8 @@ class BackendOptions:
     """Smallest image side in pixels the backend must support."""
     max_size: int = 512
     """Largest image side in pixels the backend must support."""
+    buckets: ShapeBuckets = field(default_factory=ShapeBuckets)
+    """The shapes the backend is built for ahead (one graph or profile each); none: any shape, on first use."""
 
 
 @runtime_checkable
@@ -64,6 +69,9 @@ class Backend(Protocol):
 
     supports_editing: bool
     """Whether requests with an `edit` (image-to-image, inpainting) can run on this backend."""
+
+    pipeline: DiffusionPipeline
+    """The diffusers pipeline it runs (its scheduler, components and config)."""
 
     def generate(self, request: GenerationParams, on_step: StepCallback | None = None) -> list[PIL.Image.Image]:
         """Generate the images a request asks for.

@@ -2,7 +2,9 @@
 
 The export happens once per weights hash, opset and library versions, under a file lock, into the
 backend's cache directory; every replica then loads the same files. It runs on ONNX Runtime's CPU
-execution provider (with the replica's torch thread count), for SD 1.x/2.x-style pipelines.
+execution provider (with the replica's torch thread count), for SD 1.x/2.x and SDXL pipelines. SDXL's
+two text encoders stay in PyTorch (they run once per request; the pipeline reads their penultimate
+hidden states and pooled projection, which the single-output export does not carry).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from inference.backends.onnx_export import (
     export_text_encoder,
     export_unet,
     export_vae_decoder,
+    export_versions,
     onnx_modules_of,
 )
 
@@ -62,18 +65,21 @@ class OnnxRuntimeBackend(EagerBackend):
         onnx: Any = importlib.import_module("onnx")
         unet, vae = onnx_modules_of(pipeline)
         text_encoder: Any = pipeline.text_encoder
+        # SDXL's encoders stay in PyTorch (see the module's docstring).
+        graphs = _GRAPHS if getattr(pipeline, "text_encoder_2", None) is None else _GRAPHS[1:]
         max_tokens = int(pipeline.tokenizer.model_max_length)
         key = {
             "weights": weights_hash(text_encoder, unet, vae),
-            "profile": f"dynamic-batch-size-tokens{max_tokens}-opset{OPSET}-{unet.dtype}",
+            "profile": f"dynamic-batch-size-tokens{max_tokens}-opset{OPSET}-{unet.dtype}-{'+'.join(graphs)}",
             "device": device_model(pipeline.device),
+            **export_versions(),
             "onnx": str(onnx.__version__),
-            "torch": torch.__version__,
         }
 
         def export(directory: Path) -> None:
-            export_text_encoder(text_encoder, directory / "text_encoder.onnx", max_tokens=max_tokens)
-            export_unet(unet, directory / "unet.onnx", text_dim=int(unet.config.cross_attention_dim))
+            if "text_encoder" in graphs:
+                export_text_encoder(text_encoder, directory / "text_encoder.onnx", max_tokens=max_tokens)
+            export_unet(unet, directory / "unet.onnx")
             export_vae_decoder(vae, directory / "vae_decoder.onnx")
 
         root = options.cache_dir if options and options.cache_dir else Path(tempfile.mkdtemp(prefix="atelier-onnx-"))
@@ -87,9 +93,10 @@ class OnnxRuntimeBackend(EagerBackend):
                     str(self.export_dir / f"{graph}.onnx"), session_options, providers=["CPUExecutionProvider"]
                 )
             )
-            for graph in _GRAPHS
+            for graph in graphs
         }
-        pipeline.text_encoder = TextEncoderAdapter(text_encoder, runners["text_encoder"])
+        if "text_encoder" in runners:
+            pipeline.text_encoder = TextEncoderAdapter(text_encoder, runners["text_encoder"])
         pipeline.unet = UNetAdapter(unet, runners["unet"])
         pipeline.vae = VaeDecoderAdapter(vae, runners["vae_decoder"])
         super().__init__(pipeline)

@@ -12,43 +12,52 @@ from pathlib import Path
 import torch
 from ray import serve
 
-from inference.backends import BackendOptions, GenerationParams, create_backend
+from inference.backends import Backend, GenerationParams
 from inference.config import ModelConfig, PoolConfig
-from inference.deployments.batching import BatchScheduler, SchedulerStats
+from inference.deployments.batching import BatchScheduler, ModelThread, SchedulerStats
+from inference.deployments.loading import load_backend, warm_up
 from inference.generation import GenerationResult, StepProgress
 from inference.metrics import ModelMetrics
-from inference.models import ModelSource, load_pipeline
 
 logger = logging.getLogger(__name__)
-
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 class _LoadedModel:
     """One model loaded in a replica: its backend and the scheduler batching its requests."""
 
     def __init__(
-        self, model: ModelConfig, cache_dir: Path, metrics: ModelMetrics, on_unload: Callable[[str], None]
+        self,
+        model: ModelConfig,
+        cache_dir: Path,
+        metrics: ModelMetrics,
+        on_unload: Callable[[str], None],
+        model_thread: ModelThread,
     ) -> None:
         self.name = model.name
         self._on_unload = on_unload
-        source = ModelSource.from_setting(model.source, cache_dir)
-        pipeline = load_pipeline(source, model.device, _DTYPES[model.dtype])
-        options = BackendOptions(
-            cache_dir=cache_dir / "compiled",
-            max_batch_images=model.max_batch_size,
-            min_size=model.min_size,
-            max_size=model.max_size,
-        )
-        # A backend that cannot run here (TensorRT without a GPU, ...) raises now, failing the replica's
-        # start with its message: never a silent fallback to another backend.
-        self.backend = create_backend(model.backend, pipeline, options)
-        self.scheduler_name = type(pipeline.scheduler).__name__
+
+        def warmed_backend() -> Backend:
+            backend = load_backend(model, cache_dir)
+            warm_up(
+                backend,
+                model,
+                lambda bucket, seconds: metrics.warm_up_seconds.set(
+                    seconds, tags={"model": model.name, "bucket": bucket}
+                ),
+            )
+            return backend
+
+        # Loading, compiling and warming up on the thread that will run every batch (see ModelThread);
+        # the replica's constructor returns, and so reports healthy, only once every bucket is warm.
+        self.backend = model_thread.call(warmed_backend)
+        self.scheduler_name = type(self.backend.pipeline.scheduler).__name__
         self.batches = BatchScheduler(
             self.backend,
             max_batch_images=model.max_batch_size,
             wait_s=model.batch_wait_timeout_ms / 1000,
             on_batch=lambda images: metrics.batch_size.observe(images, tags={"model": model.name}),
+            model_thread=model_thread,
+            cuda_timing=model.device == "cuda",
         )
         logger.info("model_loaded model=%s backend=%s device=%s", model.name, model.backend, model.device)
 
@@ -76,9 +85,11 @@ class DiffusionModel:
         self._default = lead.name
         self._cache_dir = cache_dir
         self._metrics = ModelMetrics()
+        # One thread runs all of this replica's model work, whichever model (see ModelThread).
+        self._model_thread = ModelThread(pool.name)
         self._loaded: dict[str, _LoadedModel] = {}
         if len(models) == 1:
-            self._loaded[lead.name] = _LoadedModel(lead, cache_dir, self._metrics, self._forget)
+            self._loaded[lead.name] = _LoadedModel(lead, cache_dir, self._metrics, self._forget, self._model_thread)
             self._load: Callable[[str], Awaitable[_LoadedModel]] | None = None
         else:
 
@@ -91,7 +102,9 @@ class DiffusionModel:
         model = self._models.get(name)
         if model is None:
             raise ValueError(f"model {name!r} is not in this pool; it serves {sorted(self._models)}")
-        loaded = await asyncio.to_thread(_LoadedModel, model, self._cache_dir, self._metrics, self._forget)
+        loaded = await asyncio.to_thread(
+            _LoadedModel, model, self._cache_dir, self._metrics, self._forget, self._model_thread
+        )
         self._loaded[name] = loaded
         return loaded
 
@@ -139,13 +152,14 @@ class DiffusionModel:
         submitted_at = time.perf_counter()
 
         def on_progress(step: int, total_steps: int, preview_png: bytes | None) -> None:
-            if report_steps:
-                elapsed_ms = (time.perf_counter() - submitted_at) * 1000
-                progress = StepProgress(step, total_steps, elapsed_ms, preview_png)
-                loop.call_soon_threadsafe(events.put_nowait, progress)
+            elapsed_ms = (time.perf_counter() - submitted_at) * 1000
+            progress = StepProgress(step, total_steps, elapsed_ms, preview_png)
+            loop.call_soon_threadsafe(events.put_nowait, progress)
 
         model = await self._model()
-        task = asyncio.ensure_future(model.batches.run(params, on_progress, stop, preview_every=preview_every))
+        task = asyncio.ensure_future(
+            model.batches.run(params, on_progress if report_steps else None, stop, preview_every=preview_every)
+        )
         task.add_done_callback(lambda _: events.put_nowait(None))
         finished = False
         try:

@@ -575,4 +575,6 @@ def _model_info(model: ModelConfig, is_default: bool, pool: str) -> inference_pb
         description=model.description,
         pool=pool,
         supports_editing=model.supports_editing,
+        fast_batch_sizes=model.bucket_batch_sizes,
+        fast_sizes=model.bucket_sizes,
     )

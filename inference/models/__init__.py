@@ -11,6 +11,7 @@ from inference.models.loader import (
     resolve_model_dir,
 )
 from inference.models.tiny_sd import TINY_SD_BUILDER_VERSION, build_tiny_sd, ensure_tiny_sd, tiny_sd_dir_name
+from inference.models.tiny_sdxl import build_tiny_sdxl, ensure_tiny_sdxl
 
 __all__ = [
     "BUILTIN_MODEL_NAMES",
@@ -18,7 +19,9 @@ __all__ = [
     "TINY_SD_BUILDER_VERSION",
     "ModelSource",
     "build_tiny_sd",
+    "build_tiny_sdxl",
     "ensure_tiny_sd",
+    "ensure_tiny_sdxl",
     "load_pipeline",
     "parse_builtin",
     "resolve_model_dir",

@@ -6,6 +6,7 @@ pipeline is loaded with `DiffusionPipeline.from_pretrained` from a local directo
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,11 +18,12 @@ from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.utils.import_utils import is_accelerate_available
 
 from inference.models.tiny_sd import ensure_tiny_sd
+from inference.models.tiny_sdxl import ensure_tiny_sdxl
 
 # Builtin models by name: each saves the model built with a seed under the cache directory (if not
 # there yet) and returns the saved pipeline's directory. A setting names a variant as
 # ``tiny-sd@seed=1`` (the default variant is seed 0).
-_BUILTIN_MODELS: dict[str, Callable[[Path, int], Path]] = {"tiny-sd": ensure_tiny_sd}
+_BUILTIN_MODELS: dict[str, Callable[[Path, int], Path]] = {"tiny-sd": ensure_tiny_sd, "tiny-sdxl": ensure_tiny_sdxl}
 _VARIANT_SEPARATOR = "@seed="
 
 
@@ -130,29 +132,54 @@ def resolve_model_dir(source: ModelSource) -> Path:
     return path
 
 
-def load_pipeline(source: ModelSource, device: str, dtype: torch.dtype) -> DiffusionPipeline:
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# Pipelines whose denoiser is a transformer trained in bf16 (fp16 overflows in them); UNet families
+# (SD 1.x/2.x, SDXL) run in fp16, their VAEs upcasting where their config says so.
+_BF16_FAMILIES = ("StableDiffusion3", "Flux", "Sana", "PixArt")
+
+
+def resolve_dtype(setting: str, device: str, model_dir: Path) -> torch.dtype:
+    """The dtype a model's `dtype` setting means on `device` (``auto``: see `ModelConfig.dtype`)."""
+    if setting != "auto":
+        return _DTYPES[setting]
+    if device == "cpu":
+        return torch.float32
+    pipeline_class = str(json.loads((model_dir / "model_index.json").read_text()).get("_class_name", ""))
+    return torch.bfloat16 if pipeline_class.startswith(_BF16_FAMILIES) else torch.float16
+
+
+def load_pipeline(source: ModelSource, device: str, dtype: str = "auto", variant: str = "") -> DiffusionPipeline:
     """Load a pipeline from a builtin model or a local checkpoint directory, without network access.
 
     Args:
         source: Where the weights come from.
         device: Torch device to move the pipeline to, such as ``"cpu"`` or ``"cuda"``.
-        dtype: Torch dtype of the weights, such as ``torch.float32`` or ``torch.float16``.
+        dtype: A `ModelConfig.dtype` setting (``auto``, ``float32``, ``float16``, ``bfloat16``).
+        variant: The weights variant (``fp16`` loads ``*.fp16.safetensors``); empty for unsuffixed files.
 
     Returns:
         The pipeline (its diffusers class is read from ``model_index.json``), on `device`, with progress
         bars disabled.
 
     Raises:
-        ValueError: If a local path does not exist or holds no diffusers pipeline.
+        ValueError: If a local path does not exist or holds no diffusers pipeline, or not `variant`.
     """
     model_dir = resolve_model_dir(source)
-    pipeline = DiffusionPipeline.from_pretrained(
-        model_dir,
-        dtype=dtype,  # diffusers 0.42 deprecates the older `torch_dtype` spelling
-        local_files_only=True,
-        # Without accelerate diffusers falls back on its own, but warns on every load.
-        low_cpu_mem_usage=is_accelerate_available(),
-    )
+    try:
+        pipeline = DiffusionPipeline.from_pretrained(
+            model_dir,
+            dtype=resolve_dtype(dtype, device, model_dir),  # diffusers 0.42 deprecates `torch_dtype`
+            variant=variant or None,
+            local_files_only=True,
+            # Without accelerate diffusers falls back on its own, but warns on every load.
+            low_cpu_mem_usage=is_accelerate_available(),
+        )
+    except (OSError, ValueError) as exc:
+        setting = f"variant={variant!r}" if variant else "variant (empty)"
+        raise ValueError(
+            f"cannot load {model_dir} with {setting}: {exc}. A checkpoint holding only "
+            f"'*.fp16.safetensors' files needs variant='fp16'."
+        ) from exc
     pipeline.to(device)
     # Replicas log structured lines; per-step progress bars would only interleave with them.
     pipeline.set_progress_bar_config(disable=True)

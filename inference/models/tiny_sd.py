@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import torch
 from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
 
 # From the defining module: diffusers' lazy top-level namespace shows type checkers placeholder classes.
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import StableDiffusionPipeline
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
@@ -62,13 +64,13 @@ def build_tiny_sd(seed: int = 0) -> StableDiffusionPipeline:
         A `StableDiffusionPipeline` (UNet2DConditionModel, AutoencoderKL with a VAE scale factor of 8,
         CLIPTextModel, byte-level CLIPTokenizer, EulerDiscreteScheduler) without a safety checker.
     """
-    tokenizer = _build_tokenizer()
+    tokenizer = build_tokenizer()
     # Module constructors draw their initial weights from the global RNG; fork it so building a model
     # neither depends on nor disturbs whatever seeded that RNG before.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         unet = _build_unet()
-        vae = _build_vae()
+        vae = build_vae()
         text_encoder = _build_text_encoder(tokenizer)
     # Passed as a dict, as diffusers' own tests do: the constructor's annotations are narrower than
     # what it accepts (any scheduler, no safety checker).
@@ -77,7 +79,7 @@ def build_tiny_sd(seed: int = 0) -> StableDiffusionPipeline:
         "text_encoder": text_encoder,
         "tokenizer": tokenizer,
         "unet": unet,
-        "scheduler": _build_scheduler(),
+        "scheduler": build_scheduler(),
         "safety_checker": None,
         "feature_extractor": None,
     }
@@ -89,9 +91,7 @@ def build_tiny_sd(seed: int = 0) -> StableDiffusionPipeline:
 def ensure_tiny_sd(cache_dir: Path, seed: int = 0) -> Path:
     """Return the directory of the saved tiny-sd pipeline, building and saving it first if needed.
 
-    Safe to call from many processes at once: one builds while the others wait on a file lock, and the
-    pipeline is saved into a temporary directory beside the final one and renamed into place, so a
-    reader never sees a half-written pipeline.
+    Safe to call from many processes at once (see `ensure_saved`).
 
     Args:
         cache_dir: Directory holding cached models; created if missing.
@@ -103,7 +103,18 @@ def ensure_tiny_sd(cache_dir: Path, seed: int = 0) -> Path:
     Raises:
         OSError: If the cache directory cannot be created or written.
     """
-    name = tiny_sd_dir_name(seed)
+    return ensure_saved(cache_dir, tiny_sd_dir_name(seed), lambda: build_tiny_sd(seed))
+
+
+def ensure_saved(cache_dir: Path, name: str, build: Callable[[], DiffusionPipeline]) -> Path:
+    """Return ``cache_dir / name``, saving the pipeline `build` makes there first if it is not saved yet.
+
+    One process builds while the others wait on a file lock, and the pipeline is saved into a temporary
+    directory beside the final one and renamed into place, so a reader never sees a half-written one.
+
+    Raises:
+        OSError: If the cache directory cannot be created or written.
+    """
     target = cache_dir / name
     if _is_saved_pipeline(target):
         return target
@@ -115,7 +126,7 @@ def ensure_tiny_sd(cache_dir: Path, seed: int = 0) -> Path:
         _remove_leftovers(cache_dir, name, target)
         staging = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=cache_dir))
         try:
-            build_tiny_sd(seed).save_pretrained(staging)
+            build().save_pretrained(staging)
             os.replace(staging, target)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -140,7 +151,8 @@ def _build_unet() -> UNet2DConditionModel:
     )
 
 
-def _build_vae() -> AutoencoderKL:
+def build_vae() -> AutoencoderKL:
+    """The tiny SD-family VAE (8x downsampling, 4 latent channels)."""
     # Four blocks give the 8x downsampling of the real SD VAE, so latents and images have SD's ratio.
     return AutoencoderKL(
         in_channels=3,
@@ -156,7 +168,12 @@ def _build_vae() -> AutoencoderKL:
 
 
 def _build_text_encoder(tokenizer: CLIPTokenizer) -> CLIPTextModel:
-    config = CLIPTextConfig(
+    return CLIPTextModel(text_encoder_config(tokenizer))
+
+
+def text_encoder_config(tokenizer: CLIPTokenizer, **extra: Any) -> CLIPTextConfig:
+    """The tiny CLIP text encoder's config (`extra` adds fields, such as SDXL's ``projection_dim``)."""
+    return CLIPTextConfig(
         vocab_size=len(tokenizer),
         hidden_size=_TEXT_HIDDEN,
         intermediate_size=37,
@@ -169,11 +186,12 @@ def _build_text_encoder(tokenizer: CLIPTokenizer) -> CLIPTextModel:
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        **extra,
     )
-    return CLIPTextModel(config)
 
 
-def _build_tokenizer() -> CLIPTokenizer:
+def build_tokenizer() -> CLIPTokenizer:
+    """The tiny models' byte-level CLIP tokenizer (every byte a token; 77 tokens of context)."""
     # A byte-level BPE vocabulary with no merges: every byte is a token, with and without CLIP's
     # end-of-word suffix, so any prompt tokenizes without unknown tokens. Ids follow real CLIP's layout
     # (bytes, bytes + "</w>", ..., then the two special tokens last).
@@ -205,7 +223,8 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(sorted(mapping.items()))
 
 
-def _build_scheduler() -> EulerDiscreteScheduler:
+def build_scheduler() -> EulerDiscreteScheduler:
+    """Euler with Stable Diffusion 1.5's noise schedule."""
     # Stable Diffusion 1.5's noise schedule.
     return EulerDiscreteScheduler(
         num_train_timesteps=1000,

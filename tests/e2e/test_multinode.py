@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -21,16 +20,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import grpc
 import numpy as np
 import PIL.Image
 import pytest
 
-from atelier.launcher import LocalCluster, LocalRayNodes
+from atelier.launcher import LocalRayNodes
 from atelier.ports import local_cluster_ports
 from atelier.settings import ClusterSettings
-from atelier.state import load_operator_key
-from protos.atelier.v1 import control_plane_pb2, control_plane_pb2_grpc, inference_pb2, inference_pb2_grpc
+from protos.atelier.v1 import inference_pb2
+from tests.e2e._clusters import cluster_serving, create_account
 
 POOL = "tiny"
 POOL_LABEL = f"pool_{POOL}"
@@ -79,29 +77,8 @@ def multinode(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, An
         settings = ClusterSettings(
             home=home, ray_address=nodes.head_address, **local_cluster_ports(), demo_credits=10, start_timeout_s=300
         )
-        os.environ["ATELIER_SERVE_CONFIG"] = str(config_path)
-        cluster = LocalCluster(settings, log=lambda line: print(f"[multinode] {line}"))
-        import ray
-
-        try:
-            try:
-                state = cluster.up()
-            finally:
-                del os.environ["ATELIER_SERVE_CONFIG"]
-            ray.init(address=nodes.head_address, logging_level="WARNING", log_to_driver=False)
-            key = load_operator_key(home.resolve())
-            with (
-                grpc.insecure_channel(state.serve_grpc_address) as serve_channel,
-                grpc.insecure_channel(state.control_plane_address) as control_channel,
-            ):
-                yield {
-                    "inference": inference_pb2_grpc.InferenceStub(serve_channel),
-                    "control_plane": control_plane_pb2_grpc.ControlPlaneStub(control_channel),
-                    "metadata": (("authorization", f"Bearer {key}"),),
-                }
-        finally:
-            ray.shutdown()
-            cluster.down()
+        with cluster_serving(settings, config_path, "multinode") as cluster:
+            yield cluster
     finally:
         nodes.stop()
         shutil.rmtree(temp_dir, ignore_errors=True)
@@ -119,16 +96,6 @@ def _wait_for_port(address: str, timeout_s: float = 120) -> None:
         except OSError:
             assert time.monotonic() < deadline, f"the Ray head did not open {address}"
             time.sleep(0.25)
-
-
-def _account(multinode: dict[str, Any], credits: int) -> str:
-    response = multinode["control_plane"].CreateAccount(
-        control_plane_pb2.CreateAccountRequest(
-            tier=control_plane_pb2.TIER_FREE, birth_date="1990-01-01", initial_credits=credits
-        ),
-        metadata=multinode["metadata"],
-    )
-    return str(response.account.account_id)
 
 
 def _replica_nodes() -> list[dict[str, float]]:
@@ -155,7 +122,7 @@ def _wait_until(condition: Callable[[], bool], timeout_s: float, message: str) -
 
 def test_pool_scales_up_on_its_labelled_nodes_under_load_and_back_down(multinode: dict[str, Any]) -> None:
     assert len(_replica_nodes()) == 1
-    account_id = _account(multinode, 1000)
+    account_id = create_account(multinode, 1000)
     stop_load = False
 
     def caller(seed: int) -> None:
@@ -185,7 +152,7 @@ def test_two_models_multiplexed_on_one_pool_route_to_the_right_weights(multinode
 
     models = multinode["inference"].ListModels(inference_pb2.ListModelsRequest(), timeout=30).models
     assert [(m.name, m.pool) for m in models] == [("tiny-a", POOL), ("tiny-b", POOL)]
-    account_id = _account(multinode, 100)
+    account_id = create_account(multinode, 100)
     served = {}
     for name in ("tiny-a", "tiny-b", "tiny-a"):  # one model per replica: the third request reloads tiny-a
         request = inference_pb2.GenerateRequest(account_id=account_id, model=name, prompt="a fox", steps=3, seed=9)

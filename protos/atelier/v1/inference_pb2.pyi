@@ -425,6 +425,8 @@ class ModelInfo(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     POOL_FIELD_NUMBER: _builtins.int
     SUPPORTS_EDITING_FIELD_NUMBER: _builtins.int
+    FAST_BATCH_SIZES_FIELD_NUMBER: _builtins.int
+    FAST_SIZES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Name to pass as GenerateRequest.model."""
     backend: _builtins.str
@@ -455,6 +457,17 @@ class ModelInfo(_message.Message):
     """Whether GenerateRequest.init_image (image-to-image, inpainting) is accepted:
     true for the eager and compile backends.
     """
+    @_builtins.property
+    def fast_batch_sizes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Shape buckets the backend is built for ahead: image counts a batch is padded
+        up to, and image sizes as "WIDTHxHEIGHT" in pixels. Batches of other sizes,
+        of more images, and edits run on the eager path of the same weights
+        (slower, same images up to rounding). Both empty: no buckets, every shape
+        runs on the backend.
+        """
+
+    @_builtins.property
+    def fast_sizes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
@@ -472,10 +485,12 @@ class ModelInfo(_message.Message):
         description: _builtins.str = ...,
         pool: _builtins.str = ...,
         supports_editing: _builtins.bool = ...,
+        fast_batch_sizes: _abc.Iterable[_builtins.int] | None = ...,
+        fast_sizes: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "default_guidance_scale", b"default_guidance_scale", "default_height", b"default_height", "default_steps", b"default_steps", "default_width", b"default_width", "description", b"description", "is_default", b"is_default", "max_size", b"max_size", "max_steps", b"max_steps", "millicredits_per_step", b"millicredits_per_step", "min_size", b"min_size", "name", b"name", "pool", b"pool", "supports_editing", b"supports_editing"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "default_guidance_scale", b"default_guidance_scale", "default_height", b"default_height", "default_steps", b"default_steps", "default_width", b"default_width", "description", b"description", "fast_batch_sizes", b"fast_batch_sizes", "fast_sizes", b"fast_sizes", "is_default", b"is_default", "max_size", b"max_size", "max_steps", b"max_steps", "millicredits_per_step", b"millicredits_per_step", "min_size", b"min_size", "name", b"name", "pool", b"pool", "supports_editing", b"supports_editing"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -13,6 +13,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from diffusers import PNDMScheduler
 
 from inference.backends import (
     BACKEND_NAMES,
@@ -23,9 +24,10 @@ from inference.backends import (
     create_backend,
 )
 from inference.backends._artifacts import cached_artifact, weights_hash
+from inference.backends.compile import OutputsCloned
 from inference.config import BACKENDS, ConfigError, ModelConfig
 from inference.generation import IMAGE_TO_IMAGE, ImageEdit
-from inference.models import build_tiny_sd
+from inference.models import build_tiny_sd, build_tiny_sdxl
 from tests.unit.inference.conftest import _pixels
 
 MakeParams = Callable[..., GenerationParams]
@@ -64,13 +66,24 @@ class TestSelection:
 
 
 class TestOnnxRuntime:
-    def test_images_are_close_to_eager_at_several_sizes_and_batches(
+    def test_images_are_close_to_eager_at_every_size_validation_allows_and_several_batches(
         self, eager_backend, make_params: MakeParams, tmp_path: Path
     ) -> None:
         onnx = create_backend("onnxruntime", build_tiny_sd(seed=0), BackendOptions(cache_dir=tmp_path))
         assert onnx.name == "onnxruntime"
-        for params in (make_params(), make_params(width=128, height=64, num_images=2, negative_prompt="blurry")):
+        # 72x72 is a 9x9 latent, which the UNet downsamples to 5 and must upsample back to 9, not 10.
+        for params in (
+            make_params(width=72, height=72),
+            make_params(width=80, height=80),
+            make_params(width=128, height=64, num_images=2, negative_prompt="blurry"),
+        ):
             assert _max_pixel_difference(onnx.generate(params), eager_backend.generate(params)) <= 1
+
+    def test_sdxl_with_its_added_conditioning_is_close_to_eager(self, make_params: MakeParams, tmp_path: Path) -> None:
+        onnx = create_backend("onnxruntime", build_tiny_sdxl(seed=0), BackendOptions(cache_dir=tmp_path))
+        eager = EagerBackend(build_tiny_sdxl(seed=0))
+        for params in (make_params(width=72, height=64, num_images=2), make_params(guidance_scale=1.0)):
+            assert _max_pixel_difference(onnx.generate(params), eager.generate(params)) <= 1
 
     def test_export_is_cached_and_reused_by_the_next_replica(self, tmp_path: Path) -> None:
         first = create_backend("onnxruntime", build_tiny_sd(seed=0), BackendOptions(cache_dir=tmp_path))
@@ -96,9 +109,40 @@ class TestCompile:
         # Edits run the same compiled UNet (same shapes: no second compile) through diffusers' img2img.
         assert isinstance(compiled, EagerBackend)
         assert compiled.edit_pipeline(IMAGE_TO_IMAGE).unet is compiled.pipeline.unet
-        assert type(compiled.pipeline.unet).__name__ == "OptimizedModule"
+        assert type(compiled.pipeline.unet.compiled).__name__ == "OptimizedModule"
         edit = make_params(steps=2, edit=ImageEdit(init_png=_gradient_png(), strength=1.0))
         assert _max_pixel_difference(compiled.generate(edit), eager_backend.generate(edit)) <= 1
+
+    def test_outputs_a_graph_replay_overwrites_are_cloned_before_pndm_keeps_them(self, make_params: MakeParams) -> None:
+        # A CUDA graph replays into one output buffer; PNDM keeps earlier raw UNet outputs, which
+        # (without classifier-free guidance) are that buffer. Simulated here on the CPU.
+        class ReplaysIntoOneBuffer(torch.nn.Module):
+            def __init__(self, unet: torch.nn.Module) -> None:
+                super().__init__()
+                self.unet = unet
+                self.buffer: torch.Tensor | None = None
+                self.config, self.device, self.dtype = unet.config, unet.device, unet.dtype
+
+            def forward(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+                (noise,) = self.unet(*args, **kwargs)
+                if self.buffer is None or self.buffer.shape != noise.shape:
+                    self.buffer = torch.empty_like(noise)
+                self.buffer.copy_(noise)
+                return (self.buffer,)
+
+        def pndm_pipeline():  # type: ignore[no-untyped-def]
+            pipeline = build_tiny_sd(seed=0)
+            pipeline.scheduler = PNDMScheduler.from_config(pipeline.scheduler.config, skip_prk_steps=True)
+            return pipeline
+
+        params = make_params(steps=5, guidance_scale=1.0)
+        expected = EagerBackend(pndm_pipeline()).generate(params)
+        overwritten = pndm_pipeline()
+        overwritten.unet = ReplaysIntoOneBuffer(overwritten.unet)
+        assert _max_pixel_difference(EagerBackend(overwritten).generate(params), expected) > 1, "the defect is real"
+        cloned = pndm_pipeline()
+        cloned.unet = OutputsCloned(ReplaysIntoOneBuffer(cloned.unet), cloned.unet, cuda_graphs=False)
+        assert _max_pixel_difference(EagerBackend(cloned).generate(params), expected) == 0
 
 
 class TestArtifactCache:

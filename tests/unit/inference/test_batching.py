@@ -13,7 +13,7 @@ import PIL.Image
 import pytest
 
 from inference.backends import EagerBackend, GenerationCancelled, GenerationParams, LatentsCallback, StepCallback
-from inference.deployments.batching import BatchScheduler, ProgressCallback
+from inference.deployments.batching import BatchScheduler, ModelThread, ProgressCallback
 from tests.unit.inference.conftest import _pixels
 
 MakeParams = Callable[..., GenerationParams]
@@ -27,6 +27,7 @@ class FakeBackend:
 
     def __init__(self) -> None:
         self.calls: list[list[GenerationParams]] = []
+        self.threads: list[int] = []
         self.steps_run = 0
         self.gate = threading.Event()
         self.gate.set()
@@ -42,6 +43,7 @@ class FakeBackend:
         on_latents: LatentsCallback | None = None,
     ) -> list[list[PIL.Image.Image]]:
         self.calls.append(list(requests))
+        self.threads.append(threading.get_ident())
         self.started.set()
         steps = requests[0].steps
         for step in range(1, steps + 1):
@@ -137,6 +139,66 @@ class TestBatchFormation:
 
         _run(scenario())
         assert [[p.seed for p in call] for call in backend.calls] == [[0, 1]]
+
+
+class _SlowToEncodeImage(PIL.Image.Image):
+    """An image whose PNG encoding waits until `release` is set (or fails after a deadline)."""
+
+    def __init__(self, size: tuple[int, int], release: threading.Event) -> None:
+        super().__init__()
+        self.im = PIL.Image.new("RGB", size).im
+        self._mode, self._size = "RGB", size
+        self._release = release
+
+    def save(self, fp, format=None, **params):  # type: ignore[no-untyped-def, override]
+        if not self._release.wait(timeout=30):
+            raise TimeoutError("the next batch never started while this one was encoded")
+        return super().save(fp, format, **params)
+
+
+class TestModelThread:
+    def test_warm_up_and_every_batch_run_on_the_one_model_thread(self, make_params: MakeParams) -> None:
+        backend = FakeBackend()
+        model_thread = ModelThread()
+        warm_up_thread = model_thread.call(threading.get_ident)
+
+        async def scenario() -> None:
+            scheduler = BatchScheduler(backend, max_batch_images=2, model_thread=model_thread)
+            # Two keys and more images than one batch holds: several batches, from several drainers.
+            await asyncio.gather(
+                *(scheduler.run(make_params(seed=seed, width=64 + 8 * (seed % 2))) for seed in range(6))
+            )
+
+        _run(scenario())
+        assert len(backend.threads) >= 3
+        assert set(backend.threads) == {warm_up_thread}
+        assert warm_up_thread != threading.get_ident()
+
+    def test_next_batch_starts_while_the_previous_one_is_png_encoded(self, make_params: MakeParams) -> None:
+        second_started = threading.Event()
+
+        class EncodesSlowly(FakeBackend):
+            def generate_batch(self, requests, on_step=None, on_latents=None):  # type: ignore[no-untyped-def]
+                if self.calls:  # every call after the first
+                    second_started.set()
+                images = super().generate_batch(requests, on_step, on_latents)
+                if len(self.calls) > 1:
+                    return images
+                return [[_SlowToEncodeImage((r.width, r.height), second_started)] for r in requests]
+
+        backend = EncodesSlowly()
+
+        async def scenario() -> None:
+            scheduler = BatchScheduler(backend, max_batch_images=8)
+            first = asyncio.ensure_future(scheduler.run(make_params(seed=1)))
+            while not backend.calls:
+                await asyncio.sleep(0.01)
+            # Another key: a batch of its own, which must not wait for the first one's encoding.
+            results = await asyncio.gather(first, scheduler.run(make_params(seed=2, width=72)))
+            assert all(len(r.pngs) == 1 for r in results)
+
+        _run(scenario())
+        assert len(backend.calls) == 2
 
 
 class TestCancellation:

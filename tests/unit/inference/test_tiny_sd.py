@@ -22,6 +22,7 @@ from inference.models import (
     load_pipeline,
     tiny_sd_dir_name,
 )
+from inference.models.loader import resolve_dtype
 
 MakeParams = Callable[..., GenerationParams]
 Pixels = Callable[[Image.Image], np.ndarray]
@@ -139,7 +140,7 @@ class TestLoadPipeline:
     ) -> None:
         source = ModelSource(kind="builtin", name_or_path="tiny-sd", cache_dir=tmp_path)
 
-        loaded = load_pipeline(source, device="cpu", dtype=torch.float32)
+        loaded = load_pipeline(source, device="cpu", dtype="float32")
 
         assert (tmp_path / tiny_sd_dir_name(0) / "model_index.json").is_file()
         assert isinstance(loaded, StableDiffusionPipeline)
@@ -154,11 +155,32 @@ class TestLoadPipeline:
         tiny_sd.save_pretrained(tmp_path / "checkpoint")
 
         loaded = load_pipeline(
-            ModelSource(kind="local", name_or_path=str(tmp_path / "checkpoint")), device="cpu", dtype=torch.float32
+            ModelSource(kind="local", name_or_path=str(tmp_path / "checkpoint")), device="cpu", dtype="float32"
         )
 
         assert isinstance(loaded, StableDiffusionPipeline)
         assert _state_dicts_equal(loaded, tiny_sd)
+
+    def test_checkpoint_with_only_fp16_variant_files_loads_with_the_configured_variant(
+        self, tmp_path: Path, tiny_sd: StableDiffusionPipeline
+    ) -> None:
+        tiny_sd.save_pretrained(tmp_path / "checkpoint", variant="fp16")
+        source = ModelSource(kind="local", name_or_path=str(tmp_path / "checkpoint"))
+        assert list((tmp_path / "checkpoint" / "unet").glob("*.fp16.safetensors"))
+
+        with pytest.raises(ValueError, match="variant='fp16'"):
+            load_pipeline(source, device="cpu", dtype="float32")
+        loaded = load_pipeline(source, device="cpu", dtype="float32", variant="fp16")
+
+        assert _state_dicts_equal(loaded, tiny_sd)
+
+    def test_auto_dtype_is_float32_on_the_cpu_and_half_precision_per_family_on_a_gpu(self, tmp_path: Path) -> None:
+        (tmp_path / "model_index.json").write_text('{"_class_name": "StableDiffusionXLPipeline"}')
+        assert resolve_dtype("auto", "cpu", tmp_path) == torch.float32
+        assert resolve_dtype("auto", "cuda", tmp_path) == torch.float16
+        assert resolve_dtype("bfloat16", "cuda", tmp_path) == torch.bfloat16
+        (tmp_path / "model_index.json").write_text('{"_class_name": "FluxPipeline"}')
+        assert resolve_dtype("auto", "cuda", tmp_path) == torch.bfloat16
 
     def test_setting_names_a_builtin_or_else_a_local_path(self, tmp_path: Path) -> None:
         assert ModelSource.from_setting("tiny-sd", tmp_path).kind == "builtin"
@@ -180,10 +202,10 @@ class TestLoadPipeline:
         source = ModelSource(kind="local", name_or_path=str(tmp_path / "missing"))
 
         with pytest.raises(ValueError, match=r"ModelSource\.name_or_path=.*not an existing directory"):
-            load_pipeline(source, device="cpu", dtype=torch.float32)
+            load_pipeline(source, device="cpu", dtype="float32")
 
     def test_directory_without_model_index_is_refused(self, tmp_path: Path) -> None:
         source = ModelSource(kind="local", name_or_path=str(tmp_path))
 
         with pytest.raises(ValueError, match=r"model_index\.json"):
-            load_pipeline(source, device="cpu", dtype=torch.float32)
+            load_pipeline(source, device="cpu", dtype="float32")

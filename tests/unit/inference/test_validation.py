@@ -42,6 +42,15 @@ def test_defaults_come_from_the_model() -> None:
     assert validated.cost == generation_cost(model, width=64, height=64, steps=20, num_images=1)
 
 
+def test_a_few_step_model_sets_its_own_default_guidance_and_a_request_may_still_ask_for_more() -> None:
+    turbo = ModelConfig(name="sdxl-turbo", default_guidance_scale=0.0, default_steps=1, max_steps=4)
+    config = ServeConfig(models=(turbo,))
+    assert validate_generate_request(_request(seed=1), config).params.guidance_scale == 0.0
+    assert validate_generate_request(_request(seed=1, guidance_scale=1.5), config).params.guidance_scale == 1.5
+    with pytest.raises(ConfigError, match=r"models\[t\]\.default_guidance_scale"):
+        ModelConfig(name="t", default_guidance_scale=-1.0)
+
+
 def test_absent_seed_is_random_and_leaves_room_for_every_image() -> None:
     seeds = {validate_generate_request(_request(num_images=8), CONFIG).params.seed for _ in range(20)}
     assert len(seeds) > 1
