@@ -27,6 +27,7 @@ from psycopg_pool import PoolTimeout
 from control_plane import api_keys, tenants
 from control_plane.api_keys import Principal, Scope
 from control_plane.audit import Actor
+from control_plane.clock import Clock
 from control_plane.db.pool import Connection, Pool, connection_wait_s
 from control_plane.entrypoints.bearer import bearer_secret
 from control_plane.entrypoints.interceptor import current_request_id, reject_unstorable_text
@@ -155,6 +156,33 @@ def authorized(
             yield conn, Caller(principal=principal, now=now, request_id=current_request_id(), acting_account_id=acting)
     except (PoolTimeout, psycopg.OperationalError) as error:
         raise DatabaseUnavailable() from error
+
+
+@dataclass(frozen=True)
+class Authenticator:
+    """Authenticates a servicer's RPCs: `authorized` at the server clock's time, with the
+    deployment's user-token verifier and database probe."""
+
+    pool: Pool
+    clock: Clock
+    user_tokens: UserTokenVerifier
+    database_up: Callable[[], bool]
+
+    @contextmanager
+    def call(
+        self, context: grpc.ServicerContext, scope: Scope | None, method: str
+    ) -> Iterator[tuple[Connection, Caller]]:
+        """See `authorized`."""
+        with authorized(
+            self.pool,
+            context,
+            scope,
+            method,
+            now=self.clock.now(),
+            user_tokens=self.user_tokens,
+            database_up=self.database_up,
+        ) as (conn, caller):
+            yield conn, caller
 
 
 def _acting_account(

@@ -9,18 +9,14 @@ errors propagate to `ControlPlaneInterceptor`, which maps them to status codes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-
-import grpc
+from collections.abc import Callable
 
 from control_plane import moderation
 from control_plane.adapters.encrypted_blobs import EncryptedBlobStore
 from control_plane.admission import AdmissionRules
-from control_plane.api_keys import Scope
 from control_plane.bootstrap import ControlPlaneDeps
 from control_plane.db.pool import Connection
-from control_plane.entrypoints.auth import Caller, authorized
+from control_plane.entrypoints.auth import Authenticator, Caller
 from control_plane.policy import PolicyProfile
 from protos.atelier.v1 import control_plane_pb2_grpc
 
@@ -31,36 +27,16 @@ class ControlPlaneRpcs(control_plane_pb2_grpc.ControlPlaneServicer):
     def __init__(
         self, *, deps: ControlPlaneDeps, admission: AdmissionRules, database_up: Callable[[], bool] = lambda: True
     ) -> None:
-        self._pool = deps.pool
-        self._database_up = database_up
+        # Borrows a connection, authenticates the caller at the server clock's time, checks the scope.
+        self._call = Authenticator(deps.pool, deps.clock, deps.user_tokens, database_up).call
         self._blobs = EncryptedBlobStore(deps.blobs)
         self._keys = deps.keys
         self._policies = deps.policies
         self._clock = deps.clock
         self._admission = admission
-        self._user_tokens = deps.user_tokens
         self._checkers = {
             name: deps.moderation(self._policies.get(name).moderation) for name in ("default", *self._policies.named)
         }
-
-    @contextmanager
-    def _call(
-        self, context: grpc.ServicerContext, scope: Scope | None, method: str
-    ) -> Iterator[tuple[Connection, Caller]]:
-        """Borrows a connection, authenticates the caller at the server clock's time, checks `scope`."""
-        with authorized(
-            self._pool,
-            context,
-            scope,
-            method,
-            now=self._clock.now(),
-            user_tokens=self._user_tokens,
-            database_up=self._database_up,
-        ) as (
-            conn,
-            caller,
-        ):
-            yield conn, caller
 
     def _profile(self, conn: Connection, caller: Caller) -> PolicyProfile:
         """The policy profile the caller's tenant follows."""

@@ -6,8 +6,7 @@ domain module, convert. Domain errors go to the interceptor.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import grpc
 from typing_extensions import override
@@ -15,10 +14,9 @@ from typing_extensions import override
 from control_plane import eligibility, optouts, removals
 from control_plane.api_keys import Scope
 from control_plane.bootstrap import ControlPlaneDeps
-from control_plane.db.pool import Connection
 from control_plane.eligibility import Ineligibility
 from control_plane.entrypoints import convert
-from control_plane.entrypoints.auth import Caller, authorized
+from control_plane.entrypoints.auth import Authenticator
 from control_plane.entrypoints.page_tokens import decode_removals_cursor, encode_removals_cursor
 from protos.atelier.v1 import training_pb2, training_pb2_grpc
 
@@ -34,27 +32,9 @@ class TrainingDataServicer(training_pb2_grpc.TrainingDataServicer):
 
     def __init__(self, deps: ControlPlaneDeps, database_up: Callable[[], bool] = lambda: True) -> None:
         """Serves with these dependencies; nothing is opened here. `database_up` as for `authorized`."""
-        self._pool = deps.pool
-        self._database_up = database_up
+        self._call = Authenticator(deps.pool, deps.clock, deps.user_tokens, database_up).call
         self._policies = deps.policies
         self._clock = deps.clock
-        self._user_tokens = deps.user_tokens
-
-    @contextmanager
-    def _call(self, context: grpc.ServicerContext, scope: Scope, method: str) -> Iterator[tuple[Connection, Caller]]:
-        with authorized(
-            self._pool,
-            context,
-            scope,
-            method,
-            now=self._clock.now(),
-            user_tokens=self._user_tokens,
-            database_up=self._database_up,
-        ) as (
-            conn,
-            caller,
-        ):
-            yield conn, caller
 
     @override
     def OptOut(self, request: training_pb2.OptOutRequest, context: grpc.ServicerContext) -> training_pb2.OptOutResponse:
