@@ -55,7 +55,8 @@ class ModelConfig:
     name: str
     """Name callers pass as `GenerateRequest.model`."""
     source: str = "tiny-sd"
-    """A builtin model's name (`tiny-sd`), or a local directory holding a diffusers checkpoint."""
+    """A builtin model's name (`tiny-sd`), a local directory holding a diffusers checkpoint, or a single
+    ``.safetensors`` checkpoint file in the original (LDM) key layout, with `single_file_config`."""
     backend: str = "eager"
     """Which backend runs the pipeline: one of `BACKENDS`."""
     device: str = "cpu"
@@ -67,6 +68,9 @@ class ModelConfig:
     variant: str = ""
     """The weights variant to load (``fp16`` for checkpoints holding only ``*.fp16.safetensors``); empty
     for the unsuffixed files."""
+    single_file_config: str = ""
+    """With a single-file `source`: a local diffusers checkpoint directory giving the file's architecture,
+    tokenizer and scheduler (its configs are read, its weights are not), so that loading stays offline."""
     bucket_batch_sizes: tuple[int, ...] = ()
     """Shape buckets: the image counts a pipeline call is padded up to (ascending, e.g. [1, 2, 4, 8]); the
     fast backend is compiled or built for each, at every `bucket_sizes`, before the replica is ready.
@@ -180,6 +184,14 @@ class ModelConfig:
             "must lie within [0, 1000] milliseconds",
         )
         _require(self.num_gpus == 0 or self.device == "cuda", f"models[{self.name}].num_gpus", "needs device='cuda'")
+        single_file = self.source.endswith(".safetensors")
+        _require(
+            single_file == bool(self.single_file_config),
+            f"models[{self.name}].single_file_config",
+            "is required with a single-file .safetensors source (a diffusers directory with its architecture)"
+            if single_file
+            else "applies only to a single-file .safetensors source",
+        )
         self._check_buckets()
 
     def _check_buckets(self) -> None:

@@ -25,7 +25,7 @@ def load_backend(model: ModelConfig, cache_dir: Path) -> Backend:
         BackendUnavailable: The backend cannot run here (TensorRT without a GPU, ...): never a silent
             fallback to another backend.
     """
-    source = ModelSource.from_setting(model.source, cache_dir)
+    source = ModelSource.from_setting(model.source, cache_dir, model.single_file_config)
     pipeline = load_pipeline(source, model.device, model.dtype, model.variant)
     options = BackendOptions(
         cache_dir=cache_dir / "compiled",

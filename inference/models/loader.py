@@ -1,7 +1,9 @@
-"""Load a diffusion pipeline from a builtin model or a local checkpoint directory.
+"""Load a diffusion pipeline from a builtin model, a local checkpoint directory or a single-file checkpoint.
 
-Both kinds take the same path: a builtin model is first saved to a local cache directory, then every
-pipeline is loaded with `DiffusionPipeline.from_pretrained` from a local directory, never from a hub.
+A builtin model is first saved to a local cache directory, then loaded as a local directory is, with
+`DiffusionPipeline.from_pretrained`; a single ``.safetensors`` file (the original LDM key layout) is
+converted by diffusers' `from_single_file` with the architecture of a local diffusers directory. Never
+from a hub.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import diffusers
 import torch
+from diffusers.loaders.single_file_utils import SingleFileComponentError
 
 # From the defining module: diffusers' lazy top-level namespace shows type checkers placeholder classes.
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
@@ -44,7 +48,7 @@ def parse_builtin(value: str) -> tuple[str, int] | None:
 
 
 BUILTIN_MODEL_NAMES: tuple[str, ...] = tuple(sorted(_BUILTIN_MODELS))
-MODEL_SOURCE_KINDS: tuple[str, ...] = ("builtin", "local")
+MODEL_SOURCE_KINDS: tuple[str, ...] = ("builtin", "local", "single_file")
 
 
 @dataclass(frozen=True)
@@ -52,7 +56,8 @@ class ModelSource:
     """Where a pipeline's weights come from."""
 
     kind: str
-    """``"builtin"`` for a model atelier builds itself, ``"local"`` for a diffusers checkpoint directory."""
+    """``"builtin"`` for a model atelier builds itself, ``"local"`` for a diffusers checkpoint directory,
+    ``"single_file"`` for one ``.safetensors`` checkpoint in the original (LDM) key layout."""
 
     name_or_path: str
     """A builtin model's name (see `BUILTIN_MODEL_NAMES`), optionally with a weights seed as in
@@ -60,6 +65,10 @@ class ModelSource:
 
     cache_dir: Path | None = None
     """Directory where builtin models are saved before loading; required for ``kind="builtin"``."""
+
+    config_dir: Path | None = None
+    """A diffusers checkpoint directory giving a single file's architecture, tokenizer and scheduler;
+    required for ``kind="single_file"`` (diffusers would otherwise fetch a config from the Hub)."""
 
     def __post_init__(self) -> None:
         if self.kind not in MODEL_SOURCE_KINDS:
@@ -78,22 +87,31 @@ class ModelSource:
                     "ModelSource.cache_dir is required for builtin models: set it to a writable directory "
                     "where the built model is saved."
                 )
+        if self.kind == "single_file" and self.config_dir is None:
+            raise ValueError(
+                f"ModelSource.config_dir is required for the single-file checkpoint {self.name_or_path!r}: set it "
+                f"to a diffusers directory with the checkpoint's architecture (model_index.json and configs)."
+            )
 
     @classmethod
-    def from_setting(cls, value: str, cache_dir: Path) -> ModelSource:
-        """Parse a model setting: a builtin model's name, or else a local checkpoint path.
+    def from_setting(cls, value: str, cache_dir: Path, single_file_config: str = "") -> ModelSource:
+        """Parse a model setting: a builtin model's name, a ``.safetensors`` file, or else a checkpoint directory.
 
         A builtin name wins over a relative directory of the same name; write ``./tiny-sd`` for the latter.
 
         Args:
-            value: The setting, such as ``"tiny-sd"`` or ``"/models/sd-1.5"``.
+            value: The setting, such as ``"tiny-sd"``, ``"/models/sd-1.5"`` or ``"/models/sd15.safetensors"``.
             cache_dir: Directory where builtin models are saved.
+            single_file_config: For a ``.safetensors`` file: the diffusers directory with its architecture.
 
         Returns:
             The source the setting names.
         """
         if parse_builtin(value) is not None:
             return cls(kind="builtin", name_or_path=value, cache_dir=cache_dir)
+        if value.endswith(".safetensors"):
+            config_dir = Path(single_file_config) if single_file_config else None
+            return cls(kind="single_file", name_or_path=value, cache_dir=cache_dir, config_dir=config_dir)
         return cls(kind="local", name_or_path=value, cache_dir=cache_dir)
 
 
@@ -117,16 +135,22 @@ def resolve_model_dir(source: ModelSource) -> Path:
             raise ValueError(f"ModelSource {source!r} is not a valid builtin source.")
         name, seed = builtin
         return _BUILTIN_MODELS[name](source.cache_dir, seed)
-    path = Path(source.name_or_path).expanduser()
+    setting, value = "name_or_path", source.name_or_path
+    if source.kind == "single_file":
+        if not Path(source.name_or_path).expanduser().is_file():
+            raise ValueError(f"ModelSource.name_or_path={source.name_or_path!r} is not an existing file.")
+        # The file's architecture, tokenizer and scheduler come from its config directory.
+        setting, value = "config_dir", str(source.config_dir)
+    path = Path(value).expanduser()
     if not path.is_dir():
         raise ValueError(
-            f"ModelSource.name_or_path={source.name_or_path!r} is not an existing directory; point it at a "
+            f"ModelSource.{setting}={value!r} is not an existing directory; point it at a "
             f"local diffusers checkpoint (the folder holding model_index.json) or use a builtin model "
             f"({', '.join(BUILTIN_MODEL_NAMES)})."
         )
     if not (path / "model_index.json").is_file():
         raise ValueError(
-            f"ModelSource.name_or_path={source.name_or_path!r} has no model_index.json; point it at a "
+            f"ModelSource.{setting}={value!r} has no model_index.json; point it at a "
             f"diffusers checkpoint directory (as written by save_pretrained), not a single weights file."
         )
     return path
@@ -149,26 +173,40 @@ def resolve_dtype(setting: str, device: str, model_dir: Path) -> torch.dtype:
 
 
 def load_pipeline(source: ModelSource, device: str, dtype: str = "auto", variant: str = "") -> DiffusionPipeline:
-    """Load a pipeline from a builtin model or a local checkpoint directory, without network access.
+    """Load a pipeline from a builtin model, a local checkpoint directory or a single file, offline.
 
     Args:
         source: Where the weights come from.
         device: Torch device to move the pipeline to, such as ``"cpu"`` or ``"cuda"``.
         dtype: A `ModelConfig.dtype` setting (``auto``, ``float32``, ``float16``, ``bfloat16``).
-        variant: The weights variant (``fp16`` loads ``*.fp16.safetensors``); empty for unsuffixed files.
+        variant: The weights variant (``fp16`` loads ``*.fp16.safetensors``); empty for unsuffixed files
+            (a single file has none).
 
     Returns:
         The pipeline (its diffusers class is read from ``model_index.json``), on `device`, with progress
         bars disabled.
 
     Raises:
-        ValueError: If a local path does not exist or holds no diffusers pipeline, or not `variant`.
+        ValueError: If a local path does not exist or holds no diffusers pipeline, or not `variant`, or a
+            single file does not fit its configured architecture.
     """
     model_dir = resolve_model_dir(source)
+    torch_dtype = resolve_dtype(dtype, device, model_dir)
+    if source.kind == "single_file":
+        pipeline = _load_single_file(Path(source.name_or_path).expanduser(), model_dir, torch_dtype)
+    else:
+        pipeline = _load_directory(model_dir, torch_dtype, variant)
+    pipeline.to(device)
+    # Replicas log structured lines; per-step progress bars would only interleave with them.
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def _load_directory(model_dir: Path, torch_dtype: torch.dtype, variant: str) -> DiffusionPipeline:
     try:
-        pipeline = DiffusionPipeline.from_pretrained(
+        return DiffusionPipeline.from_pretrained(
             model_dir,
-            dtype=resolve_dtype(dtype, device, model_dir),  # diffusers 0.42 deprecates `torch_dtype`
+            dtype=torch_dtype,  # diffusers 0.42 deprecates `torch_dtype`
             variant=variant or None,
             local_files_only=True,
             # Without accelerate diffusers falls back on its own, but warns on every load.
@@ -180,7 +218,18 @@ def load_pipeline(source: ModelSource, device: str, dtype: str = "auto", variant
             f"cannot load {model_dir} with {setting}: {exc}. A checkpoint holding only "
             f"'*.fp16.safetensors' files needs variant='fp16'."
         ) from exc
-    pipeline.to(device)
-    # Replicas log structured lines; per-step progress bars would only interleave with them.
-    pipeline.set_progress_bar_config(disable=True)
+
+
+def _load_single_file(path: Path, config_dir: Path, torch_dtype: torch.dtype) -> DiffusionPipeline:
+    """`path` converted from the original key layout by the pipeline class `config_dir` names."""
+    class_name = str(json.loads((config_dir / "model_index.json").read_text()).get("_class_name", ""))
+    pipeline_class = getattr(diffusers, class_name, None)
+    if pipeline_class is None or not hasattr(pipeline_class, "from_single_file"):
+        raise ValueError(f"{config_dir}: pipeline class {class_name!r} cannot load a single-file checkpoint.")
+    try:
+        pipeline: DiffusionPipeline = pipeline_class.from_single_file(
+            str(path), config=str(config_dir), torch_dtype=torch_dtype, local_files_only=True
+        )
+    except (OSError, ValueError, SingleFileComponentError) as exc:
+        raise ValueError(f"cannot load {path} with the architecture of {config_dir}: {exc}") from exc
     return pipeline

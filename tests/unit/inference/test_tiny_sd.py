@@ -23,6 +23,7 @@ from inference.models import (
     tiny_sd_dir_name,
 )
 from inference.models.loader import resolve_dtype
+from tests._ldm_checkpoint import save_ldm_checkpoint
 
 MakeParams = Callable[..., GenerationParams]
 Pixels = Callable[[Image.Image], np.ndarray]
@@ -173,6 +174,29 @@ class TestLoadPipeline:
         loaded = load_pipeline(source, device="cpu", dtype="float32", variant="fp16")
 
         assert _state_dicts_equal(loaded, tiny_sd)
+
+    def test_single_file_checkpoint_in_the_original_layout_loads_the_same_weights(
+        self, tmp_path: Path, tiny_sd: StableDiffusionPipeline
+    ) -> None:
+        tiny_sd.save_pretrained(tmp_path / "architecture")
+        checkpoint = save_ldm_checkpoint(tiny_sd, tmp_path / "tiny-sd.safetensors")
+        source = ModelSource.from_setting(str(checkpoint), tmp_path, str(tmp_path / "architecture"))
+
+        loaded = load_pipeline(source, device="cpu", dtype="float32")
+
+        assert source.kind == "single_file"
+        assert isinstance(loaded, StableDiffusionPipeline)
+        assert _state_dicts_equal(loaded, tiny_sd)
+
+    def test_single_file_needs_its_architecture_directory(self, tmp_path: Path) -> None:
+        with pytest.raises(ValueError, match=r"ModelSource\.config_dir is required"):
+            ModelSource.from_setting(str(tmp_path / "sd15.safetensors"), tmp_path)
+        source = ModelSource.from_setting(str(tmp_path / "sd15.safetensors"), tmp_path, str(tmp_path))
+        with pytest.raises(ValueError, match=r"sd15\.safetensors' is not an existing file"):
+            load_pipeline(source, device="cpu", dtype="float32")
+        (tmp_path / "sd15.safetensors").write_bytes(b"")
+        with pytest.raises(ValueError, match=r"ModelSource\.config_dir=.*model_index\.json"):
+            load_pipeline(source, device="cpu", dtype="float32")
 
     def test_auto_dtype_is_float32_on_the_cpu_and_half_precision_per_family_on_a_gpu(self, tmp_path: Path) -> None:
         (tmp_path / "model_index.json").write_text('{"_class_name": "StableDiffusionXLPipeline"}')

@@ -51,6 +51,14 @@ def test_a_few_step_model_sets_its_own_default_guidance_and_a_request_may_still_
         ModelConfig(name="t", default_guidance_scale=-1.0)
 
 
+def test_a_single_file_source_and_its_architecture_directory_come_together() -> None:
+    assert ModelConfig(name="t", source="/m/sd15.safetensors", single_file_config="/m/sd15").single_file_config
+    with pytest.raises(ConfigError, match=r"models\[t\]\.single_file_config: is required"):
+        ModelConfig(name="t", source="/m/sd15.safetensors")
+    with pytest.raises(ConfigError, match=r"models\[t\]\.single_file_config: applies only"):
+        ModelConfig(name="t", source="/m/sd15", single_file_config="/m/sd15")
+
+
 def test_absent_seed_is_random_and_leaves_room_for_every_image() -> None:
     seeds = {validate_generate_request(_request(num_images=8), CONFIG).params.seed for _ in range(20)}
     assert len(seeds) > 1

@@ -212,6 +212,15 @@ gpuPools with defaults filled in, as YAML: `include "atelier.pools" . | fromYaml
 {{- end }}
 {{- $_ := set $pool "zoneSpread" (merge (deepCopy ($pool.zoneSpread | default dict)) (dict "enabled" false "maxSkew" 1 "whenUnsatisfiable" "ScheduleAnyway")) }}
 {{- $_ := set $pool "scratch" (merge (deepCopy ($pool.scratch | default dict)) (dict "tmpSizeLimit" "20Gi" "stateSizeLimit" "40Gi")) }}
+{{- $cache := merge (deepCopy ($pool.modelCache | default dict)) (dict "existingClaim" "") }}
+{{- /* hasKey, not merge: merge would replace an explicit `enabled: false` with the default. */}}
+{{- $build := deepCopy ($cache.build | default dict) }}
+{{- $resources := dict "requests" (dict "cpu" "4" "memory" "24Gi") "limits" (dict "memory" "24Gi") }}
+{{- range $key, $value := dict "enabled" true "activeDeadlineSeconds" 3600 "resources" $resources }}
+{{- if not (hasKey $build $key) }}{{ $_ := set $build $key $value }}{{ end }}
+{{- end }}
+{{- $_ := set $cache "build" $build }}
+{{- $_ := set $pool "modelCache" $cache }}
 {{- $pools = append $pools $pool }}
 {{- end }}
 {{- toYaml $pools }}
@@ -304,6 +313,34 @@ inference.config.ServeConfig as JSON (the file ATELIER_SERVE_CONFIG names).
   "http_port" (int .Values.ray.serve.httpPort)
   "models" $models }}
 {{- toPrettyJson $config }}
+{{- end }}
+
+{{/*
+The serve config of one pool's models only (what that pool's `atelier models build` Job builds):
+`include "atelier.poolServeConfigJson" (list $ $poolName)`.
+*/}}
+{{- define "atelier.poolServeConfigJson" -}}
+{{- $root := index . 0 }}
+{{- $poolName := index . 1 }}
+{{- $names := list }}
+{{- range include "atelier.models" $root | fromYamlArray }}
+{{- if eq .pool $poolName }}{{ $names = append $names .name }}{{ end }}
+{{- end }}
+{{- $config := include "atelier.serveConfigJson" $root | fromJson }}
+{{- $models := list }}
+{{- range $config.models }}
+{{- if has .name $names }}{{ $models = append $models . }}{{ end }}
+{{- end }}
+{{- $_ := set $config "models" $models }}
+{{- toPrettyJson $config }}
+{{- end }}
+
+{{/*
+Where a pool's shared model cache claim is mounted: ATELIER_HOME/models, the model cache of
+inference.config.ServeConfig (checkpoints, ONNX exports, TensorRT engines, inductor caches).
+*/}}
+{{- define "atelier.modelCachePath" -}}
+/var/lib/atelier/models
 {{- end }}
 
 {{/*
@@ -619,7 +656,7 @@ Environment of Ray containers.
 Volumes of Ray pods: `include "atelier.rayVolumes" (list $ $pool)`, `$pool` an entry of "atelier.pools" for
 a worker group, `dict` for the head. /tmp holds Ray's session state (logs, spilled objects),
 /var/lib/atelier the model and compile caches, /etc/atelier/serve the ServeConfig file; workers mount the
-models and their pool's own volumes.
+models, their pool's shared model cache claim over /var/lib/atelier/models, and their pool's own volumes.
 */}}
 {{- define "atelier.rayVolumes" -}}
 {{- $root := index . 0 }}
@@ -637,6 +674,11 @@ models and their pool's own volumes.
   persistentVolumeClaim:
     claimName: {{ $root.Values.ray.modelVolume.existingClaim }}
     readOnly: true
+{{- end }}
+{{- if and $worker $pool.modelCache.existingClaim }}
+- name: model-cache
+  persistentVolumeClaim:
+    claimName: {{ $pool.modelCache.existingClaim }}
 {{- end }}
 {{- if $worker }}
 {{- with $pool.volumes }}
@@ -661,6 +703,10 @@ models and their pool's own volumes.
 - name: models
   mountPath: {{ $root.Values.ray.modelVolume.mountPath }}
   readOnly: true
+{{- end }}
+{{- if and $worker $pool.modelCache.existingClaim }}
+- name: model-cache
+  mountPath: {{ include "atelier.modelCachePath" $root }}
 {{- end }}
 {{- if $worker }}
 {{- with $pool.volumeMounts }}
