@@ -44,6 +44,13 @@ EXPECTED_EMPTY = {
     ("control-plane.json", "Items swept per second by reason"),
 }
 
+# One counter each process moves on every generation.
+MOVED_BY_EACH_PROCESS = (
+    "ray_atelier_inference_images_generated_total",  # the Gateway
+    "ray_atelier_inference_batch_size_count",  # the DiffusionModel replica
+    "atelier_control_plane_rpc_duration_seconds_count",  # the control plane
+)
+
 
 def _get(url: str, params: dict[str, str] | None = None) -> Any:
     if params:
@@ -162,10 +169,10 @@ def mixed_traffic(prometheus: str, cluster: ClusterState, inference, operator_me
         "the first round's counters in Prometheus",
     )
     round_of_traffic()
-    _wait_until(
-        lambda: _query(prometheus, "increase(ray_atelier_inference_images_generated_total[5m]) > 0"),
-        "the second round's images in Prometheus",
-    )
+    # Each process exports on its own schedule (the gateway and the model replicas through Ray's agent).
+    for counter in MOVED_BY_EACH_PROCESS:
+        moved = f"increase({counter}[5m]) > 0"
+        _wait_until(lambda moved=moved: _query(prometheus, moved), f"{counter} to move in Prometheus")
     # Rates need the moved samples plus one more scrape of the control plane.
     time.sleep(3)
     return prometheus
@@ -212,3 +219,14 @@ def test_every_rule_evaluates_in_prometheus(mixed_traffic: str, tmp_path: Path) 
     assert sum(len(group["rules"]) for group in loaded) == sum(len(group["rules"]) for group in groups)
     recorded = {sample["metric"]["deployment"] for sample in _query(mixed_traffic, "atelier:model_pool:info")}
     assert recorded == {f"DiffusionModel-{LOCAL_MODEL}"}
+
+
+def test_failed_requests_latency_is_recorded_under_their_code(mixed_traffic: str) -> None:
+    def codes(expr: str) -> set[str]:
+        return {sample["metric"]["code"] for sample in _query(mixed_traffic, f"sum by (code) ({expr})")}
+
+    timed = codes('ray_atelier_inference_request_duration_seconds_count{stage="total"}')
+
+    # Every answered code has a latency, the refused requests' (validation, moderation) included.
+    assert timed == codes("ray_atelier_inference_requests_total")
+    assert "OK" in timed and len(timed) > 1, timed
