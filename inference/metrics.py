@@ -26,9 +26,12 @@ class GatewayMetrics:
     def __init__(self) -> None:
         self.request_duration = metrics.Histogram(
             "atelier_inference_request_duration_seconds",
-            description="Time a generate request spent in each stage (reserve, queue, denoise, decode, store, total).",
+            description=(
+                "Time a generate request spent in each stage (reserve, queue, denoise, decode, store, total),"
+                " by gRPC status code (a failed request records only its total)."
+            ),
             boundaries=LATENCY_BUCKETS_S,
-            tag_keys=("model", "stage"),
+            tag_keys=("model", "stage", "code"),
         )
         self.requests = metrics.Counter(
             "atelier_inference_requests_total",
@@ -56,9 +59,9 @@ class GatewayMetrics:
             tag_keys=("category",),
         )
 
-    def observe_stages(self, model: str, seconds_by_stage: dict[str, float]) -> None:
+    def observe_stages(self, model: str, seconds_by_stage: dict[str, float], code: str = "OK") -> None:
         for stage, seconds in seconds_by_stage.items():
-            self.request_duration.observe(seconds, tags={"model": model, "stage": stage})
+            self.request_duration.observe(seconds, tags={"model": model, "stage": stage, "code": code})
 
 
 class ModelMetrics:

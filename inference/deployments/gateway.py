@@ -100,6 +100,7 @@ class Gateway:
         self, request: inference_pb2.GenerateRequest, grpc_context: RayServegRPCContext
     ) -> inference_pb2.GenerateResponse:
         request_id = _request_id(grpc_context)
+        started = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
             return await self._generate(request, grpc_context, request_id, on_progress=None)
@@ -116,12 +117,13 @@ class Gateway:
             _set_error(grpc_context, _internal(request_id), request_id)
             return inference_pb2.GenerateResponse()
         finally:
-            self._count_request(request, "Generate", code)
+            self._count_request(request, "Generate", code, started)
 
     async def GenerateStream(  # noqa: N802 - gRPC method name
         self, request: inference_pb2.GenerateRequest, grpc_context: RayServegRPCContext
     ) -> AsyncIterator[inference_pb2.GenerateStreamResponse]:
         request_id = _request_id(grpc_context)
+        started = time.perf_counter()
         progress: asyncio.Queue[StepProgress | None] = asyncio.Queue()
         task = asyncio.ensure_future(self._generate(request, grpc_context, request_id, on_progress=progress.put))
         task.add_done_callback(lambda _: progress.put_nowait(None))
@@ -155,7 +157,7 @@ class Gateway:
             if not task.done():
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
-            self._count_request(request, "GenerateStream", code)
+            self._count_request(request, "GenerateStream", code, started)
         yield inference_pb2.GenerateStreamResponse(result=result)
 
     async def ListModels(  # noqa: N802 - gRPC method name
@@ -386,11 +388,17 @@ class Gateway:
             for model in self._config.models:
                 self._metrics.in_flight.set(self._in_flight[model.name], tags={"model": model.name})
 
-    def _count_request(self, request: inference_pb2.GenerateRequest, method: str, code: grpc.StatusCode) -> None:
+    def _count_request(
+        self, request: inference_pb2.GenerateRequest, method: str, code: grpc.StatusCode, started: float
+    ) -> None:
         # Only served model names become label values: arbitrary strings would explode cardinality.
         model = self._config.model(request.model) if request.model else self._config.default_model
         label = model.name if model is not None else "unknown"
         self._metrics.requests.inc(tags={"model": label, "method": method, "code": code.name})
+        if code != grpc.StatusCode.OK:
+            # A failed request has no stages, but its caller waited too: a slow failure must show on the
+            # latency panels (a success recorded its stages in _generate).
+            self._metrics.observe_stages(label, {"total": time.perf_counter() - started}, code=code.name)
 
     async def _run_model(self, validated: ValidatedRequest, on_progress: ProgressSink | None) -> GenerationResult:
         try:

@@ -28,6 +28,8 @@ OTHER_METRICS = {
     "atelier_credit_reservations_held",
     "atelier_credit_reservation_oldest_held_age_seconds",
     "atelier_database_reachable",
+    # Prometheus's own, one per scrape target of the ServiceMonitor and PodMonitor.
+    "up",
 }
 EXPOSED = OTHER_METRICS | {f"{name}{suffix}" for name in HISTOGRAMS for suffix in ("_bucket", "_sum", "_count")}
 

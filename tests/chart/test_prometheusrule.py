@@ -49,7 +49,9 @@ def test_rules_pass_their_promtool_unit_tests(promtool: str, tmp_path: Path) -> 
         _run(promtool, "test", "rules", test.name, cwd=tmp_path)
 
 
-def test_alerts_cover_latency_errors_saturation_sweeps_privacy_and_credits(minimal: dict[str, Any]) -> None:
+def test_alerts_cover_latency_errors_saturation_sweeps_privacy_credits_database_replicas_and_scrapes(
+    minimal: dict[str, Any],
+) -> None:
     alerts = {rule["alert"] for group in _groups(minimal) for rule in group["rules"] if "alert" in rule}
 
     assert alerts == {
@@ -59,6 +61,13 @@ def test_alerts_cover_latency_errors_saturation_sweeps_privacy_and_credits(minim
         "AtelierSweepLagging",
         "AtelierDataSubjectRequestsOverdue",
         "AtelierCreditReservationsStuck",
+        "AtelierModelNoHealthyReplicas",
+        "AtelierInferenceClientTimeoutsHigh",
+        "AtelierDatabaseUnreachable",
+        "AtelierDatabaseReachabilityAbsent",
+        "AtelierScrapeTargetDown",
+        "AtelierControlPlaneErrorRatioHigh",
+        "AtelierControlPlaneLatencyHigh",
     }
 
 
