@@ -17,6 +17,8 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import jwt
 
@@ -105,6 +107,10 @@ class UserTokenVerifier:
 
     def _signing_key(self, token: str, provider: IdentityProvider) -> jwt.PyJWK:
         url = provider.jwks_url
+        if url is not None and url.startswith("file://"):
+            # Read here, not by PyJWKClient (which takes only http(s) since PyJWT 2.11); read on
+            # every call, so a rotated mounted Secret applies at once (a small local file).
+            return _key_for(token, _read_key_set(url))
         if url is not None:
             with self._lock:
                 client = self._clients.get(url)
@@ -118,10 +124,24 @@ class UserTokenVerifier:
             keys = self._sets.get(provider.jwks)
             if keys is None:
                 keys = self._sets[provider.jwks] = jwt.PyJWKSet.from_json(provider.jwks)
-        kid = jwt.get_unverified_header(token).get("kid")
-        candidates = [k for k in keys.keys if kid is None or k.key_id == kid]
-        if not candidates:
-            raise jwt.InvalidKeyError(f"no key of the tenant's key set has key id {kid!r}")
-        if len(candidates) > 1:
-            raise jwt.InvalidKeyError("the token names no key id and the tenant's key set has several keys")
-        return candidates[0]
+        return _key_for(token, keys)
+
+
+def _read_key_set(url: str) -> jwt.PyJWKSet:
+    """The key set in the local file a `file://` URL names."""
+    path = Path(unquote(urlparse(url).path))
+    try:
+        return jwt.PyJWKSet.from_json(path.read_text())
+    except OSError as error:
+        raise jwt.PyJWKClientError(f"the tenant's key set could not be read ({error.strerror})") from None
+
+
+def _key_for(token: str, keys: jwt.PyJWKSet) -> jwt.PyJWK:
+    """The key of `keys` that the token's header names (the only key, when it names none)."""
+    kid = jwt.get_unverified_header(token).get("kid")
+    candidates = [k for k in keys.keys if kid is None or k.key_id == kid]
+    if not candidates:
+        raise jwt.InvalidKeyError(f"no key of the tenant's key set has key id {kid!r}")
+    if len(candidates) > 1:
+        raise jwt.InvalidKeyError("the token names no key id and the tenant's key set has several keys")
+    return candidates[0]

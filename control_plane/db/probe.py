@@ -28,18 +28,29 @@ class DatabaseProbe:
     RPCs is not mistaken for a database that is down.
     """
 
-    def __init__(self, conninfo: str | Callable[[], str], *, interval_s: float) -> None:
+    def __init__(
+        self,
+        conninfo: str | Callable[[], str],
+        *,
+        interval_s: float,
+        on_recovery: Callable[[], None] | None = None,
+    ) -> None:
         """Describes the probe; nothing runs until `start`.
 
         Args:
             conninfo: libpq connection string or URL of the database, or a function returning
                 it (as a pool's `conninfo` may be, for credentials that rotate).
             interval_s: Seconds between probes, > 0.
+            on_recovery: Called when the database answers again after an outage, before
+                `reachable` turns True: the server passes its pool's `check`, so the connections
+                the outage broke are replaced before calls are let through again (else the first
+                calls after a restart would borrow a dead connection and fail).
         """
         if interval_s <= 0:
             raise ValueError(f"interval_s must be > 0, got {interval_s}")
         self._conninfo = conninfo
         self._interval_s = interval_s
+        self._on_recovery = on_recovery
         self._listeners: list[Callable[[bool], None]] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -109,6 +120,11 @@ class DatabaseProbe:
         with self._lock:
             if reachable == self._reachable:
                 return
+            if reachable and self._first_result.is_set() and self._on_recovery is not None:
+                try:
+                    self._on_recovery()
+                except Exception:  # the probe must go on; the next calls will tell
+                    _logger.exception("database recovery hook failed")
             self._reachable = reachable
             if reachable:
                 _logger.info("database reachable")

@@ -178,7 +178,9 @@ def serve(config: ControlPlaneConfig, *, stop: threading.Event | None = None, tl
             metrics_server, _ = prometheus_client.start_http_server(
                 config.metrics_port, addr=_host_of(config.listen_address), registry=deps.registry
             )
-        database_probe = DatabaseProbe(deps.pool.conninfo, interval_s=config.database_probe_interval_ms / 1000).start()
+        database_probe = DatabaseProbe(
+            deps.pool.conninfo, interval_s=config.database_probe_interval_ms / 1000, on_recovery=deps.pool.check
+        ).start()
         server = build_server(config, deps, database_probe=database_probe)
         port = add_listen_port(server, config.listen_address, tls)
         server.start()

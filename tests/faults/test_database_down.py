@@ -52,7 +52,7 @@ def test_stopped_database_is_not_serving_and_calls_fail_at_once_with_database_un
         _, secret = ensure_operator_key(pool, "faults", now=CLOCK_START)
         assert secret is not None
         with (
-            DatabaseProbe(url, interval_s=PROBE_INTERVAL_S) as probe,
+            DatabaseProbe(url, interval_s=PROBE_INTERVAL_S, on_recovery=pool.check) as probe,
             control_plane_server(
                 config, pool, ManualClock(CLOCK_START), database_probe=probe, registry=registry
             ) as address,

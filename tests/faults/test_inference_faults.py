@@ -231,12 +231,22 @@ def test_a_replica_killed_mid_generate_fails_it_unavailable_and_charges_nothing(
         except grpc.RpcError as error:
             outcome.append(error)
 
-    caller = threading.Thread(target=generate, daemon=True)
-    caller.start()
+    # The previous test's replacement replica may still be starting (Serve lists it RUNNING a
+    # moment after it first served): a refusal as POOL_UNAVAILABLE then is the right answer, so
+    # send again until the generation is under way.
     deadline = time.monotonic() + 120
-    while not ray_driver():
-        assert caller.is_alive() and time.monotonic() < deadline, "the replica never started generating"
-        time.sleep(0.05)
+    while True:
+        outcome.clear()
+        caller = threading.Thread(target=generate, daemon=True)
+        caller.start()
+        while caller.is_alive() and not ray_driver():
+            assert time.monotonic() < deadline, "the replica never started generating"
+            time.sleep(0.05)
+        if caller.is_alive():
+            break
+        assert reason_and_retry_delay(outcome[0]) == ("POOL_UNAVAILABLE", 5.0), f"Generate answered {outcome}"  # type: ignore[arg-type]
+        assert time.monotonic() < deadline, "the pool did not come back"
+        time.sleep(1.0)
     _kill_replica(cluster)
     caller.join(timeout=240)
 
