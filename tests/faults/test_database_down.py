@@ -28,6 +28,8 @@ from tests.integration.control_plane._support import CLOCK_START, bearer
 
 PROBE_INTERVAL_S = 0.2
 CALL_DEADLINE_S = 3.0
+RECOVERY_WITHIN_S = 15.0
+"""How soon after the database is back calls must succeed again (the pool reconnects with backoff)."""
 
 
 @pytest.fixture
@@ -92,9 +94,19 @@ def test_stopped_database_is_not_serving_and_calls_fail_at_once_with_database_un
 
             database.start()
             assert wait_for(serving, within_s=5), "health did not come back once the database did"
-            balance = stub.GetBalance(
-                pb.GetBalanceRequest(account_id=account_id), metadata=bearer(secret), timeout=CALL_DEADLINE_S
-            ).balance
+            # The pool replaces the connections the outage broke; until it has one, a call is still
+            # refused as DATABASE_UNAVAILABLE (at once, with RetryInfo), never anything else.
+            recovered_by = time.monotonic() + RECOVERY_WITHIN_S
+            while True:
+                try:
+                    balance = stub.GetBalance(
+                        pb.GetBalanceRequest(account_id=account_id), metadata=bearer(secret), timeout=CALL_DEADLINE_S
+                    ).balance
+                    break
+                except grpc.RpcError as refused:
+                    assert reason_and_retry_delay(refused) == ("DATABASE_UNAVAILABLE", 1.0), refused
+                    assert time.monotonic() < recovered_by, "calls did not succeed again after the database came back"
+                    time.sleep(0.2)
             assert balance.available == 5
             assert reachable_gauge() == 1.0
     finally:
