@@ -17,7 +17,12 @@ LATENCY_BUCKETS_S = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10
 # Batch sizes are whole numbers: boundaries half-way between them put each size inside a bucket, so
 # histogram_quantile of all size-1 batches reads 1 (bucket 0.5..1.5), not 0.5 (bucket 0..1).
 BATCH_SIZE_BUCKETS = [0.5, 1.5, 2.5, 3.5, 4.5, 6.5, 8.5, 12.5, 16.5, 24.5, 32.5, 64.5]
+# One denoising step takes about a millisecond (a tiny model on a CPU) to a few seconds (SDXL batches).
+STEP_BUCKETS_S = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
 STAGES = ("reserve", "queue", "denoise", "decode", "store", "total")
+GAUGE_REFRESH_S = 5.0
+"""How often a replica sets its gauges again: Ray stops exporting a gauge not set within two export
+intervals (10 s each), so a quiet replica's 0 would vanish from /metrics."""
 
 
 class GatewayMetrics:
@@ -58,10 +63,21 @@ class GatewayMetrics:
             description="Prompts refused by moderation, by category.",
             tag_keys=("category",),
         )
+        self.refusals = metrics.Counter(
+            "atelier_inference_refusals_total",
+            description=(
+                "Inference RPCs answered with an error, by model, gRPC status code and ErrorInfo reason"
+                " (common.proto's ErrorReason without its prefix; empty when the error carries none)."
+            ),
+            tag_keys=("model", "code", "reason"),
+        )
 
     def observe_stages(self, model: str, seconds_by_stage: dict[str, float], code: str = "OK") -> None:
         for stage, seconds in seconds_by_stage.items():
             self.request_duration.observe(seconds, tags={"model": model, "stage": stage, "code": code})
+
+    def count_refusal(self, model: str, code: str, reason: str) -> None:
+        self.refusals.inc(tags={"model": model, "code": code, "reason": reason})
 
 
 class ModelMetrics:
@@ -79,3 +95,38 @@ class ModelMetrics:
             description="Seconds a replica took to compile or load one shape bucket before it reported ready.",
             tag_keys=("model", "bucket"),
         )
+        self.busy = metrics.Counter(
+            "atelier_inference_replica_busy_seconds_total",
+            description=(
+                "Seconds this replica's pipeline spent running batches (failed and stopped ones too): its rate"
+                " is the replica's utilisation, 0..1."
+            ),
+            tag_keys=("model",),
+        )
+        self.step_duration = metrics.Histogram(
+            "atelier_inference_denoise_step_seconds",
+            description="Time of one denoising step of a batch (the batch's denoise time over its steps).",
+            boundaries=STEP_BUCKETS_S,
+            tag_keys=("model",),
+        )
+        self.queued = metrics.Gauge(
+            "atelier_inference_replica_queued_requests",
+            description=(
+                "Requests waiting in this replica's own batch scheduler (accepted from Serve's queue, not yet"
+                " in a pipeline call). Set again every few seconds, so a quiet replica reports 0."
+            ),
+            tag_keys=("model",),
+        )
+
+    def observe_pipeline_run(self, model: str, busy_s: float, steps: int, denoise_s: float | None) -> None:
+        """Records one pipeline call: its busy time always, its time per step when it completed steps.
+
+        Args:
+            model: The model the call ran.
+            busy_s: Wall time the pipeline spent on the call, >= 0.
+            steps: Denoising steps it completed, >= 0.
+            denoise_s: From its start to its last step's end; None when it failed or was stopped.
+        """
+        self.busy.inc(busy_s, tags={"model": model})
+        if steps > 0 and denoise_s is not None:
+            self.step_duration.observe(denoise_s / steps, tags={"model": model})

@@ -14,7 +14,8 @@
   (`reject_unstorable_text`).
 - Anything else becomes INTERNAL "internal error (request id X)"; the traceback goes to the
   log, never to the caller.
-- Every unary call is timed into `atelier_control_plane_rpc_duration_seconds{method,code}`.
+- Every unary call is timed into `atelier_control_plane_rpc_duration_seconds{method,code}`; a refused one
+  (a domain error) is counted in `atelier_control_plane_refusals_total{method,code,reason}`.
 - With a per-key `RateLimiter`, every unary call of an API key takes a token before the
   servicer (and its database connection) is reached; an empty bucket is RESOURCE_EXHAUSTED
   with ErrorInfo reason RATE_LIMITED and a RetryInfo. Calls that settle admitted work may
@@ -39,7 +40,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from control_plane import errors
 from control_plane.entrypoints.bearer import bearer_secret
@@ -113,7 +114,7 @@ class ControlPlaneInterceptor(grpc.ServerInterceptor):
     """Wraps every unary-unary handler; streaming handlers pass through untouched."""
 
     def __init__(self, registry: CollectorRegistry, key_limiter: RateLimiter | None = None) -> None:
-        """Registers the RPC duration histogram in `registry`.
+        """Registers the RPC duration histogram and the refusal counter in `registry`.
 
         Args:
             registry: Where the RPC metrics go.
@@ -126,6 +127,13 @@ class ControlPlaneInterceptor(grpc.ServerInterceptor):
             labelnames=("method", "code"),
             registry=registry,
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+        )
+        self._refusals = Counter(
+            "atelier_control_plane_refusals",
+            "Control-plane RPCs refused with a domain error, by method, gRPC status code and ErrorInfo reason "
+            "(common.proto's ErrorReason without its prefix; empty when the error carries none).",
+            labelnames=("method", "code", "reason"),
+            registry=registry,
         )
 
     def intercept_service(
@@ -183,6 +191,7 @@ class ControlPlaneInterceptor(grpc.ServerInterceptor):
                 error.reason or "",
                 error.message,
             )
+            self._refusals.labels(method=method, code=code.name, reason=error.reason or "").inc()
             _abort(context, code, error)
         except Exception:
             aborted_code = context.code()

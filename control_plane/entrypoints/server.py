@@ -22,7 +22,7 @@ from control_plane.entrypoints.interceptor import ControlPlaneInterceptor
 from control_plane.entrypoints.servicers import ControlPlaneServicer, TrainingDataServicer
 from control_plane.metrics import DatabaseStateCollector
 from control_plane.rate_limits import key_rate_limiter
-from control_plane.sweeper import SweepLagCollector, SweepLoop, SweepMetrics
+from control_plane.sweeper import SweepLagCollector, SweepLoop
 from protos.atelier.v1 import control_plane_pb2, control_plane_pb2_grpc, training_pb2, training_pb2_grpc
 from transport.tls import TlsConfig
 
@@ -184,6 +184,7 @@ def serve(config: ControlPlaneConfig, *, stop: threading.Event | None = None, tl
         server = build_server(config, deps, database_probe=database_probe)
         port = add_listen_port(server, config.listen_address, tls)
         server.start()
+        # The loop counts nothing itself: DatabaseStateCollector reads every sweep's deletions from the database.
         sweep_loop = None
         if config.sweep_interval_s > 0:
             sweep_loop = SweepLoop(
@@ -192,7 +193,6 @@ def serve(config: ControlPlaneConfig, *, stop: threading.Event | None = None, tl
                 deps.policies,
                 deps.clock,
                 interval=timedelta(seconds=config.sweep_interval_s),
-                metrics=SweepMetrics.for_registry(deps.registry),
             ).start()
         _logger.info(
             "control plane serving address=%s port=%d metrics_port=%d tls=%s",

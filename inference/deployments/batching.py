@@ -131,6 +131,11 @@ class SchedulerStats:
     """Requests waiting for their batch to start."""
 
 
+PipelineRunCallback = Callable[[float, int, float | None], None]
+"""Called as ``on_pipeline_run(busy_s, steps, denoise_s)`` after every pipeline call, failed or stopped ones
+too: the seconds the pipeline was busy, the denoising steps completed, and the seconds from the call's start
+to its last step's end (None when the call did not complete)."""
+
 ProgressCallback = Callable[[int, int, bytes | None], None]
 """Called as ``on_progress(step, total_steps, preview_png)`` from the worker thread after every step of
 the request's batch; ``preview_png`` is set on the steps the request asked previews for."""
@@ -160,6 +165,7 @@ class BatchScheduler:
         on_batch: Callable[[int], None] | None = None,
         model_thread: ModelThread | None = None,
         cuda_timing: bool = False,
+        on_pipeline_run: PipelineRunCallback | None = None,
     ) -> None:
         """Schedule requests on `backend`.
 
@@ -173,6 +179,7 @@ class BatchScheduler:
                 backend up); a new one when None.
             cuda_timing: Time steps with CUDA events (the backend runs on a GPU); progress callbacks
                 then come once the device finished the step.
+            on_pipeline_run: Called after every pipeline call (for metrics; see `PipelineRunCallback`).
         """
         if max_batch_images < 1:
             raise ValueError(f"max_batch_images must be >= 1, got {max_batch_images}")
@@ -182,6 +189,7 @@ class BatchScheduler:
         self._max_images = max_batch_images
         self._wait_s = wait_s
         self._on_batch = on_batch
+        self._on_pipeline_run = on_pipeline_run
         self._model_thread = model_thread or ModelThread()
         self._timer = _StepTimer(cuda_timing)
         # Encodings of finished batches, running after the pipeline was released (kept referenced).
@@ -305,7 +313,11 @@ class BatchScheduler:
                 if pending.preview_every and step % pending.preview_every == 0 and not pending.stop.is_set():
                     previews[index] = latent_preview_png(latents[first_rows[index]])
 
+        steps_done = 0
+
         def on_step(step: int, total_steps: int) -> bool:
+            nonlocal steps_done
+            steps_done += 1
             marks["last_step"] = timer.mark()
             if listening:
                 # Progress says a step is done when the device has done it (a no-op on a CPU).
@@ -329,8 +341,10 @@ class BatchScheduler:
 
         self._batches_run += 1
         self._running = True
+        completed_denoise_s: float | None = None
         try:
             outputs, denoise_ms, decode_ms = await self._model_thread.run(generate)
+            completed_denoise_s = denoise_ms / 1000
         except BaseException as exc:
             if isinstance(exc, GenerationCancelled):
                 self._batches_stopped += 1
@@ -348,6 +362,8 @@ class BatchScheduler:
             return None
         finally:
             self._running = False
+            if self._on_pipeline_run is not None:
+                self._on_pipeline_run(time.perf_counter() - started_at, steps_done, completed_denoise_s)
         return outputs, images, denoise_ms, decode_ms
 
     async def _deliver(

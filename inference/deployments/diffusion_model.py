@@ -17,7 +17,7 @@ from inference.config import ModelConfig, PoolConfig
 from inference.deployments.batching import BatchScheduler, ModelThread, SchedulerStats
 from inference.deployments.loading import load_backend, warm_up
 from inference.generation import GenerationResult, StepProgress
-from inference.metrics import ModelMetrics
+from inference.metrics import GAUGE_REFRESH_S, ModelMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +58,9 @@ class _LoadedModel:
             on_batch=lambda images: metrics.batch_size.observe(images, tags={"model": model.name}),
             model_thread=model_thread,
             cuda_timing=model.device == "cuda",
+            on_pipeline_run=lambda busy_s, steps, denoise_s: metrics.observe_pipeline_run(
+                model.name, busy_s, steps, denoise_s
+            ),
         )
         logger.info("model_loaded model=%s backend=%s device=%s", model.name, model.backend, model.device)
 
@@ -97,6 +100,18 @@ class DiffusionModel:
                 return await self._load_model(model_id)
 
             self._load = serve.multiplexed(max_num_models_per_replica=pool.max_models_per_replica)(load)
+        # Serve runs the constructor on the replica's event loop; the task lives as long as the replica.
+        self._gauge_refresh = asyncio.get_running_loop().create_task(self._refresh_gauges_forever())
+
+    async def _refresh_gauges_forever(self) -> None:
+        """Sets the scheduler queue gauge of every model this pool serves (0 when not loaded) every
+        GAUGE_REFRESH_S, so it reads the queue now and never vanishes while the replica lives."""
+        while True:
+            for name in self._models:
+                loaded = self._loaded.get(name)
+                queued = loaded.batches.stats().queued if loaded is not None else 0
+                self._metrics.queued.set(queued, tags={"model": name})
+            await asyncio.sleep(GAUGE_REFRESH_S)
 
     async def _load_model(self, name: str) -> _LoadedModel:
         model = self._models.get(name)

@@ -106,6 +106,7 @@ class Gateway:
             return await self._generate(request, grpc_context, request_id, on_progress=None)
         except RequestError as exc:
             code = exc.code
+            self._count_refusal(request, exc)
             _set_error(grpc_context, exc, request_id)
             return inference_pb2.GenerateResponse()
         except asyncio.CancelledError:
@@ -141,6 +142,7 @@ class Gateway:
             result = task.result()
         except RequestError as exc:
             code = exc.code
+            self._count_refusal(request, exc)
             _set_error(grpc_context, exc, request_id)
             raise exc from None  # a stream's status is only applied when the method raises
         except (asyncio.CancelledError, GeneratorExit):
@@ -391,14 +393,22 @@ class Gateway:
     def _count_request(
         self, request: inference_pb2.GenerateRequest, method: str, code: grpc.StatusCode, started: float
     ) -> None:
-        # Only served model names become label values: arbitrary strings would explode cardinality.
-        model = self._config.model(request.model) if request.model else self._config.default_model
-        label = model.name if model is not None else "unknown"
+        label = self._model_label(request)
         self._metrics.requests.inc(tags={"model": label, "method": method, "code": code.name})
         if code != grpc.StatusCode.OK:
             # A failed request has no stages, but its caller waited too: a slow failure must show on the
             # latency panels (a success recorded its stages in _generate).
             self._metrics.observe_stages(label, {"total": time.perf_counter() - started}, code=code.name)
+
+    def _count_refusal(self, request: inference_pb2.GenerateRequest, error: RequestError) -> None:
+        info = error.error_info()
+        reason = info.reason if info is not None else ""
+        self._metrics.count_refusal(self._model_label(request), error.code.name, reason)
+
+    def _model_label(self, request: inference_pb2.GenerateRequest) -> str:
+        # Only served model names become label values: arbitrary strings would explode cardinality.
+        model = self._config.model(request.model) if request.model else self._config.default_model
+        return model.name if model is not None else "unknown"
 
     async def _run_model(self, validated: ValidatedRequest, on_progress: ProgressSink | None) -> GenerationResult:
         try:

@@ -74,6 +74,28 @@ def test_rpc_durations_are_recorded_by_method_and_code(
     assert count("UNAUTHENTICATED") == refused_before + 1
 
 
+def test_refusals_are_counted_by_method_code_and_error_reason(  # type: ignore[no-untyped-def]
+    stub: ControlPlaneStub, operator: Caller, metrics_registry: CollectorRegistry, make_account
+) -> None:
+    def count(method: str, code: str, reason: str) -> float:
+        labels = {"method": f"atelier.v1.ControlPlane/{method}", "code": code, "reason": reason}
+        return metrics_registry.get_sample_value("atelier_control_plane_refusals_total", labels) or 0.0
+
+    broke_before = count("ReserveCredits", "RESOURCE_EXHAUSTED", "INSUFFICIENT_CREDITS")
+    anonymous_before = count("WhoAmI", "UNAUTHENTICATED", "")
+    account_id = make_account(credits=1)
+    with pytest.raises(grpc.RpcError):
+        stub.ReserveCredits(pb.ReserveCreditsRequest(account_id=account_id, amount=5), metadata=operator.metadata)
+    with pytest.raises(grpc.RpcError):
+        stub.WhoAmI(pb.WhoAmIRequest())
+    stub.WhoAmI(pb.WhoAmIRequest(), metadata=operator.metadata)
+
+    assert count("ReserveCredits", "RESOURCE_EXHAUSTED", "INSUFFICIENT_CREDITS") == broke_before + 1
+    # An error without ErrorInfo is still a refusal, under an empty reason; a success is none.
+    assert count("WhoAmI", "UNAUTHENTICATED", "") == anonymous_before + 1
+    assert count("WhoAmI", "OK", "") == 0
+
+
 def test_serve_process_answers_exports_metrics_and_stops_cleanly_on_sigterm(
     database_url: str, operator: Caller, tmp_path: Path
 ) -> None:

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 from control_plane.clock import ManualClock
 from control_plane.config import ConfigError
 from control_plane.db.pool import Pool
+from control_plane.metrics import DatabaseStateCollector
 from control_plane.policy import PolicyRegistry
 from control_plane.sweeper import SweepLagCollector, SweepMetrics, SweepReason, run_sweep
 from protos.atelier.v1 import control_plane_pb2 as pb
@@ -195,6 +196,30 @@ class TestConcurrencyAndMetrics:
 
         assert registry.get_sample_value("atelier_sweep_deleted_items_total", {"reason": "generated_retention"}) == 2
         assert registry.get_sample_value("atelier_sweep_lag_seconds") == 0
+
+    def test_the_control_plane_reads_every_sweeps_deletions_from_the_database(  # type: ignore[no-untyped-def]
+        self, pool, blobs, policies, clock, stub, operator, make_account
+    ) -> None:
+        # The server's registry: a sweep that counts nowhere (a CronJob's process, gone before any
+        # scrape) still shows, since the collector reads the batches' audit rows.
+        registry = CollectorRegistry()
+        registry.register(DatabaseStateCollector(pool, clock))
+        account = make_account(credits=5)
+        store(stub, operator, account, 2)
+        stub.ReserveCredits(pb.ReserveCreditsRequest(account_id=account, amount=1), metadata=operator.metadata)
+        assert {
+            reason.value: registry.get_sample_value("atelier_sweep_deleted_items_total", {"reason": reason.value})
+            for reason in SweepReason
+        } == {reason.value: 0 for reason in SweepReason}
+
+        run_sweep(pool, blobs, policies, now=clock.now() + 32 * DAY, metrics=None)
+
+        def swept(reason: SweepReason) -> float | None:
+            return registry.get_sample_value("atelier_sweep_deleted_items_total", {"reason": reason.value})
+
+        assert swept(SweepReason.GENERATED_RETENTION) == 2
+        assert swept(SweepReason.RESERVATION_EXPIRED) == 1
+        assert swept(SweepReason.INACTIVITY) == 0
 
 
 def test_a_tenant_on_an_unknown_profile_stops_sweeps_and_start_up_instead_of_getting_the_defaults(  # type: ignore[no-untyped-def]
