@@ -7,7 +7,10 @@ import re
 HISTOGRAMS = {
     "ray_atelier_inference_request_duration_seconds",
     "ray_atelier_inference_batch_size",
+    "ray_atelier_inference_denoise_step_seconds",
     "atelier_control_plane_rpc_duration_seconds",
+    # Ray Serve's own (its controller, once per replica start).
+    "ray_serve_replica_startup_latency_ms",
 }
 OTHER_METRICS = {
     # Inference (Ray metrics of the Serve deployments, scraped from every Ray pod).
@@ -16,9 +19,14 @@ OTHER_METRICS = {
     "ray_atelier_inference_requests_in_flight",
     "ray_atelier_inference_credits_total",
     "ray_atelier_inference_moderation_blocks_total",
+    "ray_atelier_inference_refusals_total",
+    "ray_atelier_inference_replica_busy_seconds_total",
+    "ray_atelier_inference_replica_queued_requests",
     # Ray Serve's own.
     "ray_serve_deployment_replica_healthy",
     "ray_serve_deployment_queued_queries",
+    "ray_serve_autoscaling_target_replicas",
+    "ray_serve_application_status",
     # Control plane (prometheus_client on its metrics port).
     "atelier_sweep_deleted_items_total",
     "atelier_sweep_lag_seconds",
@@ -28,6 +36,11 @@ OTHER_METRICS = {
     "atelier_credit_reservations_held",
     "atelier_credit_reservation_oldest_held_age_seconds",
     "atelier_database_reachable",
+    "atelier_control_plane_refusals_total",
+    # NVIDIA dcgm-exporter's (monitoring.dcgmExporter): GPU utilisation and frame-buffer memory in MiB.
+    "DCGM_FI_DEV_GPU_UTIL",
+    "DCGM_FI_DEV_FB_USED",
+    "DCGM_FI_DEV_FB_FREE",
     # Prometheus's own, one per scrape target of the ServiceMonitor and PodMonitor.
     "up",
 }

@@ -85,6 +85,16 @@ def test_cover_every_view_sres_asked_for(minimal: dict[str, Any]) -> None:
         "Sweep lag",
         "Overdue data-subject requests by kind",
         "Training export rows per second",
+        # Issue 18: refusals, replicas, steps and GPUs.
+        "Refusals per second by ErrorInfo reason",
+        "Refusals per second by method and ErrorInfo reason",
+        "Replica utilisation (pipeline busy time / wall time)",
+        "Autoscaler target vs running replicas per pool",
+        "Replica starts (restarts and scale-ups)",
+        "Cold-start time (replica creation to ready)",
+        "Time per denoising step by model",
+        "GPU utilisation (DCGM)",
+        "GPU memory used (DCGM)",
     ):
         assert wanted in titles
 

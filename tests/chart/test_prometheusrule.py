@@ -68,6 +68,8 @@ def test_alerts_cover_latency_errors_saturation_sweeps_privacy_credits_database_
         "AtelierScrapeTargetDown",
         "AtelierControlPlaneErrorRatioHigh",
         "AtelierControlPlaneLatencyHigh",
+        "AtelierServeApplicationUnhealthy",
+        "AtelierMetricsAbsent",
     }
 
 
