@@ -39,6 +39,7 @@ def test_model_settings_accept_exactly_the_model_config_fields_the_chart_does_no
         {"models": [{"name": "sd15", "pool": "l4", "autoscaling": {"enabled": True}}]},
         {"policyProfile": {"trainingConsentMode": "always"}},
         {"monitoring": {"alerts": {"errorRatio": 2}}},
+        {"monitoring": {"dcgmExporter": {"enabled": True, "namespace": "GPU_Operator"}}},
     ],
     ids=[
         "unknown-key",
@@ -49,6 +50,7 @@ def test_model_settings_accept_exactly_the_model_config_fields_the_chart_does_no
         "autoscaling-without-bounds",
         "unknown-consent-mode",
         "ratio-above-one",
+        "dcgm-exporter-namespace-not-a-dns-label",
     ],
 )
 def test_rejects_values_the_chart_cannot_run_with(minimal: dict[str, Any], override: dict[str, Any]) -> None:
