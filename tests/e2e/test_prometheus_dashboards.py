@@ -37,11 +37,13 @@ LOCAL_MODEL = "tiny-sd"
 # Wide enough to cover the whole test's traffic: Grafana's $__rate_interval is at least four scrapes.
 RATE_INTERVAL = "5m"
 
-# Panels that are empty under this traffic, by dashboard file and title, and why. No panel reads a
-# GPU metric; one that does belongs here on CPU.
+# Panels that are empty under this traffic, by dashboard file and title, and why.
 EXPECTED_EMPTY = {
-    # Nothing expires or is deleted while the test runs, so the sweep's counter has no series yet.
-    ("control-plane.json", "Items swept per second by reason"),
+    # NVIDIA's dcgm-exporter (monitoring.dcgmExporter) exports these on GPU nodes only; this cluster runs on
+    # CPUs and no exporter is scraped. tests/chart checks their metric names and the ServiceMonitor.
+    ("inference.json", "GPU utilisation (DCGM)"),
+    ("inference.json", "GPU memory used (DCGM)"),
+    ("inference.json", "GPU memory used share (DCGM)"),
 }
 
 # One counter each process moves on every generation.
@@ -49,6 +51,7 @@ MOVED_BY_EACH_PROCESS = (
     "ray_atelier_inference_images_generated_total",  # the Gateway
     "ray_atelier_inference_batch_size_count",  # the DiffusionModel replica
     "atelier_control_plane_rpc_duration_seconds_count",  # the control plane
+    "ray_atelier_inference_replica_busy_seconds_total",  # the DiffusionModel replica, after its batch ran
 )
 
 
@@ -203,6 +206,24 @@ def test_every_dashboard_panel_shows_the_traffic(mixed_traffic: str) -> None:
         "empty but expected data": empty - EXPECTED_EMPTY,
         "data now": EXPECTED_EMPTY - empty,
     }
+
+
+def test_refusals_are_counted_by_error_reason_where_they_are_answered(mixed_traffic: str) -> None:
+    def reasons(expr: str) -> set[tuple[str, str]]:
+        result = _query(mixed_traffic, f"sum by (code, reason) ({expr})")
+        return {(sample["metric"]["code"], sample["metric"].get("reason", "")) for sample in result}
+
+    # The blocked prompt: refused by the control plane's moderation, relayed by the gateway with its reason.
+    blocked = ("FAILED_PRECONDITION", "PROMPT_BLOCKED")
+    assert blocked in reasons("atelier_control_plane_refusals_total")
+    # The bad request: the gateway's own INVALID_ARGUMENT, with field violations and no ErrorInfo.
+    assert reasons("ray_atelier_inference_refusals_total") >= {blocked, ("INVALID_ARGUMENT", "")}
+
+
+def test_replica_utilisation_is_a_share_of_wall_time(mixed_traffic: str) -> None:
+    busy = _query(mixed_traffic, f"rate(ray_atelier_inference_replica_busy_seconds_total[{RATE_INTERVAL}])")
+
+    assert busy and all(0 < float(sample["value"][1]) <= 1 for sample in busy), busy
 
 
 def test_every_rule_evaluates_in_prometheus(mixed_traffic: str, tmp_path: Path) -> None:

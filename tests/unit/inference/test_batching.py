@@ -315,3 +315,42 @@ class TestPreviews:
         assert all(preview is None for _, preview in seen[1])
         preview = PIL.Image.open(io.BytesIO(seen[0][1][1] or b""))
         assert preview.format == "PNG" and preview.size == (8, 8)  # latent resolution of a 64x64 image
+
+
+class TestPipelineRunReports:
+    """`on_pipeline_run` feeds the replica's busy-time counter and time-per-step histogram."""
+
+    def test_every_call_reports_its_busy_time_steps_and_denoise_time(self, make_params: MakeParams) -> None:
+        backend = FakeBackend()
+        runs: list[tuple[float, int, float | None]] = []
+
+        async def scenario() -> None:
+            scheduler = BatchScheduler(backend, max_batch_images=8, on_pipeline_run=lambda *run: runs.append(run))
+            await asyncio.gather(
+                scheduler.run(make_params(seed=0, steps=3)), scheduler.run(make_params(seed=1, steps=3))
+            )
+            await scheduler.run(make_params(steps=5, width=128))
+
+        _run(scenario())
+        # One report per pipeline call (the two compatible requests shared one), with the steps it ran.
+        assert [steps for _, steps, _ in runs] == [3, 5]
+        for busy_s, _, denoise_s in runs:
+            assert denoise_s is not None and 0 <= denoise_s <= busy_s
+
+    def test_a_stopped_call_reports_its_busy_time_and_steps_but_no_denoise_time(self, make_params: MakeParams) -> None:
+        backend = FakeBackend()
+        runs: list[tuple[float, int, float | None]] = []
+        stop = threading.Event()
+
+        def stop_at_step_two(step: int, total: int, preview: bytes | None) -> None:
+            if step == 2:
+                stop.set()
+
+        async def scenario() -> None:
+            scheduler = BatchScheduler(backend, max_batch_images=8, on_pipeline_run=lambda *run: runs.append(run))
+            with pytest.raises(GenerationCancelled):
+                await scheduler.run(make_params(steps=50), stop_at_step_two, stop)
+
+        _run(scenario())
+        ((busy_s, steps, denoise_s),) = runs
+        assert busy_s > 0 and steps == 2 and denoise_s is None
