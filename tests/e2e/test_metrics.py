@@ -19,6 +19,10 @@ INFERENCE_FAMILIES = {
     "ray_atelier_inference_requests_in_flight",
     "ray_atelier_inference_credits",
     "ray_atelier_inference_moderation_blocks",
+    "ray_atelier_inference_refusals",
+    "ray_atelier_inference_replica_busy_seconds",
+    "ray_atelier_inference_denoise_step_seconds",
+    "ray_atelier_inference_replica_queued_requests",
     "ray_serve_deployment_replica_healthy",
 }
 CONTROL_PLANE_FAMILIES = {
@@ -31,6 +35,7 @@ CONTROL_PLANE_FAMILIES = {
     "atelier_sweep_deleted_items",
     "atelier_export_rows",
     "atelier_database_reachable",
+    "atelier_control_plane_refusals",
 }
 
 
@@ -80,6 +85,7 @@ def test_inference_and_control_plane_metrics_are_exported_and_move(
         after["ray_atelier_inference_request_duration_seconds"]
         > before["ray_atelier_inference_request_duration_seconds"]
     )
+    assert after["ray_atelier_inference_replica_busy_seconds"] > before["ray_atelier_inference_replica_busy_seconds"]
     control_after = _scrape(cluster.control_plane_metrics_url)
     assert (
         control_after["atelier_control_plane_rpc_duration_seconds"]
