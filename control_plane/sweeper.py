@@ -17,6 +17,9 @@ manifests of exports holding the items are appended and one audit row counts the
 COMMIT. Several sweepers skip each other's locked rows, so they never do the same work. A
 crash before COMMIT rolls the rows back, so the next pass takes them again (unlinking a blob
 that is already gone is a no-op): nothing is missed and no row is deleted, or counted, twice.
+Expired reservations and dropped usage rows get an audit row per batch too, so the control
+plane reads every sweep's totals back from the database (`control_plane/metrics.py`), the
+CronJob's included, whose process is gone before any scrape.
 Which items are due is `retention.DEADLINE_SQL`, the same definition training eligibility uses.
 
 Speed: unlinking the blobs is most of a batch's cost (a file system call per item), so one
@@ -307,6 +310,24 @@ def delete_blobs(blobs: BlobStore, keys: Sequence[str], unlink: Executor | None 
         raise errors[0]
 
 
+def expire_reservations_batch(conn: Connection, *, now: datetime, limit: int) -> int:
+    """Expires up to `limit` held reservations past their expiry (credits given back), counted by one
+    audit row in the same transaction, as a content batch is (`control_plane.metrics` sums them)."""
+    with conn.transaction():
+        expired = credits.expire_reservations(conn, now, limit=limit)
+        if expired > 0:
+            record_audit(
+                conn,
+                SYSTEM,
+                now,
+                "retention.sweep",
+                "sweep_batch",
+                uuid4(),
+                {"reason": SweepReason.RESERVATION_EXPIRED.value, "deleted": expired},
+            )
+    return expired
+
+
 def drop_old_usage(conn: Connection, policies: TenantPolicies, *, now: datetime, limit: int) -> int:
     """Deletes up to `limit` aggregated usage rows older than their tenant's usage retention."""
     with conn.transaction():
@@ -459,7 +480,7 @@ def run_sweep(
             )
     with pool.connection() as conn:
         while not stopped():
-            count = credits.expire_reservations(conn, now, limit=batch_size)
+            count = expire_reservations_batch(conn, now=now, limit=batch_size)
             if count:
                 done(SweepReason.RESERVATION_EXPIRED, count)
             if count < batch_size:
