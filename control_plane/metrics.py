@@ -105,7 +105,7 @@ def _read_state(conn: Connection, now: datetime) -> _DatabaseState:
     # One audit row per committed sweep batch, whatever the rule (sweeper.py), found through the
     # (target_type, ...) index: a handful of rows per pass, where counting expired reservations in
     # their table would scan it whole (about 170 ms a million rows) at every scrape.
-    swept = dict(
+    swept: dict[str, int] = dict(
         conn.execute(
             """
             SELECT details ->> 'reason', sum((details ->> 'deleted')::bigint)
