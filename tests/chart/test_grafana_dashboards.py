@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from ._chart import load_values, render
 from ._metrics import EXPOSED, metric_names
@@ -101,3 +105,57 @@ def test_cover_every_view_sres_asked_for(minimal: dict[str, Any]) -> None:
 
 def test_are_left_out_when_monitoring_is_off() -> None:
     assert _dashboards(load_values("monitoring-off")) == {}
+
+
+def test_gpu_panels_show_the_gpus_given_to_atelier_replica_pods_and_no_others(
+    minimal: dict[str, Any], promtool: str, tmp_path: Path
+) -> None:
+    # No GPU here (the Prometheus e2e test leaves these panels out): promtool evaluates them on the series
+    # dcgm-exporter (honorLabels) and a model replica's Ray worker pod export.
+    board = _dashboards(minimal)["inference.json"]
+    gpu = {
+        p["title"]: p["targets"][0]["expr"]
+        for p in _panels(board)
+        if p["type"] != "row" and p["title"].endswith("(DCGM)")
+    }
+    ours = 'namespace="atelier",pod="demo-atelier-l4-worker-x"'
+    theirs = 'namespace="other",pod="trainer-0"'
+    series = [
+        (f'DCGM_FI_DEV_GPU_UTIL{{gpu="0",{ours}}}', "87"),
+        (f'DCGM_FI_DEV_FB_USED{{gpu="0",{ours}}}', "6144"),
+        (f'DCGM_FI_DEV_FB_FREE{{gpu="0",{ours}}}', "18432"),
+        (f'DCGM_FI_DEV_GPU_UTIL{{gpu="0",{theirs}}}', "100"),
+        (f'DCGM_FI_DEV_FB_USED{{gpu="0",{theirs}}}', "20000"),
+        (f'DCGM_FI_DEV_FB_FREE{{gpu="0",{theirs}}}', "4576"),
+        (f'ray_atelier_inference_replica_queued_requests{{model="sd15",replica="r1",{ours}}}', "0"),
+    ]
+    expected = {
+        "GPU utilisation (DCGM)": 87,
+        "GPU memory used (DCGM)": 6144,
+        "GPU memory used share (DCGM)": 0.25,
+    }
+    test = {
+        "rule_files": [],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [{"series": name, "values": f"{value}x5"} for name, value in series],
+                "promql_expr_test": [
+                    {
+                        "expr": gpu[title],
+                        "eval_time": "2m",
+                        "exp_samples": [{"labels": '{gpu="0",pod="demo-atelier-l4-worker-x"}', "value": value}],
+                    }
+                    for title, value in expected.items()
+                ],
+            }
+        ],
+    }
+    (tmp_path / "gpu.test.yaml").write_text(yaml.safe_dump(test))
+
+    assert set(gpu) == set(expected)
+    result = subprocess.run(
+        [promtool, "test", "rules", "gpu.test.yaml"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

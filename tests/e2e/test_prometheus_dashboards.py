@@ -40,7 +40,8 @@ RATE_INTERVAL = "5m"
 # Panels that are empty under this traffic, by dashboard file and title, and why.
 EXPECTED_EMPTY = {
     # NVIDIA's dcgm-exporter (monitoring.dcgmExporter) exports these on GPU nodes only; this cluster runs on
-    # CPUs and no exporter is scraped. tests/chart checks their metric names and the ServiceMonitor.
+    # CPUs and no exporter is scraped. tests/chart/test_grafana_dashboards.py evaluates them with promtool on
+    # the series dcgm-exporter and a replica's pod export, and tests/chart/test_servicemonitor.py the scrape.
     ("inference.json", "GPU utilisation (DCGM)"),
     ("inference.json", "GPU memory used (DCGM)"),
     ("inference.json", "GPU memory used share (DCGM)"),
