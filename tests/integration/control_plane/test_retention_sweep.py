@@ -10,7 +10,7 @@ from datetime import timedelta
 from uuid import UUID
 
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 
 from control_plane.clock import ManualClock
 from control_plane.config import ConfigError
@@ -220,6 +220,10 @@ class TestConcurrencyAndMetrics:
         assert swept(SweepReason.GENERATED_RETENTION) == 2
         assert swept(SweepReason.RESERVATION_EXPIRED) == 1
         assert swept(SweepReason.INACTIVITY) == 0
+        # As Prometheus reads it.
+        assert (
+            'atelier_sweep_deleted_items_total{reason="generated_retention"} 2.0' in generate_latest(registry).decode()
+        )
 
 
 def test_a_tenant_on_an_unknown_profile_stops_sweeps_and_start_up_instead_of_getting_the_defaults(  # type: ignore[no-untyped-def]
