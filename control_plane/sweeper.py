@@ -17,9 +17,10 @@ manifests of exports holding the items are appended and one audit row counts the
 COMMIT. Several sweepers skip each other's locked rows, so they never do the same work. A
 crash before COMMIT rolls the rows back, so the next pass takes them again (unlinking a blob
 that is already gone is a no-op): nothing is missed and no row is deleted, or counted, twice.
-Expired reservations and dropped usage rows get an audit row per batch too, so the control
-plane reads every sweep's totals back from the database (`control_plane/metrics.py`), the
-CronJob's included, whose process is gone before any scrape.
+Expired reservations and dropped usage rows get an audit row per batch too. Each batch's audit
+row adds its count to `sweep_totals` in the same transaction (a trigger, migration 0013), so the
+control plane reads every sweep's totals back from a handful of rows (`control_plane/metrics.py`),
+the CronJob's included, whose process is gone before any scrape.
 Which items are due is `retention.DEADLINE_SQL`, the same definition training eligibility uses.
 
 Speed: unlinking the blobs is most of a batch's cost (a file system call per item), so one
@@ -271,19 +272,14 @@ def sweep_content_batch(
             """,
             (now, content_ids),
         ).rowcount
-        record_audit(
+        _audit_batch(
             conn,
-            actor,
-            now,
-            "retention.sweep",
-            "sweep_batch",
-            uuid4(),
-            {
-                "reason": reason.value,
-                "deleted": len(rows),
-                "accounts": len({row[1] for row in rows}),
-                "export_removals": max(removed, 0),
-            },
+            reason,
+            len(rows),
+            now=now,
+            actor=actor,
+            accounts=len({row[1] for row in rows}),
+            export_removals=max(removed, 0),
         )
     return len(rows), max(row[3] for row in rows)
 
@@ -310,21 +306,33 @@ def delete_blobs(blobs: BlobStore, keys: Sequence[str], unlink: Executor | None 
         raise errors[0]
 
 
+def _audit_batch(
+    conn: Connection, reason: SweepReason, deleted: int, *, now: datetime, actor: Actor = SYSTEM, **details: int
+) -> None:
+    """Writes a batch's audit row, which also adds `deleted` to `reason`'s row of `sweep_totals`
+    (the trigger of migration 0013 matches this action and target type).
+
+    Call it last in the batch's transaction: from here to the commit the batch holds its reason's
+    totals row, which sweepers side by side wait for in turn.
+    """
+    record_audit(
+        conn,
+        actor,
+        now,
+        "retention.sweep",
+        "sweep_batch",
+        uuid4(),
+        {"reason": reason.value, "deleted": deleted, **details},
+    )
+
+
 def expire_reservations_batch(conn: Connection, *, now: datetime, limit: int) -> int:
     """Expires up to `limit` held reservations past their expiry (credits given back), counted by one
-    audit row in the same transaction, as a content batch is (`control_plane.metrics` sums them)."""
+    audit row in the same transaction, as a content batch is."""
     with conn.transaction():
         expired = credits.expire_reservations(conn, now, limit=limit)
         if expired > 0:
-            record_audit(
-                conn,
-                SYSTEM,
-                now,
-                "retention.sweep",
-                "sweep_batch",
-                uuid4(),
-                {"reason": SweepReason.RESERVATION_EXPIRED.value, "deleted": expired},
-            )
+            _audit_batch(conn, SweepReason.RESERVATION_EXPIRED, expired, now=now)
     return expired
 
 
@@ -343,15 +351,7 @@ def drop_old_usage(conn: Connection, policies: TenantPolicies, *, now: datetime,
             {**policies.params(), "now": now, "limit": limit},
         ).rowcount
         if deleted > 0:
-            record_audit(
-                conn,
-                SYSTEM,
-                now,
-                "retention.sweep",
-                "sweep_batch",
-                uuid4(),
-                {"reason": SweepReason.USAGE_RETENTION.value, "deleted": deleted},
-            )
+            _audit_batch(conn, SweepReason.USAGE_RETENTION, deleted, now=now)
     return max(deleted, 0)
 
 

@@ -25,7 +25,14 @@ from uuid import UUID
 from protos.atelier.v1 import control_plane_pb2 as pb
 from tests.faults._support import control_plane_process, free_port
 from tests.integration.control_plane._support import REPO_ROOT
-from tests.integration.control_plane._training import audited_sweep_count, iter_ids, live_ids, store
+from tests.integration.control_plane._training import (
+    audited_sweep_count,
+    audited_sweeps_by_reason,
+    iter_ids,
+    live_ids,
+    store,
+    sweep_totals,
+)
 
 EXPIRED_ITEMS = 240
 KEPT_ITEMS = 16
@@ -80,6 +87,7 @@ def test_a_server_killed_mid_sweep_resumes_and_deletes_each_item_once(  # type: 
     survivors = live_ids(pool) & expired
     print(f"killed with {len(survivors)} of {EXPIRED_ITEMS} expired rows still present")
     assert audited_sweep_count(pool) + len(survivors) == EXPIRED_ITEMS, "a committed batch was not counted once"
+    assert sweep_totals(pool) == audited_sweeps_by_reason(pool), "the killed batch left the totals off the audit"
 
     with control_plane_process(env, tmp_path / "restarted.log"):
         deadline = time.monotonic() + 60
@@ -88,5 +96,6 @@ def test_a_server_killed_mid_sweep_resumes_and_deletes_each_item_once(  # type: 
             time.sleep(0.2)
 
     assert audited_sweep_count(pool) == EXPIRED_ITEMS, "an item was deleted (or counted) twice"
+    assert sweep_totals(pool) == audited_sweeps_by_reason(pool), "the totals /metrics reads are off the audit"
     assert not any(blobs.exists(keys[c]) for c in expired), "a blob of a deleted item is left"
     assert all(blobs.exists(keys[c]) for c in kept)

@@ -99,6 +99,25 @@ def audited_sweep_count(pool: Pool) -> int:
     return int(row[0]) if row else 0
 
 
+def audited_sweeps_by_reason(pool: Pool) -> dict[str, tuple[int, int]]:
+    """(items, batches) by reason, summed from the sweep batches' audit rows."""
+    with pool.connection() as conn:
+        rows = conn.execute(
+            """
+            SELECT details ->> 'reason', sum((details ->> 'deleted')::bigint), count(*)
+            FROM audit_log WHERE action = 'retention.sweep' AND target_type = 'sweep_batch' GROUP BY 1
+            """
+        ).fetchall()
+    return {reason: (int(items), int(batches)) for reason, items, batches in rows}
+
+
+def sweep_totals(pool: Pool) -> dict[str, tuple[int, int]]:
+    """(items, batches) by reason, as the `sweep_totals` table (what /metrics reads) keeps them."""
+    with pool.connection() as conn:
+        rows = conn.execute("SELECT reason, items, batches FROM sweep_totals").fetchall()
+    return {reason: (items, batches) for reason, items, batches in rows}
+
+
 def training_stub(channel: grpc.Channel) -> TrainingDataStub:
     """A TrainingData client on the session's channel."""
     return TrainingDataStub(channel)

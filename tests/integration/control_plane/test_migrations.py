@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import threading
 import uuid
+from datetime import UTC, datetime
 
 import psycopg
 import pytest
 
+from control_plane.audit import SYSTEM, record_audit
+from control_plane.db import migrations
 from control_plane.db.migrations import apply_migrations, load_migrations, pending_migrations
 from control_plane.db.pool import Pool, open_pool
 from tests.integration._postgres import fresh_database
@@ -53,6 +56,45 @@ class TestApplyingMigrations:
                 pool.close()
         assert failures == []
         assert sorted(results, key=len) == [[], [m.version for m in load_migrations()]]
+
+    def test_sweep_totals_start_from_the_batches_audited_before_them(
+        self, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # A database that swept before 0013 has only the batches' audit rows: the migration sums
+        # them into sweep_totals, and every batch audited afterwards adds to that.
+        before_totals = [m for m in load_migrations() if m.version < "0013"]
+        at = datetime(2026, 1, 2, tzinfo=UTC)
+
+        def audit_batch(conn: psycopg.Connection, reason: str, deleted: int) -> None:
+            with conn.transaction():
+                record_audit(
+                    conn,
+                    SYSTEM,
+                    at,
+                    "retention.sweep",
+                    "sweep_batch",
+                    uuid.uuid4(),
+                    {"reason": reason, "deleted": deleted},
+                )
+
+        with (
+            fresh_database(postgres_url, prefix="atelier_totals") as url,
+            psycopg.connect(url, autocommit=True) as conn,
+        ):
+            with monkeypatch.context() as patch:
+                patch.setattr(migrations, "load_migrations", lambda: before_totals)
+                apply_migrations(conn)
+            audit_batch(conn, "generated_retention", 5)
+            audit_batch(conn, "generated_retention", 7)
+            audit_batch(conn, "reservation_expired", 2)
+            record_audit(conn, SYSTEM, at, "retention.sweep", "export", uuid.uuid4(), {"reason": "x", "deleted": 9})
+
+            applied = apply_migrations(conn)
+            audit_batch(conn, "generated_retention", 3)
+            totals = {row[0]: row[1:] for row in conn.execute("SELECT reason, items, batches FROM sweep_totals")}
+
+        assert "0013_sweep_totals" in applied
+        assert totals == {"generated_retention": (15, 3), "reservation_expired": (2, 1)}
 
     def test_a_connection_inside_a_transaction_is_refused(self, pool: Pool) -> None:
         with pool.connection() as conn, conn.transaction(), pytest.raises(Exception, match="not in a transaction"):

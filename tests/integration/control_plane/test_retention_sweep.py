@@ -21,7 +21,15 @@ from control_plane.sweeper import SweepLagCollector, SweepMetrics, SweepReason, 
 from protos.atelier.v1 import control_plane_pb2 as pb
 from tests.integration.control_plane._privacy import use_profile
 from tests.integration.control_plane._support import REPO_ROOT
-from tests.integration.control_plane._training import audited_sweep_count, iter_ids, live_ids, store, sweep
+from tests.integration.control_plane._training import (
+    audited_sweep_count,
+    audited_sweeps_by_reason,
+    iter_ids,
+    live_ids,
+    store,
+    sweep,
+    sweep_totals,
+)
 
 pytestmark = pytest.mark.blob_stores
 
@@ -155,12 +163,15 @@ class TestReservationsAndUsage:
 
 
 class TestConcurrencyAndMetrics:
-    def test_sweepers_side_by_side_delete_each_item_once(  # type: ignore[no-untyped-def]
+    def test_sweepers_side_by_side_delete_each_item_once_and_count_it_once(  # type: ignore[no-untyped-def]
         self, pool, blobs, policies, clock, stub, operator, make_account
     ) -> None:
         accounts = [make_account(credits=100) for _ in range(4)]
         for index, account in enumerate(accounts):
             store(stub, operator, account, 48, seed=100 * index)
+        holder = make_account(credits=20)
+        for _ in range(20):
+            stub.ReserveCredits(pb.ReserveCreditsRequest(account_id=holder, amount=1), metadata=operator.metadata)
         now = clock.now() + 31 * DAY
         reports = []
         barrier = threading.Barrier(4)
@@ -176,8 +187,14 @@ class TestConcurrencyAndMetrics:
             thread.join(timeout=300)
 
         assert sum(r.deleted[SweepReason.GENERATED_RETENTION] for r in reports) == 192
+        assert sum(r.deleted[SweepReason.RESERVATION_EXPIRED] for r in reports) == 20
         assert live_ids(pool) == set()
-        assert audited_sweep_count(pool) == 192
+        assert audited_sweep_count(pool) == 212
+        # Every batch added to its reason's total in its own transaction while others did the same:
+        # the totals /metrics reads are exactly the audited batches, none lost or counted twice.
+        audited = audited_sweeps_by_reason(pool)
+        assert audited[SweepReason.GENERATED_RETENTION][1] >= 192 // 7
+        assert sweep_totals(pool) == audited
 
     def test_deletions_are_counted_by_reason_and_lag_falls_to_zero(  # type: ignore[no-untyped-def]
         self, pool, blobs, policies, clock, stub, operator, make_account
@@ -201,7 +218,7 @@ class TestConcurrencyAndMetrics:
         self, pool, blobs, policies, clock, stub, operator, make_account
     ) -> None:
         # The server's registry: a sweep that counts nowhere (a CronJob's process, gone before any
-        # scrape) still shows, since the collector reads the batches' audit rows.
+        # scrape) still shows, since the collector reads the totals its batches kept in the database.
         registry = CollectorRegistry()
         registry.register(DatabaseStateCollector(pool, clock))
         account = make_account(credits=5)
@@ -289,6 +306,7 @@ class TestCrashResume:
         assert len(unlinked_in_open_batch) == 4
         assert len(live_ids(pool) & expired) == 40
         assert audited_sweep_count(pool) == 20
+        assert sweep_totals(pool) == {SweepReason.GENERATED_RETENTION: (20, 2)}
 
         report = sweep(pool, blobs, policies, as_of, batch_size=10)
 
@@ -297,3 +315,5 @@ class TestCrashResume:
         assert not any(blobs.exists(keys[c]) for c in expired)
         assert all(blobs.exists(keys[c]) for c in kept)
         assert audited_sweep_count(pool) == 60
+        assert sweep_totals(pool) == audited_sweeps_by_reason(pool)
+        assert sweep_totals(pool)[SweepReason.GENERATED_RETENTION][0] == 60
