@@ -25,7 +25,7 @@ from uuid import UUID, uuid4
 
 from psycopg.types.json import Jsonb
 
-from control_plane import accounts, consent, credits, crypto, moderation, png
+from control_plane import accounts, consent, credits, crypto, moderation, output_scan, png
 from control_plane.accounts import AccountStatus, Visibility
 from control_plane.adapters.blobstore import BlobStore
 from control_plane.adapters.encrypted_blobs import EncryptedBlobStore
@@ -68,6 +68,8 @@ class NewContent:
     """Generation parameters as JSON-ready values; `model` is also kept in its own column."""
     visibility: Visibility | None = None
     """None takes the account's default."""
+    output_verdict: output_scan.ClassifierVerdict | None = None
+    """Generated images: the replica's image classifier's verdict (see `output_scan`)."""
 
 
 @dataclass(frozen=True)
@@ -148,6 +150,7 @@ def validate_new_content(items: Sequence[NewContent]) -> None:
             raise InvalidArgument(f"{where}.data", f"is not a well-formed PNG image: it {error}") from None
         if len(item.prompt) > MAX_PROMPT_CHARS:
             raise InvalidArgument(f"{where}.prompt", f"must be at most {MAX_PROMPT_CHARS} characters")
+        output_scan.validate_verdict(where, item.output_verdict, generated=item.kind is ContentKind.GENERATED)
 
 
 def store_content(
@@ -179,7 +182,8 @@ def store_content(
         now: Creation time; also recorded as the account's last activity.
         checker: Moderates each item as an output; a flagged item is stored private and
             flagged, with a flag row. None skips output moderation.
-        moderation_policy: The policy `checker` applies (whether flags keep the prompt).
+        moderation_policy: The policy `checker` applies (whether flags keep the prompt), and what
+            an item whose classifier verdict is above its threshold becomes (`output_scan`).
 
     Returns:
         The items in request order, the committed reservation (if any) and the balance.
@@ -190,6 +194,8 @@ def store_content(
         AccountNotActive: The account is suspended or erased.
         GuardianConsentRequired: The account needs a guardian's consent first.
         FailedPrecondition: The reservation is settled or expired.
+        OutputBlocked: A classifier verdict is above its threshold under a blocking policy; the
+            flags and the release of the reservation are committed, nothing is stored.
     """
     validate_new_content(items)
     # Stored (and so exported) without text, EXIF or other metadata chunks: see `png`.
@@ -199,14 +205,33 @@ def store_content(
     consent.require_may_process(conn, account_id)
     age = accounts.current_age(conn, account_id, now.date())
     minor = age is not None and accounts.is_minor(age)
+    policy = moderation_policy or ModerationPolicy()
+    output_scan.withhold_if_blocked(
+        conn,
+        policy,
+        [item.output_verdict for item in items],
+        tenant_id=tenant_id,
+        account_id=account_id,
+        prompt=items[0].prompt,
+        reservation_id=commit_reservation_id,
+        actor=actor,
+        now=now,
+    )
     data_key = keys.live_data_key(conn, account_id, actor=actor, now=now)
     verdicts = [
         checker.check(moderation.Stage.OUTPUT, item.prompt, item.data) if checker is not None else None
         for item in items
     ]
+    # Above its threshold and not withheld: flagged (private, never exported), with its own flag row.
+    scanned = [
+        item.output_verdict.as_flag()
+        if item.output_verdict is not None and item.output_verdict.above_threshold
+        else None
+        for item in items
+    ]
     prepared = [
-        _prepare(account, item, now, data_key, flagged=verdict is not None)
-        for item, verdict in zip(items, verdicts, strict=True)
+        _prepare(account, item, now, data_key, flagged=verdict is not None or scan is not None)
+        for item, verdict, scan in zip(items, verdicts, scanned, strict=True)
     ]
     written: list[str] = []
     try:
@@ -249,20 +274,22 @@ def store_content(
                     for stored in prepared
                 ],
             )
-            for stored, item, verdict in zip(prepared, items, verdicts, strict=True):
-                if verdict is not None:
-                    moderation.record_flag(
-                        conn,
-                        moderation_policy or ModerationPolicy(),
-                        verdict,
-                        stage=moderation.Stage.OUTPUT,
-                        account_id=account_id,
-                        content_id=stored.content_id,
-                        prompt=item.prompt,
-                        action="flagged",
-                        actor=actor,
-                        now=now,
-                    )
+            # A rule's verdict and the classifier's may both flag an item: each leaves its row.
+            for stored, item, rule_verdict, scan in zip(prepared, items, verdicts, scanned, strict=True):
+                for verdict in (rule_verdict, scan):
+                    if verdict is not None:
+                        moderation.record_flag(
+                            conn,
+                            policy,
+                            verdict,
+                            stage=moderation.Stage.OUTPUT,
+                            account_id=account_id,
+                            content_id=stored.content_id,
+                            prompt=item.prompt,
+                            action="flagged",
+                            actor=actor,
+                            now=now,
+                        )
     except BaseException:
         _delete_quietly(blobs, written)
         raise

@@ -23,6 +23,7 @@ from control_plane.content import ContentItem, ContentKind
 from control_plane.credits import Balance, LedgerEntry, Reservation, ReservationState
 from control_plane.dsr import DsrKind, DsrRequest, DsrState
 from control_plane.errors import InvalidArgument
+from control_plane.output_scan import ClassifierVerdict
 from control_plane.policy import TrainingConsentMode
 from protos.atelier.v1 import common_pb2, control_plane_pb2
 
@@ -341,3 +342,9 @@ def audit_entry_pb(entry: AuditRecord) -> control_plane_pb2.AuditEntry:
         details_json=json.dumps(dict(entry.details), sort_keys=True, default=str),
         acting_account_id=str(entry.acting_account_id or ""),
     )
+
+
+def output_verdict(item: control_plane_pb2.NewContent) -> ClassifierVerdict:
+    """The image classifier's verdict a stored item carries (validated by `content.validate_new_content`)."""
+    verdict = item.output_verdict
+    return ClassifierVerdict(verdict.category, verdict.score, verdict.threshold, item.output_classifier)
