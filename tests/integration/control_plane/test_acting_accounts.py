@@ -360,9 +360,8 @@ class TestIdentityProviderRpcs:
         self, stub: ControlPlaneStub, operator: Caller, fields: dict[str, str], named: str
     ) -> None:
         with pytest.raises(grpc.RpcError) as caught:
-            stub.SetIdentityProvider(
-                pb.SetIdentityProviderRequest(provider=pb.IdentityProvider(**fields)  # type: ignore[arg-type]), metadata=operator.metadata
-            )
+            malformed = pb.IdentityProvider(**fields)  # type: ignore[arg-type]
+            stub.SetIdentityProvider(pb.SetIdentityProviderRequest(provider=malformed), metadata=operator.metadata)
         assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
         assert (caught.value.details() or "").startswith(named)
 
