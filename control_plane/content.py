@@ -205,10 +205,9 @@ def store_content(
     consent.require_may_process(conn, account_id)
     age = accounts.current_age(conn, account_id, now.date())
     minor = age is not None and accounts.is_minor(age)
-    policy = moderation_policy or ModerationPolicy()
     output_scan.withhold_if_blocked(
         conn,
-        policy,
+        moderation_policy or ModerationPolicy(),
         [item.output_verdict for item in items],
         tenant_id=tenant_id,
         account_id=account_id,
@@ -222,16 +221,9 @@ def store_content(
         checker.check(moderation.Stage.OUTPUT, item.prompt, item.data) if checker is not None else None
         for item in items
     ]
-    # Above its threshold and not withheld: flagged (private, never exported), with its own flag row.
-    scanned = [
-        item.output_verdict.as_flag()
-        if item.output_verdict is not None and item.output_verdict.above_threshold
-        else None
-        for item in items
-    ]
     prepared = [
-        _prepare(account, item, now, data_key, flagged=verdict is not None or scan is not None)
-        for item, verdict, scan in zip(items, verdicts, scanned, strict=True)
+        _prepare(account, item, now, data_key, flagged=verdict is not None or output_scan.flags(item.output_verdict))
+        for item, verdict in zip(items, verdicts, strict=True)
     ]
     written: list[str] = []
     try:
@@ -274,22 +266,31 @@ def store_content(
                     for stored in prepared
                 ],
             )
-            # A rule's verdict and the classifier's may both flag an item: each leaves its row.
-            for stored, item, rule_verdict, scan in zip(prepared, items, verdicts, scanned, strict=True):
-                for verdict in (rule_verdict, scan):
-                    if verdict is not None:
-                        moderation.record_flag(
-                            conn,
-                            policy,
-                            verdict,
-                            stage=moderation.Stage.OUTPUT,
-                            account_id=account_id,
-                            content_id=stored.content_id,
-                            prompt=item.prompt,
-                            action="flagged",
-                            actor=actor,
-                            now=now,
-                        )
+            for stored, item, verdict in zip(prepared, items, verdicts, strict=True):
+                if verdict is not None:
+                    moderation.record_flag(
+                        conn,
+                        moderation_policy or ModerationPolicy(),
+                        verdict,
+                        stage=moderation.Stage.OUTPUT,
+                        account_id=account_id,
+                        content_id=stored.content_id,
+                        prompt=item.prompt,
+                        action="flagged",
+                        actor=actor,
+                        now=now,
+                    )
+            output_scan.record_flags(
+                conn,
+                moderation_policy or ModerationPolicy(),
+                [
+                    (stored.content_id, item.prompt, item.output_verdict)
+                    for stored, item in zip(prepared, items, strict=True)
+                ],
+                account_id=account_id,
+                actor=actor,
+                now=now,
+            )
     except BaseException:
         _delete_quietly(blobs, written)
         raise

@@ -96,6 +96,38 @@ def validate_verdict(where: str, verdict: ClassifierVerdict | None, *, generated
         )
 
 
+def flags(verdict: ClassifierVerdict | None) -> bool:
+    """Whether a stored (not withheld) item with this verdict is flagged: private, never exported."""
+    return verdict is not None and verdict.above_threshold
+
+
+def record_flags(
+    conn: Connection,
+    policy: ModerationPolicy,
+    stored: Sequence[tuple[UUID, str, ClassifierVerdict | None]],
+    *,
+    account_id: UUID,
+    actor: Actor,
+    now: datetime,
+) -> None:
+    """Writes a flag (and its audit row) for each stored item above its threshold, inside the store's
+    transaction. `stored` holds each item's content id, prompt and verdict."""
+    for content_id, prompt, verdict in stored:
+        if verdict is not None and flags(verdict):
+            moderation.record_flag(
+                conn,
+                policy,
+                verdict.as_flag(),
+                stage=moderation.Stage.OUTPUT,
+                account_id=account_id,
+                content_id=content_id,
+                prompt=prompt,
+                action="flagged",
+                actor=actor,
+                now=now,
+            )
+
+
 def withhold_if_blocked(
     conn: Connection,
     policy: ModerationPolicy,
