@@ -272,12 +272,13 @@ class Gateway:
         self._metrics.credits.inc(validated.cost, tags={"model": model, "outcome": "committed"})
         self._metrics.images.inc(params.num_images, tags={"model": model})
         logger.info(
-            "generated request_id=%s model=%s images=%d steps=%d cost=%d total_ms=%.1f",
+            "generated request_id=%s model=%s images=%d steps=%d cost=%d scan_ms=%.1f total_ms=%.1f",
             request_id,
             validated.model.name,
             params.num_images,
             params.steps,
             validated.cost,
+            result.scan_ms,
             (finished - started) * 1000,
         )
         response = _response(validated, result, stored, request_id, started, reserved, generated, finished)
