@@ -25,7 +25,7 @@ from uuid import UUID, uuid4
 
 from psycopg.types.json import Jsonb
 
-from control_plane import accounts, consent, credits, crypto, moderation, png
+from control_plane import accounts, consent, credits, crypto, moderation, output_scan, png
 from control_plane.accounts import AccountStatus, Visibility
 from control_plane.adapters.blobstore import BlobStore
 from control_plane.adapters.encrypted_blobs import EncryptedBlobStore
@@ -68,6 +68,8 @@ class NewContent:
     """Generation parameters as JSON-ready values; `model` is also kept in its own column."""
     visibility: Visibility | None = None
     """None takes the account's default."""
+    output_verdict: output_scan.ClassifierVerdict | None = None
+    """Generated images: the replica's image classifier's verdict (see `output_scan`)."""
 
 
 @dataclass(frozen=True)
@@ -148,6 +150,7 @@ def validate_new_content(items: Sequence[NewContent]) -> None:
             raise InvalidArgument(f"{where}.data", f"is not a well-formed PNG image: it {error}") from None
         if len(item.prompt) > MAX_PROMPT_CHARS:
             raise InvalidArgument(f"{where}.prompt", f"must be at most {MAX_PROMPT_CHARS} characters")
+        output_scan.validate_verdict(where, item.output_verdict, generated=item.kind is ContentKind.GENERATED)
 
 
 def store_content(
@@ -179,7 +182,8 @@ def store_content(
         now: Creation time; also recorded as the account's last activity.
         checker: Moderates each item as an output; a flagged item is stored private and
             flagged, with a flag row. None skips output moderation.
-        moderation_policy: The policy `checker` applies (whether flags keep the prompt).
+        moderation_policy: The policy `checker` applies (whether flags keep the prompt), and what
+            an item whose classifier verdict is above its threshold becomes (`output_scan`).
 
     Returns:
         The items in request order, the committed reservation (if any) and the balance.
@@ -190,6 +194,8 @@ def store_content(
         AccountNotActive: The account is suspended or erased.
         GuardianConsentRequired: The account needs a guardian's consent first.
         FailedPrecondition: The reservation is settled or expired.
+        OutputBlocked: A classifier verdict is above its threshold under a blocking policy; the
+            flags and the release of the reservation are committed, nothing is stored.
     """
     validate_new_content(items)
     # Stored (and so exported) without text, EXIF or other metadata chunks: see `png`.
@@ -199,13 +205,24 @@ def store_content(
     consent.require_may_process(conn, account_id)
     age = accounts.current_age(conn, account_id, now.date())
     minor = age is not None and accounts.is_minor(age)
+    output_scan.withhold_if_blocked(
+        conn,
+        moderation_policy or ModerationPolicy(),
+        [item.output_verdict for item in items],
+        tenant_id=tenant_id,
+        account_id=account_id,
+        prompt=items[0].prompt,
+        reservation_id=commit_reservation_id,
+        actor=actor,
+        now=now,
+    )
     data_key = keys.live_data_key(conn, account_id, actor=actor, now=now)
     verdicts = [
         checker.check(moderation.Stage.OUTPUT, item.prompt, item.data) if checker is not None else None
         for item in items
     ]
     prepared = [
-        _prepare(account, item, now, data_key, flagged=verdict is not None)
+        _prepare(account, item, now, data_key, flagged=verdict is not None or output_scan.flags(item.output_verdict))
         for item, verdict in zip(items, verdicts, strict=True)
     ]
     written: list[str] = []
@@ -263,6 +280,17 @@ def store_content(
                         actor=actor,
                         now=now,
                     )
+            output_scan.record_flags(
+                conn,
+                moderation_policy or ModerationPolicy(),
+                [
+                    (stored.content_id, item.prompt, item.output_verdict)
+                    for stored, item in zip(prepared, items, strict=True)
+                ],
+                account_id=account_id,
+                actor=actor,
+                now=now,
+            )
     except BaseException:
         _delete_quietly(blobs, written)
         raise

@@ -4,7 +4,8 @@
 policy profile) is the default adapter, and a classifier service can replace it behind the
 same interface. A blocked prompt reserves nothing and leaves a `moderation_flags` row (its
 category, rule, time and account, the prompt's SHA-256, and the prompt itself only when the
-policy keeps it); a flagged output is stored private and can never be made public.
+policy keeps it); a flagged output is stored private and can never be made public. Generated
+images are also judged by the replica's image classifier (see `output_scan`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ class Verdict:
 
     category: str
     rule: str
+    policy: str = "regex"
+    """What judged: ``regex`` (the profile's rules) or ``classifier:<name>`` (the replica's image classifier)."""
+    score: float | None = None
+    """A classifier's score, in [0, 1]; None for a rule."""
 
 
 class ModerationChecker(Protocol):
@@ -141,8 +146,8 @@ def record_flag(
     row = conn.execute(
         """
         INSERT INTO moderation_flags (account_id, content_id, stage, category, action, policy, rule,
-                                      prompt_sha256, prompt_text, created_at)
-        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                                      prompt_sha256, prompt_text, created_at, score)
+        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
         RETURNING flag_id
         """,
         (
@@ -151,11 +156,12 @@ def record_flag(
             stage.value,
             verdict.category,
             action,
-            "regex",
+            verdict.policy,
             verdict.rule,
             hashlib.sha256(prompt.encode()).hexdigest() if prompt else None,
             prompt if policy.keep_prompt else None,
             now,
+            verdict.score,
         ),
     ).fetchone()
     flag_id = int(expect_row(row)[0])
@@ -165,6 +171,7 @@ def record_flag(
         "category": verdict.category,
         "rule": verdict.rule,
         "action": action,
+        **({"policy": verdict.policy, "score": round(verdict.score, 4)} if verdict.score is not None else {}),
         **({"content_id": str(content_id)} if content_id else {}),
     }
     record_audit(conn, actor, now, f"moderation.{action}", "moderation_flag", flag_id, details)

@@ -24,6 +24,11 @@ DEFAULT_PROFILE_NAME = "default"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,99}$")
 _TIERS = ("free", "premium")
 _VISIBILITIES = ("private", "public")
+OUTPUT_BLOCK = "block"
+OUTPUT_FLAG_PRIVATE = "flag_private"
+OUTPUT_CLASSIFIER_ACTIONS = (OUTPUT_BLOCK, OUTPUT_FLAG_PRIVATE)
+"""What a generated image the replica's classifier judged above its threshold becomes: withheld (the
+request fails, nothing is charged) or stored private and flagged."""
 
 
 class TrainingConsentMode(StrEnum):
@@ -55,14 +60,29 @@ class ModerationPolicy:
     check_outputs: bool = True
     """Also check stored items (their prompts) as outputs; a match flags the item private."""
 
+    output_classifier_action: str = OUTPUT_FLAG_PRIVATE
+    """A generated image the replica's image classifier judged at or above its threshold: "block" withholds
+    the request's images (FAILED_PRECONDITION OUTPUT_BLOCKED, nothing charged), "flag_private" stores it
+    private and flagged. Either leaves a moderation flag."""
+
+    def __post_init__(self) -> None:
+        if self.output_classifier_action not in OUTPUT_CLASSIFIER_ACTIONS:
+            raise ConfigError(
+                "moderation.output_classifier_action",
+                f"is {self.output_classifier_action!r}; valid values: {', '.join(OUTPUT_CLASSIFIER_ACTIONS)}",
+            )
+
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], *, where: str) -> ModerationPolicy:
-        """Builds a policy from `{"categories": {cat: {rule: regex}}, "keep_prompt": b, "check_outputs": b}`.
+        """Builds a policy from `{"categories": {cat: {rule: regex}}, "keep_prompt": b, "check_outputs": b,
+        "output_classifier_action": "block"|"flag_private"}`.
 
         Raises:
             ConfigError: Unknown keys, bad names or an invalid regex; the message names it.
         """
-        _check_keys(values, {"categories", "keep_prompt", "check_outputs"}, f"{where}.moderation")
+        _check_keys(
+            values, {"categories", "keep_prompt", "check_outputs", "output_classifier_action"}, f"{where}.moderation"
+        )
         categories = values.get("categories", {})
         if not isinstance(categories, Mapping):
             raise ConfigError(f"{where}.moderation.categories", "must be an object of category -> {rule: regex}")
@@ -82,6 +102,7 @@ class ModerationPolicy:
             rules=tuple(rules),
             keep_prompt=_bool(values.get("keep_prompt", False), f"{where}.moderation.keep_prompt"),
             check_outputs=_bool(values.get("check_outputs", True), f"{where}.moderation.check_outputs"),
+            output_classifier_action=str(values.get("output_classifier_action", OUTPUT_FLAG_PRIVATE)),
         )
 
 

@@ -30,6 +30,8 @@ MAX_IMAGES_PER_REQUEST = 8
 MAX_GUIDANCE_SCALE = 30.0
 MAX_PROMPT_CHARS = 2000
 PROXY_LOCATIONS = ("EveryNode", "HeadOnly", "Disabled")
+# Kept in step with inference.safety.TINY_SAFETY_CHECKER (a unit test checks), without importing torch here.
+BUILTIN_OUTPUT_CLASSIFIERS = ("tiny-safety-checker",)
 
 
 def _require(condition: bool, setting: str, message: str) -> None:
@@ -117,6 +119,15 @@ class ModelConfig:
     fill batches better on a GPU at the price of that much latency."""
     description: str = "Tiny random-weight Stable Diffusion pipeline; images are noise."
     """Shown by ListModels."""
+    output_classifier: str = "tiny-safety-checker"
+    """The image classifier every generated image passes through in the replica, batched on its device:
+    ``tiny-safety-checker`` (diffusers' StableDiffusionSafetyChecker architecture with tiny random weights, whose
+    thresholds let noise pass), or the absolute path of a local StableDiffusionSafetyChecker checkpoint directory
+    (SD 1.5's ``safety_checker/``: ``config.json`` and weights), judged by its published concept thresholds."""
+    output_threshold: float | None = None
+    """One threshold in [0, 1] for every category of `output_classifier`, replacing its own; an image scoring at or
+    above it is withheld or kept private and flagged, as the tenant's policy profile says. 0 flags every image.
+    None (null): the classifier's own thresholds."""
 
     @property
     def buckets(self) -> ShapeBuckets:
@@ -192,7 +203,23 @@ class ModelConfig:
             if single_file
             else "applies only to a single-file .safetensors source",
         )
+        self._check_output_classifier()
         self._check_buckets()
+
+    def _check_output_classifier(self) -> None:
+        _require(
+            self.output_classifier in BUILTIN_OUTPUT_CLASSIFIERS or Path(self.output_classifier).is_absolute(),
+            f"models[{self.name}].output_classifier",
+            f"must be one of {BUILTIN_OUTPUT_CLASSIFIERS} or the absolute path of a local StableDiffusionSafetyChecker "
+            f"checkpoint directory, got {self.output_classifier!r}",
+        )
+        threshold = self.output_threshold
+        _require(
+            threshold is None
+            or (isinstance(threshold, int | float) and not isinstance(threshold, bool) and 0.0 <= threshold <= 1.0),
+            f"models[{self.name}].output_threshold",
+            f"must be null (the classifier's own thresholds) or a number within [0, 1], got {threshold!r}",
+        )
 
     def _check_buckets(self) -> None:
         # JSON gives lists; the frozen config keeps tuples (hashable, comparable).

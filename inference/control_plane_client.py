@@ -8,10 +8,12 @@ caller's own tenant, scopes and acting account; the gateway holds no privileges 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import grpc
 
 from inference.errors import RequestError
+from inference.generation import OutputVerdict
 from protos.atelier.v1 import common_pb2, control_plane_pb2, control_plane_pb2_grpc
 from transport.call_metadata import CallerCredentials
 from transport.tls import TlsConfig
@@ -125,12 +127,17 @@ class ControlPlaneClient:
         prompt: str,
         parameters: list[common_pb2.GenerationParameters],
         visibility: common_pb2.Visibility.ValueType,
+        verdicts: Sequence[OutputVerdict] = (),
     ) -> control_plane_pb2.StoreContentResponse:
-        """Stores the PNGs and commits the reservation in one control-plane transaction.
+        """Stores the PNGs with the output classifier's verdict on each, and commits the reservation, in one
+        control-plane transaction.
 
         Raises:
-            RequestError: the control plane refused or is unreachable; nothing was stored or charged.
+            RequestError: the control plane refused or is unreachable; nothing was stored or charged. A verdict
+                over its threshold under a withholding policy is FAILED_PRECONDITION `OUTPUT_BLOCKED`, and the
+                control plane has then released the reservation itself.
         """
+        judged: list[OutputVerdict | None] = list(verdicts) or [None] * len(images)
         items = [
             control_plane_pb2.NewContent(
                 kind=control_plane_pb2.CONTENT_KIND_GENERATED,
@@ -139,8 +146,10 @@ class ControlPlaneClient:
                 prompt=prompt,
                 parameters=params,
                 visibility=visibility,
+                output_verdict=_verdict_pb(verdict),
+                output_classifier=verdict.classifier if verdict is not None else "",
             )
-            for png, params in zip(images, parameters, strict=True)
+            for png, params, verdict in zip(images, parameters, judged, strict=True)
         ]
         request = control_plane_pb2.StoreContentRequest(
             account_id=account_id, items=items, commit_reservation_id=reservation_id
@@ -179,6 +188,12 @@ class ControlPlaneClient:
             return await method(request, metadata=caller.metadata(), timeout=self._timeout_s)
         except grpc.aio.AioRpcError as exc:
             raise _to_request_error(exc) from None
+
+
+def _verdict_pb(verdict: OutputVerdict | None) -> control_plane_pb2.OutputVerdict | None:
+    if verdict is None:
+        return None
+    return control_plane_pb2.OutputVerdict(category=verdict.category, score=verdict.score, threshold=verdict.threshold)
 
 
 def _to_request_error(exc: grpc.aio.AioRpcError) -> RequestError:

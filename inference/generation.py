@@ -152,6 +152,26 @@ class StepProgress:
 
 
 @dataclass(frozen=True)
+class OutputVerdict:
+    """An image classifier's verdict on one generated image: its category nearest to (or furthest over) its
+    threshold. The control plane decides what an image at or above its threshold becomes."""
+
+    category: str
+    """The classifier's category, e.g. ``concept_3``."""
+    score: float
+    """How strongly the image matches `category`, in [0, 1]."""
+    threshold: float
+    """The score at and above which `category` counts as present, in [0, 1] (0 flags every image)."""
+    classifier: str
+    """Which classifier judged it (``tiny-safety-checker``, or a checkpoint directory's name)."""
+
+    @property
+    def above_threshold(self) -> bool:
+        """Whether the image counts as showing `category`."""
+        return self.score >= self.threshold
+
+
+@dataclass(frozen=True)
 class GenerationResult:
     """The images of one request, PNG-encoded, with where the time went."""
 
@@ -164,6 +184,10 @@ class GenerationResult:
     """From the start of the pipeline call to the end of the last denoising step."""
     decode_ms: float
     """VAE decode and PNG encoding after the last step."""
+    verdicts: tuple[OutputVerdict, ...] = ()
+    """The output classifier's verdict on each image, in the order of `pngs`."""
+    scan_ms: float = 0.0
+    """The output classifier's run over the request's batch (part of the replica's time, after decode)."""
 
 
 @dataclass(frozen=True)

@@ -18,12 +18,15 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from control_plane.accounts import Account, AccountStatus, Tier, Visibility
 from control_plane.api_keys import ApiKey, Scope
 from control_plane.audit import AuditRecord
+from control_plane.config import ConfigError
 from control_plane.consent import ConsentOverview, ConsentRecord, Method, Purpose
 from control_plane.content import ContentItem, ContentKind
 from control_plane.credits import Balance, LedgerEntry, Reservation, ReservationState
 from control_plane.dsr import DsrKind, DsrRequest, DsrState
 from control_plane.errors import InvalidArgument
+from control_plane.output_scan import ClassifierVerdict
 from control_plane.policy import TrainingConsentMode
+from control_plane.user_tokens import IdentityProvider
 from protos.atelier.v1 import common_pb2, control_plane_pb2
 
 _E = TypeVar("_E")
@@ -340,4 +343,42 @@ def audit_entry_pb(entry: AuditRecord) -> control_plane_pb2.AuditEntry:
         target_id=entry.target_id,
         details_json=json.dumps(dict(entry.details), sort_keys=True, default=str),
         acting_account_id=str(entry.acting_account_id or ""),
+    )
+
+
+def output_verdict(item: control_plane_pb2.NewContent) -> ClassifierVerdict:
+    """The image classifier's verdict a stored item carries (validated by `content.validate_new_content`)."""
+    verdict = item.output_verdict
+    return ClassifierVerdict(verdict.category, verdict.score, verdict.threshold, item.output_classifier)
+
+
+_PROVIDER_FIELD_CHARS = {"issuer": 500, "audience": 500, "account_claim": 100, "jwks": 1024 * 1024}
+
+
+def parse_identity_provider(provider: control_plane_pb2.IdentityProvider) -> IdentityProvider:
+    """A tenant's OIDC provider from a request (`account_claim` empty means "sub").
+
+    Raises:
+        InvalidArgument: A field is empty or too long, or `jwks` is neither a key set nor an https/file URL
+            (named `provider.<field>`).
+    """
+    claim = provider.account_claim or "sub"
+    for name, limit in _PROVIDER_FIELD_CHARS.items():
+        value = claim if name == "account_claim" else getattr(provider, name)
+        if not 1 <= len(value) <= limit:
+            raise InvalidArgument(f"provider.{name}", f"must be 1..{limit} characters")
+    try:
+        return IdentityProvider(provider.issuer, provider.audience, provider.jwks, claim, provider.require_user_token)
+    except ConfigError as error:
+        raise InvalidArgument(f"provider.{error.setting}", error.detail) from None
+
+
+def identity_provider_pb(provider: IdentityProvider) -> control_plane_pb2.IdentityProvider:
+    """The protobuf form of a tenant's OIDC provider."""
+    return control_plane_pb2.IdentityProvider(
+        issuer=provider.issuer,
+        audience=provider.audience,
+        jwks=provider.jwks,
+        account_claim=provider.account_claim,
+        require_user_token=provider.required,
     )

@@ -11,7 +11,9 @@ is idle; with zero (the default) a lone request on an idle replica starts at onc
 Every batch runs on the replica's one model thread (`ModelThread`), which also ran its warm-up:
 `torch.compile` with CUDA graphs keeps its graph state per thread, so a batch on another thread would
 fail (or recapture). The images are PNG-encoded after the pipeline is released, off that thread, so the
-next batch does not wait for the encoding (30 ms at 512x512, 110 ms at 1024x1024).
+next batch does not wait for the encoding (30 ms at 512x512, 110 ms at 1024x1024). A model's output
+classifier judges every image of a batch in one pass on that thread too, right after the pipeline call (on
+the replica's device, before the images leave it).
 
 Each request has its own stop flag: a request cancelled before its batch starts leaves the queue; one
 cancelled in a running batch stops getting progress, and the denoising loop stops at the next step
@@ -37,6 +39,8 @@ import torch
 
 from inference.backends import Backend, BatchKey, GenerationCancelled, GenerationParams, batch_key
 from inference.deployments.preview import latent_preview_png
+from inference.generation import OutputVerdict
+from inference.safety.base import OutputClassifier
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +117,10 @@ class BatchedResult:
     """From the start of the pipeline call to the end of the last denoising step."""
     decode_ms: float
     """VAE decode and PNG encoding after the last step."""
+    verdicts: tuple[OutputVerdict, ...] = ()
+    """The output classifier's verdict on each of `pngs` (none without a classifier)."""
+    scan_ms: float = 0.0
+    """The output classifier's pass over the whole batch."""
 
 
 @dataclass(frozen=True)
@@ -141,6 +149,22 @@ ProgressCallback = Callable[[int, int, bytes | None], None]
 the request's batch; ``preview_png`` is set on the steps the request asked previews for."""
 
 
+@dataclass(frozen=True)
+class _BatchOutcome:
+    """What one pipeline call made: each request's images and verdicts, with where the time went."""
+
+    outputs: list[list[PIL.Image.Image]]
+    verdicts: list[tuple[OutputVerdict, ...]]
+    images: int
+    """Images in the call."""
+    denoise_ms: float
+    """From the call's start to its last step's end (device time on a GPU)."""
+    decode_ms: float
+    """From the last step's end to the images."""
+    scan_ms: float
+    """The output classifier's pass over the batch."""
+
+
 @dataclass
 class _Pending:
     params: GenerationParams
@@ -166,6 +190,7 @@ class BatchScheduler:
         model_thread: ModelThread | None = None,
         cuda_timing: bool = False,
         on_pipeline_run: PipelineRunCallback | None = None,
+        classifier: OutputClassifier | None = None,
     ) -> None:
         """Schedule requests on `backend`.
 
@@ -180,6 +205,8 @@ class BatchScheduler:
             cuda_timing: Time steps with CUDA events (the backend runs on a GPU); progress callbacks
                 then come once the device finished the step.
             on_pipeline_run: Called after every pipeline call (for metrics; see `PipelineRunCallback`).
+            classifier: Judges every image of each batch, in one pass after the pipeline call; None: no
+                verdicts.
         """
         if max_batch_images < 1:
             raise ValueError(f"max_batch_images must be >= 1, got {max_batch_images}")
@@ -192,6 +219,7 @@ class BatchScheduler:
         self._on_pipeline_run = on_pipeline_run
         self._model_thread = model_thread or ModelThread()
         self._timer = _StepTimer(cuda_timing)
+        self._classifier = classifier
         # Encodings of finished batches, running after the pipeline was released (kept referenced).
         self._deliveries: set[asyncio.Task[None]] = set()
         self._queues: dict[BatchKey, deque[_Pending]] = {}
@@ -267,7 +295,7 @@ class BatchScheduler:
                 outcome = await self._run_batch(batch) if batch else None
             if outcome is not None:
                 # Encoded with the pipeline released: the next batch (of any key) starts meanwhile.
-                delivery = asyncio.ensure_future(self._deliver(batch, *outcome))
+                delivery = asyncio.ensure_future(self._deliver(batch, outcome))
                 self._deliveries.add(delivery)
                 delivery.add_done_callback(self._deliveries.discard)
         del self._queues[key], self._arrived[key], self._drainers[key]
@@ -288,12 +316,9 @@ class BatchScheduler:
             images += pending.params.num_images
         return batch
 
-    async def _run_batch(self, batch: list[_Pending]) -> tuple[list[list[PIL.Image.Image]], int, float, float] | None:
-        """Runs `batch`'s pipeline call on the model thread; None when it failed (its futures are set).
-
-        Returns the images per request, the batch's image count, and the milliseconds from the call's
-        start to its last step's end and from there to the images (device time on a GPU).
-        """
+    async def _run_batch(self, batch: list[_Pending]) -> _BatchOutcome | None:
+        """Runs `batch`'s pipeline call (and its images' classification) on the model thread; None when it
+        failed (its futures are set)."""
         images = sum(p.params.num_images for p in batch)
         if self._on_batch is not None:
             self._on_batch(images)
@@ -330,21 +355,23 @@ class BatchScheduler:
 
         wants_previews = any(p.preview_every for p in batch)
 
-        def generate() -> tuple[list[list[PIL.Image.Image]], float, float]:
+        def generate() -> _BatchOutcome:
             marks["start"] = timer.mark()
             outputs = self._backend.generate_batch(
                 [p.params for p in batch], on_step, on_latents if wants_previews else None
             )
             end = timer.mark()
             last_step = marks.get("last_step", marks["start"])
-            return outputs, timer.elapsed_ms(marks["start"], last_step), timer.elapsed_ms(last_step, end)
+            denoise_ms, decode_ms = timer.elapsed_ms(marks["start"], last_step), timer.elapsed_ms(last_step, end)
+            verdicts, scan_ms = self._classify(outputs)
+            return _BatchOutcome(outputs, verdicts, images, denoise_ms, decode_ms, scan_ms)
 
         self._batches_run += 1
         self._running = True
         completed_denoise_s: float | None = None
         try:
-            outputs, denoise_ms, decode_ms = await self._model_thread.run(generate)
-            completed_denoise_s = denoise_ms / 1000
+            outcome = await self._model_thread.run(generate)
+            completed_denoise_s = outcome.denoise_ms / 1000
         except BaseException as exc:
             if isinstance(exc, GenerationCancelled):
                 self._batches_stopped += 1
@@ -364,16 +391,24 @@ class BatchScheduler:
             self._running = False
             if self._on_pipeline_run is not None:
                 self._on_pipeline_run(time.perf_counter() - started_at, steps_done, completed_denoise_s)
-        return outputs, images, denoise_ms, decode_ms
+        return outcome
 
-    async def _deliver(
-        self,
-        batch: list[_Pending],
-        outputs: list[list[PIL.Image.Image]],
-        images: int,
-        denoise_ms: float,
-        decode_ms: float,
-    ) -> None:
+    def _classify(self, outputs: list[list[PIL.Image.Image]]) -> tuple[list[tuple[OutputVerdict, ...]], float]:
+        """Every image of the batch through the classifier in one pass: each request's verdicts, and the
+        pass's milliseconds (it ends with the verdicts on the host, so this is device time too)."""
+        if self._classifier is None:
+            return [() for _ in outputs], 0.0
+        started = time.perf_counter()
+        flat = self._classifier.classify([image for output in outputs for image in output])
+        scan_ms = (time.perf_counter() - started) * 1000
+        verdicts: list[tuple[OutputVerdict, ...]] = []
+        for output in outputs:
+            verdicts.append(tuple(flat[: len(output)]))
+            flat = flat[len(output) :]
+        return verdicts, scan_ms
+
+    async def _deliver(self, batch: list[_Pending], outcome: _BatchOutcome) -> None:
+        outputs = outcome.outputs
         encode_started = time.perf_counter()
         try:
             pngs = await asyncio.to_thread(lambda: [[_encode_png(image) for image in output] for output in outputs])
@@ -383,7 +418,7 @@ class BatchScheduler:
                     pending.future.set_exception(exc)
             return
         encode_ms = (time.perf_counter() - encode_started) * 1000
-        for pending, request_pngs in zip(batch, pngs, strict=True):
+        for pending, request_pngs, verdicts in zip(batch, pngs, outcome.verdicts, strict=True):
             if pending.future.done():
                 continue
             if pending.stop.is_set():
@@ -393,10 +428,12 @@ class BatchScheduler:
             pending.future.set_result(
                 BatchedResult(
                     pngs=request_pngs,
-                    batch_images=images,
+                    batch_images=outcome.images,
                     queue_ms=(pending.started_at - pending.queued_at) * 1000,
-                    denoise_ms=denoise_ms,
-                    decode_ms=decode_ms + encode_ms,
+                    denoise_ms=outcome.denoise_ms,
+                    decode_ms=outcome.decode_ms + encode_ms,
+                    verdicts=verdicts,
+                    scan_ms=outcome.scan_ms,
                 )
             )
 

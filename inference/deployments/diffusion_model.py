@@ -15,15 +15,17 @@ from ray import serve
 from inference.backends import Backend, GenerationParams
 from inference.config import ModelConfig, PoolConfig
 from inference.deployments.batching import BatchScheduler, ModelThread, SchedulerStats
-from inference.deployments.loading import load_backend, warm_up
+from inference.deployments.loading import load_backend, load_classifier, warm_up
 from inference.generation import GenerationResult, StepProgress
 from inference.metrics import GAUGE_REFRESH_S, ModelMetrics
+from inference.safety import OutputClassifier
 
 logger = logging.getLogger(__name__)
 
 
 class _LoadedModel:
-    """One model loaded in a replica: its backend and the scheduler batching its requests."""
+    """One model loaded in a replica: its backend, its output classifier, and the scheduler batching its
+    requests (which runs the classifier over every batch's images)."""
 
     def __init__(
         self,
@@ -36,7 +38,7 @@ class _LoadedModel:
         self.name = model.name
         self._on_unload = on_unload
 
-        def warmed_backend() -> Backend:
+        def warmed_backend() -> tuple[Backend, OutputClassifier]:
             backend = load_backend(model, cache_dir)
             warm_up(
                 backend,
@@ -45,11 +47,11 @@ class _LoadedModel:
                     seconds, tags={"model": model.name, "bucket": bucket}
                 ),
             )
-            return backend
+            return backend, load_classifier(model)
 
         # Loading, compiling and warming up on the thread that will run every batch (see ModelThread);
         # the replica's constructor returns, and so reports healthy, only once every bucket is warm.
-        self.backend = model_thread.call(warmed_backend)
+        self.backend, classifier = model_thread.call(warmed_backend)
         self.scheduler_name = type(self.backend.pipeline.scheduler).__name__
         self.batches = BatchScheduler(
             self.backend,
@@ -61,6 +63,7 @@ class _LoadedModel:
             on_pipeline_run=lambda busy_s, steps, denoise_s: metrics.observe_pipeline_run(
                 model.name, busy_s, steps, denoise_s
             ),
+            classifier=classifier,
         )
         logger.info("model_loaded model=%s backend=%s device=%s", model.name, model.backend, model.device)
 
@@ -189,6 +192,8 @@ class DiffusionModel:
                 queue_ms=batched.queue_ms,
                 denoise_ms=batched.denoise_ms,
                 decode_ms=batched.decode_ms,
+                verdicts=batched.verdicts,
+                scan_ms=batched.scan_ms,
             )
         finally:
             # Reached on success, on error, and when the caller cancels or closes the stream: the

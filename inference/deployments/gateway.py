@@ -64,6 +64,8 @@ logger = logging.getLogger(__name__)
 _SERVICE_NAME = "atelier.v1.Inference"
 # ErrorInfo reason of a prompt the control plane's moderation refused.
 _PROMPT_BLOCKED = "PROMPT_BLOCKED"
+# ErrorInfo reason of generated images the control plane withheld on the output classifier's verdict.
+_OUTPUT_BLOCKED = "OUTPUT_BLOCKED"
 # ErrorInfo reasons of the gateway's own refusals (listed in common.proto's ErrorReason).
 _POOL_AT_CAPACITY = "POOL_AT_CAPACITY"
 _POOL_UNAVAILABLE = "POOL_UNAVAILABLE"
@@ -235,7 +237,7 @@ class Gateway:
                 ),
             )
         except RequestError as exc:
-            if (info := exc.error_info()) is not None and info.reason == _PROMPT_BLOCKED:
+            if _is_reason(exc, _PROMPT_BLOCKED) and (info := exc.error_info()) is not None:
                 category = info.metadata.get("category", "unknown")
                 self._metrics.moderation_blocks.inc(tags={"category": category})
             raise
@@ -257,10 +259,13 @@ class Gateway:
                 params.prompt,
                 _parameters(validated, result, upload_id),
                 request.visibility,
+                result.verdicts,
             )
-        except BaseException:
-            # Shielded so a cancelled request still returns its credits.
-            await asyncio.shield(self._control_plane.release_reservation(caller, reservation_id))
+        except BaseException as exc:
+            # A withheld output's reservation was released by the control plane, with the flag it left.
+            if not _is_reason(exc, _OUTPUT_BLOCKED):
+                # Shielded so a cancelled request still returns its credits.
+                await asyncio.shield(self._control_plane.release_reservation(caller, reservation_id))
             self._metrics.credits.inc(validated.cost, tags={"model": model, "outcome": "released"})
             raise
         finally:
@@ -269,12 +274,13 @@ class Gateway:
         self._metrics.credits.inc(validated.cost, tags={"model": model, "outcome": "committed"})
         self._metrics.images.inc(params.num_images, tags={"model": model})
         logger.info(
-            "generated request_id=%s model=%s images=%d steps=%d cost=%d total_ms=%.1f",
+            "generated request_id=%s model=%s images=%d steps=%d cost=%d scan_ms=%.1f total_ms=%.1f",
             request_id,
             validated.model.name,
             params.num_images,
             params.steps,
             validated.cost,
+            result.scan_ms,
             (finished - started) * 1000,
         )
         response = _response(validated, result, stored, request_id, started, reserved, generated, finished)
@@ -465,6 +471,11 @@ async def _validate(request: inference_pb2.GenerateRequest, config: ServeConfig)
     if request.init_image or request.mask_image:
         return await asyncio.to_thread(validate_generate_request, request, config)
     return validate_generate_request(request, config)
+
+
+def _is_reason(exc: BaseException, reason: str) -> bool:
+    """Whether `exc` is a refusal with ErrorInfo `reason`."""
+    return isinstance(exc, RequestError) and (info := exc.error_info()) is not None and info.reason == reason
 
 
 def _purpose(validated: ValidatedRequest) -> str:

@@ -1,4 +1,5 @@
-"""How a replica gets its backend ready: load the pipeline, wrap it in its backend, warm every bucket.
+"""How a replica gets its backend ready: load the pipeline, wrap it in its backend, warm every bucket; and its
+output classifier.
 
 Free of Ray, so `atelier models build` (a Job before replicas start) and the latency benchmark (on a GPU
 machine without this project's install) run exactly what a replica runs.
@@ -10,9 +11,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import PIL.Image
+
 from inference.backends import Backend, BackendOptions, BucketedBackend, GenerationParams, create_backend
 from inference.config import ModelConfig
 from inference.models import ModelSource, load_pipeline
+from inference.safety import OutputClassifier, classifier_dtype, load_output_classifier
 
 
 def load_backend(model: ModelConfig, cache_dir: Path) -> Backend:
@@ -52,3 +56,15 @@ def warm_up(backend: Backend, model: ModelConfig, on_bucket: Callable[[str, floa
     )
     if on_bucket is not None:
         on_bucket(f"1x{model.default_width}x{model.default_height}", time.perf_counter() - started)
+
+
+def load_classifier(model: ModelConfig) -> OutputClassifier:
+    """`model`'s output classifier on its device, warmed by one pass (so no request pays its first call)."""
+    classifier = load_output_classifier(
+        model.output_classifier,
+        model.output_threshold,
+        device=model.device,
+        dtype=classifier_dtype(model.device, model.dtype),
+    )
+    classifier.classify([PIL.Image.new("RGB", (model.default_width, model.default_height))])
+    return classifier

@@ -13,13 +13,14 @@ import grpc
 from atelier.launcher import LocalCluster
 from atelier.settings import ClusterSettings
 from atelier.state import load_operator_key
-from protos.atelier.v1 import control_plane_pb2, control_plane_pb2_grpc, inference_pb2_grpc
+from protos.atelier.v1 import control_plane_pb2, control_plane_pb2_grpc, inference_pb2_grpc, training_pb2_grpc
 
 
 @contextmanager
 def cluster_serving(settings: ClusterSettings, serve_config: Path, label: str) -> Iterator[dict[str, Any]]:
     """Starts a cluster as `atelier up` does with ``ATELIER_SERVE_CONFIG=serve_config``, connects this process
-    to its Ray cluster, and yields its stubs (``inference``, ``control_plane``) and operator ``metadata``."""
+    to its Ray cluster, and yields its stubs (``inference``, ``control_plane``, ``training``) and operator
+    ``metadata``."""
     os.environ["ATELIER_SERVE_CONFIG"] = str(serve_config)
     cluster = LocalCluster(settings, log=lambda line: print(f"[{label}] {line}"))
     import ray
@@ -38,6 +39,7 @@ def cluster_serving(settings: ClusterSettings, serve_config: Path, label: str) -
             yield {
                 "inference": inference_pb2_grpc.InferenceStub(serve_channel),
                 "control_plane": control_plane_pb2_grpc.ControlPlaneStub(control_channel),
+                "training": training_pb2_grpc.TrainingDataStub(control_channel),
                 "metadata": (("authorization", f"Bearer {key}"),),
             }
     finally:

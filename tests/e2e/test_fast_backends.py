@@ -1,6 +1,10 @@
 """SDXL and the fast backends through a real cluster: a tiny random-weight SDXL checkpoint saved to a local
 directory serves on eager, compile and onnxruntime, batched images equal to solo ones; tiny-sd serves
 72x72 on onnxruntime from artefacts `atelier models build` made before the cluster started.
+
+The same cluster serves a tiny-sd whose output classifier has a threshold of 0 (every image is judged
+above it), so the scanning of generated images is shown end to end: withheld under a blocking profile,
+kept private and flagged (and never exported) under a flagging one.
 """
 
 from __future__ import annotations
@@ -13,21 +17,32 @@ import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import PIL.Image
+import pyarrow.parquet as pq
 import pytest
 
 from atelier.ports import local_cluster_ports
 from atelier.settings import ClusterSettings
+from control_plane import tenants
+from control_plane.api_keys import ensure_operator_key
+from control_plane.audit import SYSTEM
+from control_plane.db.embedded import EmbeddedPostgres
+from control_plane.db.pool import Pool, open_pool
 from inference.models import build_tiny_sdxl
-from protos.atelier.v1 import inference_pb2
+from protos.atelier.v1 import common_pb2, control_plane_pb2, inference_pb2, training_pb2
 from tests.e2e._clusters import cluster_serving, create_account
+from tests.e2e.test_privacy_through_gateway import _reason
 
 SDXL_BACKENDS = ("eager", "compile", "onnxruntime")
 TINY_ONNX = "tiny-sd-onnx"
+# Its classifier's threshold is 0: every image it makes is judged above it.
+SCAN_ALL = "tiny-sd-scan-all"
 # Each bucket is compiled (or shaped) before the replica is ready: solo requests run at 1, batches at 4.
 BUCKETS = {"bucket_batch_sizes": [1, 4], "bucket_sizes": ["64x64", "72x72"]}
 # Inductor takes minutes per SDXL graph on two shared cores: the compiled model has one bucket, which
@@ -49,6 +64,7 @@ def _serve_config(sdxl_dir: Path) -> dict[str, Any]:
         for backend in SDXL_BACKENDS
     ]
     models.append({"name": TINY_ONNX, "source": "tiny-sd", "backend": "onnxruntime", **common, **BUCKETS})
+    models.append({"name": SCAN_ALL, "source": "tiny-sd", "output_threshold": 0, **common})
     return {"proxy_location": "HeadOnly", "models": models}
 
 
@@ -157,3 +173,111 @@ def test_sdxl_from_a_local_checkpoint_batches_to_the_images_it_gives_alone(
         assert np.abs(_pixels(single) - _pixels(batched)).max() <= 1
     reference = _generate(fast_cluster, account_id, "sdxl-eager", seeds[0])
     assert np.abs(_pixels(alone[0]) - _pixels(reference)).max() <= 1, "every backend gives eager's image"
+
+
+# --- output scanning ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def scan_db(fast_cluster: dict[str, Any]) -> Iterator[Pool]:
+    """The cluster's database, to set tenants' profiles and read moderation flags."""
+    url = EmbeddedPostgres(fast_cluster["home"].resolve() / "postgres").url()
+    assert url is not None
+    with open_pool(url, min_size=1, max_size=2) as pool:
+        yield pool
+
+
+def _tenant_following(pool: Pool, name: str, profile: str) -> tuple[tuple[str, str], ...]:
+    """An admin key of a new tenant whose accounts follow `profile` (a shipped deploy/policies profile)."""
+    principal, secret = ensure_operator_key(pool, name)
+    assert secret is not None
+    with pool.connection() as conn:
+        tenants.set_policy_profile(
+            conn,
+            tenant_id=principal.tenant_id,
+            profile=profile,
+            known_profiles={profile},
+            actor=SYSTEM,
+            now=datetime.now(UTC),
+        )
+    return (("authorization", f"Bearer {secret}"),)
+
+
+def _flags(pool: Pool, account_id: str) -> list[tuple[Any, ...]]:
+    with pool.connection() as conn:
+        return conn.execute(
+            "SELECT content_id, stage, action, policy, score FROM moderation_flags WHERE account_id = %s",
+            (account_id,),
+        ).fetchall()
+
+
+def _scan_request(account_id: str, model: str = SCAN_ALL, **fields: Any) -> inference_pb2.GenerateRequest:
+    return inference_pb2.GenerateRequest(
+        account_id=account_id, model=model, prompt="a lighthouse at dusk", steps=2, seed=5, **fields
+    )
+
+
+def test_a_blocking_profile_withholds_an_image_over_the_threshold_charges_nothing_and_flags_it(
+    fast_cluster: dict[str, Any], scan_db: Pool
+) -> None:
+    metadata = _tenant_following(scan_db, "scan block", "credits-moderated")
+    account_id = create_account({**fast_cluster, "metadata": metadata}, 50)
+    with pytest.raises(grpc.RpcError) as caught:
+        fast_cluster["inference"].Generate(_scan_request(account_id, num_images=2), metadata=metadata, timeout=300)
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert _reason(caught.value) == "OUTPUT_BLOCKED"
+    control = fast_cluster["control_plane"]
+    balance = control.GetBalance(control_plane_pb2.GetBalanceRequest(account_id=account_id), metadata=metadata).balance
+    assert (balance.total, balance.held) == (50, 0)
+    listed = control.ListContent(control_plane_pb2.ListContentRequest(account_id=account_id), metadata=metadata)
+    assert not listed.contents
+    flags = _flags(scan_db, account_id)
+    assert len(flags) == 2, "one flag per image over the threshold"
+    assert {flag[:4] for flag in flags} == {(None, "output", "blocked", "classifier:tiny-safety-checker")}
+
+
+def test_a_flagging_profile_keeps_the_image_private_flagged_and_out_of_every_training_export(
+    fast_cluster: dict[str, Any], scan_db: Pool, tmp_path: Path
+) -> None:
+    # Under this profile an adult's private images are exported for training (opt-out): only the flag keeps
+    # the scanned one out.
+    metadata = _tenant_following(scan_db, "scan flag", "opt-out-guardian-consent")
+    account_id = create_account({**fast_cluster, "metadata": metadata}, 50)
+    public = common_pb2.VISIBILITY_PUBLIC
+    answer = fast_cluster["inference"].Generate(
+        _scan_request(account_id, visibility=public), metadata=metadata, timeout=300
+    )
+    assert answer.credits_charged > 0
+    [image] = answer.images
+    control = fast_cluster["control_plane"]
+    stored = control.GetContent(control_plane_pb2.GetContentRequest(content_id=image.content_id), metadata=metadata)
+    assert stored.content.visibility == common_pb2.VISIBILITY_PRIVATE
+    [(content_id, stage, action, _, score)] = _flags(scan_db, account_id)
+    assert (str(content_id), stage, action) == (image.content_id, "output", "flagged") and score is not None
+    with pytest.raises(grpc.RpcError) as caught:
+        control.SetVisibility(
+            control_plane_pb2.SetVisibilityRequest(content_id=image.content_id, visibility=public), metadata=metadata
+        )
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION and _reason(caught.value) == "CONTENT_FLAGGED"
+
+    # An image of the same account from a model whose classifier lets it pass is exported; the flagged one not.
+    passed = (
+        fast_cluster["inference"]
+        .Generate(_scan_request(account_id, model=TINY_ONNX), metadata=metadata, timeout=300)
+        .images[0]
+    )
+    assert _flags(scan_db, account_id) == [(content_id, stage, action, "classifier:tiny-safety-checker", score)]
+    eligibility = fast_cluster["training"].CheckTrainingEligibility(
+        training_pb2.CheckTrainingEligibilityRequest(sha256=image.sha256), metadata=metadata
+    )
+    assert not eligibility.eligible and eligibility.reason == training_pb2.INELIGIBILITY_REASON_FLAGGED
+    result = subprocess.run(
+        [sys.executable, "-m", "atelier.cli", "export", "training", "-o", str(tmp_path), "--no-images", "--json"],
+        env={**os.environ, "ATELIER_HOME": str(fast_cluster["home"])},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    exported = {row["sha256"] for row in pq.read_table(json.loads(result.stdout)["directory"]).to_pylist()}
+    assert passed.sha256 in exported and image.sha256 not in exported

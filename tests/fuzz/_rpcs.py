@@ -83,7 +83,10 @@ ENTRIES: dict[str, FuzzEntry] = {
     "ControlPlane/ReserveCredits": rpc(Scope.GENERATE, FP, RE, writes_when_refused=_FLAGS),
     "ControlPlane/CommitReservation": rpc(Scope.GENERATE, FP),
     "ControlPlane/ReleaseReservation": rpc(Scope.GENERATE, FP),
-    "ControlPlane/StoreContent": rpc(Scope.GENERATE, FP),
+    # An output the classifier withheld (OUTPUT_BLOCKED) leaves its flags and releases its reservation.
+    "ControlPlane/StoreContent": rpc(
+        Scope.GENERATE, FP, writes_when_refused=_FLAGS | {"reservations", "credit_balances"}
+    ),
     "ControlPlane/GetContent": rpc(Scope.READ, FP),
     "ControlPlane/ListContent": rpc(Scope.READ),
     "ControlPlane/SetVisibility": rpc(Scope.PRIVACY, FP),
@@ -98,6 +101,8 @@ ENTRIES: dict[str, FuzzEntry] = {
     "ControlPlane/ListDsrRequests": rpc(Scope.PRIVACY),
     "ControlPlane/ListAuditEntries": rpc(Scope.PRIVACY),
     "ControlPlane/RotateMasterKey": rpc(Scope.ADMIN, FP, global_tables=frozenset({"account_keys"})),
+    "ControlPlane/SetIdentityProvider": rpc(Scope.ADMIN),
+    "ControlPlane/GetIdentityProvider": rpc(Scope.ADMIN),
     "TrainingData/OptOut": rpc(Scope.PRIVACY, FP),
     "TrainingData/ListOptOuts": rpc(Scope.PRIVACY),
     "TrainingData/CheckTrainingEligibility": rpc(Scope.READ),

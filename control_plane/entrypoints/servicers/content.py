@@ -191,6 +191,7 @@ def _new_content(items: Sequence[control_plane_pb2.NewContent]) -> list[content.
                 if item.visibility
                 else None
             ),
+            output_verdict=convert.output_verdict(item) if item.HasField("output_verdict") else None,
         )
         for i, item in enumerate(items)
     ]

@@ -85,6 +85,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """UNAVAILABLE, retry: the object store holding content cannot be reached (down, timing out,
     credentials refused); nothing was stored or charged.
     """
+    ERROR_REASON_OUTPUT_BLOCKED: _ErrorReason.ValueType  # 27
+    """FAILED_PRECONDITION: the image classifier judged a generated image above its
+    threshold and the policy withholds such images (metadata: category); nothing
+    was stored or charged, and the flag is logged for review.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Every `google.rpc.ErrorInfo.reason` atelier sends (domain "atelier.v1"), so callers can branch on
@@ -155,6 +160,11 @@ ERROR_REASON_API_KEY_ROTATED: ErrorReason.ValueType  # 25
 ERROR_REASON_BLOB_STORE_UNAVAILABLE: ErrorReason.ValueType  # 26
 """UNAVAILABLE, retry: the object store holding content cannot be reached (down, timing out,
 credentials refused); nothing was stored or charged.
+"""
+ERROR_REASON_OUTPUT_BLOCKED: ErrorReason.ValueType  # 27
+"""FAILED_PRECONDITION: the image classifier judged a generated image above its
+threshold and the policy withholds such images (metadata: category); nothing
+was stored or charged, and the flag is logged for review.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 

@@ -1272,6 +1272,8 @@ class NewContent(_message.Message):
     PROMPT_FIELD_NUMBER: _builtins.int
     PARAMETERS_FIELD_NUMBER: _builtins.int
     VISIBILITY_FIELD_NUMBER: _builtins.int
+    OUTPUT_VERDICT_FIELD_NUMBER: _builtins.int
+    OUTPUT_CLASSIFIER_FIELD_NUMBER: _builtins.int
     kind: Global___ContentKind.ValueType
     media_type: _builtins.str
     """IANA media type; only "image/png" is accepted."""
@@ -1281,8 +1283,21 @@ class NewContent(_message.Message):
     """0..2000 characters."""
     visibility: _common_pb2.Visibility.ValueType
     """Unspecified uses the account's default."""
+    output_classifier: _builtins.str
+    """Which classifier gave output_verdict, e.g. "tiny-safety-checker" or a
+    checkpoint's directory name; 1..100 characters, required with a verdict.
+    """
     @_builtins.property
     def parameters(self) -> _common_pb2.GenerationParameters: ...
+    @_builtins.property
+    def output_verdict(self) -> Global___OutputVerdict:
+        """Generated images only: the image classifier's verdict on these bytes, as the
+        replica that generated them judged it. Above its threshold (score >=
+        threshold), the tenant's policy profile withholds the whole store
+        (FAILED_PRECONDITION, reason OUTPUT_BLOCKED; the reservation is released) or
+        stores the item private and flagged; either leaves a moderation flag.
+        """
+
     def __init__(
         self,
         *,
@@ -1292,14 +1307,50 @@ class NewContent(_message.Message):
         prompt: _builtins.str = ...,
         parameters: _common_pb2.GenerationParameters | None = ...,
         visibility: _common_pb2.Visibility.ValueType = ...,
+        output_verdict: Global___OutputVerdict | None = ...,
+        output_classifier: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["parameters", b"parameters"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["output_verdict", b"output_verdict", "parameters", b"parameters"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "kind", b"kind", "media_type", b"media_type", "parameters", b"parameters", "prompt", b"prompt", "visibility", b"visibility"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "kind", b"kind", "media_type", b"media_type", "output_classifier", b"output_classifier", "output_verdict", b"output_verdict", "parameters", b"parameters", "prompt", b"prompt", "visibility", b"visibility"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___NewContent: _TypeAlias = NewContent  # noqa: Y015
+
+@_typing.final
+class OutputVerdict(_message.Message):
+    """An image classifier's verdict on one generated image: the category closest to
+    (or furthest over) its threshold.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CATEGORY_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    category: _builtins.str
+    """The classifier's category, e.g. "concept_3"; 1..100 of a-z, 0-9, '_', '-'."""
+    score: _builtins.float
+    """How strongly the image matches the category, 0..1."""
+    threshold: _builtins.float
+    """The score at and above which the category counts as present, 0..1 (0 flags
+    every image).
+    """
+    def __init__(
+        self,
+        *,
+        category: _builtins.str = ...,
+        score: _builtins.float = ...,
+        threshold: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "score", b"score", "threshold", b"threshold"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OutputVerdict: _TypeAlias = OutputVerdict  # noqa: Y015
 
 @_typing.final
 class StoreContentRequest(_message.Message):
@@ -2266,3 +2317,124 @@ class RotateMasterKeyResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RotateMasterKeyResponse: _TypeAlias = RotateMasterKeyResponse  # noqa: Y015
+
+@_typing.final
+class IdentityProvider(_message.Message):
+    """An OIDC identity provider of a tenant."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ISSUER_FIELD_NUMBER: _builtins.int
+    AUDIENCE_FIELD_NUMBER: _builtins.int
+    JWKS_FIELD_NUMBER: _builtins.int
+    ACCOUNT_CLAIM_FIELD_NUMBER: _builtins.int
+    REQUIRE_USER_TOKEN_FIELD_NUMBER: _builtins.int
+    issuer: _builtins.str
+    """The tokens' `iss`, an https URL (http only for localhost), 1..500 characters."""
+    audience: _builtins.str
+    """A value the tokens' `aud` must hold (the client id), 1..500 characters."""
+    jwks: _builtins.str
+    """The JSON Web Key Set verifying the tokens: a JWKS document inline (starting
+    with "{"), or an https:// or file:// URL it is fetched (and cached) from.
+    """
+    account_claim: _builtins.str
+    """The claim naming the atelier account; empty means "sub"."""
+    require_user_token: _builtins.bool
+    """Accept an acting account only with a valid ID token (UNAUTHENTICATED otherwise)."""
+    def __init__(
+        self,
+        *,
+        issuer: _builtins.str = ...,
+        audience: _builtins.str = ...,
+        jwks: _builtins.str = ...,
+        account_claim: _builtins.str = ...,
+        require_user_token: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_claim", b"account_claim", "audience", b"audience", "issuer", b"issuer", "jwks", b"jwks", "require_user_token", b"require_user_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IdentityProvider: _TypeAlias = IdentityProvider  # noqa: Y015
+
+@_typing.final
+class SetIdentityProviderRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def provider(self) -> Global___IdentityProvider:
+        """The provider to use; unset removes the tenant's provider."""
+
+    def __init__(
+        self,
+        *,
+        provider: Global___IdentityProvider | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["provider", b"provider"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["provider", b"provider"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetIdentityProviderRequest: _TypeAlias = SetIdentityProviderRequest  # noqa: Y015
+
+@_typing.final
+class SetIdentityProviderResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def provider(self) -> Global___IdentityProvider:
+        """The provider now in force; unset when removed."""
+
+    def __init__(
+        self,
+        *,
+        provider: Global___IdentityProvider | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["provider", b"provider"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["provider", b"provider"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetIdentityProviderResponse: _TypeAlias = SetIdentityProviderResponse  # noqa: Y015
+
+@_typing.final
+class GetIdentityProviderRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetIdentityProviderRequest: _TypeAlias = GetIdentityProviderRequest  # noqa: Y015
+
+@_typing.final
+class GetIdentityProviderResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def provider(self) -> Global___IdentityProvider:
+        """Unset when the tenant has no identity provider."""
+
+    def __init__(
+        self,
+        *,
+        provider: Global___IdentityProvider | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["provider", b"provider"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["provider", b"provider"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetIdentityProviderResponse: _TypeAlias = GetIdentityProviderResponse  # noqa: Y015

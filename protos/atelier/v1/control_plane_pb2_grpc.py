@@ -174,6 +174,16 @@ class ControlPlaneStub:
                 request_serializer=atelier_dot_v1_dot_control__plane__pb2.RotateMasterKeyRequest.SerializeToString,
                 response_deserializer=atelier_dot_v1_dot_control__plane__pb2.RotateMasterKeyResponse.FromString,
                 _registered_method=True)
+        self.SetIdentityProvider = channel.unary_unary(
+                '/atelier.v1.ControlPlane/SetIdentityProvider',
+                request_serializer=atelier_dot_v1_dot_control__plane__pb2.SetIdentityProviderRequest.SerializeToString,
+                response_deserializer=atelier_dot_v1_dot_control__plane__pb2.SetIdentityProviderResponse.FromString,
+                _registered_method=True)
+        self.GetIdentityProvider = channel.unary_unary(
+                '/atelier.v1.ControlPlane/GetIdentityProvider',
+                request_serializer=atelier_dot_v1_dot_control__plane__pb2.GetIdentityProviderRequest.SerializeToString,
+                response_deserializer=atelier_dot_v1_dot_control__plane__pb2.GetIdentityProviderResponse.FromString,
+                _registered_method=True)
 
 
 class ControlPlaneServicer:
@@ -370,6 +380,22 @@ class ControlPlaneServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetIdentityProvider(self, request, context):
+        """The OIDC identity provider whose ID tokens (metadata `x-atelier-user-token`) prove
+        the caller's tenant's acting accounts; setting it replaces the previous one, and an
+        unset provider removes it. Scope: admin, of the caller's own tenant; audited.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetIdentityProvider(self, request, context):
+        """The caller's tenant's identity provider (unset when it has none). Scope: admin.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlPlaneServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -512,6 +538,16 @@ def add_ControlPlaneServicer_to_server(servicer, server):
                     servicer.RotateMasterKey,
                     request_deserializer=atelier_dot_v1_dot_control__plane__pb2.RotateMasterKeyRequest.FromString,
                     response_serializer=atelier_dot_v1_dot_control__plane__pb2.RotateMasterKeyResponse.SerializeToString,
+            ),
+            'SetIdentityProvider': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetIdentityProvider,
+                    request_deserializer=atelier_dot_v1_dot_control__plane__pb2.SetIdentityProviderRequest.FromString,
+                    response_serializer=atelier_dot_v1_dot_control__plane__pb2.SetIdentityProviderResponse.SerializeToString,
+            ),
+            'GetIdentityProvider': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetIdentityProvider,
+                    request_deserializer=atelier_dot_v1_dot_control__plane__pb2.GetIdentityProviderRequest.FromString,
+                    response_serializer=atelier_dot_v1_dot_control__plane__pb2.GetIdentityProviderResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1270,6 +1306,60 @@ class ControlPlane:
             '/atelier.v1.ControlPlane/RotateMasterKey',
             atelier_dot_v1_dot_control__plane__pb2.RotateMasterKeyRequest.SerializeToString,
             atelier_dot_v1_dot_control__plane__pb2.RotateMasterKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetIdentityProvider(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/atelier.v1.ControlPlane/SetIdentityProvider',
+            atelier_dot_v1_dot_control__plane__pb2.SetIdentityProviderRequest.SerializeToString,
+            atelier_dot_v1_dot_control__plane__pb2.SetIdentityProviderResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetIdentityProvider(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/atelier.v1.ControlPlane/GetIdentityProvider',
+            atelier_dot_v1_dot_control__plane__pb2.GetIdentityProviderRequest.SerializeToString,
+            atelier_dot_v1_dot_control__plane__pb2.GetIdentityProviderResponse.FromString,
             options,
             channel_credentials,
             insecure,

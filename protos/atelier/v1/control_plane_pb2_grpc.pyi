@@ -119,6 +119,13 @@ class ControlPlaneStub:
     Scope: admin, of the deployment operator's tenant (PERMISSION_DENIED for any
     other tenant's key). FAILED_PRECONDITION when the master key is not file-based.
     """
+    SetIdentityProvider: _grpc.UnaryUnaryMultiCallable[_control_plane_pb2.SetIdentityProviderRequest, _control_plane_pb2.SetIdentityProviderResponse]
+    """The OIDC identity provider whose ID tokens (metadata `x-atelier-user-token`) prove
+    the caller's tenant's acting accounts; setting it replaces the previous one, and an
+    unset provider removes it. Scope: admin, of the caller's own tenant; audited.
+    """
+    GetIdentityProvider: _grpc.UnaryUnaryMultiCallable[_control_plane_pb2.GetIdentityProviderRequest, _control_plane_pb2.GetIdentityProviderResponse]
+    """The caller's tenant's identity provider (unset when it has none). Scope: admin."""
 
 @_typing.type_check_only
 class ControlPlaneAsyncStub(ControlPlaneStub):
@@ -180,6 +187,13 @@ class ControlPlaneAsyncStub(ControlPlaneStub):
     Scope: admin, of the deployment operator's tenant (PERMISSION_DENIED for any
     other tenant's key). FAILED_PRECONDITION when the master key is not file-based.
     """
+    SetIdentityProvider: _aio.UnaryUnaryMultiCallable[_control_plane_pb2.SetIdentityProviderRequest, _control_plane_pb2.SetIdentityProviderResponse]  # type: ignore[assignment]
+    """The OIDC identity provider whose ID tokens (metadata `x-atelier-user-token`) prove
+    the caller's tenant's acting accounts; setting it replaces the previous one, and an
+    unset provider removes it. Scope: admin, of the caller's own tenant; audited.
+    """
+    GetIdentityProvider: _aio.UnaryUnaryMultiCallable[_control_plane_pb2.GetIdentityProviderRequest, _control_plane_pb2.GetIdentityProviderResponse]  # type: ignore[assignment]
+    """The caller's tenant's identity provider (unset when it has none). Scope: admin."""
 
 class ControlPlaneServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -406,5 +420,24 @@ class ControlPlaneServicer(metaclass=_abc_1.ABCMeta):
         Scope: admin, of the deployment operator's tenant (PERMISSION_DENIED for any
         other tenant's key). FAILED_PRECONDITION when the master key is not file-based.
         """
+
+    @_abc_1.abstractmethod
+    def SetIdentityProvider(
+        self,
+        request: _control_plane_pb2.SetIdentityProviderRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_plane_pb2.SetIdentityProviderResponse, _abc.Awaitable[_control_plane_pb2.SetIdentityProviderResponse]]:
+        """The OIDC identity provider whose ID tokens (metadata `x-atelier-user-token`) prove
+        the caller's tenant's acting accounts; setting it replaces the previous one, and an
+        unset provider removes it. Scope: admin, of the caller's own tenant; audited.
+        """
+
+    @_abc_1.abstractmethod
+    def GetIdentityProvider(
+        self,
+        request: _control_plane_pb2.GetIdentityProviderRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_plane_pb2.GetIdentityProviderResponse, _abc.Awaitable[_control_plane_pb2.GetIdentityProviderResponse]]:
+        """The caller's tenant's identity provider (unset when it has none). Scope: admin."""
 
 def add_ControlPlaneServicer_to_server(servicer: ControlPlaneServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -16,7 +16,10 @@ only lets the call spend and store for that account. Errors use the canonical gR
                       no acting account without scope act-for-any
   RESOURCE_EXHAUSTED  not enough credits (ErrorInfo reason INSUFFICIENT_CREDITS),
                       or the blob store is full (reason BLOB_STORE_FULL)
-  FAILED_PRECONDITION account suspended or not allowed to generate
+  FAILED_PRECONDITION account suspended or not allowed to generate, the prompt was
+                      blocked (PROMPT_BLOCKED), or the image classifier judged a
+                      generated image above its threshold under a withholding
+                      policy (OUTPUT_BLOCKED: nothing stored or charged, flag logged)
   UNAVAILABLE         with an ErrorInfo reason and a RetryInfo: the pool is full
                       (POOL_AT_CAPACITY) or has no running replica
                       (POOL_UNAVAILABLE, refused at once), the replica died

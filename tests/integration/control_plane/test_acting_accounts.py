@@ -276,9 +276,16 @@ def test_the_operator_configures_and_removes_the_provider_with_the_cli(  # type:
     account = make_account()
     jwks_file = cli_env / "jwks.json"
     jwks_file.write_text(provider.jwks)
-    command = ["tenant", "identity-provider", "test", "--issuer", ISSUER, "--audience", AUDIENCE]
+    command = ["tenant", "identity-provider", "--issuer", ISSUER, "--audience", AUDIENCE]
     assert main([*command, "--jwks", str(jwks_file), "--require", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["required"] is True
+    assert main(["tenant", "identity-provider", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "issuer": ISSUER,
+        "audience": AUDIENCE,
+        "account_claim": "sub",
+        "required": True,
+    }
 
     request = pb.GetBalanceRequest(account_id=account)
     with pytest.raises(grpc.RpcError) as caught:
@@ -286,7 +293,100 @@ def test_the_operator_configures_and_removes_the_provider_with_the_cli(  # type:
     assert caught.value.code() is grpc.StatusCode.UNAUTHENTICATED
     stub.GetBalance(request, metadata=(*bearer(user_key), (USER_TOKEN, provider.token(account))))
 
-    assert main(["tenant", "identity-provider", "test", "--off"]) == 0
+    assert main(["tenant", "identity-provider", "--off"]) == 0
     stub.GetBalance(request, metadata=_acting(user_key, account))
     assert main([*command, "--jwks", str(cli_env / "missing.json")]) == 1
     assert "--jwks" in capsys.readouterr().err
+
+
+class TestIdentityProviderRpcs:
+    """SetIdentityProvider / GetIdentityProvider: admin scope, the caller's own tenant, audited."""
+
+    def test_an_admin_sets_reads_and_removes_its_tenants_provider_with_audit_rows(  # type: ignore[no-untyped-def]
+        self, pool, stub: ControlPlaneStub, operator: Caller, provider: _Provider
+    ) -> None:
+        wanted = pb.IdentityProvider(issuer=ISSUER, audience=AUDIENCE, jwks=provider.jwks, require_user_token=True)
+        before = _audit_rows(pool)
+        set_answer = stub.SetIdentityProvider(
+            pb.SetIdentityProviderRequest(provider=wanted), metadata=operator.metadata
+        )
+        assert set_answer.provider.account_claim == "sub" and set_answer.provider.require_user_token
+        found = stub.GetIdentityProvider(pb.GetIdentityProviderRequest(), metadata=operator.metadata)
+        assert (found.provider.issuer, found.provider.audience) == (ISSUER, AUDIENCE)
+        assert found.provider.jwks == provider.jwks
+
+        removed = stub.SetIdentityProvider(pb.SetIdentityProviderRequest(), metadata=operator.metadata)
+        assert not removed.HasField("provider")
+        assert not stub.GetIdentityProvider(pb.GetIdentityProviderRequest(), metadata=operator.metadata).HasField(
+            "provider"
+        )
+        with pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT actor_key_id, details->>'issuer' FROM audit_log WHERE action = 'tenant.identity_provider' "
+                "ORDER BY id"
+            ).fetchall()
+        assert [issuer for _, issuer in rows] == [ISSUER, None]
+        assert {key_id for key_id, _ in rows} == {operator.principal.key_id}
+        assert _audit_rows(pool) == before + 2
+
+    def test_a_key_without_admin_scope_is_refused_and_changes_nothing(  # type: ignore[no-untyped-def]
+        self, pool, stub: ControlPlaneStub, operator: Caller, user_key: str, provider: _Provider
+    ) -> None:
+        stub.SetIdentityProvider(pb.SetIdentityProviderRequest(), metadata=operator.metadata)
+        before = _audit_rows(pool)
+        wanted = pb.IdentityProvider(issuer=ISSUER, audience=AUDIENCE, jwks=provider.jwks)
+        for call in (
+            lambda: stub.SetIdentityProvider(pb.SetIdentityProviderRequest(provider=wanted), metadata=bearer(user_key)),
+            lambda: stub.GetIdentityProvider(pb.GetIdentityProviderRequest(), metadata=bearer(user_key)),
+        ):
+            with pytest.raises(grpc.RpcError) as caught:
+                call()
+            assert caught.value.code() is grpc.StatusCode.PERMISSION_DENIED
+        assert not stub.GetIdentityProvider(pb.GetIdentityProviderRequest(), metadata=operator.metadata).HasField(
+            "provider"
+        )
+        assert _audit_rows(pool) == before
+
+    @pytest.mark.parametrize(
+        ("fields", "named"),
+        [
+            ({"issuer": "", "audience": AUDIENCE, "jwks": "{}"}, "provider.issuer"),
+            ({"issuer": ISSUER, "audience": "a" * 501, "jwks": "{}"}, "provider.audience"),
+            ({"issuer": ISSUER, "audience": AUDIENCE, "jwks": "not a key set"}, "provider.jwks"),
+        ],
+        ids=["no issuer", "long audience", "bad key set"],
+    )
+    def test_a_malformed_provider_is_invalid_argument_naming_the_field(  # type: ignore[no-untyped-def]
+        self, stub: ControlPlaneStub, operator: Caller, fields: dict[str, str], named: str
+    ) -> None:
+        with pytest.raises(grpc.RpcError) as caught:
+            malformed = pb.IdentityProvider(**fields)  # type: ignore[arg-type]
+            stub.SetIdentityProvider(pb.SetIdentityProviderRequest(provider=malformed), metadata=operator.metadata)
+        assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert (caught.value.details() or "").startswith(named)
+
+    def test_another_tenants_admin_sets_only_its_own_and_may_not_name_a_local_file(  # type: ignore[no-untyped-def]
+        self, pool, stub: ControlPlaneStub, operator: Caller, provider: _Provider, tmp_path: Path
+    ) -> None:
+        from control_plane.api_keys import ensure_operator_key
+
+        _, secret = ensure_operator_key(pool, "identity provider tenant")
+        assert secret is not None
+        stranger = bearer(secret)
+        stub.SetIdentityProvider(pb.SetIdentityProviderRequest(), metadata=operator.metadata)
+        jwks_file = tmp_path / "jwks.json"
+        jwks_file.write_text(provider.jwks)
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.SetIdentityProvider(
+                pb.SetIdentityProviderRequest(
+                    provider=pb.IdentityProvider(issuer=ISSUER, audience=AUDIENCE, jwks=jwks_file.as_uri())
+                ),
+                metadata=stranger,
+            )
+        assert caught.value.code() is grpc.StatusCode.PERMISSION_DENIED
+        own = pb.IdentityProvider(issuer=ISSUER, audience="x", jwks=provider.jwks)
+        stub.SetIdentityProvider(pb.SetIdentityProviderRequest(provider=own), metadata=stranger)
+        assert stub.GetIdentityProvider(pb.GetIdentityProviderRequest(), metadata=stranger).provider.audience == "x"
+        assert not stub.GetIdentityProvider(pb.GetIdentityProviderRequest(), metadata=operator.metadata).HasField(
+            "provider"
+        )

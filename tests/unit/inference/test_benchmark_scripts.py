@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[3]
 
 
@@ -49,3 +51,20 @@ def test_diffusion_latency_tiny_mode_reports_per_backend_figures(tmp_path: Path)
     for name in ("eager", "onnxruntime"):  # through the replica's scheduler, buckets and backend
         assert rows[name]["unet_ms_per_step"] > 0 and rows[name]["unet_ms_per_step_batch2"] > 0
         assert rows[name]["unet_gflops_per_step"] > 0 and rows[name]["warmup_s"] > 0
+
+
+def test_output_scan_tiny_mode_reports_the_classifiers_cost_against_generation(tmp_path: Path) -> None:
+    report = _run_json(
+        "output_scan.py", "--tiny", "--steps", "2", "--iterations", "1", "--batch", "2", cache_dir=tmp_path
+    )
+    assert (report["model"], report["classifier"], report["batch"], report["steps"]) == (
+        "tiny-sd",
+        "tiny-safety-checker",
+        2,
+        2,
+    )
+    assert report["generation_ms_per_image"] > 0 and report["generation_with_scan_ms_per_image"] > 0
+    assert report["scan_ms_per_image"] > 0
+    assert report["scan_to_generation_ratio"] == pytest.approx(
+        report["scan_ms_per_image"] / report["generation_ms_per_image"], rel=1e-2
+    )
