@@ -125,8 +125,14 @@ class ControlPlaneClient:
         prompt: str,
         parameters: list[common_pb2.GenerationParameters],
         visibility: common_pb2.Visibility.ValueType,
+        *,
+        watermark: bool = True,
+        model_version: str = "",
     ) -> control_plane_pb2.StoreContentResponse:
         """Stores the PNGs and commits the reservation in one control-plane transaction.
+
+        The control plane watermarks and signs generated images as it stores them; the response's
+        `stored_data` holds the marked files (return those, not `images`).
 
         Raises:
             RequestError: the control plane refused or is unreachable; nothing was stored or charged.
@@ -139,6 +145,8 @@ class ControlPlaneClient:
                 prompt=prompt,
                 parameters=params,
                 visibility=visibility,
+                skip_watermark=not watermark,
+                model_version=model_version,
             )
             for png, params in zip(images, parameters, strict=True)
         ]

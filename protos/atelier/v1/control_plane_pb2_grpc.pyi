@@ -119,6 +119,14 @@ class ControlPlaneStub:
     Scope: admin, of the deployment operator's tenant (PERMISSION_DENIED for any
     other tenant's key). FAILED_PRECONDITION when the master key is not file-based.
     """
+    VerifyProvenance: _grpc.UnaryUnaryMultiCallable[_control_plane_pb2.VerifyProvenanceRequest, _control_plane_pb2.VerifyProvenanceResponse]
+    """Reads an image file's provenance: its C2PA manifest (trusted, untrusted,
+    invalid or absent, and why) and its invisible watermark; when either
+    identifies content of the caller's tenant (of the acting account, when one
+    is named), also that content's id, model, creation time and current training
+    eligibility. INVALID_ARGUMENT (field `data`) for an empty, corrupt, truncated
+    or non-image file. Scope: read.
+    """
 
 @_typing.type_check_only
 class ControlPlaneAsyncStub(ControlPlaneStub):
@@ -179,6 +187,14 @@ class ControlPlaneAsyncStub(ControlPlaneStub):
     """Re-wraps every live data key under a new master key; content is untouched.
     Scope: admin, of the deployment operator's tenant (PERMISSION_DENIED for any
     other tenant's key). FAILED_PRECONDITION when the master key is not file-based.
+    """
+    VerifyProvenance: _aio.UnaryUnaryMultiCallable[_control_plane_pb2.VerifyProvenanceRequest, _control_plane_pb2.VerifyProvenanceResponse]  # type: ignore[assignment]
+    """Reads an image file's provenance: its C2PA manifest (trusted, untrusted,
+    invalid or absent, and why) and its invisible watermark; when either
+    identifies content of the caller's tenant (of the acting account, when one
+    is named), also that content's id, model, creation time and current training
+    eligibility. INVALID_ARGUMENT (field `data`) for an empty, corrupt, truncated
+    or non-image file. Scope: read.
     """
 
 class ControlPlaneServicer(metaclass=_abc_1.ABCMeta):
@@ -405,6 +421,20 @@ class ControlPlaneServicer(metaclass=_abc_1.ABCMeta):
         """Re-wraps every live data key under a new master key; content is untouched.
         Scope: admin, of the deployment operator's tenant (PERMISSION_DENIED for any
         other tenant's key). FAILED_PRECONDITION when the master key is not file-based.
+        """
+
+    @_abc_1.abstractmethod
+    def VerifyProvenance(
+        self,
+        request: _control_plane_pb2.VerifyProvenanceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_plane_pb2.VerifyProvenanceResponse, _abc.Awaitable[_control_plane_pb2.VerifyProvenanceResponse]]:
+        """Reads an image file's provenance: its C2PA manifest (trusted, untrusted,
+        invalid or absent, and why) and its invisible watermark; when either
+        identifies content of the caller's tenant (of the acting account, when one
+        is named), also that content's id, model, creation time and current training
+        eligibility. INVALID_ARGUMENT (field `data`) for an empty, corrupt, truncated
+        or non-image file. Scope: read.
         """
 
 def add_ControlPlaneServicer_to_server(servicer: ControlPlaneServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
