@@ -133,9 +133,7 @@ class TestManifest:
         self, credentials: SigningCredentials, tmp_path: Path
     ) -> None:
         stranger = ensure_development_credentials(tmp_path / "stranger")
-        signed, _ = sign_png(
-            _encode(_image(64)), ManifestFacts(uuid4(), "m", "", NOW, TrainingUse.ALLOWED), stranger
-        )
+        signed, _ = sign_png(_encode(_image(64)), ManifestFacts(uuid4(), "m", "", NOW, TrainingUse.ALLOWED), stranger)
         reading = read_manifest(signed, "image/png", credentials.trust_anchors_pem)
         assert reading.status is ManifestStatus.UNTRUSTED
         assert reading.failure_codes == ("signingCredential.untrusted",)
