@@ -199,3 +199,22 @@ class TestDecodingFilesToVerify:
         with pytest.raises(InvalidArgument, match=problem) as raised:
             decode_image(data)
         assert raised.value.field == "data"
+
+
+def test_the_benchmark_tiny_mode_reports_detection_rates_and_added_latency() -> None:
+    import json
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[3]
+    result = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "provenance.py"), "--images", "2", "--sizes", "256", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    [row] = json.loads(result.stdout)["sizes"]
+    assert row["size"] == 256 and set(row["detection"]) == {"none", "jpeg_q90", "jpeg_q75", "resize_90pct"}
+    assert row["detection"]["none"] == 1.0 and row["false_positive_rate"] == 0.0
+    assert row["watermark_ms_p50"] > 0 and row["sign_ms_p50"] > 0
