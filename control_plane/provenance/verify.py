@@ -17,12 +17,12 @@ from uuid import UUID
 import numpy as np
 from PIL import Image
 
-from control_plane import eligibility
 from control_plane.db.pool import Connection
 from control_plane.errors import InvalidArgument
 from control_plane.policy import PolicyRegistry
 from control_plane.provenance import watermark
 from control_plane.provenance.manifest import ManifestReading, ManifestStatus, read_manifest
+from control_plane.provenance.status import item_provenance
 
 MAX_FILE_BYTES = 32 * 1024 * 1024
 MAX_PIXELS = 8192 * 8192
@@ -173,9 +173,8 @@ def _owned(
 ) -> OwnedContent | None:
     row = conn.execute(
         """
-        SELECT c.model, c.created_at, c.sha256, coalesce(p.training_use, '')
+        SELECT c.model, c.created_at
         FROM content c JOIN accounts a ON a.account_id = c.account_id
-        LEFT JOIN content_provenance p USING (content_id)
         WHERE c.content_id = %(content)s AND a.tenant_id = %(tenant)s
           AND (%(viewer)s::uuid IS NULL OR c.account_id = %(viewer)s::uuid)
         """,
@@ -183,9 +182,16 @@ def _owned(
     ).fetchone()
     if row is None:
         return None
-    model, created_at, sha256, training_use = row
-    answer = eligibility.check_training_eligibility(conn, policies, tenant_id=tenant_id, sha256=sha256, now=now)
-    return OwnedContent(content_id, model, created_at, identified_by, training_use, answer.eligible, answer.explanation)
+    state = item_provenance(conn, policies, now=now, content_ids=[content_id])[content_id]
+    return OwnedContent(
+        content_id,
+        row[0],
+        row[1],
+        identified_by,
+        state.training_use_in_file,
+        state.eligible_for_training_now,
+        state.training_explanation,
+    )
 
 
 def _parse_uuid(text: str) -> UUID | None:

@@ -4,6 +4,8 @@ C2PA manifest) before storing them; VerifyProvenance reads the marks back and sa
 from __future__ import annotations
 
 import io
+import json
+import zipfile
 from collections.abc import Iterator
 
 import grpc
@@ -152,6 +154,20 @@ class TestStoringMarksGeneratedImages:
         answer = _verify(marking, operator.metadata, before)
         assert (answer.training_use_when_made, answer.eligible_for_training) == ("allowed", False)
         assert "opted out" in answer.training_explanation
+        # A DSR export says both too, and its image is the signed file.
+        request = marking.RequestExport(pb.RequestExportRequest(account_id=account), metadata=operator.metadata)
+        archive = zipfile.ZipFile(
+            io.BytesIO(
+                marking.GetExportArchive(
+                    pb.GetExportArchiveRequest(dsr_id=request.request.dsr_id), metadata=operator.metadata
+                ).archive
+            )
+        )
+        exported = {item["content_id"]: item for item in json.loads(archive.read("content.json"))}
+        first = exported[answer.content_id]
+        assert first["provenance"]["training_use_in_file"] == "allowed"
+        assert first["provenance"]["eligible_for_training_now"] is False and first["provenance"]["watermarked"]
+        assert archive.read(first["file"]) == before
 
     def test_an_edit_names_its_upload_as_ingredient_and_uploads_stay_unmarked(  # type: ignore[no-untyped-def]
         self, marking, operator, make_account, signing
