@@ -68,7 +68,7 @@ def marking(marking_channel: grpc.Channel) -> ControlPlaneStub:
 
 def _png(size: int, seed: int = 0) -> bytes:
     coarse = np.random.default_rng(seed).random((size // 8, size // 8, 3))
-    image = PIL.Image.fromarray((coarse * 255).astype("uint8")).resize((size, size), PIL.Image.BICUBIC)
+    image = PIL.Image.fromarray((coarse * 255).astype("uint8")).resize((size, size), PIL.Image.Resampling.BICUBIC)
     out = io.BytesIO()
     image.save(out, format="PNG")
     return out.getvalue()

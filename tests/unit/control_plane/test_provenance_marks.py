@@ -37,7 +37,9 @@ NOW = datetime(2026, 12, 6, 8, 0, tzinfo=UTC)
 def _image(size: int, seed: int = 0) -> np.ndarray:
     # Smooth noise: closer to a generated image than white noise, which JPEG cannot compress.
     coarse = np.random.default_rng(seed).random((size // 8, size // 8, 3))
-    return np.asarray(PIL.Image.fromarray((coarse * 255).astype("uint8")).resize((size, size), PIL.Image.BICUBIC))
+    return np.asarray(
+        PIL.Image.fromarray((coarse * 255).astype("uint8")).resize((size, size), PIL.Image.Resampling.BICUBIC)
+    )
 
 
 def _encode(rgb: np.ndarray, fmt: str = "PNG", **options: object) -> bytes:
@@ -73,7 +75,7 @@ class TestWatermark:
     def test_payload_survives_a_ten_percent_downscale(self) -> None:
         payload = watermark.payload_for(KEY, UUID(int=7))
         marked = PIL.Image.fromarray(_decode(watermark.embed_in_png(_encode(_image(512, 1)), payload)))
-        resized = np.asarray(marked.resize((461, 461), PIL.Image.BICUBIC))
+        resized = np.asarray(marked.resize((461, 461), PIL.Image.Resampling.BICUBIC))
         assert min(watermark.bit_errors(read, payload) for read in watermark.read_payloads(resized)) <= 2
 
     def test_unmarked_image_reads_far_from_any_payload(self) -> None:
@@ -208,13 +210,14 @@ def test_the_benchmark_tiny_mode_reports_detection_rates_and_added_latency() -> 
 
     root = Path(__file__).resolve().parents[3]
     result = subprocess.run(
-        [sys.executable, str(root / "benchmarks" / "provenance.py"), "--images", "2", "--sizes", "256", "--json"],
+        [sys.executable, str(root / "benchmarks" / "provenance.py"), "--images", "2", "--sizes", "64", "256", "--json"],
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    [row] = json.loads(result.stdout)["sizes"]
+    small, row = json.loads(result.stdout)["sizes"]
+    assert small["size"] == 64 and small["detection"] is None and small["sign_ms_p50"] > 0 == small["watermark_ms_p50"]
     assert row["size"] == 256 and set(row["detection"]) == {"none", "jpeg_q90", "jpeg_q75", "resize_90pct"}
     assert row["detection"]["none"] == 1.0 and row["false_positive_rate"] == 0.0
     assert row["watermark_ms_p50"] > 0 and row["sign_ms_p50"] > 0
