@@ -574,6 +574,7 @@ def _mark(
         ItemToMark(
             content_id=content_ids[i],
             png=items[i].data,
+            field=f"items[{i}].data",
             model=str(items[i].parameters.get("model", "")),
             model_version=items[i].model_version,
             watermark=items[i].watermark,

@@ -19,7 +19,7 @@ from control_plane import crypto, eligibility
 from control_plane.adapters.encrypted_blobs import EncryptedBlobStore
 from control_plane.adapters.keystore import KeyStore
 from control_plane.db.pool import Connection
-from control_plane.errors import NotFound
+from control_plane.errors import InvalidArgument, NotFound
 from control_plane.policy import PolicyRegistry
 from control_plane.provenance import watermark
 from control_plane.provenance.certificates import SigningCredentials
@@ -32,6 +32,8 @@ class ItemToMark:
 
     content_id: UUID
     png: bytes
+    field: str
+    """The request field its bytes came in, e.g. `items[0].data`, for errors."""
     model: str
     model_version: str
     watermark: bool
@@ -137,12 +139,16 @@ def record_marks(conn: Connection, marks: Sequence[Mark]) -> None:
 def _watermarked(item: ItemToMark, key: bytes) -> tuple[int | None, str | None, bytes]:
     if not item.watermark:
         return None, watermark.SKIPPED_DISABLED, item.png
-    with Image.open(io.BytesIO(item.png)) as image:
-        width, height = image.size
-    if not watermark.fits(width, height):
-        return None, watermark.SKIPPED_TOO_SMALL, item.png
-    payload = watermark.payload_for(key, item.content_id)
-    return payload, None, watermark.embed_in_png(item.png, payload)
+    try:
+        with Image.open(io.BytesIO(item.png), formats=("PNG",)) as image:
+            width, height = image.size
+        if not watermark.fits(width, height):
+            return None, watermark.SKIPPED_TOO_SMALL, item.png
+        payload = watermark.payload_for(key, item.content_id)
+        return payload, None, watermark.embed_in_png(item.png, payload)
+    except (OSError, SyntaxError, ValueError) as error:
+        # The chunk structure was checked before; the pixels are only decoded here.
+        raise InvalidArgument(item.field, f"is a PNG whose pixels cannot be decoded ({error})") from None
 
 
 def _upload_png(

@@ -202,6 +202,20 @@ class TestStoringMarksGeneratedImages:
         for data in response.stored_data:
             assert read_manifest(data, "image/png", signing.trust_anchors_pem).status is ManifestStatus.TRUSTED
 
+    def test_a_png_whose_pixels_cannot_be_decoded_is_refused_and_nothing_is_stored(  # type: ignore[no-untyped-def]
+        self, marking, operator, make_account, pool
+    ) -> None:
+        account = make_account()
+        png = bytearray(_png(256, 8))
+        start = png.index(b"IDAT") + 4
+        png[start : start + 64] = bytes(64)  # the zlib stream is garbage; the chunk structure is intact
+        with pytest.raises(grpc.RpcError) as refused:
+            _store(marking, operator, account, _generated(bytes(png)))
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+        assert refused.value.details().startswith("items[0].data: is a PNG whose pixels cannot be decoded")  # type: ignore[attr-defined]
+        with pool.connection() as conn:
+            assert conn.execute("SELECT count(*) FROM content").fetchone()[0] == 0
+
 
 class TestVerifyProvenance:
     def test_the_watermark_names_the_item_in_a_stripped_quality_90_jpeg(  # type: ignore[no-untyped-def]
