@@ -583,7 +583,7 @@ def _mark(
                 Visibility.PRIVATE if verdicts[i] is not None else items[i].visibility or account.default_visibility
             ).value,
             flagged=verdicts[i] is not None,
-            source_content_id=_source_content_id(items[i]),
+            source_content_id=_source_content_id(f"items[{i}].parameters.source_content_id", items[i]),
         )
         for i in generated
     ]
@@ -591,14 +591,14 @@ def _mark(
     return dict(zip(generated, marks, strict=True))
 
 
-def _source_content_id(item: NewContent) -> UUID | None:
+def _source_content_id(field: str, item: NewContent) -> UUID | None:
     source = item.parameters.get("source_content_id")
     if not source:
         return None
     try:
         return UUID(str(source))
     except ValueError:
-        raise InvalidArgument("parameters.source_content_id", "must be the upload's content id (a UUID)") from None
+        raise InvalidArgument(field, "must be the upload's content id (a UUID)") from None
 
 
 def _prepare(

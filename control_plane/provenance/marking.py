@@ -85,18 +85,23 @@ class ProvenanceMarker:
             NotFound: An edit names an upload the account does not have.
         """
         watermark_key = keys.watermark_key()
-        marks = []
-        for item in items:
-            reason = eligibility.new_item_ineligibility(
+        # Items of one store differ only in visibility and flag: one eligibility query per combination.
+        reasons = {
+            (visibility, flagged): eligibility.new_item_ineligibility(
                 conn,
                 self.policies,
                 account_id=account_id,
                 kind="generated",
-                visibility=item.visibility,
-                flagged=item.flagged,
+                visibility=visibility,
+                flagged=flagged,
                 minor=minor,
                 now=now,
             )
+            for visibility, flagged in {(item.visibility, item.flagged) for item in items}
+        }
+        marks = []
+        for item in items:
+            reason = reasons[item.visibility, item.flagged]
             payload, skipped, png = _watermarked(item, watermark_key)
             use = TrainingUse.ALLOWED if reason is None else TrainingUse.NOT_ALLOWED
             ingredient = (
