@@ -283,7 +283,7 @@ class LocalCluster:
                 f"C2PA signing: created a self-signed DEVELOPMENT certificate in {directory}; images it signs "
                 "verify only here (set ATELIER_C2PA_CERT and ATELIER_C2PA_KEY in production)"
             )
-        ensure_development_credentials(directory)
+        ensure_development_credentials(directory, warn=False)
         return {"ATELIER_C2PA_CERT": str(directory / CHAIN_FILE), "ATELIER_C2PA_KEY": str(directory / KEY_FILE)}
 
     def _start_ray(self) -> tuple[str, int | None]:

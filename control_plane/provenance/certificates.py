@@ -79,10 +79,13 @@ def load_signing_credentials(
     return SigningCredentials(chain_pem=chain_pem, key_pem=key_pem, trust_anchors_pem=anchors, development=False)
 
 
-def ensure_development_credentials(directory: Path, *, now: datetime | None = None) -> SigningCredentials:
+def ensure_development_credentials(
+    directory: Path, *, now: datetime | None = None, warn: bool = True
+) -> SigningCredentials:
     """The development pair in `directory`, created (key files 0600) on first use.
 
-    Logs a warning when it creates one: such a pair proves nothing outside this machine.
+    Logs a warning when it creates one (unless `warn` is False: the caller says it itself): such a
+    pair proves nothing outside this machine.
     """
     chain_file, key_file, root_file = directory / CHAIN_FILE, directory / KEY_FILE, directory / ROOT_FILE
     if not (chain_file.exists() and key_file.exists() and root_file.exists()):
@@ -91,11 +94,12 @@ def ensure_development_credentials(directory: Path, *, now: datetime | None = No
         write_atomically(root_file, root_pem)
         write_atomically(chain_file, chain_pem)
         write_atomically(key_file, key_pem)
-        _logger.warning(
-            "created a self-signed C2PA development certificate in %s: it is for development only; "
-            "set ATELIER_C2PA_CERT and ATELIER_C2PA_KEY in production",
-            directory,
-        )
+        if warn:
+            _logger.warning(
+                "created a self-signed C2PA development certificate in %s: it is for development only; "
+                "set ATELIER_C2PA_CERT and ATELIER_C2PA_KEY in production",
+                directory,
+            )
     loaded = load_signing_credentials(chain_file, key_file, root_file)
     return SigningCredentials(
         chain_pem=loaded.chain_pem, key_pem=loaded.key_pem, trust_anchors_pem=loaded.trust_anchors_pem, development=True
