@@ -89,14 +89,35 @@ class TestWatermark:
             watermark.embed_watermark(_image(128), 1)
         assert list(watermark.read_payloads(_image(64))) == []
 
-    def test_loading_the_watermark_does_not_import_torch(self) -> None:
+    def test_marks_read_back_with_invisible_watermarks_own_reader_and_ours_agrees_with_it(self) -> None:
+        # The format's reference implementation (its package import pulls in torch: tests only).
+        from imwatermark.maxDct import EmbedMaxDct
+
+        reference = EmbedMaxDct(watermarks=[], wmLen=watermark.PAYLOAD_BITS, scales=[36, 0, 0], block=4)
+        payload = watermark.payload_for(KEY, UUID(int=11))
+        marked = watermark.embed_watermark(_image(512, 5), payload)
+        bits = reference.decode(np.ascontiguousarray(marked[:, :, ::-1]))
+        assert int("".join("1" if bit else "0" for bit in bits), 2) == payload
+        for pixels in (marked, _image(256, 6), _image(320, 7)):
+            ours = next(watermark.read_payloads(pixels))
+            theirs = reference.decode(np.ascontiguousarray(pixels[:, :, ::-1]))
+            assert ours == int("".join("1" if bit else "0" for bit in theirs), 2)
+
+    def test_the_watermark_is_faint(self) -> None:
+        import cv2
+
+        original = _image(512, 8)
+        marked = watermark.embed_watermark(original, watermark.payload_for(KEY, UUID(int=12)))
+        assert cv2.PSNR(original, marked) > 38  # invisible-watermark's own embedder: about 30 dB
+
+    def test_marking_and_reading_do_not_import_torch(self) -> None:
         import subprocess
         import sys
 
         code = (
-            "import sys; from control_plane.provenance import watermark; "
-            "list(watermark.read_payloads(__import__('numpy').zeros((256, 256, 3), 'uint8'))); "
-            "print('torch' in sys.modules)"
+            "import sys, numpy; from control_plane.provenance import watermark; "
+            "image = numpy.zeros((256, 256, 3), 'uint8'); "
+            "list(watermark.read_payloads(watermark.embed_watermark(image, 1))); print('torch' in sys.modules)"
         )
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
         assert out.strip() == "False"
