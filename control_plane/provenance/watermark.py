@@ -29,7 +29,6 @@ import io
 from collections.abc import Iterator
 from uuid import UUID
 
-import cv2
 import numpy as np
 import pywt
 from PIL import Image
@@ -73,9 +72,9 @@ def embed_watermark(rgb: np.ndarray, payload: int) -> np.ndarray:
         raise ValueError(f"a {width}x{height} image is {SKIPPED_TOO_SMALL}")
     if not 0 <= payload < 1 << PAYLOAD_BITS:
         raise ValueError(f"the payload must be {PAYLOAD_BITS} bits")
-    yuv = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2YUV).astype(np.float64)
+    luma = _luma(rgb)
     rows, cols = height // _BLOCK * _BLOCK, width // _BLOCK * _BLOCK
-    approximation, details = pywt.dwt2(yuv[:rows, :cols, 0], "haar")
+    approximation, details = pywt.dwt2(luma[:rows, :cols], "haar")
     blocks, shape = _blocks(approximation)
     index = np.arange(len(blocks))
     position = np.argmax(np.abs(blocks[:, 1:]), axis=1) + 1
@@ -84,9 +83,11 @@ def embed_watermark(rgb: np.ndarray, payload: int) -> np.ndarray:
     magnitude = (np.abs(value) // _STEP + 0.25 + 0.5 * bit) * _STEP
     blocks[index, position] = np.where(value >= 0, magnitude, -magnitude)
     approximation[: shape[0] * _BLOCK, : shape[1] * _BLOCK] = _unblocks(blocks, shape)
-    yuv[:rows, :cols, 0] = pywt.idwt2((approximation, details), "haar")
-    marked = cv2.cvtColor(np.clip(np.rint(yuv), 0, 255).astype(np.uint8), cv2.COLOR_YUV2RGB)
-    return np.ascontiguousarray(marked)
+    delta = np.zeros_like(luma)
+    delta[:rows, :cols] = pywt.idwt2((approximation, details), "haar") - luma[:rows, :cols]
+    # A change of luma alone, with the chroma kept, is the same change of R, G and B.
+    marked = np.rint(rgb.astype(np.float64) + delta[:, :, np.newaxis])
+    return np.ascontiguousarray(np.clip(marked, 0, 255).astype(np.uint8))
 
 
 def embed_in_png(png: bytes, payload: int) -> bytes:
@@ -121,7 +122,7 @@ def bit_errors(a: int, b: int) -> int:
 
 def _read(rgb: np.ndarray) -> int:
     height, width = rgb.shape[:2]
-    luma = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2YUV)[:, :, 0].astype(np.float64)
+    luma = _luma(rgb)
     approximation, _ = pywt.dwt2(luma[: height // _BLOCK * _BLOCK, : width // _BLOCK * _BLOCK], "haar")
     blocks, _ = _blocks(approximation)
     index = np.arange(len(blocks))
@@ -131,6 +132,14 @@ def _read(rgb: np.ndarray) -> int:
     # The library's rule: a bit is 1 when more than half of its blocks (127/255) vote 1.
     bits = votes / counts * 255 > 127
     return int("".join("1" if bit else "0" for bit in bits), 2)
+
+
+def _luma(rgb: np.ndarray) -> np.ndarray:
+    """The 8-bit luma OpenCV's RGB2YUV gives (BT.601 weights in 14-bit fixed point, rounded), as
+    floats: the library reads luma that way, so marks read the same without loading OpenCV (whose
+    wheel needs libGL, which the control plane's image does not have)."""
+    pixels = rgb.astype(np.int32)
+    return ((pixels[..., 0] * 4899 + pixels[..., 1] * 9617 + pixels[..., 2] * 1868 + 8192) >> 14).astype(np.float64)
 
 
 def _blocks(band: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:

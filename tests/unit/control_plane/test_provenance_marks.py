@@ -98,26 +98,26 @@ class TestWatermark:
         marked = watermark.embed_watermark(_image(512, 5), payload)
         bits = reference.decode(np.ascontiguousarray(marked[:, :, ::-1]))
         assert int("".join("1" if bit else "0" for bit in bits), 2) == payload
-        for pixels in (marked, _image(256, 6), _image(320, 7)):
+        for pixels in (marked, _image(256, 6), _image(320, 7), _image(264, 9)[:261, :262]):
             ours = next(watermark.read_payloads(pixels))
             theirs = reference.decode(np.ascontiguousarray(pixels[:, :, ::-1]))
             assert ours == int("".join("1" if bit else "0" for bit in theirs), 2)
 
     def test_the_watermark_is_faint(self) -> None:
-        import cv2
-
         original = _image(512, 8)
         marked = watermark.embed_watermark(original, watermark.payload_for(KEY, UUID(int=12)))
-        assert cv2.PSNR(original, marked) > 38  # invisible-watermark's own embedder: about 30 dB
+        mse = np.mean((original.astype(float) - marked.astype(float)) ** 2)
+        assert mse > 0 and 10 * np.log10(255**2 / mse) > 38  # PSNR; invisible-watermark's embedder: ~30 dB
 
-    def test_marking_and_reading_do_not_import_torch(self) -> None:
+    def test_marking_and_reading_load_neither_torch_nor_opencv(self) -> None:
         import subprocess
         import sys
 
         code = (
             "import sys, numpy; from control_plane.provenance import watermark; "
             "image = numpy.zeros((256, 256, 3), 'uint8'); "
-            "list(watermark.read_payloads(watermark.embed_watermark(image, 1))); print('torch' in sys.modules)"
+            "list(watermark.read_payloads(watermark.embed_watermark(image, 1))); "
+            "print('torch' in sys.modules or 'cv2' in sys.modules)"
         )
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
         assert out.strip() == "False"
