@@ -161,7 +161,9 @@ def _synthetic_image(size: int, rng: np.random.Generator) -> np.ndarray:
     for cells, weight in ((4, 0.5), (16, 0.3), (64, 0.15)):
         cells = min(cells, size)
         coarse = (rng.random((cells, cells, 3)) * 255).astype(np.uint8)
-        layers.append(weight * np.asarray(PIL.Image.fromarray(coarse).resize((size, size), PIL.Image.Resampling.BICUBIC), float))
+        layers.append(
+            weight * np.asarray(PIL.Image.fromarray(coarse).resize((size, size), PIL.Image.Resampling.BICUBIC), float)
+        )
     grain = rng.normal(0, 4, (size, size, 3))
     return np.clip(sum(layers) + grain, 0, 255).astype(np.uint8)  # type: ignore[no-any-return]
 
