@@ -202,6 +202,21 @@ class TestCredentials:
         with pytest.raises(SigningCredentialsError, match="ATELIER_C2PA_CERT"):
             load_signing_credentials(tmp_path / "none.pem", tmp_path / "key.pem")
 
+    def test_config_needs_the_certificate_and_key_together_and_names_a_bad_file(self, tmp_path: Path) -> None:
+        from control_plane.bootstrap import load_signing
+        from control_plane.config import ConfigError, ControlPlaneConfig
+
+        with pytest.raises(ConfigError, match="ATELIER_C2PA_CERT, ATELIER_C2PA_KEY"):
+            ControlPlaneConfig(c2pa_cert_file=tmp_path / "chain.pem")
+        (tmp_path / "chain.pem").write_text("not a certificate")
+        (tmp_path / "key.pem").write_text("not a key")
+        config = ControlPlaneConfig(
+            home=tmp_path, c2pa_cert_file=tmp_path / "chain.pem", c2pa_key_file=tmp_path / "key.pem"
+        )
+        with pytest.raises(ConfigError, match="holds no PEM certificate"):
+            load_signing(config)
+        assert load_signing(ControlPlaneConfig(home=tmp_path)).development
+
 
 class TestDecodingFilesToVerify:
     def test_jpeg_and_png_are_read(self) -> None:
