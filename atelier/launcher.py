@@ -238,6 +238,7 @@ class LocalCluster:
         env = {
             **os.environ,
             **self._master_key_env(),
+            **self._signing_env(),
             **self.settings.tls.to_env(),
             "ATELIER_HOME": str(self.home),
             "ATELIER_DATABASE_URL": database_url,
@@ -268,6 +269,22 @@ class LocalCluster:
             self._log(f"master key: created {path} (keep it safe: without it no content can be read)")
         ensure_master_key_file(path)
         return {"ATELIER_MASTER_KEY_FILE": str(path)}
+
+    def _signing_env(self) -> dict[str, str]:
+        """The certificate and key that sign images' C2PA manifests: as configured, else a
+        self-signed development pair created once under the home (said to be for development)."""
+        if os.environ.get("ATELIER_C2PA_CERT") or os.environ.get("ATELIER_C2PA_KEY"):
+            return {}
+        from control_plane.provenance.certificates import CHAIN_FILE, KEY_FILE, ensure_development_credentials
+
+        directory = self.home / "c2pa"
+        if not (directory / KEY_FILE).exists():
+            self._log(
+                f"C2PA signing: created a self-signed DEVELOPMENT certificate in {directory}; images it signs "
+                "verify only here (set ATELIER_C2PA_CERT and ATELIER_C2PA_KEY in production)"
+            )
+        ensure_development_credentials(directory, warn=False)
+        return {"ATELIER_C2PA_CERT": str(directory / CHAIN_FILE), "ATELIER_C2PA_KEY": str(directory / KEY_FILE)}
 
     def _start_ray(self) -> tuple[str, int | None]:
         if self.settings.ray_address is not None:

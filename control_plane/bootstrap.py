@@ -20,6 +20,12 @@ from control_plane.db.migrations import apply_migrations
 from control_plane.db.pool import Pool, open_pool
 from control_plane.moderation import CheckerFactory, PolicyModerationChecker
 from control_plane.policy import PolicyProfile, PolicyRegistry
+from control_plane.provenance.certificates import (
+    SigningCredentials,
+    SigningCredentialsError,
+    ensure_development_credentials,
+    load_signing_credentials,
+)
 from control_plane.user_tokens import UserTokenVerifier
 
 _logger = logging.getLogger(__name__)
@@ -43,6 +49,9 @@ class ControlPlaneDeps:
     """Where metrics register; the server process passes prometheus_client's default."""
     user_tokens: UserTokenVerifier = field(default_factory=UserTokenVerifier)
     """Verifies end users' ID tokens; keeps the tenants' key sets between calls."""
+    signing: SigningCredentials | None = None
+    """Signs generated images' C2PA manifests. None stores images as sent, unmarked (tests of
+    other areas); `bootstrap` always sets it."""
 
     applied_migrations: list[str] = field(default_factory=list)
     """Versions `bootstrap` applied at start-up (empty when the schema was current)."""
@@ -93,6 +102,7 @@ def bootstrap(
     """
     keys = load_key_store(config)
     policies = load_policies(config)
+    signing = load_signing(config)
     pool = open_pool(resolve_database_url(config), config.pool_min_size, config.pool_max_size)
     try:
         applied = apply_migrations(pool) if migrate else []
@@ -110,6 +120,7 @@ def bootstrap(
         clock=clock if clock is not None else SystemClock(),
         registry=registry if registry is not None else CollectorRegistry(),
         applied_migrations=applied,
+        signing=signing,
     )
 
 
@@ -128,6 +139,21 @@ def open_blob_store(config: ControlPlaneConfig) -> BlobStore:
         return S3BlobStore(url)
     except ValueError as error:
         raise ConfigError("blob_url", str(error)) from None
+
+
+def load_signing(config: ControlPlaneConfig) -> SigningCredentials:
+    """The configured C2PA signing chain and key, or the development pair under `home`
+    (created on first use, with a warning that it is for development only).
+
+    Raises:
+        ConfigError: A file is unreadable, or the key is not the chain's ES256 key.
+    """
+    try:
+        if config.c2pa_cert_file is not None and config.c2pa_key_file is not None:
+            return load_signing_credentials(config.c2pa_cert_file, config.c2pa_key_file, config.c2pa_trust_anchors_file)
+        return ensure_development_credentials(config.development_c2pa_dir)
+    except SigningCredentialsError as error:
+        raise ConfigError("c2pa_cert_file", str(error)) from None
 
 
 def load_key_store(config: ControlPlaneConfig) -> PostgresKeyStore:

@@ -39,6 +39,9 @@ ENV_VARS: Mapping[str, str] = {
     "account_burst": "ATELIER_ACCOUNT_BURST",
     "max_concurrent_generations": "ATELIER_MAX_CONCURRENT_GENERATIONS",
     "concurrency_retry_s": "ATELIER_CONCURRENCY_RETRY_S",
+    "c2pa_cert_file": "ATELIER_C2PA_CERT",
+    "c2pa_key_file": "ATELIER_C2PA_KEY",
+    "c2pa_trust_anchors_file": "ATELIER_C2PA_TRUST_ANCHORS",
 }
 
 
@@ -160,6 +163,18 @@ class ControlPlaneConfig:
     concurrency_retry_s: int = 1
     """Retry hint, in seconds, sent with TOO_MANY_CONCURRENT_REQUESTS, 1..3600."""
 
+    c2pa_cert_file: Path | None = None
+    """PEM certificate chain (signing certificate first) that signs every generated image's C2PA
+    manifest (ES256). None, with `c2pa_key_file` None too: a self-signed development pair is
+    created under `home/c2pa` (for development only)."""
+
+    c2pa_key_file: Path | None = None
+    """PEM (PKCS#8, unencrypted) EC P-256 private key of `c2pa_cert_file`'s first certificate."""
+
+    c2pa_trust_anchors_file: Path | None = None
+    """PEM root certificates a manifest must chain to for VerifyProvenance to call it trusted;
+    None trusts the last certificate of `c2pa_cert_file` (or the development root)."""
+
     def __post_init__(self) -> None:
         if self.database_url is not None and not self.database_url.strip():
             _fail("database_url", "must not be blank (leave it unset for the embedded server)")
@@ -186,6 +201,8 @@ class ControlPlaneConfig:
         _check_range("account_burst", self.account_burst, 1, 10**6)
         _check_range("max_concurrent_generations", self.max_concurrent_generations, 0, 10**6, "0 turns the bound off")
         _check_range("concurrency_retry_s", self.concurrency_retry_s, 1, 3600)
+        if (self.c2pa_cert_file is None) != (self.c2pa_key_file is None):
+            _fail("c2pa_cert_file", "and c2pa_key_file (ATELIER_C2PA_CERT, ATELIER_C2PA_KEY) must be set together")
 
     @property
     def blob_root(self) -> Path:
@@ -199,6 +216,11 @@ class ControlPlaneConfig:
     def blob_object_store_url(self) -> str | None:
         """The `s3://` URL content lives under; None when it lives in a local directory."""
         return self.blob_url if self.blob_url is not None and self.blob_url.startswith("s3:") else None
+
+    @property
+    def development_c2pa_dir(self) -> Path:
+        """Where the development signing pair lives when no certificate is configured."""
+        return self.home / "c2pa"
 
     @property
     def master_key_path(self) -> Path:

@@ -34,6 +34,7 @@ from control_plane.audit import Actor, AuditEntry, record_audit, record_audits
 from control_plane.db.pool import Connection
 from control_plane.errors import AccountNotActive, FailedPrecondition, InvalidArgument, NotFound
 from control_plane.policy import ModerationPolicy
+from control_plane.provenance import ItemToMark, Mark, ProvenanceMarker, record_marks
 
 _logger = logging.getLogger(__name__)
 
@@ -70,6 +71,10 @@ class NewContent:
     """None takes the account's default."""
     output_verdict: output_scan.ClassifierVerdict | None = None
     """Generated images: the replica's image classifier's verdict (see `output_scan`)."""
+    watermark: bool = True
+    """Embed the invisible watermark (generated items; the model's setting)."""
+    model_version: str = ""
+    """The model's version, stated in the signed manifest."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +110,8 @@ class StoreResult:
     reservation: credits.Reservation | None
     """The committed reservation, when one was given."""
     balance: credits.Balance
+    marked: list[bytes | None] = field(default_factory=list)
+    """Per item in request order: the stored bytes where provenance marking changed them, else None."""
 
 
 @dataclass(frozen=True)
@@ -166,6 +173,7 @@ def store_content(
     now: datetime,
     checker: moderation.ModerationChecker | None = None,
     moderation_policy: ModerationPolicy | None = None,
+    marker: ProvenanceMarker | None = None,
 ) -> StoreResult:
     """Stores 1..16 items of an account together, encrypted, optionally committing their reservation.
 
@@ -184,6 +192,8 @@ def store_content(
             flagged, with a flag row. None skips output moderation.
         moderation_policy: The policy `checker` applies (whether flags keep the prompt), and what
             an item whose classifier verdict is above its threshold becomes (`output_scan`).
+        marker: Watermarks and signs generated items before they are encrypted and stored
+            (`provenance.marking`); None stores the bytes as given.
 
     Returns:
         The items in request order, the committed reservation (if any) and the balance.
@@ -221,9 +231,21 @@ def store_content(
         checker.check(moderation.Stage.OUTPUT, item.prompt, item.data) if checker is not None else None
         for item in items
     ]
-    prepared = [
-        _prepare(account, item, now, data_key, flagged=verdict is not None or output_scan.flags(item.output_verdict))
+    # Rule verdicts and classifier verdicts alike keep an item private and out of training.
+    flagged = [
+        verdict is not None or output_scan.flags(item.output_verdict)
         for item, verdict in zip(items, verdicts, strict=True)
+    ]
+    content_ids = [uuid4() for _ in items]
+    marks = (
+        _mark(conn, blobs, keys, marker, account, items, content_ids, flagged, minor=minor, now=now)
+        if marker is not None
+        else {}
+    )
+    items = [dataclasses.replace(item, data=marks[i].png) if i in marks else item for i, item in enumerate(items)]
+    prepared = [
+        _prepare(account, item, now, data_key, content_id, flagged=is_flagged)
+        for item, is_flagged, content_id in zip(items, flagged, content_ids, strict=True)
     ]
     written: list[str] = []
     try:
@@ -246,6 +268,7 @@ def store_content(
             else:
                 balance = credits.get_balance(conn, tenant_id=tenant_id, account_id=account_id)
             _insert_rows(conn, prepared, commit_reservation_id, minor)
+            record_marks(conn, list(marks.values()))
             accounts.touch_last_active(conn, account_id, now)
             record_audits(
                 conn,
@@ -298,6 +321,7 @@ def store_content(
         contents=[_with_prompt(stored, item.prompt) for stored, item in zip(prepared, items, strict=True)],
         reservation=reservation,
         balance=balance,
+        marked=[marks[i].png if i in marks else None for i in range(len(items))],
     )
 
 
@@ -564,10 +588,53 @@ def _lock_for_store(conn: Connection, account_id: UUID, data_key: DataKey) -> No
         raise DataKeyDestroyed(f"account {account_id}'s data key was destroyed by an erasure")
 
 
+def _mark(
+    conn: Connection,
+    blobs: EncryptedBlobStore,
+    keys: KeyStore,
+    marker: ProvenanceMarker,
+    account: accounts.Account,
+    items: Sequence[NewContent],
+    content_ids: Sequence[UUID],
+    flagged: Sequence[bool],
+    *,
+    minor: bool,
+    now: datetime,
+) -> dict[int, Mark]:
+    """The provenance marks of the generated items, by index (uploads are the caller's files)."""
+    generated = [i for i, item in enumerate(items) if item.kind is ContentKind.GENERATED]
+    to_mark = [
+        ItemToMark(
+            content_id=content_ids[i],
+            png=items[i].data,
+            field=f"items[{i}].data",
+            model=str(items[i].parameters.get("model", "")),
+            model_version=items[i].model_version,
+            watermark=items[i].watermark,
+            # As `_prepare` will store it: flagged items are private.
+            visibility=(Visibility.PRIVATE if flagged[i] else items[i].visibility or account.default_visibility).value,
+            flagged=flagged[i],
+            source_content_id=_source_content_id(f"items[{i}].parameters.source_content_id", items[i]),
+        )
+        for i in generated
+    ]
+    marks = marker.mark(conn, blobs, keys, account_id=account.account_id, minor=minor, items=to_mark, now=now)
+    return dict(zip(generated, marks, strict=True))
+
+
+def _source_content_id(field: str, item: NewContent) -> UUID | None:
+    source = item.parameters.get("source_content_id")
+    if not source:
+        return None
+    try:
+        return UUID(str(source))
+    except ValueError:
+        raise InvalidArgument(field, "must be the upload's content id (a UUID)") from None
+
+
 def _prepare(
-    account: accounts.Account, item: NewContent, now: datetime, data_key: DataKey, *, flagged: bool
+    account: accounts.Account, item: NewContent, now: datetime, data_key: DataKey, content_id: UUID, *, flagged: bool
 ) -> ContentItem:
-    content_id = uuid4()
     model = item.parameters.get("model", "")
     visibility = item.visibility or account.default_visibility
     return ContentItem(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import hmac
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -126,6 +127,14 @@ def unwrap_data_key(master: MasterKey, account_id: UUID, wrapped: bytes) -> byte
         DecryptionError: Another master key wrapped it, or it belongs to another account.
     """
     return open_sealed(master.key, wrapped, _dek_context(account_id))
+
+
+def watermark_key(master: MasterKey) -> bytes:
+    """The key of invisible-watermark payloads, derived from the master key (HMAC-SHA256 as a KDF).
+
+    Payloads are recorded per item, so a master key rotation only changes future payloads.
+    """
+    return hmac.new(master.key, b"atelier watermark key\0", hashlib.sha256).digest()
 
 
 def blob_context(content_id: UUID) -> bytes:

@@ -35,7 +35,8 @@ from control_plane.adapters.keystore import KeyStore
 from control_plane.audit import Actor, record_audit
 from control_plane.db.pool import Connection, expect_row
 from control_plane.errors import FailedPrecondition, NotFound
-from control_plane.policy import PolicyProfile
+from control_plane.policy import PolicyProfile, PolicyRegistry
+from control_plane.provenance.status import ItemProvenance, item_provenance
 
 _logger = logging.getLogger(__name__)
 
@@ -112,10 +113,13 @@ def request_export(
     tenant_id: UUID,
     account_id: UUID,
     profile: PolicyProfile,
+    policies: PolicyRegistry,
     actor: Actor,
     now: datetime,
 ) -> DsrRequest:
     """Records an export request and answers it: builds the archive and stores it sealed.
+
+    `policies` decide each item's current training eligibility, reported beside what its file says.
 
     Raises:
         NotFound: No such account in the tenant.
@@ -126,7 +130,7 @@ def request_export(
     with conn.transaction():
         request = _insert_request(conn, account_id, DsrKind.EXPORT, profile, actor, now, None)
         conn.execute("UPDATE dsr_requests SET state = 'in_progress' WHERE dsr_id = %s", (request.dsr_id,))
-    archive = build_export_archive(conn, blobs, keys, tenant_id=tenant_id, account_id=account_id, now=now)
+    archive = build_export_archive(conn, blobs, keys, policies, tenant_id=tenant_id, account_id=account_id, now=now)
     data_key = keys.live_data_key(conn, account_id, actor=actor, now=now)
     location = f"{account_id}/exports/{request.dsr_id}"
     blobs.put(location, archive, data_key=data_key, context=crypto.archive_context(request.dsr_id))
@@ -275,7 +279,14 @@ def list_requests(
 
 
 def build_export_archive(
-    conn: Connection, blobs: EncryptedBlobStore, keys: KeyStore, *, tenant_id: UUID, account_id: UUID, now: datetime
+    conn: Connection,
+    blobs: EncryptedBlobStore,
+    keys: KeyStore,
+    policies: PolicyRegistry,
+    *,
+    tenant_id: UUID,
+    account_id: UUID,
+    now: datetime,
 ) -> bytes:
     """The ZIP of everything held about the account (see the module docstring)."""
     account = accounts.get_account(conn, tenant_id=tenant_id, account_id=account_id)
@@ -317,6 +328,7 @@ def build_export_archive(
     ]
     ledger = _whole_ledger(conn, tenant_id, account_id)
     items = _all_content(conn, keys, tenant_id, account_id)
+    marks = item_provenance(conn, policies, now=now, account_id=account_id)
     flags = [
         {
             "flag_id": row[0],
@@ -352,7 +364,7 @@ def build_export_archive(
         _write_json(archive, "account.json", account_json)
         _write_json(archive, "consents.json", consents)
         _write_json(archive, "ledger.json", ledger)
-        _write_json(archive, "content.json", [_content_json(item) for item in items])
+        _write_json(archive, "content.json", [_content_json(item, marks.get(item.content_id)) for item in items])
         _write_json(archive, "moderation_flags.json", flags)
         _write_json(archive, "audit.json", audit_rows)
         for item in items:
@@ -475,8 +487,10 @@ def _all_content(conn: Connection, keys: KeyStore, tenant_id: UUID, account_id: 
         after = page.next_cursor
 
 
-def _content_json(item: content.ContentItem) -> dict[str, Any]:
+def _content_json(item: content.ContentItem, marks: ItemProvenance | None) -> dict[str, Any]:
     return {
+        # What the file's signed manifest says about training, beside the item's eligibility now.
+        "provenance": marks.as_json() if marks is not None else None,
         "content_id": str(item.content_id),
         "kind": item.kind.value,
         "media_type": item.media_type,

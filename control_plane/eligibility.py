@@ -19,7 +19,7 @@ from uuid import UUID
 
 from control_plane.accounts import ADULT_AGE
 from control_plane.db.pool import Connection
-from control_plane.errors import InvalidArgument
+from control_plane.errors import InvalidArgument, NotFound
 from control_plane.policy import PolicyRegistry
 from control_plane.retention import DEADLINE_SQL, POLICY_CTE, TenantPolicies
 
@@ -168,3 +168,45 @@ def eligible_content_ids(conn: Connection, registry: PolicyRegistry, *, now: dat
         eligibility_params(conn, registry, now),
     ).fetchall()
     return {row[0] for row in rows}
+
+
+def new_item_ineligibility(
+    conn: Connection,
+    registry: PolicyRegistry,
+    *,
+    account_id: UUID,
+    kind: str,
+    visibility: str,
+    flagged: bool,
+    minor: bool,
+    now: datetime,
+) -> Ineligibility | None:
+    """Why an item about to be stored would not be eligible for training at `now`; None if it would.
+
+    Judged by the one definition (`INELIGIBILITY_SQL`) on the row as it will be inserted, so a
+    file's signed training assertion and the exports agree at the moment the item is made.
+    """
+    # A `content` CTE holding the would-be row shadows the table in ELIGIBILITY_FROM.
+    row = conn.execute(
+        f"""
+        WITH {ELIGIBILITY_CTES},
+        content (content_id, account_id, kind, visibility, flagged, created_by_minor, sha256,
+                 created_at, expires_at, deleted_at, purge_after) AS (
+            VALUES (NULL::uuid, %(account_id)s::uuid, %(kind)s::text, %(visibility)s::text, %(flagged)s::boolean,
+                    %(minor)s::boolean, NULL::text, %(now)s::timestamptz, NULL::timestamptz, NULL::timestamptz,
+                    NULL::timestamptz)
+        )
+        SELECT {INELIGIBILITY_SQL} FROM {ELIGIBILITY_FROM}
+        """,
+        {
+            **eligibility_params(conn, registry, now),
+            "account_id": account_id,
+            "kind": kind,
+            "visibility": visibility,
+            "flagged": flagged,
+            "minor": minor,
+        },
+    ).fetchone()
+    if row is None:
+        raise NotFound(f"account {account_id} not found")
+    return Ineligibility(row[0]) if row[0] is not None else None

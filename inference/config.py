@@ -128,6 +128,13 @@ class ModelConfig:
     """One threshold in [0, 1] for every category of `output_classifier`, replacing its own; an image scoring at or
     above it is withheld or kept private and flagged, as the tenant's policy profile says. 0 flags every image.
     None (null): the classifier's own thresholds."""
+    watermark: bool = True
+    """Embed the invisible watermark in this model's images (the control plane does it as it stores
+    them; images under 256x256 pixels in area are too small and go without). The signed C2PA
+    manifest is embedded either way."""
+    version: str = ""
+    """The model's version (e.g. a release tag or weights hash), stated in each image's signed C2PA
+    manifest beside its name; at most 200 characters."""
 
     @property
     def buckets(self) -> ShapeBuckets:
@@ -194,6 +201,7 @@ class ModelConfig:
             f"models[{self.name}].batch_wait_timeout_ms",
             "must lie within [0, 1000] milliseconds",
         )
+        _require(len(self.version) <= 200, f"models[{self.name}].version", "must be at most 200 characters")
         _require(self.num_gpus == 0 or self.device == "cuda", f"models[{self.name}].num_gpus", "needs device='cuda'")
         single_file = self.source.endswith(".safetensors")
         _require(

@@ -128,9 +128,15 @@ class ControlPlaneClient:
         parameters: list[common_pb2.GenerationParameters],
         visibility: common_pb2.Visibility.ValueType,
         verdicts: Sequence[OutputVerdict] = (),
+        *,
+        watermark: bool = True,
+        model_version: str = "",
     ) -> control_plane_pb2.StoreContentResponse:
         """Stores the PNGs with the output classifier's verdict on each, and commits the reservation, in one
         control-plane transaction.
+
+        The control plane watermarks and signs generated images as it stores them; the response's
+        `stored_data` holds the marked files (return those, not `images`).
 
         Raises:
             RequestError: the control plane refused or is unreachable; nothing was stored or charged. A verdict
@@ -148,6 +154,8 @@ class ControlPlaneClient:
                 visibility=visibility,
                 output_verdict=_verdict_pb(verdict),
                 output_classifier=verdict.classifier if verdict is not None else "",
+                skip_watermark=not watermark,
+                model_version=model_version,
             )
             for png, params, verdict in zip(images, parameters, judged, strict=True)
         ]

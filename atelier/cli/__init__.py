@@ -23,6 +23,7 @@ from atelier.cli import (
     generate,
     keys,
     models,
+    provenance,
     status,
     sweep,
     tenant,
@@ -48,6 +49,7 @@ _COMMANDS = (
     sweep,
     export,
     models,
+    provenance,
 )
 
 

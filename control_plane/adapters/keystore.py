@@ -65,6 +65,10 @@ class KeyStore(Protocol):
         """Id of the master key new data keys are wrapped with."""
         ...
 
+    def watermark_key(self) -> bytes:
+        """The key watermark payloads are derived with (from the current master key)."""
+        ...
+
     def live_data_key(self, conn: Connection, account_id: UUID, *, actor: Actor, now: datetime) -> DataKey:
         """The account's live data key, created (and committed, with its audit row) if it has none."""
         ...
@@ -107,6 +111,10 @@ class PostgresKeyStore:
         """See `KeyStore.master_key_id`."""
         with self._lock:
             return self._current.key_id
+
+    def watermark_key(self) -> bytes:
+        """See `KeyStore.watermark_key`."""
+        return crypto.watermark_key(self._current_master())
 
     def live_data_key(self, conn: Connection, account_id: UUID, *, actor: Actor, now: datetime) -> DataKey:
         """See `KeyStore.live_data_key`. Concurrent first stores end up with one key."""

@@ -260,6 +260,8 @@ class Gateway:
                 _parameters(validated, result, upload_id),
                 request.visibility,
                 result.verdicts,
+                watermark=validated.model.watermark,
+                model_version=validated.model.version,
             )
         except BaseException as exc:
             # A withheld output's reservation was released by the control plane, with the flag it left.
@@ -560,6 +562,13 @@ def _response(
     generated: float,
     finished: float,
 ) -> inference_pb2.GenerateResponse:
+    # The control plane returns the files it stored where it changed them (watermark, signed C2PA
+    # manifest): the caller gets exactly the stored file, whose hash `sha256` is.
+    pngs = (
+        [marked or png for png, marked in zip(result.pngs, stored.stored_data, strict=True)]
+        if stored.stored_data
+        else result.pngs
+    )
     images = [
         inference_pb2.GeneratedImage(
             content_id=content.content_id,
@@ -567,7 +576,7 @@ def _response(
             seed=validated.params.seed + index,
             sha256=content.sha256,  # hashed by the control plane as it stored the bytes
         )
-        for index, (png, content) in enumerate(zip(result.pngs, stored.contents, strict=True))
+        for index, (png, content) in enumerate(zip(pngs, stored.contents, strict=True))
     ]
     model_ms = (generated - reserved) * 1000
     timings = inference_pb2.StageTimings(

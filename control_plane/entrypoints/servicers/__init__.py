@@ -11,13 +11,14 @@ from control_plane.entrypoints.servicers.accounts import AccountRpcs
 from control_plane.entrypoints.servicers.content import ContentRpcs
 from control_plane.entrypoints.servicers.credits import CreditRpcs
 from control_plane.entrypoints.servicers.privacy import PrivacyRpcs
+from control_plane.entrypoints.servicers.provenance import ProvenanceRpcs
 from control_plane.entrypoints.servicers.tenants import TenantRpcs
 from control_plane.entrypoints.servicers.training import TrainingDataServicer
 
 __all__ = ["ControlPlaneServicer", "TrainingDataServicer"]
 
 
-class ControlPlaneServicer(AccountRpcs, CreditRpcs, ContentRpcs, PrivacyRpcs, TenantRpcs):
+class ControlPlaneServicer(AccountRpcs, CreditRpcs, ContentRpcs, PrivacyRpcs, TenantRpcs, ProvenanceRpcs):
     """Every RPC of control_plane.proto: each area's class contributes its own."""
 
     def __init__(

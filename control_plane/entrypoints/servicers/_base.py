@@ -18,6 +18,7 @@ from control_plane.bootstrap import ControlPlaneDeps
 from control_plane.db.pool import Connection
 from control_plane.entrypoints.auth import Authenticator, Caller
 from control_plane.policy import PolicyProfile
+from control_plane.provenance import ProvenanceMarker
 from protos.atelier.v1 import control_plane_pb2_grpc
 
 
@@ -34,6 +35,8 @@ class ControlPlaneRpcs(control_plane_pb2_grpc.ControlPlaneServicer):
         self._policies = deps.policies
         self._clock = deps.clock
         self._admission = admission
+        self._signing = deps.signing
+        self._marker = ProvenanceMarker(deps.signing, deps.policies) if deps.signing is not None else None
         self._checkers = {
             name: deps.moderation(self._policies.get(name).moderation) for name in ("default", *self._policies.named)
         }

@@ -44,11 +44,13 @@ class ContentRpcs(ControlPlaneRpcs):
                 now=caller.now,
                 checker=self._checker(profile),
                 moderation_policy=profile.moderation,
+                marker=self._marker,
             )
         return control_plane_pb2.StoreContentResponse(
             contents=[convert.content_pb(item) for item in result.contents],
             reservation=convert.reservation_pb(result.reservation) if result.reservation else None,
             balance=convert.balance_pb(result.balance),
+            stored_data=[data or b"" for data in result.marked] if any(result.marked) else [],
         )
 
     @override
@@ -192,6 +194,14 @@ def _new_content(items: Sequence[control_plane_pb2.NewContent]) -> list[content.
                 else None
             ),
             output_verdict=convert.output_verdict(item) if item.HasField("output_verdict") else None,
+            watermark=not item.skip_watermark,
+            model_version=_model_version(f"items[{i}].model_version", item.model_version),
         )
         for i, item in enumerate(items)
     ]
+
+
+def _model_version(field: str, value: str) -> str:
+    if len(value) > 200:
+        raise InvalidArgument(field, "must be at most 200 characters")
+    return value

@@ -91,6 +91,7 @@ class PrivacyRpcs(ControlPlaneRpcs):
                 tenant_id=caller.tenant_id,
                 account_id=caller.act_on(convert.parse_uuid("account_id", request.account_id)),
                 profile=self._profile(conn, caller),
+                policies=self._policies,
                 actor=caller.actor,
                 now=caller.now,
             )

@@ -302,6 +302,62 @@ DSR_STATE_COMPLETED: DsrState.ValueType  # 3
 DSR_STATE_REJECTED: DsrState.ValueType  # 4
 Global___DsrState: _TypeAlias = DsrState  # noqa: Y015
 
+class _ManifestStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ManifestStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ManifestStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MANIFEST_STATUS_UNSPECIFIED: _ManifestStatus.ValueType  # 0
+    MANIFEST_STATUS_ABSENT: _ManifestStatus.ValueType  # 1
+    """No manifest: stripped (e.g. re-encoded) or never signed."""
+    MANIFEST_STATUS_TRUSTED: _ManifestStatus.ValueType  # 2
+    """Intact and signed by a certificate chaining to this deployment's trust anchors."""
+    MANIFEST_STATUS_UNTRUSTED: _ManifestStatus.ValueType  # 3
+    """Intact but signed by a certificate this deployment does not trust."""
+    MANIFEST_STATUS_INVALID: _ManifestStatus.ValueType  # 4
+    """The signature or a hash does not match: altered after signing."""
+
+class ManifestStatus(_ManifestStatus, metaclass=_ManifestStatusEnumTypeWrapper):
+    """What a file's C2PA manifest proves."""
+
+MANIFEST_STATUS_UNSPECIFIED: ManifestStatus.ValueType  # 0
+MANIFEST_STATUS_ABSENT: ManifestStatus.ValueType  # 1
+"""No manifest: stripped (e.g. re-encoded) or never signed."""
+MANIFEST_STATUS_TRUSTED: ManifestStatus.ValueType  # 2
+"""Intact and signed by a certificate chaining to this deployment's trust anchors."""
+MANIFEST_STATUS_UNTRUSTED: ManifestStatus.ValueType  # 3
+"""Intact but signed by a certificate this deployment does not trust."""
+MANIFEST_STATUS_INVALID: ManifestStatus.ValueType  # 4
+"""The signature or a hash does not match: altered after signing."""
+Global___ManifestStatus: _TypeAlias = ManifestStatus  # noqa: Y015
+
+class _WatermarkStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _WatermarkStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_WatermarkStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    WATERMARK_STATUS_UNSPECIFIED: _WatermarkStatus.ValueType  # 0
+    WATERMARK_STATUS_FOUND: _WatermarkStatus.ValueType  # 1
+    """A watermark payload of one of the caller's tenant's items."""
+    WATERMARK_STATUS_NOT_FOUND: _WatermarkStatus.ValueType  # 2
+    """No payload of the caller's tenant's items (none, or another tenant's)."""
+    WATERMARK_STATUS_TOO_SMALL: _WatermarkStatus.ValueType  # 3
+    """Too small to carry a watermark (under 256x256 pixels in area)."""
+
+class WatermarkStatus(_WatermarkStatus, metaclass=_WatermarkStatusEnumTypeWrapper):
+    """What a file's pixels say."""
+
+WATERMARK_STATUS_UNSPECIFIED: WatermarkStatus.ValueType  # 0
+WATERMARK_STATUS_FOUND: WatermarkStatus.ValueType  # 1
+"""A watermark payload of one of the caller's tenant's items."""
+WATERMARK_STATUS_NOT_FOUND: WatermarkStatus.ValueType  # 2
+"""No payload of the caller's tenant's items (none, or another tenant's)."""
+WATERMARK_STATUS_TOO_SMALL: WatermarkStatus.ValueType  # 3
+"""Too small to carry a watermark (under 256x256 pixels in area)."""
+Global___WatermarkStatus: _TypeAlias = WatermarkStatus  # noqa: Y015
+
 @_typing.final
 class Account(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -1274,6 +1330,8 @@ class NewContent(_message.Message):
     VISIBILITY_FIELD_NUMBER: _builtins.int
     OUTPUT_VERDICT_FIELD_NUMBER: _builtins.int
     OUTPUT_CLASSIFIER_FIELD_NUMBER: _builtins.int
+    SKIP_WATERMARK_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
     kind: Global___ContentKind.ValueType
     media_type: _builtins.str
     """IANA media type; only "image/png" is accepted."""
@@ -1286,6 +1344,14 @@ class NewContent(_message.Message):
     output_classifier: _builtins.str
     """Which classifier gave output_verdict, e.g. "tiny-safety-checker" or a
     checkpoint's directory name; 1..100 characters, required with a verdict.
+    """
+    skip_watermark: _builtins.bool
+    """Generated items: store without the invisible watermark (the model's
+    setting); the signed C2PA manifest is embedded either way.
+    """
+    model_version: _builtins.str
+    """Generated items: the model's version, stated in the signed manifest;
+    0..200 characters.
     """
     @_builtins.property
     def parameters(self) -> _common_pb2.GenerationParameters: ...
@@ -1309,10 +1375,12 @@ class NewContent(_message.Message):
         visibility: _common_pb2.Visibility.ValueType = ...,
         output_verdict: Global___OutputVerdict | None = ...,
         output_classifier: _builtins.str = ...,
+        skip_watermark: _builtins.bool = ...,
+        model_version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["output_verdict", b"output_verdict", "parameters", b"parameters"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "kind", b"kind", "media_type", b"media_type", "output_classifier", b"output_classifier", "output_verdict", b"output_verdict", "parameters", b"parameters", "prompt", b"prompt", "visibility", b"visibility"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "kind", b"kind", "media_type", b"media_type", "model_version", b"model_version", "output_classifier", b"output_classifier", "output_verdict", b"output_verdict", "parameters", b"parameters", "prompt", b"prompt", "skip_watermark", b"skip_watermark", "visibility", b"visibility"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1390,6 +1458,7 @@ class StoreContentResponse(_message.Message):
     CONTENTS_FIELD_NUMBER: _builtins.int
     RESERVATION_FIELD_NUMBER: _builtins.int
     BALANCE_FIELD_NUMBER: _builtins.int
+    STORED_DATA_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def contents(self) -> _containers.RepeatedCompositeFieldContainer[Global___Content]:
         """In request order."""
@@ -1400,16 +1469,24 @@ class StoreContentResponse(_message.Message):
 
     @_builtins.property
     def balance(self) -> Global___Balance: ...
+    @_builtins.property
+    def stored_data(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """Per item in request order: the bytes as stored, where the control plane
+        changed them (generated items get a watermark and a signed C2PA manifest);
+        empty where the item was stored as sent. Return these to the user.
+        """
+
     def __init__(
         self,
         *,
         contents: _abc.Iterable[Global___Content] | None = ...,
         reservation: Global___Reservation | None = ...,
         balance: Global___Balance | None = ...,
+        stored_data: _abc.Iterable[_builtins.bytes] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "reservation", b"reservation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "contents", b"contents", "reservation", b"reservation"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "contents", b"contents", "reservation", b"reservation", "stored_data", b"stored_data"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2438,3 +2515,160 @@ class GetIdentityProviderResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetIdentityProviderResponse: _TypeAlias = GetIdentityProviderResponse  # noqa: Y015
+
+@_typing.final
+class VerifyProvenanceRequest(_message.Message):
+    """--- provenance --------------------------------------------------------------"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATA_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    """The image file as found: PNG, JPEG or WebP, 1 byte..32 MiB."""
+    def __init__(
+        self,
+        *,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VerifyProvenanceRequest: _TypeAlias = VerifyProvenanceRequest  # noqa: Y015
+
+@_typing.final
+class ProvenanceManifest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    EXPLANATION_FIELD_NUMBER: _builtins.int
+    FAILURE_CODES_FIELD_NUMBER: _builtins.int
+    LABEL_FIELD_NUMBER: _builtins.int
+    CLAIM_GENERATOR_FIELD_NUMBER: _builtins.int
+    SIGNER_FIELD_NUMBER: _builtins.int
+    ACTIONS_FIELD_NUMBER: _builtins.int
+    DIGITAL_SOURCE_TYPE_FIELD_NUMBER: _builtins.int
+    CONTENT_ID_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    TRAINING_USE_FIELD_NUMBER: _builtins.int
+    INGREDIENT_COUNT_FIELD_NUMBER: _builtins.int
+    status: Global___ManifestStatus.ValueType
+    explanation: _builtins.str
+    """Why, for people (the validator's explanations when not trusted)."""
+    label: _builtins.str
+    """The active manifest's label (urn:c2pa:...)."""
+    claim_generator: _builtins.str
+    """Who made the claim, e.g. "atelier"."""
+    signer: _builtins.str
+    """The signing certificate's issuer organization."""
+    digital_source_type: _builtins.str
+    """IPTC digital source type URI of the creating or editing action."""
+    content_id: _builtins.str
+    """The content id the manifest states (as signed: from an untrusted signer, a claim only)."""
+    model: _builtins.str
+    """Model name and version the manifest states."""
+    model_version: _builtins.str
+    created_at: _builtins.str
+    """Time of the action as signed, ISO 8601."""
+    training_use: _builtins.str
+    """The training-and-data-mining assertion: "allowed", "notAllowed", or empty."""
+    ingredient_count: _builtins.int
+    """Ingredients (an edit's upload)."""
+    @_builtins.property
+    def failure_codes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """C2PA validation codes that failed, e.g. "signingCredential.untrusted"."""
+
+    @_builtins.property
+    def actions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The manifest's actions in order, e.g. "c2pa.created" or "c2pa.opened", "c2pa.edited"."""
+
+    def __init__(
+        self,
+        *,
+        status: Global___ManifestStatus.ValueType = ...,
+        explanation: _builtins.str = ...,
+        failure_codes: _abc.Iterable[_builtins.str] | None = ...,
+        label: _builtins.str = ...,
+        claim_generator: _builtins.str = ...,
+        signer: _builtins.str = ...,
+        actions: _abc.Iterable[_builtins.str] | None = ...,
+        digital_source_type: _builtins.str = ...,
+        content_id: _builtins.str = ...,
+        model: _builtins.str = ...,
+        model_version: _builtins.str = ...,
+        created_at: _builtins.str = ...,
+        training_use: _builtins.str = ...,
+        ingredient_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actions", b"actions", "claim_generator", b"claim_generator", "content_id", b"content_id", "created_at", b"created_at", "digital_source_type", b"digital_source_type", "explanation", b"explanation", "failure_codes", b"failure_codes", "ingredient_count", b"ingredient_count", "label", b"label", "model", b"model", "model_version", b"model_version", "signer", b"signer", "status", b"status", "training_use", b"training_use"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProvenanceManifest: _TypeAlias = ProvenanceManifest  # noqa: Y015
+
+@_typing.final
+class VerifyProvenanceResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEDIA_TYPE_FIELD_NUMBER: _builtins.int
+    MANIFEST_FIELD_NUMBER: _builtins.int
+    WATERMARK_FIELD_NUMBER: _builtins.int
+    WATERMARK_BIT_ERRORS_FIELD_NUMBER: _builtins.int
+    CONTENT_ID_FIELD_NUMBER: _builtins.int
+    IDENTIFIED_BY_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    TRAINING_USE_WHEN_MADE_FIELD_NUMBER: _builtins.int
+    ELIGIBLE_FOR_TRAINING_FIELD_NUMBER: _builtins.int
+    TRAINING_EXPLANATION_FIELD_NUMBER: _builtins.int
+    media_type: _builtins.str
+    """Detected file type, e.g. "image/jpeg"."""
+    watermark: Global___WatermarkStatus.ValueType
+    watermark_bit_errors: _builtins.int
+    """Payload bits that differ from the recorded payload (0..4), when found."""
+    content_id: _builtins.str
+    """The following are set only when the file is content of the caller's tenant
+    (of the acting account, when one is named); empty otherwise.
+    UUID of the content.
+    """
+    identified_by: _builtins.str
+    """"watermark" or "manifest": which mark identified it."""
+    model: _builtins.str
+    training_use_when_made: _builtins.str
+    """What the file's training assertion said when it was made: "allowed" or "notAllowed"."""
+    eligible_for_training: _builtins.bool
+    """Whether it may be used for training now (opt-outs and consents as of now)."""
+    training_explanation: _builtins.str
+    """Why (or "eligible for training use")."""
+    @_builtins.property
+    def manifest(self) -> Global___ProvenanceManifest: ...
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        media_type: _builtins.str = ...,
+        manifest: Global___ProvenanceManifest | None = ...,
+        watermark: Global___WatermarkStatus.ValueType = ...,
+        watermark_bit_errors: _builtins.int = ...,
+        content_id: _builtins.str = ...,
+        identified_by: _builtins.str = ...,
+        model: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        training_use_when_made: _builtins.str = ...,
+        eligible_for_training: _builtins.bool = ...,
+        training_explanation: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "manifest", b"manifest"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_id", b"content_id", "created_at", b"created_at", "eligible_for_training", b"eligible_for_training", "identified_by", b"identified_by", "manifest", b"manifest", "media_type", b"media_type", "model", b"model", "training_explanation", b"training_explanation", "training_use_when_made", b"training_use_when_made", "watermark", b"watermark", "watermark_bit_errors", b"watermark_bit_errors"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VerifyProvenanceResponse: _TypeAlias = VerifyProvenanceResponse  # noqa: Y015

@@ -184,6 +184,11 @@ class ControlPlaneStub:
                 request_serializer=atelier_dot_v1_dot_control__plane__pb2.GetIdentityProviderRequest.SerializeToString,
                 response_deserializer=atelier_dot_v1_dot_control__plane__pb2.GetIdentityProviderResponse.FromString,
                 _registered_method=True)
+        self.VerifyProvenance = channel.unary_unary(
+                '/atelier.v1.ControlPlane/VerifyProvenance',
+                request_serializer=atelier_dot_v1_dot_control__plane__pb2.VerifyProvenanceRequest.SerializeToString,
+                response_deserializer=atelier_dot_v1_dot_control__plane__pb2.VerifyProvenanceResponse.FromString,
+                _registered_method=True)
 
 
 class ControlPlaneServicer:
@@ -396,6 +401,18 @@ class ControlPlaneServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def VerifyProvenance(self, request, context):
+        """Reads an image file's provenance: its C2PA manifest (trusted, untrusted,
+        invalid or absent, and why) and its invisible watermark; when either
+        identifies content of the caller's tenant (of the acting account, when one
+        is named), also that content's id, model, creation time and current training
+        eligibility. INVALID_ARGUMENT (field `data`) for an empty, corrupt, truncated
+        or non-image file. Scope: read.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlPlaneServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -548,6 +565,11 @@ def add_ControlPlaneServicer_to_server(servicer, server):
                     servicer.GetIdentityProvider,
                     request_deserializer=atelier_dot_v1_dot_control__plane__pb2.GetIdentityProviderRequest.FromString,
                     response_serializer=atelier_dot_v1_dot_control__plane__pb2.GetIdentityProviderResponse.SerializeToString,
+            ),
+            'VerifyProvenance': grpc.unary_unary_rpc_method_handler(
+                    servicer.VerifyProvenance,
+                    request_deserializer=atelier_dot_v1_dot_control__plane__pb2.VerifyProvenanceRequest.FromString,
+                    response_serializer=atelier_dot_v1_dot_control__plane__pb2.VerifyProvenanceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1360,6 +1382,33 @@ class ControlPlane:
             '/atelier.v1.ControlPlane/GetIdentityProvider',
             atelier_dot_v1_dot_control__plane__pb2.GetIdentityProviderRequest.SerializeToString,
             atelier_dot_v1_dot_control__plane__pb2.GetIdentityProviderResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifyProvenance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/atelier.v1.ControlPlane/VerifyProvenance',
+            atelier_dot_v1_dot_control__plane__pb2.VerifyProvenanceRequest.SerializeToString,
+            atelier_dot_v1_dot_control__plane__pb2.VerifyProvenanceResponse.FromString,
             options,
             channel_credentials,
             insecure,

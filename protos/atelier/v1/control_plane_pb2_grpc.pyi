@@ -126,6 +126,14 @@ class ControlPlaneStub:
     """
     GetIdentityProvider: _grpc.UnaryUnaryMultiCallable[_control_plane_pb2.GetIdentityProviderRequest, _control_plane_pb2.GetIdentityProviderResponse]
     """The caller's tenant's identity provider (unset when it has none). Scope: admin."""
+    VerifyProvenance: _grpc.UnaryUnaryMultiCallable[_control_plane_pb2.VerifyProvenanceRequest, _control_plane_pb2.VerifyProvenanceResponse]
+    """Reads an image file's provenance: its C2PA manifest (trusted, untrusted,
+    invalid or absent, and why) and its invisible watermark; when either
+    identifies content of the caller's tenant (of the acting account, when one
+    is named), also that content's id, model, creation time and current training
+    eligibility. INVALID_ARGUMENT (field `data`) for an empty, corrupt, truncated
+    or non-image file. Scope: read.
+    """
 
 @_typing.type_check_only
 class ControlPlaneAsyncStub(ControlPlaneStub):
@@ -194,6 +202,14 @@ class ControlPlaneAsyncStub(ControlPlaneStub):
     """
     GetIdentityProvider: _aio.UnaryUnaryMultiCallable[_control_plane_pb2.GetIdentityProviderRequest, _control_plane_pb2.GetIdentityProviderResponse]  # type: ignore[assignment]
     """The caller's tenant's identity provider (unset when it has none). Scope: admin."""
+    VerifyProvenance: _aio.UnaryUnaryMultiCallable[_control_plane_pb2.VerifyProvenanceRequest, _control_plane_pb2.VerifyProvenanceResponse]  # type: ignore[assignment]
+    """Reads an image file's provenance: its C2PA manifest (trusted, untrusted,
+    invalid or absent, and why) and its invisible watermark; when either
+    identifies content of the caller's tenant (of the acting account, when one
+    is named), also that content's id, model, creation time and current training
+    eligibility. INVALID_ARGUMENT (field `data`) for an empty, corrupt, truncated
+    or non-image file. Scope: read.
+    """
 
 class ControlPlaneServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -439,5 +455,19 @@ class ControlPlaneServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_control_plane_pb2.GetIdentityProviderResponse, _abc.Awaitable[_control_plane_pb2.GetIdentityProviderResponse]]:
         """The caller's tenant's identity provider (unset when it has none). Scope: admin."""
+
+    @_abc_1.abstractmethod
+    def VerifyProvenance(
+        self,
+        request: _control_plane_pb2.VerifyProvenanceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_plane_pb2.VerifyProvenanceResponse, _abc.Awaitable[_control_plane_pb2.VerifyProvenanceResponse]]:
+        """Reads an image file's provenance: its C2PA manifest (trusted, untrusted,
+        invalid or absent, and why) and its invisible watermark; when either
+        identifies content of the caller's tenant (of the acting account, when one
+        is named), also that content's id, model, creation time and current training
+        eligibility. INVALID_ARGUMENT (field `data`) for an empty, corrupt, truncated
+        or non-image file. Scope: read.
+        """
 
 def add_ControlPlaneServicer_to_server(servicer: ControlPlaneServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

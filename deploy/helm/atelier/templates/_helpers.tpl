@@ -442,6 +442,16 @@ Environment shared by the control plane, the migration Job and the CronJobs.
 {{- end }}
 - name: ATELIER_MASTER_KEY_FILE
   value: /etc/atelier/master-key/master.key
+{{- if .Values.c2pa.existingSecret }}
+- name: ATELIER_C2PA_CERT
+  value: /etc/atelier/c2pa/chain.pem
+- name: ATELIER_C2PA_KEY
+  value: /etc/atelier/c2pa/signer.key
+{{- if .Values.c2pa.trustAnchorsKey }}
+- name: ATELIER_C2PA_TRUST_ANCHORS
+  value: /etc/atelier/c2pa/trust-anchors.pem
+{{- end }}
+{{- end }}
 - name: ATELIER_POLICY_PROFILE
   value: /etc/atelier/policy/profile.json
 - name: ATELIER_DEFAULT_VISIBILITY
@@ -606,6 +616,23 @@ Volumes of the control plane and the jobs: state, blobs (unless in S3), master k
     items:
       - key: {{ include "atelier.masterKeySecretKey" . }}
         path: master.key
+{{- with .Values.c2pa }}
+{{- if .existingSecret }}
+- name: c2pa-signing
+  secret:
+    secretName: {{ .existingSecret }}
+    defaultMode: 0400
+    items:
+      - key: {{ .certificateKey }}
+        path: chain.pem
+      - key: {{ .privateKeyKey }}
+        path: signer.key
+      {{- if .trustAnchorsKey }}
+      - key: {{ .trustAnchorsKey }}
+        path: trust-anchors.pem
+      {{- end }}
+{{- end }}
+{{- end }}
 - name: policy-profile
   configMap:
     name: {{ include "atelier.policyProfileName" . }}
@@ -623,6 +650,11 @@ Volumes of the control plane and the jobs: state, blobs (unless in S3), master k
 - name: master-key
   mountPath: /etc/atelier/master-key
   readOnly: true
+{{- if .Values.c2pa.existingSecret }}
+- name: c2pa-signing
+  mountPath: /etc/atelier/c2pa
+  readOnly: true
+{{- end }}
 - name: policy-profile
   mountPath: /etc/atelier/policy
   readOnly: true
