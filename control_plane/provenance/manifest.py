@@ -10,13 +10,17 @@ prompt and no account identifier: a file travels, and these would identify its m
 from __future__ import annotations
 
 import io
+import threading
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
-from uuid import UUID
+from typing import TYPE_CHECKING, Any
+from uuid import UUID, uuid4
 
 from control_plane.provenance.certificates import SigningCredentials
+
+if TYPE_CHECKING:
+    import c2pa
 
 GENERATOR = "atelier"
 CONTENT_ASSERTION = "org.atelier.content"
@@ -103,8 +107,12 @@ def sign_png(png: bytes, facts: ManifestFacts, credentials: SigningCredentials) 
         "parameters": {"model": facts.model, "model_version": facts.model_version},
     }
     actions = [{"action": "c2pa.opened", "parameters": {"ingredientIds": ["upload"]}}, action] if edit else [action]
+    # Chosen here rather than read back from the signed file: reading it back validates the whole
+    # manifest again, which doubled the cost of signing.
+    label = f"urn:c2pa:{uuid4()}"
     manifest = {
         "claim_generator_info": [{"name": GENERATOR}],
+        "label": label,
         "title": f"{facts.content_id}.png",
         "format": "image/png",
         "assertions": [
@@ -123,11 +131,7 @@ def sign_png(png: bytes, facts: ManifestFacts, credentials: SigningCredentials) 
             },
         ],
     }
-    # No thumbnail: it would quadruple a noisy PNG's size and repeat the pixels the file already has.
-    context = c2pa.Context(settings=c2pa.Settings.from_dict({"builder": {"thumbnail": {"enabled": False}}}))
-    signer = c2pa.Signer.from_info(
-        c2pa.C2paSignerInfo(c2pa.C2paSigningAlg.ES256, credentials.chain_pem, credentials.key_pem, None)
-    )
+    context, signer = _signing_tools(credentials)
     with c2pa.Builder(manifest, context=context) as builder:
         if facts.ingredient_png is not None:
             builder.add_ingredient(
@@ -137,9 +141,27 @@ def sign_png(png: bytes, facts: ManifestFacts, credentials: SigningCredentials) 
             )
         out = io.BytesIO()
         builder.sign(signer, "image/png", io.BytesIO(png), out)
-    signed = out.getvalue()
-    reading = read_manifest(signed, "image/png", credentials.trust_anchors_pem)
-    return signed, reading.label
+    return out.getvalue(), label
+
+
+_per_thread = threading.local()
+
+
+def _signing_tools(credentials: SigningCredentials) -> tuple[c2pa.Context, c2pa.Signer]:
+    """The builder context and signer for `credentials`, made once per thread (parsing the chain and key
+    on every image cost more than the signature; the library's objects are not shared across threads)."""
+    import c2pa
+
+    cached: tuple[SigningCredentials, c2pa.Context, c2pa.Signer] | None = getattr(_per_thread, "tools", None)
+    if cached is None or cached[0] != credentials:
+        # No thumbnail: it would quadruple a noisy PNG's size and repeat the pixels the file already has.
+        context = c2pa.Context(settings=c2pa.Settings.from_dict({"builder": {"thumbnail": {"enabled": False}}}))
+        signer = c2pa.Signer.from_info(
+            c2pa.C2paSignerInfo(c2pa.C2paSigningAlg.ES256, credentials.chain_pem, credentials.key_pem, None)
+        )
+        cached = (credentials, context, signer)
+        _per_thread.tools = cached
+    return cached[1], cached[2]
 
 
 def read_manifest(data: bytes, media_type: str, trust_anchors_pem: bytes) -> ManifestReading:
