@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 from control_plane import crypto
 from control_plane.adapters.blobstore import BlobStore, LocalBlobStore
 from control_plane.adapters.keystore import KeyStore, PostgresKeyStore
+from control_plane.caller_facts import CallerFacts
 from control_plane.clock import Clock, SystemClock
 from control_plane.config import ENV_VARS, ConfigError, ControlPlaneConfig
 from control_plane.crypto import MasterKeyError
@@ -43,6 +44,8 @@ class ControlPlaneDeps:
     """Where metrics register; the server process passes prometheus_client's default."""
     user_tokens: UserTokenVerifier = field(default_factory=UserTokenVerifier)
     """Verifies end users' ID tokens; keeps the tenants' key sets between calls."""
+    caller_facts: CallerFacts = field(default_factory=lambda: CallerFacts.with_ttl(0))
+    """API keys and tenant settings read recently; off unless given (`bootstrap` sets the config's)."""
 
     applied_migrations: list[str] = field(default_factory=list)
     """Versions `bootstrap` applied at start-up (empty when the schema was current)."""
@@ -110,6 +113,7 @@ def bootstrap(
         clock=clock if clock is not None else SystemClock(),
         registry=registry if registry is not None else CollectorRegistry(),
         applied_migrations=applied,
+        caller_facts=CallerFacts.with_ttl(config.caller_cache_ttl_ms / 1000),
     )
 
 

@@ -28,7 +28,8 @@ class ControlPlaneRpcs(control_plane_pb2_grpc.ControlPlaneServicer):
         self, *, deps: ControlPlaneDeps, admission: AdmissionRules, database_up: Callable[[], bool] = lambda: True
     ) -> None:
         # Borrows a connection, authenticates the caller at the server clock's time, checks the scope.
-        self._call = Authenticator(deps.pool, deps.clock, deps.user_tokens, database_up).call
+        self._call = Authenticator(deps.pool, deps.clock, deps.user_tokens, database_up, deps.caller_facts).call
+        self._caller_facts = deps.caller_facts
         self._blobs = EncryptedBlobStore(deps.blobs)
         self._keys = deps.keys
         self._policies = deps.policies
@@ -40,7 +41,7 @@ class ControlPlaneRpcs(control_plane_pb2_grpc.ControlPlaneServicer):
 
     def _profile(self, conn: Connection, caller: Caller) -> PolicyProfile:
         """The policy profile the caller's tenant follows."""
-        return self._policies.for_tenant(conn, caller.tenant_id)
+        return self._policies.for_tenant(conn, caller.tenant_id, self._caller_facts.policy_profiles)
 
     def _checker(self, profile: PolicyProfile) -> moderation.ModerationChecker:
         """The moderation checker of `profile` (the default profile's for an unnamed one)."""
