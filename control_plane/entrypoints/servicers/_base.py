@@ -10,6 +10,7 @@ errors propagate to `ControlPlaneInterceptor`, which maps them to status codes.
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from control_plane import moderation
 from control_plane.adapters.encrypted_blobs import EncryptedBlobStore
@@ -19,6 +20,9 @@ from control_plane.db.pool import Connection
 from control_plane.entrypoints.auth import Authenticator, Caller
 from control_plane.policy import PolicyProfile
 from protos.atelier.v1 import control_plane_pb2_grpc
+
+BLOB_WRITER_THREADS = 8
+"""Blob writes of StoreContent calls in flight at once; more wait their turn (fsync-bound)."""
 
 
 class ControlPlaneRpcs(control_plane_pb2_grpc.ControlPlaneServicer):
@@ -31,6 +35,8 @@ class ControlPlaneRpcs(control_plane_pb2_grpc.ControlPlaneServicer):
         self._call = Authenticator(deps.pool, deps.clock, deps.user_tokens, database_up, deps.caller_facts).call
         self._caller_facts = deps.caller_facts
         self._blobs = EncryptedBlobStore(deps.blobs)
+        # StoreContent writes its blobs on these threads while its rows' statement runs.
+        self._blob_writer = ThreadPoolExecutor(max_workers=BLOB_WRITER_THREADS, thread_name_prefix="blob-writer")
         self._keys = deps.keys
         self._policies = deps.policies
         self._clock = deps.clock

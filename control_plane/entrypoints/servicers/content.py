@@ -44,6 +44,7 @@ class ContentRpcs(ControlPlaneRpcs):
                 now=caller.now,
                 checker=self._checker(profile),
                 moderation_policy=profile.moderation,
+                blob_writer=self._blob_writer,
             )
         return control_plane_pb2.StoreContentResponse(
             contents=[convert.content_pb(item) for item in result.contents],
