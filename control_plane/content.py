@@ -33,7 +33,7 @@ from control_plane.adapters.blobstore import BlobStore
 from control_plane.adapters.encrypted_blobs import EncryptedBlobStore
 from control_plane.adapters.keystore import DataKey, DataKeyDestroyed, KeyStore
 from control_plane.audit import Actor, actor_parameters, audit_rows_sql, record_audit
-from control_plane.db.pool import Connection, expect_row
+from control_plane.db.pool import Connection, expect_row, pipelined_transaction
 from control_plane.errors import AccountNotActive, FailedPrecondition, InvalidArgument, NotFound
 from control_plane.policy import ModerationPolicy
 
@@ -218,8 +218,8 @@ def store_content(
         # The blobs are written while the rows' statement runs; they are durable before COMMIT,
         # so a committed row never points at a missing blob.
         blobs_durable = _start_writing(blob_writer, blobs, prepared, items, data_key)
-        # Pipelined: BEGIN and the statement reach the server in one round trip, COMMIT in one more.
-        with conn.pipeline(), conn.transaction():
+        # BEGIN and the statement reach the server in one round trip, COMMIT in one more.
+        with pipelined_transaction(conn):
             reservation, balance = _insert_paid_rows(
                 conn,
                 prepared,

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeAlias, TypeVar
 
 import psycopg
-from psycopg.pq import ConnStatus
+from psycopg.pq import ConnStatus, TransactionStatus
 from psycopg.rows import TupleRow
 from psycopg_pool import ConnectionPool, PoolTimeout
 
@@ -69,6 +71,7 @@ def open_pool(
     *,
     name: str = "atelier-control-plane",
     timeout_s: float = 30.0,
+    idle_check_s: float = IDLE_CHECK_S,
 ) -> Pool:
     """Opens a pool of autocommit connections and waits until `min_size` are ready.
 
@@ -87,6 +90,7 @@ def open_pool(
             `pg_stat_activity` shows who holds a connection.
         timeout_s: How long to wait for the first connections, and later how long a caller
             waits for a free connection before `psycopg_pool.PoolTimeout`.
+        idle_check_s: A connection idle longer than this is pinged before it is handed out.
 
     Returns:
         The opened pool; close it with `pool.close()`.
@@ -94,7 +98,7 @@ def open_pool(
     Raises:
         psycopg_pool.PoolTimeout: The database could not be reached within `timeout_s`.
     """
-    idle_check = _IdleConnectionCheck()
+    idle_check = _IdleConnectionCheck(idle_check_s)
 
     def configure(conn: Connection) -> None:
         conn.prepared_max = PREPARED_MAX
@@ -143,6 +147,36 @@ def connection_wait_s(deadline_remaining_s: float | None, pool_timeout_s: float)
         return pool_timeout_s
     margin = min(CONNECTION_WAIT_MARGIN_S, deadline_remaining_s / 5)
     return max(0.0, min(pool_timeout_s, deadline_remaining_s - margin))
+
+
+@contextmanager
+def pipelined_transaction(conn: Connection) -> Iterator[None]:
+    """A transaction on an autocommit connection whose BEGIN travels with its first statement.
+
+    `with conn.transaction():` waits for BEGIN's answer before sending the first statement,
+    so a one-statement transaction costs three round trips (five in psycopg's pipeline mode,
+    which syncs at BEGIN and again at the end). Here BEGIN and the statements are pipelined
+    and COMMIT is sent with the final sync: two round trips, for the hot path's
+    StoreContent. Reading a result (`fetchone`) waits for it as usual. Leaving the block by
+    an exception rolls back.
+
+    Raises:
+        RuntimeError: The connection is not in autocommit mode or already in a transaction.
+    """
+    if not conn.autocommit or conn.info.transaction_status != TransactionStatus.IDLE:
+        raise RuntimeError("pipelined_transaction needs an idle autocommit connection")
+    try:
+        with conn.pipeline():
+            conn.execute("BEGIN")
+            yield
+            conn.execute("COMMIT")
+    except BaseException:
+        # After a failed statement the pipeline's sync left the transaction aborted; after any
+        # other error it is still open. Either way it ends here (the pool would roll back too).
+        if not conn.closed and conn.info.transaction_status != TransactionStatus.IDLE:
+            with contextlib.suppress(psycopg.Error):
+                conn.execute("ROLLBACK")
+        raise
 
 
 def expect_row(row: tuple[Any, ...] | None) -> tuple[Any, ...]:
