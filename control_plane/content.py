@@ -1,10 +1,16 @@
 """Content: storing generated images and uploads, reading them back, listing a gallery.
 
 Bytes go to a `BlobStore`, metadata to the `content` table. A store of several items is
-all-or-nothing: blobs are written first, then every row (and, optionally, the commit of the
-reservation that paid for them) in one transaction; if that transaction fails, the blobs
-written for it are deleted again. A row therefore never points at a missing blob, and a
+all-or-nothing: every row (and, optionally, the commit of the reservation that paid for them)
+is written in one transaction, which commits only once the blobs are durable; if it fails, the
+blobs written for it are deleted again. A row therefore never points at a missing blob, and a
 failed store leaves nothing behind.
+
+A store is the hot path's last step, so it is short on round trips: one read of the account
+(with its consent and age evidence), one of its data key, then the transaction in two (BEGIN
+with one statement holding every write, then COMMIT), the blobs written meanwhile. Steps that
+look at each item go in `store_content` where the comments say: a transform of the bytes
+before they are sealed, a verdict that decides how an item is stored.
 
 Bytes and prompts are encrypted at rest with the account's data key (`EncryptedBlobStore`,
 `crypto.seal`), the content id bound as associated data. Visibility is per item: the owner
