@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 
 from control_plane.ttl_cache import TtlCache
@@ -53,7 +55,7 @@ def test_none_is_a_value_like_any_other() -> None:
 
 def test_a_zero_time_to_live_loads_every_time_and_clear_forgets() -> None:
     off: TtlCache[str, int] = TtlCache(0.0)
-    assert [off.get_or_load("key", lambda n=n: n) for n in range(3)] == [0, 1, 2]
+    assert [off.get_or_load("key", functools.partial(int, n)) for n in range(3)] == [0, 1, 2]
     on: TtlCache[str, int] = TtlCache(60.0)
     on.get_or_load("key", lambda: 1)
     on.clear()
@@ -63,7 +65,7 @@ def test_a_zero_time_to_live_loads_every_time_and_clear_forgets() -> None:
 def test_a_full_cache_starts_over_instead_of_growing() -> None:
     cache: TtlCache[int, int] = TtlCache(60.0, max_entries=2)
     for key in range(3):
-        cache.get_or_load(key, lambda key=key: key)
+        cache.get_or_load(key, functools.partial(int, key))
     # The third key emptied the cache: the first is loaded afresh.
     assert cache.get_or_load(0, lambda: -1) == -1
 
