@@ -37,7 +37,7 @@ from control_plane import accounts, consent, credits, crypto, moderation, png
 from control_plane.accounts import AccountStatus, Visibility
 from control_plane.adapters.blobstore import BlobStore
 from control_plane.adapters.encrypted_blobs import EncryptedBlobStore
-from control_plane.adapters.keystore import DataKey, DataKeyDestroyed, KeyStore
+from control_plane.adapters.keystore import LIVE_KEY_COLUMNS, DataKey, DataKeyDestroyed, KeyStore
 from control_plane.audit import Actor, actor_parameters, audit_rows_sql, record_audit
 from control_plane.db.pool import Connection, expect_row, pipelined_transaction
 from control_plane.errors import AccountNotActive, FailedPrecondition, InvalidArgument, NotFound
@@ -207,7 +207,11 @@ def store_content(
     # or other metadata chunks (see `png`).
     items = [dataclasses.replace(item, data=png.without_metadata(item.data)) for item in items]
     storer = _read_storer(conn, tenant_id=tenant_id, account_id=account_id, today=now.date())
-    data_key = keys.live_data_key(conn, account_id, actor=actor, now=now)
+    data_key = (
+        keys.unwrap_live(account_id, storer.live_key)
+        if storer.live_key is not None
+        else keys.live_data_key(conn, account_id, actor=actor, now=now)
+    )
     # Each item's verdict decides how it is stored (a flagged item private, with a flag row).
     verdicts = [
         checker.check(moderation.Stage.OUTPUT, item.prompt, item.data) if checker is not None else None
@@ -515,16 +519,22 @@ class _Storer:
     account: accounts.Account
     minor: bool
     """Its holder is under the adult age: its content is marked and never exported."""
+    live_key: tuple[UUID, str, bytes] | None
+    """Its live data key's row (LIVE_KEY_COLUMNS); None before its first store."""
 
 
 def _read_storer(conn: Connection, *, tenant_id: UUID, account_id: UUID, today: date) -> _Storer:
-    # One round trip for what the account, its consent and its age evidence would take three.
+    # One round trip for what the account, its consent, its age evidence and its data key
+    # would take four.
     row = conn.execute(
         f"""
-        SELECT {", ".join(f"a.{column}" for column in accounts.ACCOUNT_COLUMNS.split(", "))},
+        SELECT {_qualified("a", accounts.ACCOUNT_COLUMNS)},
                {consent.PROCESSING_ALLOWED_SQL.format(account_column="a.account_id")},
-               {", ".join(f"p.{column}" for column in accounts.AGE_EVIDENCE_COLUMNS.split(", "))}
-        FROM accounts a LEFT JOIN account_personal p ON p.account_id = a.account_id
+               {_qualified("p", accounts.AGE_EVIDENCE_COLUMNS)},
+               {_qualified("k", LIVE_KEY_COLUMNS)}
+        FROM accounts a
+        LEFT JOIN account_personal p ON p.account_id = a.account_id
+        LEFT JOIN account_keys k ON k.account_id = a.account_id AND k.destroyed_at IS NULL
         WHERE a.account_id = %s AND a.tenant_id = %s
         """,
         (account_id, tenant_id),
@@ -535,9 +545,17 @@ def _read_storer(conn: Connection, *, tenant_id: UUID, account_id: UUID, today: 
     accounts.require_active(account)
     if not row[7]:
         raise consent.GuardianConsentRequired(account_id)
-    birth_date, age_attested, recorded_at = row[8:]
+    birth_date, age_attested, recorded_at, key_id, master_key_id, wrapped = row[8:]
     age = accounts.age_from_evidence(birth_date, age_attested, recorded_at, today)
-    return _Storer(account=account, minor=age is not None and accounts.is_minor(age))
+    return _Storer(
+        account=account,
+        minor=age is not None and accounts.is_minor(age),
+        live_key=(key_id, master_key_id, bytes(wrapped)) if key_id is not None else None,
+    )
+
+
+def _qualified(alias: str, columns: str) -> str:
+    return ", ".join(f"{alias}.{column}" for column in columns.split(", "))
 
 
 def _start_writing(
