@@ -4,7 +4,8 @@ The baseline is `pgbench` running a one-row UPDATE with the same number of clien
 reserve and every commit also serialises on one hot row (the account's balance), so that
 is the ceiling the ledger can approach. Measured twice: the control plane's SQL called
 directly (one connection per client), and the public gRPC API end to end (authentication,
-audit rows and all). Then 64 callers race to reserve 1 credit each from a balance of 10.
+audit rows and all), with the control-plane process's CPU per pair (the figure that stays
+comparable on a busy machine). Then 64 callers race to reserve 1 credit each from a balance of 10.
 Target (DESIGN.md §7): pairs/s >= 50% of pgbench TPS, zero overspend.
 
     python benchmarks/credits.py                 # embedded PostgreSQL in a temp dir
@@ -32,6 +33,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
+import psutil
 import psycopg
 
 from atelier.ports import free_port
@@ -64,12 +66,15 @@ def main(argv: list[str] | None = None) -> int:
         if secret is None:
             raise SystemExit("the scratch database already had an operator key")
         pgbench_tps = _pgbench_tps(url, args.clients, args.seconds)
-        with _control_plane(url) as address:
+        with _control_plane(url) as (address, server):
             stub = control_plane_pb2_grpc.ControlPlaneStub(grpc.insecure_channel(address))
             metadata = (("authorization", f"Bearer {secret}"),)
             account_id = _create_account(stub, metadata, credits=10**12)
             sql_pairs = _sql_pairs_per_s(url, principal, uuid.UUID(account_id), args.clients, args.seconds)
+            cpu_before, started = _cpu_seconds(server), time.monotonic()
             grpc_pairs = _grpc_pairs_per_s(stub, metadata, account_id, args.clients, args.seconds)
+            grpc_server_cpu_s = _cpu_seconds(server) - cpu_before
+            grpc_pairs_done = grpc_pairs * (time.monotonic() - started)
             race_account = _create_account(stub, metadata, credits=RACE_BALANCE)
             granted, balance = _race(stub, metadata, race_account)
     result = {
@@ -79,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
         "sql_ratio_to_pgbench": sql_pairs / pgbench_tps,
         "grpc_reserve_commit_pairs_per_s": grpc_pairs,
         "grpc_ratio_to_pgbench": grpc_pairs / pgbench_tps,
+        # What a pair costs the control-plane process (user + system CPU), whatever else the
+        # machine runs: the figure to compare across runs on a noisy machine.
+        "grpc_server_cpu_ms_per_pair": grpc_server_cpu_s / max(grpc_pairs_done, 1) * 1000,
         "race_callers": RACE_CALLERS,
         "race_balance": RACE_BALANCE,
         "race_reservations_granted": granted,
@@ -153,7 +161,7 @@ def _pgbench_tps(url: str, clients: int, seconds: float) -> float:
 
 
 @contextlib.contextmanager
-def _control_plane(url: str) -> Iterator[str]:
+def _control_plane(url: str) -> Iterator[tuple[str, psutil.Process]]:
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="atelier-bench-home-") as home:
         env = {
@@ -178,10 +186,15 @@ def _control_plane(url: str) -> Iterator[str]:
             from control_plane.entrypoints.server import wait_until_serving
 
             wait_until_serving(f"127.0.0.1:{port}", timeout_s=60)
-            yield f"127.0.0.1:{port}"
+            yield f"127.0.0.1:{port}", psutil.Process(process.pid)
         finally:
             process.terminate()
             process.wait(timeout=30)
+
+
+def _cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return float(times.user + times.system)
 
 
 def _create_account(stub, metadata, credits: int) -> str:  # type: ignore[no-untyped-def]

@@ -16,7 +16,7 @@ from control_plane.audit import Actor, AuditRecord, list_account_audit, record_a
 from control_plane.db.pool import Connection, expect_row
 from control_plane.errors import AccountNotActive, FailedPrecondition, InvalidArgument, NotFound
 
-_COLUMNS = "account_id, tenant_id, tier, status, default_visibility, created_at, last_active_at"
+ACCOUNT_COLUMNS = "account_id, tenant_id, tier, status, default_visibility, created_at, last_active_at"
 
 MAX_AGE = 150
 
@@ -154,11 +154,11 @@ def create_account(
             f"""
             INSERT INTO accounts (tenant_id, tier, default_visibility, created_at, last_active_at)
             VALUES (%s, %s, %s, %s, %s)
-            RETURNING {_COLUMNS}
+            RETURNING {ACCOUNT_COLUMNS}
             """,
             (tenant_id, tier.value, default_visibility.value, now, now),
         ).fetchone()
-        account = _account(expect_row(row))
+        account = account_from_row(expect_row(row))
         conn.execute(
             """
             INSERT INTO account_personal (account_id, birth_date, age_attested, guardian_required, recorded_at)
@@ -191,11 +191,11 @@ def get_account(conn: Connection, *, tenant_id: UUID, account_id: UUID) -> Accou
             cannot be probed across tenants).
     """
     row = conn.execute(
-        f"SELECT {_COLUMNS} FROM accounts WHERE account_id = %s AND tenant_id = %s", (account_id, tenant_id)
+        f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE account_id = %s AND tenant_id = %s", (account_id, tenant_id)
     ).fetchone()
     if row is None:
         raise NotFound(f"account {account_id} not found")
-    return _account(row)
+    return account_from_row(row)
 
 
 def current_age(conn: Connection, account_id: UUID, today: date) -> int | None:
@@ -205,13 +205,28 @@ def current_age(conn: Connection, account_id: UUID, today: date) -> int | None:
     no evidence is stored (an erased account).
     """
     row = conn.execute(
-        "SELECT birth_date, age_attested, recorded_at FROM account_personal WHERE account_id = %s", (account_id,)
+        f"SELECT {AGE_EVIDENCE_COLUMNS} FROM account_personal WHERE account_id = %s", (account_id,)
     ).fetchone()
     if row is None:
         return None
     birth_date, age_attested, recorded_at = row
+    return age_from_evidence(birth_date, age_attested, recorded_at, today)
+
+
+AGE_EVIDENCE_COLUMNS = "birth_date, age_attested, recorded_at"
+"""The `account_personal` columns `age_from_evidence` reads, in its argument order."""
+
+
+def age_from_evidence(
+    birth_date: date | None, age_attested: int | None, recorded_at: datetime | None, today: date
+) -> int | None:
+    """The age in whole years on `today` from an `account_personal` row's evidence: the birth
+    date, else the attested age carried forward by the whole years since it was recorded.
+    None when there is neither (an erased account)."""
     if birth_date is not None:
         return age_on(birth_date, today)
+    if age_attested is None or recorded_at is None:
+        return None
     return int(age_attested) + max(0, age_on(recorded_at.date(), today))
 
 
@@ -254,7 +269,8 @@ def touch_last_active(conn: Connection, account_id: UUID, now: datetime) -> None
     )
 
 
-def _account(row: tuple[Any, ...]) -> Account:
+def account_from_row(row: tuple[Any, ...]) -> Account:
+    """An `Account` from a row of ACCOUNT_COLUMNS."""
     account_id, tenant_id, tier, status, visibility, created_at, last_active_at = row
     return Account(
         account_id=account_id,

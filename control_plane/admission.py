@@ -123,14 +123,16 @@ def admit_generation(
     if rules.account_limiter is not None:
         # Keyed by tenant too, so no other tenant's calls can drain this account's bucket.
         rules.account_limiter.take((tenant_id, request.account_id))
-    if request.prompt:
+    verdict = moderation.check_prompt(checker, request.prompt)
+    if verdict is not None:
         # Blocked prompts are recorded and refused before anything is held. The account is
-        # checked first, so flags never name another tenant's account.
+        # checked first, so flags never name another tenant's account; a prompt that passes
+        # leaves that check to the hold itself (one round trip, not two).
         accounts.get_account(conn, tenant_id=tenant_id, account_id=request.account_id)
-        moderation.screen_prompt(
+        moderation.block_prompt(
             conn,
-            checker,
             profile.moderation,
+            verdict,
             account_id=request.account_id,
             prompt=request.prompt,
             actor=actor,

@@ -30,6 +30,7 @@ from control_plane.audit import SYSTEM, Actor, record_audit
 from control_plane.db.pool import Connection, Pool, expect_row
 from control_plane.errors import FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
 from control_plane.tenants import claim_operator_tenant, ensure_tenant
+from control_plane.ttl_cache import TtlCache
 
 _SECRET_FORMAT = re.compile(r"^atk_(ak_[0-9a-f]{16})_[A-Za-z0-9_-]{43}$")
 _KEY_ID_FORMAT = re.compile(r"^ak_[0-9a-f]{16}$")
@@ -162,7 +163,21 @@ def create_api_key(
     return _api_key(expect_row(row)), secret
 
 
-def authenticate(conn: Connection, secret: str, now: datetime | None = None) -> Principal:
+@dataclass(frozen=True)
+class KeyRecord:
+    """What authenticating a secret read from the database: its principal and when it stops."""
+
+    principal: Principal
+    revoked_at: datetime | None
+    """When the key stopped (or, in a rotation's grace period, will stop) authenticating."""
+
+
+def authenticate(
+    conn: Connection,
+    secret: str,
+    now: datetime | None = None,
+    cache: TtlCache[str, KeyRecord] | None = None,
+) -> Principal:
     """Returns who holds `secret`.
 
     Args:
@@ -170,6 +185,10 @@ def authenticate(conn: Connection, secret: str, now: datetime | None = None) -> 
         secret: The bearer secret.
         now: The time to judge revocation at (a rotated key works until its grace period
             ends); the wall clock when None.
+        cache: Keys that authenticated recently, by the SHA-256 of their whole secret (so a
+            hit proves the secret). A key revoked elsewhere keeps working here until its
+            entry expires; clear the cache after revoking or rotating through this process.
+            None reads the database every time.
 
     Raises:
         Unauthenticated: The secret is malformed, unknown or revoked. The message does not
@@ -178,17 +197,25 @@ def authenticate(conn: Connection, secret: str, now: datetime | None = None) -> 
     match = _SECRET_FORMAT.match(secret)
     if match is None:
         raise Unauthenticated("the API key is malformed: send `authorization: Bearer atk_...`")
-    row = conn.execute(
-        "SELECT tenant_id, secret_sha256, scopes, revoked_at FROM api_keys WHERE key_id = %s",
-        (match.group(1),),
-    ).fetchone()
-    # Hash and compare even for an unknown key id, so timing does not reveal which ids exist.
-    stored_hash = row[1] if row is not None else "0" * 64
-    matches = hmac.compare_digest(_hash_secret(secret), stored_hash)
+    secret_hash = _hash_secret(secret)
+
+    def load() -> KeyRecord:
+        row = conn.execute(
+            "SELECT tenant_id, secret_sha256, scopes, revoked_at FROM api_keys WHERE key_id = %s",
+            (match.group(1),),
+        ).fetchone()
+        # Compare even for an unknown key id, so timing does not reveal which ids exist.
+        matches = hmac.compare_digest(secret_hash, row[1] if row is not None else "0" * 64)
+        if row is None or not matches:
+            raise _unknown_or_revoked()
+        principal = Principal(key_id=match.group(1), tenant_id=row[0], scopes=frozenset(Scope(s) for s in row[2]))
+        return KeyRecord(principal, row[3])
+
+    record = load() if cache is None else cache.get_or_load(secret_hash, load)
     instant = now if now is not None else datetime.now(UTC)
-    if row is None or not matches or (row[3] is not None and row[3] <= instant):
-        raise Unauthenticated("the API key is unknown or revoked")
-    return Principal(key_id=match.group(1), tenant_id=row[0], scopes=frozenset(Scope(s) for s in row[2]))
+    if record.revoked_at is not None and record.revoked_at <= instant:
+        raise _unknown_or_revoked()
+    return record.principal
 
 
 def get_api_key(conn: Connection, key_id: str) -> ApiKey:
@@ -383,6 +410,10 @@ def ensure_operator_key(
                 conn, tenant_id=tenant.tenant_id, name=key_name, scopes=[Scope.ADMIN], actor=SYSTEM, now=instant
             )
     return Principal(key_id=key.key_id, tenant_id=key.tenant_id, scopes=frozenset(key.scopes)), secret
+
+
+def _unknown_or_revoked() -> Unauthenticated:
+    return Unauthenticated("the API key is unknown or revoked")
 
 
 def _hash_secret(secret: str) -> str:

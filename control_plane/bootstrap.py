@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 from control_plane import crypto
 from control_plane.adapters.blobstore import BlobStore, LocalBlobStore
 from control_plane.adapters.keystore import KeyStore, PostgresKeyStore
+from control_plane.caller_facts import CallerFacts
 from control_plane.clock import Clock, SystemClock
 from control_plane.config import ENV_VARS, ConfigError, ControlPlaneConfig
 from control_plane.crypto import MasterKeyError
@@ -52,6 +53,8 @@ class ControlPlaneDeps:
     signing: SigningCredentials | None = None
     """Signs generated images' C2PA manifests. None stores images as sent, unmarked (tests of
     other areas); `bootstrap` always sets it."""
+    caller_facts: CallerFacts = field(default_factory=lambda: CallerFacts.with_ttl(0))
+    """API keys and tenant settings read recently; off unless given (`bootstrap` sets the config's)."""
 
     applied_migrations: list[str] = field(default_factory=list)
     """Versions `bootstrap` applied at start-up (empty when the schema was current)."""
@@ -121,6 +124,7 @@ def bootstrap(
         registry=registry if registry is not None else CollectorRegistry(),
         applied_migrations=applied,
         signing=signing,
+        caller_facts=CallerFacts.with_ttl(config.caller_cache_ttl_ms / 1000),
     )
 
 

@@ -25,6 +25,7 @@ ENV_VARS: Mapping[str, str] = {
     "pool_max_size": "ATELIER_DB_POOL_MAX_SIZE",
     "database_probe_interval_ms": "ATELIER_DATABASE_PROBE_INTERVAL_MS",
     "grpc_workers": "ATELIER_CONTROL_PLANE_WORKERS",
+    "caller_cache_ttl_ms": "ATELIER_CALLER_CACHE_TTL_MS",
     "max_message_bytes": "ATELIER_CONTROL_PLANE_MAX_MESSAGE_BYTES",
     "default_visibility": "ATELIER_DEFAULT_VISIBILITY",
     "minimum_age": "ATELIER_MINIMUM_AGE",
@@ -108,6 +109,12 @@ class ControlPlaneConfig:
     grpc_workers: int = 16
     """Threads serving RPCs, >= 1. Each RPC holds one database connection while it runs."""
 
+    caller_cache_ttl_ms: int = 1000
+    """Milliseconds an RPC's API key, and its tenant's identity provider and policy profile,
+    are kept in memory after being read (0..60000; 0 reads them on every call). A key revoked
+    or rotated through another replica (or a tenant setting changed with the CLI) takes effect
+    on this one within this time; through this replica, at once."""
+
     max_message_bytes: int = 64 * 1024 * 1024
     """Largest request or response the gRPC server accepts, in bytes (>= 1 MiB); larger
     messages are refused by gRPC with RESOURCE_EXHAUSTED."""
@@ -187,6 +194,7 @@ class ControlPlaneConfig:
         _check_range("pool_max_size", self.pool_max_size, max(1, self.pool_min_size), 1000)
         _check_range("database_probe_interval_ms", self.database_probe_interval_ms, 100, 60_000)
         _check_range("grpc_workers", self.grpc_workers, 1, 1000)
+        _check_range("caller_cache_ttl_ms", self.caller_cache_ttl_ms, 0, 60_000)
         _check_range("max_message_bytes", self.max_message_bytes, 1024 * 1024, 2**31 - 1)
         if self.default_visibility not in VISIBILITIES:
             _fail(

@@ -1,10 +1,17 @@
 """Content: storing generated images and uploads, reading them back, listing a gallery.
 
 Bytes go to a `BlobStore`, metadata to the `content` table. A store of several items is
-all-or-nothing: blobs are written first, then every row (and, optionally, the commit of the
-reservation that paid for them) in one transaction; if that transaction fails, the blobs
-written for it are deleted again. A row therefore never points at a missing blob, and a
+all-or-nothing: every row (and, optionally, the commit of the reservation that paid for them)
+is written in one transaction, which commits only once the blobs are durable; if it fails, the
+blobs written for it are deleted again. A row therefore never points at a missing blob, and a
 failed store leaves nothing behind.
+
+A store is the hot path's last step, so it is short on round trips: one read of the account
+(with its consent, age evidence and data key), then the transaction in two (BEGIN with one
+statement holding every write, then COMMIT), the blobs written meanwhile. Generated images are
+watermarked and signed before they are sealed (`provenance`), which reads their training
+eligibility (and an edit's upload) and adds their marks' row to the transaction; verdicts of the
+moderation rules and of the replica's image classifier decide how each item is stored.
 
 Bytes and prompts are encrypted at rest with the account's data key (`EncryptedBlobStore`,
 `crypto.seal`), the content id bound as associated data. Visibility is per item: the owner
@@ -17,8 +24,10 @@ import dataclasses
 import hashlib
 import logging
 from collections.abc import Mapping, Sequence
+from concurrent import futures
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from enum import StrEnum
 from typing import Any
 from uuid import UUID, uuid4
@@ -29,9 +38,9 @@ from control_plane import accounts, consent, credits, crypto, moderation, output
 from control_plane.accounts import AccountStatus, Visibility
 from control_plane.adapters.blobstore import BlobStore
 from control_plane.adapters.encrypted_blobs import EncryptedBlobStore
-from control_plane.adapters.keystore import DataKey, DataKeyDestroyed, KeyStore
-from control_plane.audit import Actor, AuditEntry, record_audit, record_audits
-from control_plane.db.pool import Connection
+from control_plane.adapters.keystore import LIVE_KEY_COLUMNS, DataKey, DataKeyDestroyed, KeyStore
+from control_plane.audit import Actor, actor_parameters, audit_rows_sql, record_audit
+from control_plane.db.pool import Connection, expect_row, pipelined_transaction
 from control_plane.errors import AccountNotActive, FailedPrecondition, InvalidArgument, NotFound
 from control_plane.policy import ModerationPolicy
 from control_plane.provenance import ItemToMark, Mark, ProvenanceMarker, record_marks
@@ -174,6 +183,7 @@ def store_content(
     checker: moderation.ModerationChecker | None = None,
     moderation_policy: ModerationPolicy | None = None,
     marker: ProvenanceMarker | None = None,
+    blob_writer: Executor | None = None,
 ) -> StoreResult:
     """Stores 1..16 items of an account together, encrypted, optionally committing their reservation.
 
@@ -194,6 +204,8 @@ def store_content(
             an item whose classifier verdict is above its threshold becomes (`output_scan`).
         marker: Watermarks and signs generated items before they are encrypted and stored
             (`provenance.marking`); None stores the bytes as given.
+        blob_writer: Writes the blobs while the rows are inserted; None writes them first, on
+            the calling thread.
 
     Returns:
         The items in request order, the committed reservation (if any) and the balance.
@@ -208,13 +220,10 @@ def store_content(
             flags and the release of the reservation are committed, nothing is stored.
     """
     validate_new_content(items)
-    # Stored (and so exported) without text, EXIF or other metadata chunks: see `png`.
+    # Each item is transformed before it is sealed: stored (and so exported) without text, EXIF
+    # or other metadata chunks (see `png`), then watermarked and signed (`_mark`).
     items = [dataclasses.replace(item, data=png.without_metadata(item.data)) for item in items]
-    account = accounts.get_account(conn, tenant_id=tenant_id, account_id=account_id)
-    accounts.require_active(account)
-    consent.require_may_process(conn, account_id)
-    age = accounts.current_age(conn, account_id, now.date())
-    minor = age is not None and accounts.is_minor(age)
+    storer = _read_storer(conn, tenant_id=tenant_id, account_id=account_id, today=now.date())
     output_scan.withhold_if_blocked(
         conn,
         moderation_policy or ModerationPolicy(),
@@ -226,69 +235,52 @@ def store_content(
         actor=actor,
         now=now,
     )
-    data_key = keys.live_data_key(conn, account_id, actor=actor, now=now)
+    data_key = (
+        keys.unwrap_live(account_id, storer.live_key)
+        if storer.live_key is not None
+        else keys.live_data_key(conn, account_id, actor=actor, now=now)
+    )
+    # Each item's verdicts decide how it is stored: flagged by a rule or by the image classifier,
+    # it is private, out of training, and leaves a flag row.
     verdicts = [
         checker.check(moderation.Stage.OUTPUT, item.prompt, item.data) if checker is not None else None
         for item in items
     ]
-    # Rule verdicts and classifier verdicts alike keep an item private and out of training.
     flagged = [
         verdict is not None or output_scan.flags(item.output_verdict)
         for item, verdict in zip(items, verdicts, strict=True)
     ]
     content_ids = [uuid4() for _ in items]
     marks = (
-        _mark(conn, blobs, keys, marker, account, items, content_ids, flagged, minor=minor, now=now)
+        _mark(conn, blobs, keys, marker, storer.account, items, content_ids, flagged, minor=storer.minor, now=now)
         if marker is not None
         else {}
     )
     items = [dataclasses.replace(item, data=marks[i].png) if i in marks else item for i, item in enumerate(items)]
     prepared = [
-        _prepare(account, item, now, data_key, content_id, flagged=is_flagged)
+        _prepare(storer.account, item, now, data_key, content_id, flagged=is_flagged)
         for item, is_flagged, content_id in zip(items, flagged, content_ids, strict=True)
     ]
-    written: list[str] = []
+    # Listed before the writes: a put that fails part-way (a full disk) is cleaned up too.
+    written = [stored.blob_key for stored in prepared]
+    blobs_durable: Future[None] | None = None
     try:
-        for stored, item in zip(prepared, items, strict=True):
-            # Listed before the write: a put that fails part-way (a full disk) is cleaned up too.
-            written.append(stored.blob_key)
-            blobs.put(stored.blob_key, item.data, data_key=data_key, context=crypto.blob_context(stored.content_id))
-        with conn.transaction():
-            _lock_for_store(conn, account_id, data_key)
-            reservation: credits.Reservation | None = None
-            if commit_reservation_id is not None:
-                reservation, balance = credits.commit_reservation(
-                    conn,
-                    tenant_id=tenant_id,
-                    reservation_id=commit_reservation_id,
-                    account_id=account_id,
-                    actor=actor,
-                    now=now,
-                )
-            else:
-                balance = credits.get_balance(conn, tenant_id=tenant_id, account_id=account_id)
-            _insert_rows(conn, prepared, commit_reservation_id, minor)
-            record_marks(conn, list(marks.values()))
-            accounts.touch_last_active(conn, account_id, now)
-            record_audits(
+        # The blobs are written while the rows' statement runs; they are durable before COMMIT,
+        # so a committed row never points at a missing blob.
+        blobs_durable = _start_writing(blob_writer, blobs, prepared, items, data_key)
+        # BEGIN and the statement reach the server in one round trip, COMMIT in one more.
+        with pipelined_transaction(conn):
+            reservation, balance = _insert_paid_rows(
                 conn,
-                actor,
-                now,
-                [
-                    AuditEntry(
-                        "content.store",
-                        "content",
-                        str(stored.content_id),
-                        {
-                            "account_id": str(account_id),
-                            "kind": stored.kind.value,
-                            "size_bytes": stored.size_bytes,
-                            "encryption_key_id": str(data_key.key_id),
-                        },
-                    )
-                    for stored in prepared
-                ],
+                prepared,
+                tenant_id=tenant_id,
+                data_key=data_key,
+                reservation_id=commit_reservation_id,
+                minor=storer.minor,
+                actor=actor,
+                now=now,
             )
+            record_marks(conn, list(marks.values()))
             for stored, item, verdict in zip(prepared, items, verdicts, strict=True):
                 if verdict is not None:
                     moderation.record_flag(
@@ -314,7 +306,11 @@ def store_content(
                 actor=actor,
                 now=now,
             )
+            blobs_durable.result()
     except BaseException:
+        if blobs_durable is not None:
+            # Deleting while a write still runs would leave its blob behind.
+            futures.wait([blobs_durable])
         _delete_quietly(blobs, written)
         raise
     return StoreResult(
@@ -569,23 +565,177 @@ def set_account_visibility(
     return max(changed, 0)
 
 
-def _lock_for_store(conn: Connection, account_id: UUID, data_key: DataKey) -> None:
-    # An erasure may have committed while the blobs were written: it locks the account row
-    # FOR UPDATE, so this lock orders the two and the checks see its outcome. Not FOR SHARE:
-    # the transaction updates the row later (last activity), and two shared holders of one
-    # account upgrading at once would deadlock.
+@dataclass(frozen=True)
+class _Storer:
+    """The account content is stored for, as checked before anything is written."""
+
+    account: accounts.Account
+    minor: bool
+    """Its holder is under the adult age: its content is marked and never exported."""
+    live_key: tuple[UUID, str, bytes] | None
+    """Its live data key's row (LIVE_KEY_COLUMNS); None before its first store."""
+
+
+def _read_storer(conn: Connection, *, tenant_id: UUID, account_id: UUID, today: date) -> _Storer:
+    # One round trip for what the account, its consent, its age evidence and its data key
+    # would take four.
     row = conn.execute(
-        """
-        SELECT a.status, k.destroyed_at FROM accounts a JOIN account_keys k ON k.account_id = a.account_id
-        WHERE a.account_id = %s AND k.key_id = %s
-        FOR NO KEY UPDATE OF a
+        f"""
+        SELECT {_qualified("a", accounts.ACCOUNT_COLUMNS)},
+               {consent.PROCESSING_ALLOWED_SQL.format(account_column="a.account_id")},
+               {_qualified("p", accounts.AGE_EVIDENCE_COLUMNS)},
+               {_qualified("k", LIVE_KEY_COLUMNS)}
+        FROM accounts a
+        LEFT JOIN account_personal p ON p.account_id = a.account_id
+        LEFT JOIN account_keys k ON k.account_id = a.account_id AND k.destroyed_at IS NULL
+        WHERE a.account_id = %s AND a.tenant_id = %s
         """,
-        (account_id, data_key.key_id),
+        (account_id, tenant_id),
     ).fetchone()
-    if row is None or row[0] != AccountStatus.ACTIVE.value:
-        raise AccountNotActive(account_id, row[0] if row is not None else AccountStatus.ERASED.value)
-    if row[1] is not None:
+    if row is None:
+        raise NotFound(f"account {account_id} not found")
+    account = accounts.account_from_row(row[:7])
+    accounts.require_active(account)
+    if not row[7]:
+        raise consent.GuardianConsentRequired(account_id)
+    birth_date, age_attested, recorded_at, key_id, master_key_id, wrapped = row[8:]
+    age = accounts.age_from_evidence(birth_date, age_attested, recorded_at, today)
+    return _Storer(
+        account=account,
+        minor=age is not None and accounts.is_minor(age),
+        live_key=(key_id, master_key_id, bytes(wrapped)) if key_id is not None else None,
+    )
+
+
+def _qualified(alias: str, columns: str) -> str:
+    return ", ".join(f"{alias}.{column}" for column in columns.split(", "))
+
+
+def _start_writing(
+    writer: Executor | None,
+    blobs: EncryptedBlobStore,
+    prepared: Sequence[ContentItem],
+    items: Sequence[NewContent],
+    data_key: DataKey,
+) -> Future[None]:
+    def write() -> None:
+        for stored, item in zip(prepared, items, strict=True):
+            blobs.put(stored.blob_key, item.data, data_key=data_key, context=crypto.blob_context(stored.content_id))
+
+    if writer is not None:
+        return writer.submit(write)
+    done: Future[None] = Future()
+    write()
+    done.set_result(None)
+    return done
+
+
+# Everything a store changes, in one statement: the account row is locked first (an erasure
+# locks it FOR UPDATE, so the two are ordered and the checks see its outcome; not FOR SHARE,
+# as the statement updates the row, and two shared holders upgrading at once would deadlock);
+# only while it is active, its data key live, and the reservation (when one is named) charged,
+# are the rows inserted, the activity touched and the audit rows written.
+_STORE_SQL = f"""
+    WITH storer AS (
+        SELECT a.account_id, a.status, k.destroyed_at
+        FROM accounts a JOIN account_keys k ON k.account_id = a.account_id
+        WHERE a.account_id = %(account_id)s AND k.key_id = %(key_id)s
+        FOR NO KEY UPDATE OF a
+    ), storable AS (
+        SELECT account_id FROM storer WHERE status = 'active' AND destroyed_at IS NULL
+    ), {credits.commit_ctes_sql(guard="EXISTS (SELECT 1 FROM storable)")},
+    paid AS (
+        SELECT EXISTS (SELECT 1 FROM storable)
+               AND (%(reservation_id)s::uuid IS NULL OR EXISTS (SELECT 1 FROM reservation)) AS ok
+    ), stored AS (
+        INSERT INTO content (content_id, account_id, kind, media_type, visibility, blob_key, sha256, size_bytes,
+                             prompt, parameters, model, reservation_id, created_at, expires_at, flagged,
+                             encryption_key_id, prompt_sealed, created_by_minor)
+        SELECT i.content_id, %(account_id)s, i.kind, i.media_type, i.visibility, i.blob_key, i.sha256,
+               i.size_bytes, '', i.parameters, i.model, %(reservation_id)s, %(now)s, i.expires_at, i.flagged,
+               %(key_id)s, i.prompt_sealed, %(minor)s
+        FROM unnest(%(content_ids)s::uuid[], %(kinds)s::text[], %(media_types)s::text[], %(visibilities)s::text[],
+                    %(blob_keys)s::text[], %(sha256s)s::text[], %(sizes)s::bigint[], %(parameters)s::jsonb[],
+                    %(models)s::text[], %(expires_ats)s::timestamptz[], %(flagged)s::boolean[],
+                    %(prompts_sealed)s::bytea[])
+             WITH ORDINALITY AS i (content_id, kind, media_type, visibility, blob_key, sha256, size_bytes,
+                                   parameters, model, expires_at, flagged, prompt_sealed, position)
+        WHERE (SELECT ok FROM paid)
+        ORDER BY i.position
+        RETURNING content_id, kind, size_bytes
+    ), touched AS (
+        UPDATE accounts SET last_active_at = greatest(last_active_at, %(now)s)
+        WHERE account_id = %(account_id)s AND (SELECT ok FROM paid)
+    ), store_audit AS ({
+    audit_rows_sql(
+        action="content.store",
+        target_type="content",
+        target_id="content_id::text",
+        details=(
+            "jsonb_build_object('account_id', %(account_id)s::text, 'kind', kind, 'size_bytes', size_bytes, "
+            "'encryption_key_id', %(key_id)s::text)"
+        ),
+        source="stored",
+    )
+})
+    SELECT s.status, s.destroyed_at, (SELECT ok FROM paid),
+           r.*, coalesce(b.total, current.total), coalesce(b.held, current.held)
+    FROM (SELECT 1) AS one
+    LEFT JOIN storer s ON true
+    LEFT JOIN reservation r ON true
+    LEFT JOIN balance b ON true
+    LEFT JOIN credit_balances current ON current.account_id = %(account_id)s
+"""
+
+
+def _insert_paid_rows(
+    conn: Connection,
+    prepared: Sequence[ContentItem],
+    *,
+    tenant_id: UUID,
+    data_key: DataKey,
+    reservation_id: UUID | None,
+    minor: bool,
+    actor: Actor,
+    now: datetime,
+) -> tuple[credits.Reservation | None, credits.Balance]:
+    # Call inside a transaction (the flags and the blobs' durability follow before COMMIT).
+    account_id = prepared[0].account_id
+    row = expect_row(
+        conn.execute(
+            _STORE_SQL,
+            {
+                "account_id": account_id,
+                "tenant_id": tenant_id,
+                "key_id": data_key.key_id,
+                "reservation_id": reservation_id,
+                "minor": minor,
+                "now": now,
+                **actor_parameters(actor),
+                "content_ids": [c.content_id for c in prepared],
+                "kinds": [c.kind.value for c in prepared],
+                "media_types": [c.media_type for c in prepared],
+                "visibilities": [c.visibility.value for c in prepared],
+                "blob_keys": [c.blob_key for c in prepared],
+                "sha256s": [c.sha256 for c in prepared],
+                "sizes": [c.size_bytes for c in prepared],
+                "parameters": [Jsonb(dict(c.parameters)) for c in prepared],
+                "models": [c.model for c in prepared],
+                "expires_ats": [c.expires_at for c in prepared],
+                "flagged": [c.flagged for c in prepared],
+                "prompts_sealed": [c.prompt_sealed for c in prepared],
+            },
+        ).fetchone()
+    )
+    status, destroyed_at, paid = row[:3]
+    if status != AccountStatus.ACTIVE.value:
+        raise AccountNotActive(account_id, status if status is not None else AccountStatus.ERASED.value)
+    if destroyed_at is not None:
         raise DataKeyDestroyed(f"account {account_id}'s data key was destroyed by an erasure")
+    if not paid and reservation_id is not None:
+        credits.raise_why_not_committed(conn, tenant_id=tenant_id, reservation_id=reservation_id, account_id=account_id)
+    reservation = credits.reservation_from_row(row[3:-2]) if reservation_id is not None else None
+    return reservation, credits.Balance(account_id=account_id, total=row[-2], held=row[-1])
 
 
 def _mark(
@@ -659,41 +809,6 @@ def _prepare(
             crypto.seal(data_key.key, item.prompt.encode(), crypto.prompt_context(content_id)) if item.prompt else None
         ),
     )
-
-
-def _insert_rows(conn: Connection, prepared: Sequence[ContentItem], reservation_id: UUID | None, minor: bool) -> None:
-    with conn.cursor() as cur:
-        cur.executemany(
-            """
-            INSERT INTO content (content_id, account_id, kind, media_type, visibility, blob_key, sha256,
-                                 size_bytes, prompt, parameters, model, reservation_id, created_at, expires_at,
-                                 flagged, encryption_key_id, prompt_sealed, created_by_minor)
-            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-            """,
-            [
-                (
-                    c.content_id,
-                    c.account_id,
-                    c.kind.value,
-                    c.media_type,
-                    c.visibility.value,
-                    c.blob_key,
-                    c.sha256,
-                    c.size_bytes,
-                    c.prompt,
-                    Jsonb(dict(c.parameters)),
-                    c.model,
-                    reservation_id,
-                    c.created_at,
-                    c.expires_at,
-                    c.flagged,
-                    c.encryption_key_id,
-                    c.prompt_sealed,
-                    minor,
-                )
-                for c in prepared
-            ],
-        )
 
 
 def _delete_quietly(blobs: BlobStore | EncryptedBlobStore, keys: Sequence[str]) -> None:

@@ -55,7 +55,7 @@ MAX_IDEMPOTENCY_KEY_CHARS = 128
 IN_FLIGHT_RETRY_S = 1.0
 """Retry hint sent when a request with the same idempotency key is still in flight."""
 
-_RESERVATION_COLUMNS = "reservation_id, account_id, amount, state, purpose, created_at, expires_at, settled_at"
+RESERVATION_COLUMNS = "reservation_id, account_id, amount, state, purpose, created_at, expires_at, settled_at"
 _PROCESSING_ALLOWED = PROCESSING_ALLOWED_SQL.format(account_column="a.account_id")
 _LEDGER_COLUMNS = "entry_id, account_id, delta, kind, reservation_id, reason, created_at"
 _UNBOUNDED = 2**31 - 1  # held_count bound when no concurrency limit applies
@@ -311,7 +311,7 @@ def reserve_credits(
         ), reservation AS (
             INSERT INTO reservations (account_id, amount, purpose, actor_key_id, created_at, expires_at)
             SELECT account_id, %(amount)s, %(purpose)s, %(actor_key_id)s, %(now)s, %(expires_at)s FROM balance
-            RETURNING {_RESERVATION_COLUMNS}
+            RETURNING {RESERVATION_COLUMNS}
         ), audit AS ({_RESERVE_AUDIT_SQL})
         SELECT r.*, b.total, b.held FROM reservation r CROSS JOIN balance b
         """,
@@ -325,7 +325,7 @@ def reserve_credits(
         },
     ).fetchone()
     if row is not None:
-        return _reservation(row[:-2]), Balance(account_id=account_id, total=row[-2], held=row[-1])
+        return reservation_from_row(row[:-2]), Balance(account_id=account_id, total=row[-2], held=row[-1])
     with conn.transaction():
         if concurrency is not None:
             _expire_due_holds(conn, account_id, now)
@@ -368,7 +368,7 @@ def reserve_credits_idempotently(
         _expire_due_holds(conn, account_id, now)
         row = conn.execute(
             f"""
-            SELECT {_RESERVATION_COLUMNS}, request_fingerprint FROM reservations
+            SELECT {RESERVATION_COLUMNS}, request_fingerprint FROM reservations
             WHERE account_id = %(account_id)s AND idempotency_key = %(key)s AND state IN ('held', 'committed')
               AND account_id IN (SELECT account_id FROM accounts WHERE tenant_id = %(tenant_id)s)
             FOR UPDATE
@@ -376,7 +376,7 @@ def reserve_credits_idempotently(
             {"account_id": account_id, "key": idempotency.key, "tenant_id": tenant_id},
         ).fetchone()
         if row is not None:
-            earlier = _reservation(row[:-1])
+            earlier = reservation_from_row(row[:-1])
             if bytes(row[-1]) != idempotency.fingerprint:
                 raise FailedPrecondition(
                     "idempotency_key was already used with a different request: "
@@ -462,7 +462,7 @@ def _hold(
         VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
         ON CONFLICT (account_id, idempotency_key)
             WHERE idempotency_key IS NOT NULL AND state IN ('held', 'committed') DO NOTHING
-        RETURNING {_RESERVATION_COLUMNS}
+        RETURNING {RESERVATION_COLUMNS}
         """,
         (
             account_id,
@@ -478,7 +478,7 @@ def _hold(
     if inserted is None:
         # Another call with the same key inserted first (after our lookup): it is in flight.
         raise _in_flight()
-    reservation = _reservation(inserted)
+    reservation = reservation_from_row(inserted)
     details = {"account_id": str(account_id), "amount": amount, "expires_at": reservation.expires_at.isoformat()}
     record_audit(conn, actor, now, "credits.reserve", "reservation", reservation.reservation_id, details)
     return reservation, Balance(account_id=account_id, total=row[1], held=row[2])
@@ -550,21 +550,7 @@ def commit_reservation(
     """
     row = conn.execute(
         f"""
-        WITH reservation AS (
-            UPDATE reservations SET state = 'committed', settled_at = %(now)s
-            WHERE reservation_id = %(reservation_id)s AND state = 'held' AND expires_at >= %(now)s
-              AND account_id IN (SELECT account_id FROM accounts WHERE tenant_id = %(tenant_id)s)
-              AND (%(account_id)s::uuid IS NULL OR account_id = %(account_id)s)
-            RETURNING {_RESERVATION_COLUMNS}
-        ), balance AS (
-            UPDATE credit_balances b
-            SET total = b.total - r.amount, held = b.held - r.amount, held_count = b.held_count - 1
-            FROM reservation r WHERE b.account_id = r.account_id
-            RETURNING b.total, b.held
-        ), ledger AS (
-            INSERT INTO credit_ledger (account_id, delta, kind, reservation_id, reason, created_at)
-            SELECT account_id, -amount, 'charge', reservation_id, purpose, %(now)s FROM reservation
-        ), audit AS ({_COMMIT_AUDIT_SQL})
+        WITH {commit_ctes_sql()}
         SELECT r.*, b.total, b.held FROM reservation r CROSS JOIN balance b
         """,
         {
@@ -576,14 +562,56 @@ def commit_reservation(
         },
     ).fetchone()
     if row is None:
-        reservation = _find_reservation(conn, tenant_id=tenant_id, reservation_id=reservation_id, account_id=account_id)
-        _require_held(reservation)
-        raise FailedPrecondition(
-            f"reservation expired at {reservation.expires_at.isoformat()}: reserve credits again",
-            reason="RESERVATION_EXPIRED",
-        )
-    settled = _reservation(row[:-2])
+        raise_why_not_committed(conn, tenant_id=tenant_id, reservation_id=reservation_id, account_id=account_id)
+    settled = reservation_from_row(row[:-2])
     return settled, Balance(account_id=settled.account_id, total=row[-2], held=row[-1])
+
+
+def commit_ctes_sql(guard: str = "true") -> str:
+    """The CTEs that charge a held reservation in one statement: `reservation` (the committed
+    row, RESERVATION_COLUMNS), `balance` (the account's total and held after the charge), and
+    the ledger and audit rows.
+
+    For callers that commit as part of a larger statement (content storage); `commit_reservation`
+    is the one-statement use. The statement's parameters must include `reservation_id`,
+    `tenant_id`, `account_id` (NULL: any account of the tenant), `now` and those of
+    `actor_parameters`. Nothing is charged unless the SQL condition `guard` holds.
+    """
+    return f"""
+        reservation AS (
+            UPDATE reservations SET state = 'committed', settled_at = %(now)s
+            WHERE reservation_id = %(reservation_id)s AND state = 'held' AND expires_at >= %(now)s
+              AND account_id IN (SELECT account_id FROM accounts WHERE tenant_id = %(tenant_id)s)
+              AND (%(account_id)s::uuid IS NULL OR account_id = %(account_id)s)
+              AND {guard}
+            RETURNING {RESERVATION_COLUMNS}
+        ), balance AS (
+            UPDATE credit_balances b
+            SET total = b.total - r.amount, held = b.held - r.amount, held_count = b.held_count - 1
+            FROM reservation r WHERE b.account_id = r.account_id
+            RETURNING b.total, b.held
+        ), ledger AS (
+            INSERT INTO credit_ledger (account_id, delta, kind, reservation_id, reason, created_at)
+            SELECT account_id, -amount, 'charge', reservation_id, purpose, %(now)s FROM reservation
+        ), commit_audit AS ({_COMMIT_AUDIT_SQL})
+    """
+
+
+def raise_why_not_committed(
+    conn: Connection, *, tenant_id: UUID, reservation_id: UUID, account_id: UUID | None
+) -> NoReturn:
+    """Raises why `commit_ctes_sql` charged nothing (its guard held).
+
+    Raises:
+        NotFound: No such reservation in the tenant (or of `account_id`).
+        FailedPrecondition: Already settled (RESERVATION_SETTLED) or past its expiry (RESERVATION_EXPIRED).
+    """
+    reservation = _find_reservation(conn, tenant_id=tenant_id, reservation_id=reservation_id, account_id=account_id)
+    _require_held(reservation)
+    raise FailedPrecondition(
+        f"reservation expired at {reservation.expires_at.isoformat()}: reserve credits again",
+        reason="RESERVATION_EXPIRED",
+    )
 
 
 def release_reservation(
@@ -632,14 +660,14 @@ def get_reservation(conn: Connection, *, tenant_id: UUID, reservation_id: UUID) 
     """
     row = conn.execute(
         f"""
-        SELECT {_RESERVATION_COLUMNS} FROM reservations
+        SELECT {RESERVATION_COLUMNS} FROM reservations
         WHERE reservation_id = %s AND account_id IN (SELECT account_id FROM accounts WHERE tenant_id = %s)
         """,
         (reservation_id, tenant_id),
     ).fetchone()
     if row is None:
         raise NotFound(f"reservation {reservation_id} not found")
-    return _reservation(row)
+    return reservation_from_row(row)
 
 
 def expire_reservations(conn: Connection, now: datetime, limit: int = 1000) -> int:
@@ -730,7 +758,7 @@ def _find_reservation(
 ) -> Reservation:
     row = conn.execute(
         f"""
-        SELECT {_RESERVATION_COLUMNS} FROM reservations
+        SELECT {RESERVATION_COLUMNS} FROM reservations
         WHERE reservation_id = %(reservation_id)s
           AND account_id IN (SELECT account_id FROM accounts WHERE tenant_id = %(tenant_id)s)
           AND (%(account_id)s::uuid IS NULL OR account_id = %(account_id)s)
@@ -741,7 +769,7 @@ def _find_reservation(
     if row is None:
         owner = f" of account {account_id}" if account_id is not None else ""
         raise NotFound(f"reservation {reservation_id}{owner} not found")
-    return _reservation(row)
+    return reservation_from_row(row)
 
 
 def _require_held(reservation: Reservation) -> None:
@@ -757,11 +785,11 @@ def _settle(conn: Connection, reservation: Reservation, state: ReservationState,
     row = conn.execute(
         f"""
         UPDATE reservations SET state = %s, settled_at = %s WHERE reservation_id = %s
-        RETURNING {_RESERVATION_COLUMNS}
+        RETURNING {RESERVATION_COLUMNS}
         """,
         (state.value, now, reservation.reservation_id),
     ).fetchone()
-    return _reservation(expect_row(row))
+    return reservation_from_row(expect_row(row))
 
 
 def _append_ledger(
@@ -794,7 +822,8 @@ def _check_text(field: str, text: str, max_chars: int) -> None:
         raise InvalidArgument(field, f"must be at most {max_chars} characters")
 
 
-def _reservation(row: tuple[Any, ...]) -> Reservation:
+def reservation_from_row(row: tuple[Any, ...]) -> Reservation:
+    """A `Reservation` from a row of RESERVATION_COLUMNS."""
     reservation_id, account_id, amount, state, purpose, created_at, expires_at, settled_at = row
     return Reservation(
         reservation_id=reservation_id,

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Protocol
+from typing import NoReturn, Protocol
 from uuid import UUID
 
 from control_plane.audit import Actor, record_audit
@@ -88,31 +88,37 @@ class PromptBlocked(FailedPrecondition):
         )
 
 
-def screen_prompt(
+def check_prompt(checker: ModerationChecker, prompt: str) -> Verdict | None:
+    """The checker's verdict on a prompt before credits are reserved for it (None: it passes).
+
+    Touches no database: a prompt that passes costs no round trip.
+
+    Raises:
+        InvalidArgument: The prompt is over 2000 characters (field `prompt`).
+    """
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise InvalidArgument("prompt", f"must be at most {MAX_PROMPT_CHARS} characters")
+    if not prompt:
+        return None
+    return checker.check(Stage.PROMPT, prompt)
+
+
+def block_prompt(
     conn: Connection,
-    checker: ModerationChecker,
     policy: ModerationPolicy,
+    verdict: Verdict,
     *,
     account_id: UUID,
     prompt: str,
     actor: Actor,
     now: datetime,
-) -> None:
-    """Checks a prompt before credits are reserved for it.
-
-    A blocked prompt's flag row and audit row are committed before PromptBlocked is raised.
+) -> NoReturn:
+    """Refuses a prompt `check_prompt` objected to: its flag row and audit row are committed,
+    then PromptBlocked is raised.
 
     Raises:
-        InvalidArgument: The prompt is over 2000 characters (field `prompt`).
-        PromptBlocked: The checker objects.
+        PromptBlocked: Always.
     """
-    if len(prompt) > MAX_PROMPT_CHARS:
-        raise InvalidArgument("prompt", f"must be at most {MAX_PROMPT_CHARS} characters")
-    if not prompt:
-        return
-    verdict = checker.check(Stage.PROMPT, prompt)
-    if verdict is None:
-        return
     with conn.transaction():
         record_flag(
             conn,

@@ -19,6 +19,7 @@ from uuid import UUID
 
 from control_plane.config import ConfigError
 from control_plane.db.pool import Connection
+from control_plane.ttl_cache import TtlCache
 
 DEFAULT_PROFILE_NAME = "default"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,99}$")
@@ -279,10 +280,22 @@ class PolicyRegistry:
         """Whether `name` is "default" or a loaded profile."""
         return name == DEFAULT_PROFILE_NAME or name in self.named
 
-    def for_tenant(self, conn: Connection, tenant_id: UUID) -> PolicyProfile:
-        """The profile the tenant's accounts follow."""
-        row = conn.execute("SELECT policy_profile FROM tenants WHERE tenant_id = %s", (tenant_id,)).fetchone()
-        return self.get(row[0]) if row is not None else self.default
+    def for_tenant(
+        self, conn: Connection, tenant_id: UUID, cache: TtlCache[UUID, str | None] | None = None
+    ) -> PolicyProfile:
+        """The profile the tenant's accounts follow.
+
+        Args:
+            cache: Profile names read recently, by tenant (see `caller_facts`); None reads
+                the database.
+        """
+
+        def profile_name() -> str | None:
+            row = conn.execute("SELECT policy_profile FROM tenants WHERE tenant_id = %s", (tenant_id,)).fetchone()
+            return row[0] if row is not None else None
+
+        name = profile_name() if cache is None else cache.get_or_load(tenant_id, profile_name)
+        return self.get(name) if name is not None else self.default
 
     @classmethod
     def load(cls, *, profile: str | None, directory: Path | None, base: PolicyProfile) -> PolicyRegistry:

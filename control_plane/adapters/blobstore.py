@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
-from control_plane.adapters.atomic_files import write_atomically
+from control_plane.adapters.atomic_files import write_atomically_one_sync
 from control_plane.errors import StorageFull
 
 _KEY_FORMAT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*$")
@@ -83,11 +83,12 @@ class LocalBlobStore:
     """Blobs as files under one root directory.
 
     Files are sharded by a hash of the key into `root/ab/cd/`, so no directory grows past a
-    few thousand entries. Writes go to a temporary file in the target directory, are
-    fsynced, then renamed over the target (`os.replace`, atomic on POSIX), and the directory
-    is fsynced: after `put` returns the blob survives a crash, and a reader never sees a
-    half-written file. When the disk is full the temporary file is removed and `put` raises
-    `StorageFull`, so a failed write leaves nothing and the caller gets a clear error.
+    few thousand entries. Writes go to a temporary file in the target directory, are renamed
+    over the target (`os.replace`, atomic on POSIX) and fsynced once
+    (`write_atomically_one_sync`): after `put` returns the blob survives a crash on Linux's
+    journaling file systems, and a reader never sees a half-written file. When the disk is
+    full the temporary file is removed and `put` raises `StorageFull`, so a failed write
+    leaves nothing and the caller gets a clear error.
     """
 
     def __init__(self, root: Path) -> None:
@@ -112,7 +113,7 @@ class LocalBlobStore:
         path = self.path_for(key)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            write_atomically(path, data)
+            write_atomically_one_sync(path, data)
         except OSError as error:
             if error.errno not in _FULL_ERRNOS:
                 raise

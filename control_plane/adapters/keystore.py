@@ -57,6 +57,12 @@ class DataKeyDestroyed(FailedPrecondition):
     reason = "DATA_KEY_DESTROYED"
 
 
+LIVE_KEY_COLUMNS = "key_id, master_key_id, wrapped_dek"
+"""The `account_keys` columns `KeyStore.unwrap_live` takes, in its order: for a caller that
+reads an account's live key (`destroyed_at IS NULL`, at most one) with its other rows, saving
+`live_data_key`'s round trip."""
+
+
 class KeyStore(Protocol):
     """Where data keys come from; PostgreSQL in production, the same table in tests."""
 
@@ -71,6 +77,10 @@ class KeyStore(Protocol):
 
     def live_data_key(self, conn: Connection, account_id: UUID, *, actor: Actor, now: datetime) -> DataKey:
         """The account's live data key, created (and committed, with its audit row) if it has none."""
+        ...
+
+    def unwrap_live(self, account_id: UUID, row: tuple[UUID, str, bytes]) -> DataKey:
+        """The data key of a live `account_keys` row the caller read (LIVE_KEY_COLUMNS)."""
         ...
 
     def data_key(self, conn: Connection, key_id: UUID) -> DataKey:
@@ -137,8 +147,12 @@ class PostgresKeyStore:
             row = self._select_live(conn, account_id)
             if row is None:
                 raise DataKeyDestroyed(f"account {account_id} has no live data key")
+        return self.unwrap_live(account_id, row)
+
+    def unwrap_live(self, account_id: UUID, row: tuple[UUID, str, bytes]) -> DataKey:
+        """See `KeyStore.unwrap_live`."""
         key_id, master_key_id, wrapped = row
-        return DataKey(key_id, account_id, self._unwrap(master_key_id, account_id, wrapped))
+        return DataKey(key_id, account_id, self._unwrap(master_key_id, account_id, bytes(wrapped)))
 
     def data_key(self, conn: Connection, key_id: UUID) -> DataKey:
         """See `KeyStore.data_key`."""

@@ -27,6 +27,7 @@ from psycopg_pool import PoolTimeout
 from control_plane import api_keys, tenants
 from control_plane.api_keys import Principal, Scope
 from control_plane.audit import Actor
+from control_plane.caller_facts import CallerFacts
 from control_plane.clock import Clock
 from control_plane.db.pool import Connection, Pool, connection_wait_s
 from control_plane.entrypoints.bearer import bearer_secret
@@ -118,6 +119,7 @@ def authorized(
     now: datetime,
     user_tokens: UserTokenVerifier,
     database_up: Callable[[], bool] = lambda: True,
+    facts: CallerFacts | None = None,
 ) -> Iterator[tuple[Connection, Caller]]:
     """Borrows a connection, authenticates the caller on it, checks `scope` and reads the acting account.
 
@@ -125,7 +127,9 @@ def authorized(
     nothing about its request, not even that a field is malformed. `now` (the server's
     clock) decides whether a rotated key's grace period is over, and stamps the call.
     While `database_up()` (the server's `DatabaseProbe`) says the database is down, the call
-    fails at once rather than wait for a connection that cannot come.
+    fails at once rather than wait for a connection that cannot come. With `facts`, the key
+    and the tenant's identity provider come from its caches when read recently (see
+    `caller_facts` for how stale they may be); the connection is borrowed all the same.
 
     Raises:
         Unauthenticated: No bearer key, or an unknown or revoked one; an invalid user token,
@@ -143,7 +147,7 @@ def authorized(
     wait_s = connection_wait_s(context.time_remaining(), pool.timeout)
     try:
         with pool.connection(timeout=wait_s) as conn:
-            principal = api_keys.authenticate(conn, secret, now)
+            principal = api_keys.authenticate(conn, secret, now, facts.keys if facts is not None else None)
             if scope is not None and not principal.allows(scope):
                 # The message does not name `method`: through the gateway, a Generate's caller
                 # would read the name of an internal call (ReserveCredits) it never made.
@@ -151,7 +155,7 @@ def authorized(
                     f"this call needs an API key with the {scope.value!r} scope (or 'admin'); "
                     f"this key has {', '.join(sorted(principal.scopes))}"
                 )
-            acting = _acting_account(conn, principal, metadata, user_tokens, now)
+            acting = _acting_account(conn, principal, metadata, user_tokens, now, facts)
             reject_unstorable_text()
             yield conn, Caller(principal=principal, now=now, request_id=current_request_id(), acting_account_id=acting)
     except (PoolTimeout, psycopg.OperationalError) as error:
@@ -167,6 +171,7 @@ class Authenticator:
     clock: Clock
     user_tokens: UserTokenVerifier
     database_up: Callable[[], bool]
+    facts: CallerFacts | None = None
 
     @contextmanager
     def call(
@@ -181,6 +186,7 @@ class Authenticator:
             now=self.clock.now(),
             user_tokens=self.user_tokens,
             database_up=self.database_up,
+            facts=self.facts,
         ) as (conn, caller):
             yield conn, caller
 
@@ -191,13 +197,20 @@ def _acting_account(
     metadata: Sequence[Any] | None,
     user_tokens: UserTokenVerifier,
     now: datetime,
+    facts: CallerFacts | None,
 ) -> UUID | None:
     """The account the call acts for, from the metadata and (if sent or required) the user token."""
     named = first_value(metadata, ACTING_ACCOUNT)
     token = first_value(metadata, USER_TOKEN)
     if not named and not token:
         return None
-    provider = tenants.identity_provider(conn, principal.tenant_id)
+    provider = (
+        tenants.identity_provider(conn, principal.tenant_id)
+        if facts is None
+        else facts.identity_providers.get_or_load(
+            principal.tenant_id, lambda: tenants.identity_provider(conn, principal.tenant_id)
+        )
+    )
     if token:
         if provider is None:
             raise InvalidArgument(USER_TOKEN, "this tenant has no identity provider configured; send no user token")

@@ -10,6 +10,7 @@ errors propagate to `ControlPlaneInterceptor`, which maps them to status codes.
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from control_plane import moderation
 from control_plane.adapters.encrypted_blobs import EncryptedBlobStore
@@ -21,6 +22,9 @@ from control_plane.policy import PolicyProfile
 from control_plane.provenance import ProvenanceMarker
 from protos.atelier.v1 import control_plane_pb2_grpc
 
+BLOB_WRITER_THREADS = 8
+"""Blob writes of StoreContent calls in flight at once; more wait their turn (fsync-bound)."""
+
 
 class ControlPlaneRpcs(control_plane_pb2_grpc.ControlPlaneServicer):
     """The state every area's RPCs run on; nothing is opened here."""
@@ -29,8 +33,11 @@ class ControlPlaneRpcs(control_plane_pb2_grpc.ControlPlaneServicer):
         self, *, deps: ControlPlaneDeps, admission: AdmissionRules, database_up: Callable[[], bool] = lambda: True
     ) -> None:
         # Borrows a connection, authenticates the caller at the server clock's time, checks the scope.
-        self._call = Authenticator(deps.pool, deps.clock, deps.user_tokens, database_up).call
+        self._call = Authenticator(deps.pool, deps.clock, deps.user_tokens, database_up, deps.caller_facts).call
+        self._caller_facts = deps.caller_facts
         self._blobs = EncryptedBlobStore(deps.blobs)
+        # StoreContent writes its blobs on these threads while its rows' statement runs.
+        self._blob_writer = ThreadPoolExecutor(max_workers=BLOB_WRITER_THREADS, thread_name_prefix="blob-writer")
         self._keys = deps.keys
         self._policies = deps.policies
         self._clock = deps.clock
@@ -43,7 +50,7 @@ class ControlPlaneRpcs(control_plane_pb2_grpc.ControlPlaneServicer):
 
     def _profile(self, conn: Connection, caller: Caller) -> PolicyProfile:
         """The policy profile the caller's tenant follows."""
-        return self._policies.for_tenant(conn, caller.tenant_id)
+        return self._policies.for_tenant(conn, caller.tenant_id, self._caller_facts.policy_profiles)
 
     def _checker(self, profile: PolicyProfile) -> moderation.ModerationChecker:
         """The moderation checker of `profile` (the default profile's for an unnamed one)."""

@@ -130,6 +130,8 @@ class AccountRpcs(ControlPlaneRpcs):
                 actor=caller.actor,
                 now=caller.now,
             )
+        # The old key's cached row has no end yet: read it afresh from now on.
+        self._caller_facts.clear()
         return control_plane_pb2.RotateApiKeyResponse(
             key=convert.api_key_pb(rotation.key, caller.now),
             secret=rotation.secret,
@@ -149,6 +151,7 @@ class AccountRpcs(ControlPlaneRpcs):
                 actor=caller.actor,
                 now=caller.now,
             )
+        self._caller_facts.clear()
         return control_plane_pb2.RevokeApiKeyResponse(key=convert.api_key_pb(key, caller.now))
 
     # --- credits ----------------------------------------------------------------------------

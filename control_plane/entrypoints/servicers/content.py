@@ -45,6 +45,7 @@ class ContentRpcs(ControlPlaneRpcs):
                 checker=self._checker(profile),
                 moderation_policy=profile.moderation,
                 marker=self._marker,
+                blob_writer=self._blob_writer,
             )
         return control_plane_pb2.StoreContentResponse(
             contents=[convert.content_pb(item) for item in result.contents],

@@ -32,7 +32,7 @@ class TrainingDataServicer(training_pb2_grpc.TrainingDataServicer):
 
     def __init__(self, deps: ControlPlaneDeps, database_up: Callable[[], bool] = lambda: True) -> None:
         """Serves with these dependencies; nothing is opened here. `database_up` as for `authorized`."""
-        self._call = Authenticator(deps.pool, deps.clock, deps.user_tokens, database_up).call
+        self._call = Authenticator(deps.pool, deps.clock, deps.user_tokens, database_up, deps.caller_facts).call
         self._policies = deps.policies
         self._clock = deps.clock
 

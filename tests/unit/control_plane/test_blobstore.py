@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 import pytest
@@ -53,3 +55,33 @@ def test_keys_that_could_escape_the_root_or_are_malformed_are_refused(tmp_path: 
 
 def test_valid_keys_pass_through() -> None:
     assert validate_blob_key(KEY) == KEY
+
+
+def test_a_put_flushes_to_disk_once_and_the_blob_is_in_place_when_it_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = LocalBlobStore(tmp_path)
+    synced: list[bool] = []
+    real_fsync = os.fsync
+
+    def fsync(descriptor: int) -> None:
+        # The one flush comes after the rename: it is what makes the name durable too.
+        synced.append(store.path_for(KEY).exists())
+        real_fsync(descriptor)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    store.put(KEY, b"payload")
+    assert synced == [True]
+    assert store.get(KEY) == b"payload"
+
+
+def test_a_put_whose_flush_fails_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = LocalBlobStore(tmp_path)
+
+    def failing_fsync(descriptor: int) -> None:
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    with pytest.raises(OSError, match="I/O error"):
+        store.put(KEY, b"payload")
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []

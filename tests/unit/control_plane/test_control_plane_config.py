@@ -64,6 +64,7 @@ def test_every_field_has_an_environment_variable() -> None:
         ({"ATELIER_CONTROL_PLANE_LISTEN": "50051"}, "ATELIER_CONTROL_PLANE_LISTEN", "host:port"),
         ({"ATELIER_RESERVATION_TTL_S": "7200"}, "ATELIER_RESERVATION_TTL_S", "1..3600"),
         ({"ATELIER_MINIMUM_AGE": "-1"}, "ATELIER_MINIMUM_AGE", "0..150"),
+        ({"ATELIER_CALLER_CACHE_TTL_MS": "120000"}, "ATELIER_CALLER_CACHE_TTL_MS", "0..60000"),
         ({"ATELIER_BLOB_URL": "gs://bucket/x"}, "ATELIER_BLOB_URL", "s3://bucket/prefix or file:///absolute/path"),
         ({"ATELIER_BLOB_URL": "s3://B_ad/x"}, "ATELIER_BLOB_URL", "3..63 of [a-z0-9.-]"),
         ({"ATELIER_BLOB_URL": "s3://bucket/../x"}, "ATELIER_BLOB_URL", "prefix segment"),
