@@ -103,7 +103,11 @@ class TestContentInTheBucket:
         first_home, second_home = tmp_path / "first", tmp_path / "second"
         with server_from_env(first_home, blob_url, s3_server) as first:
             account = make_account(credits=5)
-            stored = generate(first, operator, account, new_item(prompt=prompt, data=image)).contents[0]
+            response = generate(first, operator, account, new_item(prompt=prompt, data=image))
+            stored = response.contents[0]
+            # The server signs (and, from 256x256 on, watermarks) generated images as it stores them.
+            stored_file = response.stored_data[0]
+            assert stored_file.startswith(b"\x89PNG") and stored_file != image
 
             objects = list(bucket.list_keys())
             assert objects == [f"{account}/{stored.content_id}"]
@@ -115,7 +119,7 @@ class TestContentInTheBucket:
                 read = second.GetContent(
                     pb.GetContentRequest(content_id=stored.content_id, include_data=True), metadata=operator.metadata
                 )
-                assert read.data == image and read.content.prompt == prompt
+                assert read.data == stored_file and read.content.prompt == prompt
 
             first.RequestErasure(
                 pb.RequestErasureRequest(account_id=account, content_id=stored.content_id), metadata=operator.metadata
