@@ -1,5 +1,5 @@
-"""Overload through the Gateway: once a pool is full (max_ongoing_requests=8 per running replica and half
-a batch queued, see inference/admission.py; Serve's max_queued_requests behind it), a request fails fast
+"""Overload through the Gateway: once a pool is full (max_ongoing_requests=8 per running replica and one
+batch queued, see inference/admission.py; Serve's max_queued_requests behind it), a request fails fast
 with UNAVAILABLE, reason POOL_AT_CAPACITY and a retry hint, instead of queueing until its deadline; it
 charges nothing."""
 
