@@ -3,9 +3,11 @@
 Under overload, queueing more than a pool can serve within a request's latency only makes every
 admitted request late, and a refusal after the credits were reserved costs a reservation and a release
 in the control plane, work that competes with the model for the same CPUs. So the gateway counts the
-requests it has let into each pool (from admission until the model's answer) and refuses the next one
-at once, before validation's expensive parts, the reservation or the model, with UNAVAILABLE
-`POOL_AT_CAPACITY` and a RetryInfo.
+requests each pool holds (from their reservation until the model's answer) and, while a pool is full,
+refuses the next request at once, before the reservation or the model, with UNAVAILABLE
+`POOL_AT_CAPACITY` and a RetryInfo. Requests count only once reserved, so those the control plane
+refuses (no credits, rate limits) never take a pool's room; a burst may pass the check together while
+they reserve (a few milliseconds), and Serve's handle queue (`max_queued_requests`) bounds that.
 
 The bound is what the pool's running replicas can serve within about two batch cycles: each replica
 takes `max_ongoing_requests` at once (a full batch with the defaults), and one more batch
@@ -46,10 +48,12 @@ class PoolAdmission:
     def __init__(self) -> None:
         self._admitted: Counter[str] = Counter()
 
-    def try_admit(self, pool: str, limit: int | None) -> AdmissionSlot | None:
-        """A slot in `pool` when fewer than `limit` requests hold one (always without a limit), else None."""
-        if limit is not None and self._admitted[pool] >= limit:
-            return None
+    def has_room(self, pool: str, limit: int | None) -> bool:
+        """Whether fewer than `limit` requests hold a slot of `pool` (always without a limit)."""
+        return limit is None or self._admitted[pool] < limit
+
+    def enter(self, pool: str) -> AdmissionSlot:
+        """A slot in `pool` for a request that passed `has_room` and was reserved."""
         self._admitted[pool] += 1
         return AdmissionSlot(self, pool)
 

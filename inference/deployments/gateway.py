@@ -58,7 +58,7 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.grpc_util import RayServegRPCContext
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
-from inference.admission import AdmissionSlot, PoolAdmission, admission_limit
+from inference.admission import PoolAdmission, admission_limit
 from inference.config import ModelConfig, PoolConfig, ServeConfig
 from inference.control_plane_client import ControlPlaneClient
 from inference.deadline import deadline_of, has_expired
@@ -209,15 +209,13 @@ class Gateway:
                 retry_after_s=_POOL_RETRY_AFTER_S,
             )
 
-    def _admit(self, model: ModelConfig) -> AdmissionSlot:
-        """A place in the model's pool, or POOL_AT_CAPACITY at once (see `inference.admission`)."""
+    def _require_pool_room(self, model: ModelConfig) -> None:
+        """POOL_AT_CAPACITY at once, before anything is reserved, when the model's pool holds all it
+        can serve in time (see `inference.admission`)."""
         pool = self._config.pool_of(model)
         # The models of a pool agree on every replica setting (ServeConfig checks): any one will do.
-        limit = admission_limit(model, self._replicas.running(pool.name))
-        slot = self._admission.try_admit(pool.name, limit)
-        if slot is None:
+        if not self._admission.has_room(pool.name, admission_limit(model, self._replicas.running(pool.name))):
             raise _at_capacity(model)
-        return slot
 
     async def _generate(
         self,
@@ -231,25 +229,7 @@ class Gateway:
         deadline = deadline_of(grpc_context.invocation_metadata())
         validated = await _validate(request, self._config)
         self._require_running_pool(validated.model)
-        slot = self._admit(validated.model)
-        try:
-            return await self._generate_admitted(
-                request, validated, caller, deadline, slot, request_id, started, on_progress
-            )
-        finally:
-            slot.leave()
-
-    async def _generate_admitted(
-        self,
-        request: inference_pb2.GenerateRequest,
-        validated: ValidatedRequest,
-        caller: CallerCredentials,
-        deadline: float | None,
-        slot: AdmissionSlot,
-        request_id: str,
-        started: float,
-        on_progress: ProgressSink | None,
-    ) -> inference_pb2.GenerateResponse:
+        self._require_pool_room(validated.model)
         params = validated.params
         purpose = _purpose(validated)
         model = validated.model.name
@@ -285,12 +265,15 @@ class Gateway:
         reserved = time.perf_counter()
         self._metrics.credits.inc(validated.cost, tags={"model": model, "outcome": "reserved"})
         self._track_in_flight(model, +1)
+        # Counted from the reservation, so requests the control plane refuses (credits, rate limits)
+        # never take the pool's room; left once the model answered, so storing overlaps the next run.
+        slot = self._admission.enter(self._config.pool_of(validated.model).name)
         try:
             upload_id = await self._store_upload(caller, validated, deadline)
             try:
                 result = await self._run_model(validated, on_progress, deadline)
             finally:
-                slot.leave()  # the model is done with it: storing overlaps the next request's run
+                slot.leave()
             generated = time.perf_counter()
             stored = await self._control_plane.store_and_commit(
                 caller,

@@ -25,18 +25,18 @@ class TestAdmissionLimit:
 
 
 class TestPoolAdmission:
-    def test_refuses_past_the_limit_until_a_slot_is_left(self) -> None:
+    def test_no_room_at_the_limit_until_a_slot_is_left(self) -> None:
         admission = PoolAdmission()
-        slots = [admission.try_admit("pool", 2) for _ in range(2)]
-        assert all(slot is not None for slot in slots)
-        assert admission.try_admit("pool", 2) is None
-        assert admission.try_admit("other", 2) is not None, "pools are bounded separately"
-        slots[0].leave()  # type: ignore[union-attr]
-        slots[0].leave()  # type: ignore[union-attr]  # idempotent: frees one place only
+        slots = [admission.enter("pool") for _ in range(2)]
+        assert not admission.has_room("pool", 2)
+        assert admission.has_room("other", 2), "pools are bounded separately"
+        slots[0].leave()
+        slots[0].leave()  # idempotent: frees one place only
         assert admission.admitted("pool") == 1
-        assert admission.try_admit("pool", 2) is not None
-        assert admission.try_admit("pool", 2) is None
+        assert admission.has_room("pool", 2)
 
-    def test_without_a_limit_every_request_is_admitted(self) -> None:
+    def test_without_a_limit_there_is_always_room(self) -> None:
         admission = PoolAdmission()
-        assert all(admission.try_admit("pool", None) is not None for _ in range(1000))
+        for _ in range(1000):
+            admission.enter("pool")
+        assert admission.has_room("pool", None)
