@@ -19,6 +19,11 @@ sent per second of arrivals), errors <= 1% of requests, and p99 <= the bound (`-
 5x the p50 at the lowest offered rate, i.e. the tail has not grown past five unqueued requests). The
 sweep stops after the first rate past the knee, so an overloaded shared machine is not kept overloaded.
 
+Overload (`--overload`, by default 1.5x and 3x): once the knee is known, one run at each multiple of the
+knee's offered rate. Overload must keep goodput: OK replies per second >= 90% of the knee's, p99 of the
+OK replies <= 2x the knee's, and the excess refused at once with UNAVAILABLE (its latency is reported
+as `refusal_p50_ms`/`refusal_p99_ms`) and no other error. Each overload row says whether it holds.
+
 Soak (`--soak`): a constant offered rate for `--minutes`, sampling the RSS of every process of the
 cluster every `--sample-every` seconds. Writes the memory curve (CSV, one row per process and sample:
 RSS and private memory) and a JSON summary, and prints per process first/last/max RSS and the
@@ -74,6 +79,12 @@ MAX_ERROR_FRACTION = 0.01
 DEFAULT_P99_BOUND_FACTOR = 5.0
 """Knee rule: the default p99 bound, in multiples of the p50 at the lowest offered rate (the service's
 latency before it queues)."""
+OVERLOAD_GOODPUT_FRACTION = 0.9
+"""Overload rule: OK replies per second at least this fraction of the knee's."""
+OVERLOAD_P99_FACTOR = 2.0
+"""Overload rule: p99 of OK replies at most this multiple of the knee's."""
+REFUSAL_CODE = "UNAVAILABLE"
+"""The code of a refusal the overload rule accepts (POOL_AT_CAPACITY, with a RetryInfo)."""
 
 
 @dataclass(frozen=True)
@@ -234,6 +245,9 @@ def summarize(outcomes: Sequence[Outcome], offered_rps: float, duration_s: float
     }
     for p in (50, 95, 99):
         row[f"p{p}_ms"] = round(percentile(latencies, p) * 1000, 1) if latencies else None
+    refusals = [o.latency_s for o in outcomes if o.code == REFUSAL_CODE]
+    row["refusal_p50_ms"] = round(percentile(refusals, 50) * 1000, 1) if refusals else None
+    row["refusal_p99_ms"] = round(percentile(refusals, 99) * 1000, 1) if refusals else None
     row["by_kind"] = {}
     for kind in KINDS:
         kind_latencies = [o.latency_s for o in ok if o.kind == kind]
@@ -261,6 +275,25 @@ def keeps_up(row: dict[str, Any], p99_bound_ms: float) -> bool:
     )
 
 
+def holds_goodput(row: dict[str, Any], knee: dict[str, Any]) -> dict[str, Any]:
+    """The overload rule for `row`, a run above the knee: goodput and p99 against the knee's, and
+    whether every failure was a refusal."""
+    goodput_ratio = row["achieved_rps"] / knee["achieved_rps"] if knee["achieved_rps"] else 0.0
+    p99_ratio = row["p99_ms"] / knee["p99_ms"] if row["p99_ms"] is not None and knee["p99_ms"] else None
+    other_errors = sum(count for code, count in row["errors"].items() if code != REFUSAL_CODE)
+    return {
+        "goodput_vs_knee": round(goodput_ratio, 3),
+        "p99_vs_knee": round(p99_ratio, 3) if p99_ratio is not None else None,
+        "other_errors": other_errors,
+        "holds": (
+            goodput_ratio >= OVERLOAD_GOODPUT_FRACTION
+            and p99_ratio is not None
+            and p99_ratio <= OVERLOAD_P99_FACTOR
+            and other_errors == 0
+        ),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--home", type=Path, help="use the running cluster started from this ATELIER_HOME")
@@ -280,6 +313,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     sweep.add_argument("--duration", type=float, default=30.0, help="seconds of arrivals per offered rate")
     sweep.add_argument("--p99-bound-ms", type=float, help="knee rule's p99 bound (default: 5x the lowest rate's p50)")
+    sweep.add_argument(
+        "--overload",
+        default="1.5,3",
+        help="after the knee, offered rates as multiples of the knee's, comma-separated ('' for none)",
+    )
     soak = parser.add_argument_group("soak")
     soak.add_argument("--soak", action="store_true", help="constant load for --minutes, sampling memory")
     soak.add_argument("--rate", type=float, help="soak: offered rate, requests/s (e.g. half the knee)")
@@ -331,6 +369,8 @@ def _sweep(
     rows, p99_bound_ms = asyncio.run(_run_rates(args, state, metadata, accounts, sorted(rates)))
     passing = [row for row in rows if row["keeps_up"]]
     knee = passing[-1] if passing and rows[: len(passing)] == passing else None
+    multiples = [float(m) for m in args.overload.split(",") if m.strip()]
+    overload = asyncio.run(_run_overload(args, state, metadata, accounts, knee, multiples)) if knee else []
     return {
         "mode": "sweep",
         "mix": args.mix.weights,
@@ -348,7 +388,42 @@ def _sweep(
         "knee_generation_rps_vs_baseline": (
             round(knee["achieved_rps"] * args.mix.generating_share / baseline_rps, 3) if knee else None
         ),
+        "overload_rule": (
+            f"at each multiple of the knee: achieved >= {OVERLOAD_GOODPUT_FRACTION:.0%} of the knee's, "
+            f"p99 <= {OVERLOAD_P99_FACTOR:g}x the knee's, every error a {REFUSAL_CODE} refusal"
+        ),
+        "overload": overload,
+        "overload_holds": all(row["holds"] for row in overload) if overload else None,
     }
+
+
+async def _run_overload(
+    args: argparse.Namespace,
+    state: ClusterState,
+    metadata: Metadata,
+    accounts: list[str],
+    knee: dict[str, Any],
+    multiples: list[float],
+) -> list[dict[str, Any]]:
+    """One row per multiple of the knee's offered rate, each judged by `holds_goodput`."""
+    clients = _Clients(state, metadata, accounts, args.steps, args.size)
+    rng = random.Random(args.seed + 1)
+    rows = []
+    try:
+        for multiple in multiples:
+            rate = multiple * knee["offered_rps"]
+            outcomes = await open_loop(clients, args.mix, rate, args.duration, args.timeout, rng)
+            row = {"knee_multiple": multiple, **summarize(outcomes, rate, args.duration)}
+            row.update(holds_goodput(row, knee))
+            rows.append(row)
+            print(
+                f"overload {multiple:g}x knee ({rate:.2f}/s): {_row_line(row)}, refusal p99 "
+                f"{row['refusal_p99_ms']} ms, goodput {row['goodput_vs_knee']}x, p99 {row['p99_vs_knee']}x",
+                file=sys.stderr,
+            )
+    finally:
+        await clients.close()
+    return rows
 
 
 async def _run_rates(
@@ -480,6 +555,19 @@ def _print_sweep(result: dict[str, Any]) -> None:
             f"p50/p95/p99 {knee['p50_ms']}/{knee['p95_ms']}/{knee['p99_ms']} ms; generation throughput "
             f"{result['knee_generation_rps_vs_baseline']:.2f}x the direct pipeline"
         )
+    if result["overload"]:
+        print(f"overload rule: {result['overload_rule']}")
+        print(
+            f"{'x knee':>7} {'offered/s':>10} {'achieved/s':>11} {'p99 ms':>9} {'refused':>8} "
+            f"{'refusal p99':>12} {'goodput x':>10} {'p99 x':>7}  holds"
+        )
+        for row in result["overload"]:
+            print(
+                f"{row['knee_multiple']:>7g} {row['offered_rps']:>10.2f} {row['achieved_rps']:>11.2f} "
+                f"{row['p99_ms'] or 0:>9.1f} {row['errors'].get(REFUSAL_CODE, 0):>8} "
+                f"{row['refusal_p99_ms'] or 0:>12.1f} {row['goodput_vs_knee']:>10.2f} "
+                f"{row['p99_vs_knee'] or 0:>7.2f}  {'yes' if row['holds'] else 'no'} {row['errors'] or ''}"
+            )
 
 
 def _print_soak(result: dict[str, Any]) -> None:

@@ -107,9 +107,10 @@ class ModelConfig:
     """Requests a replica accepts at once before Serve queues them elsewhere; at least `max_batch_size`
     for batches to fill."""
     max_queued_requests: int = 64
-    """Requests each gateway replica lets wait for this model's pool beyond what its replicas accept
+    """Most requests each gateway replica lets wait for this model's pool beyond what its replicas accept
     (`max_ongoing_requests` each); past it a request fails fast with UNAVAILABLE and a retry hint
-    instead of queueing until its deadline. -1 queues without bound."""
+    instead of queueing until its deadline. The gateway admits fewer while few replicas run: one batch
+    (`max_batch_size`) per running replica (`inference.admission`). -1 queues without bound."""
     max_batch_size: int = 8
     """Most images one pipeline call generates; compatible requests (same size, steps and guidance)
     share a call up to this many images. 1 turns batching off."""

@@ -8,11 +8,13 @@ caller's own tenant, scopes and acting account; the gateway holds no privileges 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 
 import grpc
 
-from inference.errors import RequestError
+from inference.deadline import remaining_s
+from inference.errors import STATUS_DETAILS_KEY, RequestError
 from inference.generation import OutputVerdict
 from protos.atelier.v1 import common_pb2, control_plane_pb2, control_plane_pb2_grpc
 from transport.call_metadata import CallerCredentials
@@ -35,7 +37,6 @@ _CALLER_CODES = frozenset(
     }
 )
 _RETRYABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
-_STATUS_DETAILS_KEY = "grpc-status-details-bin"
 CONTROL_PLANE_UNAVAILABLE = "CONTROL_PLANE_UNAVAILABLE"
 """ErrorInfo reason of a request refused because the control plane did not answer (in time)."""
 
@@ -82,6 +83,7 @@ class ControlPlaneClient:
         purpose: str,
         prompt: str = "",
         idempotency: control_plane_pb2.IdempotencyKey | None = None,
+        deadline: float | None = None,
     ) -> control_plane_pb2.ReserveCreditsResponse:
         """Holds `amount` credits of the account; the reply names the reservation.
 
@@ -102,11 +104,13 @@ class ControlPlaneClient:
             idempotency=idempotency,
         )
         response: control_plane_pb2.ReserveCreditsResponse = await self._call(
-            self._control_plane().ReserveCredits, request, caller
+            self._control_plane().ReserveCredits, request, caller, deadline
         )
         return response
 
-    async def get_content(self, caller: CallerCredentials, content_id: str) -> control_plane_pb2.GetContentResponse:
+    async def get_content(
+        self, caller: CallerCredentials, content_id: str, deadline: float | None = None
+    ) -> control_plane_pb2.GetContentResponse:
         """An item's metadata and bytes (decrypted by the control plane).
 
         Raises:
@@ -114,7 +118,7 @@ class ControlPlaneClient:
         """
         request = control_plane_pb2.GetContentRequest(content_id=content_id, include_data=True)
         response: control_plane_pb2.GetContentResponse = await self._call(
-            self._control_plane().GetContent, request, caller
+            self._control_plane().GetContent, request, caller, deadline
         )
         return response
 
@@ -131,6 +135,7 @@ class ControlPlaneClient:
         *,
         watermark: bool = True,
         model_version: str = "",
+        deadline: float | None = None,
     ) -> control_plane_pb2.StoreContentResponse:
         """Stores the PNGs with the output classifier's verdict on each, and commits the reservation, in one
         control-plane transaction.
@@ -162,9 +167,11 @@ class ControlPlaneClient:
         request = control_plane_pb2.StoreContentRequest(
             account_id=account_id, items=items, commit_reservation_id=reservation_id
         )
-        return await self._call(self._control_plane().StoreContent, request, caller)
+        return await self._call(self._control_plane().StoreContent, request, caller, deadline)
 
-    async def store_upload(self, caller: CallerCredentials, account_id: str, png: bytes) -> str:
+    async def store_upload(
+        self, caller: CallerCredentials, account_id: str, png: bytes, deadline: float | None = None
+    ) -> str:
         """Stores an init image for editing as a private upload of the account; returns its content id.
 
         Uploads cost nothing and are deleted by the retention sweep after the upload lifetime.
@@ -179,22 +186,36 @@ class ControlPlaneClient:
             visibility=common_pb2.VISIBILITY_PRIVATE,
         )
         request = control_plane_pb2.StoreContentRequest(account_id=account_id, items=[item])
-        response = await self._call(self._control_plane().StoreContent, request, caller)
+        response = await self._call(self._control_plane().StoreContent, request, caller, deadline)
         return str(response.contents[0].content_id)
 
     async def release_reservation(self, caller: CallerCredentials, reservation_id: str) -> None:
-        """Returns held credits; failures are logged, since the reservation also expires on its own."""
+        """Returns held credits; failures are logged, since the reservation also expires on its own.
+
+        Not bounded by the caller's deadline: a release often runs because that deadline passed.
+        """
         request = control_plane_pb2.ReleaseReservationRequest(reservation_id=reservation_id)
         try:
             await self._call(self._control_plane().ReleaseReservation, request, caller)
         except RequestError as exc:
             logger.warning("release_failed reservation_id=%s code=%s", reservation_id, exc.code.name)
 
-    async def _call(self, method, request, caller: CallerCredentials):  # type: ignore[no-untyped-def]
+    async def _call(self, method, request, caller: CallerCredentials, deadline: float | None = None):  # type: ignore[no-untyped-def]
+        """Calls `method` within the configured timeout and the caller's `deadline` (epoch seconds),
+        whichever ends first; past the caller's deadline nothing is sent."""
+        timeout_s = self._timeout_s
+        left = remaining_s(deadline, time.time())
+        bounded_by_caller = left is not None and left < timeout_s
+        if bounded_by_caller:
+            if left <= 0:  # type: ignore[operator]
+                raise caller_deadline_exceeded()
+            timeout_s = left  # type: ignore[assignment]
         try:
             # The caller's own key and acting end user: the control plane authorises the caller.
-            return await method(request, metadata=caller.metadata(), timeout=self._timeout_s)
+            return await method(request, metadata=caller.metadata(), timeout=timeout_s)
         except grpc.aio.AioRpcError as exc:
+            if bounded_by_caller and exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise caller_deadline_exceeded() from None
             raise _to_request_error(exc) from None
 
 
@@ -204,9 +225,17 @@ def _verdict_pb(verdict: OutputVerdict | None) -> control_plane_pb2.OutputVerdic
     return control_plane_pb2.OutputVerdict(category=verdict.category, score=verdict.score, threshold=verdict.threshold)
 
 
+def caller_deadline_exceeded() -> RequestError:
+    """The caller's deadline passed while the gateway worked on its request (nothing was charged)."""
+    return RequestError(
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        "the request's deadline passed before it completed; nothing was charged: allow more time or retry",
+    )
+
+
 def _to_request_error(exc: grpc.aio.AioRpcError) -> RequestError:
     code = exc.code()
-    details = next((value for key, value in exc.trailing_metadata() or () if key == _STATUS_DETAILS_KEY), None)
+    details = next((value for key, value in exc.trailing_metadata() or () if key == STATUS_DETAILS_KEY), None)
     if code in _CALLER_CODES or (code == grpc.StatusCode.UNAVAILABLE and isinstance(details, bytes)):
         # The control plane's own refusal (an UNAVAILABLE with details is its DATABASE_UNAVAILABLE).
         return RequestError(code, exc.details() or code.name, details if isinstance(details, bytes) else None)

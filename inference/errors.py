@@ -8,6 +8,8 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
 ERROR_DOMAIN = "atelier.v1"
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
+"""Trailing metadata key of a serialized `google.rpc.Status` (gRPC's rich error model)."""
 
 
 class RequestError(Exception):

@@ -22,6 +22,13 @@ binds a TLS port (mutual TLS with `ATELIER_TLS_CLIENT_CA_FILE`). The launcher an
 variable on the Ray nodes; if TLS is configured but the callback did not run, the servicer hook refuses
 to serve (the proxy fails to start) rather than serve plaintext.
 
+The patched `send_request_to_replica` also carries the caller's deadline to the gateway (Serve's
+context for the replica keeps the caller's metadata but not its deadline; see `inference.deadline`),
+and keeps a failed stream's rich error: Serve's proxy sends the trailing metadata the replica set only
+with a message, so a stream that fails before its result (the gateway raises its `RequestError`)
+would lose its `grpc-status-details-bin` (ErrorInfo, RetryInfo, BadRequest) and request id. The
+patch finds the `RequestError` in the exception Ray hands back and puts both on the caller's context.
+
 The hook also makes request bytes that are not a valid message an INVALID_ARGUMENT: the proxy decodes
 requests with the generated deserializers, and grpc's asyncio server answers a deserializer's
 exception with UNKNOWN "Unexpected <class 'DecodeError'>: ..." (found by tests/e2e/test_inference_fuzz.py).
@@ -31,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -38,6 +46,8 @@ import grpc
 import ray
 from google.protobuf.message import DecodeError
 
+from inference.deadline import stamp_deadline
+from inference.errors import STATUS_DETAILS_KEY, RequestError
 from protos.atelier.v1.inference_pb2_grpc import add_InferenceServicer_to_server
 from transport.tls import TlsConfig
 
@@ -216,6 +226,7 @@ def patch_grpc_proxy_stream_cancellation() -> bool:
                 yield message
             return
         self._setup_grpc_tracing(request_id, handle, proxy_request)
+        _carry_deadline(proxy_request)
         response_generator = proxy_module.ProxyResponseGenerator(
             handle.remote(proxy_request.serialized_replica_arg()),
             timeout_s=self.request_timeout_s,
@@ -236,6 +247,11 @@ def patch_grpc_proxy_stream_cancellation() -> bool:
             raise
         except BaseException as error:
             status = proxy_module.get_grpc_response_status(error, self.request_timeout_s, request_id)
+            if (request_error := _request_error_in(error)) is not None:
+                status = proxy_module.ResponseStatus(
+                    code=request_error.code, message=request_error.message, is_error=True
+                )
+                _send_rich_error(proxy_request.context, request_error, request_id)
             exc = error
         finally:
             self._finalize_grpc_tracing(proxy_request, status, exc)
@@ -246,6 +262,44 @@ def patch_grpc_proxy_stream_cancellation() -> bool:
     setattr(proxy_class, "send_request_to_replica", send_request_to_replica)  # noqa: B010 - patching a method
     logger.info("grpc_proxy_patched ray_version=%s", ray.__version__)
     return True
+
+
+def _carry_deadline(proxy_request: Any) -> None:
+    """Stamps the caller's deadline into the context Serve sends to the gateway (see `inference.deadline`)."""
+    serve_context = getattr(proxy_request, "ray_serve_grpc_context", None)
+    grpc_context = getattr(proxy_request, "context", None)
+    if serve_context is None or grpc_context is None:
+        return
+    stamped = stamp_deadline(serve_context._invocation_metadata, grpc_context.time_remaining(), time.time())
+    serve_context._invocation_metadata = stamped
+    serve_context._invocation_metadata_dict = dict(stamped)
+
+
+def _request_error_in(error: BaseException) -> RequestError | None:
+    """The gateway's `RequestError` inside what Ray raised for a failed replica call, if any.
+
+    Ray wraps the replica's exception (a `RayTaskError` that is also an instance of the cause's class)
+    and Serve wraps one raised after the method set a code (`gRPCStatusError.original_exception`).
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, RequestError):
+            return current
+        seen.add(id(current))
+        nested = getattr(current, "original_exception", None) or getattr(current, "cause", None)
+        current = nested if isinstance(nested, BaseException) else current.__cause__
+    return None
+
+
+def _send_rich_error(grpc_context: Any, error: RequestError, request_id: str) -> None:
+    """Puts a failed stream's request id and rich details (ErrorInfo, RetryInfo, ...) in its trailers."""
+    if grpc_context is None:
+        return
+    trailing: list[tuple[str, str | bytes]] = [("request_id", request_id)]
+    if error.details is not None:
+        trailing.append((STATUS_DETAILS_KEY, error.details))
+    grpc_context.set_trailing_metadata(tuple(trailing))
 
 
 __all__ = [

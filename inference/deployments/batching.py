@@ -17,7 +17,9 @@ the replica's device, before the images leave it).
 
 Each request has its own stop flag: a request cancelled before its batch starts leaves the queue; one
 cancelled in a running batch stops getting progress, and the denoising loop stops at the next step
-once every request of the batch has been cancelled.
+once every request of the batch has been cancelled. A request whose caller's deadline passed while it
+was queued leaves the queue the same way (DEADLINE_EXCEEDED), even before the cancellation reaches
+the replica: under overload, the batch slots go to requests someone still waits for.
 """
 
 from __future__ import annotations
@@ -34,11 +36,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+import grpc
 import PIL.Image
 import torch
 
 from inference.backends import Backend, BatchKey, GenerationCancelled, GenerationParams, batch_key
+from inference.deadline import has_expired
 from inference.deployments.preview import latent_preview_png
+from inference.errors import RequestError
 from inference.generation import OutputVerdict
 from inference.safety.base import OutputClassifier
 
@@ -172,6 +177,8 @@ class _Pending:
     stop: threading.Event
     future: asyncio.Future[BatchedResult]
     preview_every: int = 0
+    deadline: float | None = None
+    """The caller's deadline, seconds since the epoch (None: none)."""
     queued_at: float = field(default_factory=time.perf_counter)
     started_at: float = 0.0
     """When its batch's pipeline call started (``time.perf_counter``)."""
@@ -250,6 +257,7 @@ class BatchScheduler:
         stop: threading.Event | None = None,
         *,
         preview_every: int = 0,
+        deadline: float | None = None,
     ) -> BatchedResult:
         """Generates one request's images, batched with compatible ones.
 
@@ -260,12 +268,17 @@ class BatchScheduler:
             stop: Set it to cancel the request; the caller being cancelled sets it too.
             preview_every: Pass a PNG preview of the request's first image to `on_progress` every this
                 many steps; 0 for none.
+            deadline: The caller's deadline, seconds since the epoch; once it passes, the request
+                no longer starts.
 
         Raises:
             GenerationCancelled: The request was stopped through `stop`.
+            RequestError: DEADLINE_EXCEEDED, the deadline passed before the request's batch started.
         """
         loop = asyncio.get_running_loop()
-        pending = _Pending(params, on_progress, stop or threading.Event(), loop.create_future(), preview_every)
+        pending = _Pending(
+            params, on_progress, stop or threading.Event(), loop.create_future(), preview_every, deadline
+        )
         # Retrieves the outcome even when the caller has gone, so asyncio logs no "never retrieved".
         pending.future.add_done_callback(lambda done: done.cancelled() or done.exception())
         key = batch_key(params)
@@ -303,12 +316,19 @@ class BatchScheduler:
     def _take_batch(self, queue: deque[_Pending]) -> list[_Pending]:
         batch: list[_Pending] = []
         images = 0
+        now = time.time()
         while queue:
             pending = queue[0]
             if pending.stop.is_set():  # cancelled while queued: never starts
                 queue.popleft()
                 if not pending.future.done():
                     pending.future.set_exception(GenerationCancelled(0, pending.params.denoising_steps))
+                continue
+            if has_expired(pending.deadline, now):  # nobody waits for it any more: never starts
+                queue.popleft()
+                pending.stop.set()
+                if not pending.future.done():
+                    pending.future.set_exception(_deadline_passed_in_queue())
                 continue
             if batch and images + pending.params.num_images > self._max_images:
                 break
@@ -436,6 +456,14 @@ class BatchScheduler:
                     scan_ms=outcome.scan_ms,
                 )
             )
+
+
+def _deadline_passed_in_queue() -> RequestError:
+    return RequestError(
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        "the request's deadline passed while it waited for the model; nothing was charged: "
+        "allow more time or retry later",
+    )
 
 
 def _images(queue: deque[_Pending]) -> int:

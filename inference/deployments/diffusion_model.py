@@ -140,10 +140,14 @@ class DiffusionModel:
         """Names of the models this replica has loaded now."""
         return sorted(self._loaded)
 
-    async def generate(self, params: GenerationParams) -> GenerationResult:
-        """Generates the request's images; cancelling the call stops the denoising loop."""
+    async def generate(self, params: GenerationParams, deadline: float | None = None) -> GenerationResult:
+        """Generates the request's images; cancelling the call stops the denoising loop.
+
+        `deadline` is the caller's (seconds since the epoch): a request still queued when it passes
+        is dropped with DEADLINE_EXCEEDED before its batch starts.
+        """
         result: GenerationResult | None = None
-        async for event in self._run(params, report_steps=False):
+        async for event in self._run(params, report_steps=False, deadline=deadline):
             if isinstance(event, GenerationResult):
                 result = event
         if result is None:  # _run always ends with a result or raises
@@ -151,18 +155,23 @@ class DiffusionModel:
         return result
 
     async def generate_stream(
-        self, params: GenerationParams, preview_every: int = 0
+        self, params: GenerationParams, preview_every: int = 0, deadline: float | None = None
     ) -> AsyncIterator[StepProgress | GenerationResult]:
         """Yields a `StepProgress` after every step, then the `GenerationResult`.
 
         Every `preview_every` steps (0: never) the progress carries a low-resolution preview. Closing
         the stream (the caller went away) stops the denoising loop within one step.
         """
-        async for event in self._run(params, report_steps=True, preview_every=preview_every):
+        async for event in self._run(params, report_steps=True, preview_every=preview_every, deadline=deadline):
             yield event
 
     async def _run(
-        self, params: GenerationParams, *, report_steps: bool, preview_every: int = 0
+        self,
+        params: GenerationParams,
+        *,
+        report_steps: bool,
+        preview_every: int = 0,
+        deadline: float | None = None,
     ) -> AsyncIterator[StepProgress | GenerationResult]:
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[StepProgress | None] = asyncio.Queue()
@@ -176,7 +185,13 @@ class DiffusionModel:
 
         model = await self._model()
         task = asyncio.ensure_future(
-            model.batches.run(params, on_progress if report_steps else None, stop, preview_every=preview_every)
+            model.batches.run(
+                params,
+                on_progress if report_steps else None,
+                stop,
+                preview_every=preview_every,
+                deadline=deadline,
+            )
         )
         task.add_done_callback(lambda _: events.put_nowait(None))
         finished = False

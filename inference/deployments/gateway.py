@@ -24,6 +24,15 @@ once with UNAVAILABLE and ErrorInfo `POOL_UNAVAILABLE` before anything is reserv
 check answers NOT_SERVING for the model's name (and for "" while no pool has a replica); a pool
 allowed to scale to zero is exempt, since a request is what scales it up.
 
+Each pool admits only what its running replicas can serve within about two batch cycles
+(`inference.admission`): past that a request is refused at once with UNAVAILABLE `POOL_AT_CAPACITY` and
+a RetryInfo, before anything is reserved, so an overload keeps the admitted requests' latency and the
+pool's goodput instead of queueing everyone past their deadlines.
+
+The caller's deadline reaches the gateway from the proxy (`inference.deadline`): control-plane calls
+are bounded by what is left of it, the model replica drops the request if it passes before its batch
+starts, and a request abandoned at its deadline is counted as DEADLINE_EXCEEDED, not CANCELLED.
+
 A model replica that dies mid-generation (killed, out of memory, node lost) fails the request
 with UNAVAILABLE and ErrorInfo `REPLICA_FAILED`, not INTERNAL: nothing was charged, Serve
 restarts the replica, and the caller retries with backoff. The gateway does not retry by itself:
@@ -49,9 +58,11 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.grpc_util import RayServegRPCContext
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
+from inference.admission import PoolAdmission, admission_limit
 from inference.config import ModelConfig, PoolConfig, ServeConfig
 from inference.control_plane_client import ControlPlaneClient
-from inference.errors import RequestError
+from inference.deadline import deadline_of, has_expired
+from inference.errors import STATUS_DETAILS_KEY, RequestError
 from inference.generation import IMAGE_TO_IMAGE, INPAINT, TEXT_TO_IMAGE, GenerationResult, StepProgress
 from inference.metrics import STAGES, GatewayMetrics
 from inference.pool_health import PoolReplicaWatch
@@ -72,7 +83,6 @@ _POOL_UNAVAILABLE = "POOL_UNAVAILABLE"
 _REPLICA_FAILED = "REPLICA_FAILED"
 # How long a caller should wait before retrying a pool without replicas: about a replica's restart.
 _POOL_RETRY_AFTER_S = 5
-_STATUS_DETAILS_KEY = "grpc-status-details-bin"
 IN_FLIGHT_REFRESH_S = 5.0
 """How often the in-flight gauges are set again, well within Ray's metric export interval (10 s)."""
 
@@ -93,6 +103,7 @@ class Gateway:
             {name: handle.deployment_name for name, handle in pools.items()},
         )
         self._metrics = GatewayMetrics()
+        self._admission = PoolAdmission()
         self._in_flight: Counter[str] = Counter()
         self._in_flight_refresh: asyncio.Task[None] | None = None
         self._background: set[asyncio.Future[Any]] = set()
@@ -112,7 +123,7 @@ class Gateway:
             _set_error(grpc_context, exc, request_id)
             return inference_pb2.GenerateResponse()
         except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
+            code = _abandoned_code(grpc_context)
             raise
         except Exception:
             logger.exception("generate_failed request_id=%s", request_id)
@@ -148,7 +159,7 @@ class Gateway:
             _set_error(grpc_context, exc, request_id)
             raise exc from None  # a stream's status is only applied when the method raises
         except (asyncio.CancelledError, GeneratorExit):
-            code = grpc.StatusCode.CANCELLED
+            code = _abandoned_code(grpc_context)
             raise
         except Exception:
             logger.exception("generate_stream_failed request_id=%s", request_id)
@@ -202,6 +213,14 @@ class Gateway:
                 retry_after_s=_POOL_RETRY_AFTER_S,
             )
 
+    def _require_pool_room(self, model: ModelConfig) -> None:
+        """POOL_AT_CAPACITY at once, before anything is reserved, when the model's pool holds all it
+        can serve in time (see `inference.admission`)."""
+        pool = self._config.pool_of(model)
+        # The models of a pool agree on every replica setting (ServeConfig checks): any one will do.
+        if not self._admission.has_room(pool.name, admission_limit(model, self._replicas.running(pool.name))):
+            raise _at_capacity(model)
+
     async def _generate(
         self,
         request: inference_pb2.GenerateRequest,
@@ -211,8 +230,10 @@ class Gateway:
     ) -> inference_pb2.GenerateResponse:
         started = time.perf_counter()
         caller = _credentials(grpc_context)
+        deadline = deadline_of(grpc_context.invocation_metadata())
         validated = await _validate(request, self._config)
         self._require_running_pool(validated.model)
+        self._require_pool_room(validated.model)
         params = validated.params
         purpose = _purpose(validated)
         model = validated.model.name
@@ -234,6 +255,7 @@ class Gateway:
                     purpose,
                     params.prompt,
                     idempotency,
+                    deadline,
                 ),
             )
         except RequestError as exc:
@@ -242,14 +264,20 @@ class Gateway:
                 self._metrics.moderation_blocks.inc(tags={"category": category})
             raise
         if reservation.replayed:
-            return await self._replay(caller, reservation, request_id, started)
+            return await self._replay(caller, reservation, request_id, started, deadline)
         reservation_id = reservation.reservation.reservation_id
         reserved = time.perf_counter()
         self._metrics.credits.inc(validated.cost, tags={"model": model, "outcome": "reserved"})
         self._track_in_flight(model, +1)
+        # Counted from the reservation, so requests the control plane refuses (credits, rate limits)
+        # never take the pool's room; left once the model answered, so storing overlaps the next run.
+        slot = self._admission.enter(self._config.pool_of(validated.model).name)
         try:
-            upload_id = await self._store_upload(caller, validated)
-            result = await self._run_model(validated, on_progress)
+            upload_id = await self._store_upload(caller, validated, deadline)
+            try:
+                result = await self._run_model(validated, on_progress, deadline)
+            finally:
+                slot.leave()
             generated = time.perf_counter()
             stored = await self._control_plane.store_and_commit(
                 caller,
@@ -262,6 +290,7 @@ class Gateway:
                 result.verdicts,
                 watermark=validated.model.watermark,
                 model_version=validated.model.version,
+                deadline=deadline,
             )
         except BaseException as exc:
             # A withheld output's reservation was released by the control plane, with the flag it left.
@@ -322,12 +351,14 @@ class Gateway:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _store_upload(self, caller: CallerCredentials, validated: ValidatedRequest) -> str:
+    async def _store_upload(
+        self, caller: CallerCredentials, validated: ValidatedRequest, deadline: float | None
+    ) -> str:
         """Stores an edit's fitted init image as an upload of the account; "" for text-to-image."""
         edit = validated.params.edit
         if edit is None:
             return ""
-        return await self._control_plane.store_upload(caller, validated.account_id, edit.init_png)
+        return await self._control_plane.store_upload(caller, validated.account_id, edit.init_png, deadline)
 
     async def _replay(
         self,
@@ -335,6 +366,7 @@ class Gateway:
         reservation: control_plane_pb2.ReserveCreditsResponse,
         request_id: str,
         started: float,
+        deadline: float | None,
     ) -> inference_pb2.GenerateResponse:
         """Rebuilds the response of an idempotent request that already succeeded, from the
         content its reservation paid for; nothing is generated or charged."""
@@ -347,7 +379,7 @@ class Gateway:
             raise gone
         try:
             fetched = await asyncio.gather(
-                *(self._control_plane.get_content(caller, cid) for cid in reservation.replayed_content_ids)
+                *(self._control_plane.get_content(caller, cid, deadline) for cid in reservation.replayed_content_ids)
             )
         except RequestError as exc:
             if exc.code == grpc.StatusCode.NOT_FOUND:
@@ -418,18 +450,15 @@ class Gateway:
         model = self._config.model(request.model) if request.model else self._config.default_model
         return model.name if model is not None else "unknown"
 
-    async def _run_model(self, validated: ValidatedRequest, on_progress: ProgressSink | None) -> GenerationResult:
+    async def _run_model(
+        self, validated: ValidatedRequest, on_progress: ProgressSink | None, deadline: float | None
+    ) -> GenerationResult:
         try:
-            return await self._call_pool(validated, on_progress)
+            return await self._call_pool(validated, on_progress, deadline)
         except BackPressureError:
             # The pool's queue is full (ModelConfig.max_queued_requests): failing fast lets the caller back
             # off, where queueing would only let its deadline pass.
-            raise RequestError.retry_later(
-                grpc.StatusCode.UNAVAILABLE,
-                f"model {validated.model.name!r} is at capacity; nothing was charged, retry with backoff",
-                _POOL_AT_CAPACITY,
-                retry_after_s=1,
-            ) from None
+            raise _at_capacity(validated.model) from None
         except RayActorError as exc:  # ActorDiedError, ActorUnavailableError
             logger.warning("model_replica_lost model=%s error=%s", validated.model.name, type(exc).__name__)
             raise RequestError.retry_later(
@@ -439,7 +468,9 @@ class Gateway:
                 retry_after_s=1,
             ) from None
 
-    async def _call_pool(self, validated: ValidatedRequest, on_progress: ProgressSink | None) -> GenerationResult:
+    async def _call_pool(
+        self, validated: ValidatedRequest, on_progress: ProgressSink | None, deadline: float | None
+    ) -> GenerationResult:
         model = validated.model
         pool = self._config.pool_of(model)
         handle = self._pools[pool.name]
@@ -447,13 +478,15 @@ class Gateway:
             # Serve routes the request to a replica of the pool that has this model loaded, if any.
             handle = handle.options(multiplexed_model_id=model.name)
         if on_progress is None:
-            response = handle.generate.remote(validated.params)
+            response = handle.generate.remote(validated.params, deadline=deadline)
             try:
                 return await response
             except asyncio.CancelledError:
                 response.cancel()
                 raise
-        stream = handle.options(stream=True).generate_stream.remote(validated.params, validated.preview_every)
+        stream = handle.options(stream=True).generate_stream.remote(
+            validated.params, validated.preview_every, deadline=deadline
+        )
         if not isinstance(stream, DeploymentResponseGenerator):  # narrows the union for type checkers
             raise TypeError("streaming handle returned a unary response")
         try:
@@ -478,6 +511,22 @@ async def _validate(request: inference_pb2.GenerateRequest, config: ServeConfig)
 def _is_reason(exc: BaseException, reason: str) -> bool:
     """Whether `exc` is a refusal with ErrorInfo `reason`."""
     return isinstance(exc, RequestError) and (info := exc.error_info()) is not None and info.reason == reason
+
+
+def _at_capacity(model: ModelConfig) -> RequestError:
+    return RequestError.retry_later(
+        grpc.StatusCode.UNAVAILABLE,
+        f"model {model.name!r} is at capacity; nothing was charged, retry with backoff",
+        _POOL_AT_CAPACITY,
+        retry_after_s=1,
+    )
+
+
+def _abandoned_code(grpc_context: RayServegRPCContext) -> grpc.StatusCode:
+    """What a request the caller abandoned counts as: DEADLINE_EXCEEDED when its deadline had passed."""
+    if has_expired(deadline_of(grpc_context.invocation_metadata())):
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    return grpc.StatusCode.CANCELLED
 
 
 def _purpose(validated: ValidatedRequest) -> str:
@@ -519,7 +568,7 @@ def _set_error(grpc_context: RayServegRPCContext, error: RequestError, request_i
     grpc_context.set_details(error.message)
     trailing = [("request_id", request_id)]
     if error.details is not None:
-        trailing.append((_STATUS_DETAILS_KEY, error.details))  # type: ignore[arg-type]
+        trailing.append((STATUS_DETAILS_KEY, error.details))  # type: ignore[arg-type]
     grpc_context.set_trailing_metadata(trailing)
 
 

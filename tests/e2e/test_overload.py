@@ -1,6 +1,7 @@
-"""Overload through the Gateway: once a pool's queue is full (ModelConfig.max_queued_requests, 64 by
-default on top of max_ongoing_requests=8 per replica), a request fails fast with UNAVAILABLE, reason
-POOL_AT_CAPACITY and a retry hint, instead of queueing until its deadline; it charges nothing."""
+"""Overload through the Gateway: once a pool is full (max_ongoing_requests=8 per running replica and one
+batch queued, see inference/admission.py; Serve's max_queued_requests behind it), a request fails fast
+with UNAVAILABLE, reason POOL_AT_CAPACITY and a retry hint, instead of queueing until its deadline; it
+charges nothing."""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ import argparse
 import pytest
 
 from benchmarks._memory import Sample, memory_trends, process_label
-from benchmarks.load import Outcome, RequestMix, keeps_up, summarize
+from benchmarks.load import Outcome, RequestMix, holds_goodput, keeps_up, summarize
 
 
 def _outcomes(latencies_s: list[float], errors: int = 0) -> list[Outcome]:
@@ -48,6 +48,31 @@ class TestKneeRule:
     )
     def test_a_service_past_the_knee_does_not_keep_up(self, changes: dict[str, object]) -> None:
         assert not keeps_up(self._row(**changes), p99_bound_ms=500)
+
+
+_KNEE = {"achieved_rps": 20.0, "p99_ms": 500.0}
+
+
+class TestOverloadRule:
+    def _row(self, **changes: object) -> dict[str, object]:
+        return {"achieved_rps": 19.0, "p99_ms": 900.0, "errors": {"UNAVAILABLE": 300}, **changes}
+
+    def test_goodput_kept_with_the_excess_refused_holds(self) -> None:
+        verdict = holds_goodput(self._row(), _KNEE)
+        assert verdict == {"goodput_vs_knee": 0.95, "p99_vs_knee": 1.8, "other_errors": 0, "holds": True}
+
+    @pytest.mark.parametrize(
+        "changes",
+        [{"achieved_rps": 17.9}, {"p99_ms": 1001.0}, {"errors": {"UNAVAILABLE": 3, "DEADLINE_EXCEEDED": 1}}],
+        ids=["goodput-collapses", "admitted-tail-grows", "errors-other-than-refusals"],
+    )
+    def test_an_overload_that_loses_goodput_does_not_hold(self, changes: dict[str, object]) -> None:
+        assert not holds_goodput(self._row(**changes), _KNEE)["holds"]
+
+    def test_refusal_latency_is_summarized_apart_from_ok_replies(self) -> None:
+        row = summarize(_outcomes([0.1] * 10, errors=4), offered_rps=1.0, duration_s=10.0)
+        assert (row["refusal_p50_ms"], row["refusal_p99_ms"]) == (1000.0, 1000.0)
+        assert summarize(_outcomes([0.1]), 1.0, 1.0)["refusal_p99_ms"] is None
 
 
 class TestRequestMix:

@@ -6,14 +6,17 @@ from __future__ import annotations
 import asyncio
 import io
 import threading
+import time
 from collections.abc import Callable, Sequence
 
+import grpc
 import numpy as np
 import PIL.Image
 import pytest
 
 from inference.backends import EagerBackend, GenerationCancelled, GenerationParams, LatentsCallback, StepCallback
 from inference.deployments.batching import BatchScheduler, ModelThread, ProgressCallback
+from inference.errors import RequestError
 from tests.unit.inference.conftest import _pixels
 
 MakeParams = Callable[..., GenerationParams]
@@ -220,6 +223,28 @@ class TestCancellation:
 
         _run(scenario())
         assert [[p.seed for p in call] for call in backend.calls] == [[0]]
+
+    def test_request_whose_deadline_passed_while_queued_never_runs(self, make_params: MakeParams) -> None:
+        backend = FakeBackend()
+        backend.gate.clear()
+
+        async def scenario() -> None:
+            scheduler = BatchScheduler(backend, max_batch_images=1)
+            first = asyncio.ensure_future(scheduler.run(make_params(seed=0), deadline=time.time() + 60))
+            await asyncio.to_thread(backend.started.wait, 30)
+            # Queued behind the running batch; its caller's deadline is gone when the batch ends.
+            expired = asyncio.ensure_future(scheduler.run(make_params(seed=1), deadline=time.time() - 0.001))
+            alive = asyncio.ensure_future(scheduler.run(make_params(seed=2), deadline=time.time() + 60))
+            backend.gate.set()
+            await first
+            with pytest.raises(RequestError) as refused:
+                await expired
+            assert refused.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert "deadline passed" in refused.value.message
+            assert len((await alive).pngs) == 1
+
+        _run(scenario())
+        assert [[p.seed for p in call] for call in backend.calls] == [[0], [2]]
 
     def test_one_cancelled_member_does_not_stop_the_others(self, make_params: MakeParams) -> None:
         backend = FakeBackend()
