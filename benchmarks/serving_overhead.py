@@ -11,7 +11,7 @@ pipeline cannot run two requests at once, so that is the most the replica could 
 Targets (DESIGN.md §7): added p50 <= 10 ms at steps=1 on the CPU; throughput ratio >= 0.95 at 20 steps.
 
 Where the served time goes: the p50 of each stage of the `StageTimings` every response carries
-(reserve, queue, denoise, decode, store, total at the gateway), and `proxy`, the client's latency minus
+(reserve, queue, denoise, decode, scan, store, total at the gateway), and `proxy`, the client's latency minus
 the gateway's total (Serve's proxy, the client's gRPC).
 
 Streaming: the same request as a `GenerateStream` with one caller, timed to its first progress message

@@ -19,7 +19,7 @@ LATENCY_BUCKETS_S = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10
 BATCH_SIZE_BUCKETS = [0.5, 1.5, 2.5, 3.5, 4.5, 6.5, 8.5, 12.5, 16.5, 24.5, 32.5, 64.5]
 # One denoising step takes about a millisecond (a tiny model on a CPU) to a few seconds (SDXL batches).
 STEP_BUCKETS_S = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
-STAGES = ("reserve", "queue", "denoise", "decode", "store", "total")
+STAGES = ("reserve", "queue", "denoise", "decode", "scan", "store", "total")
 GAUGE_REFRESH_S = 5.0
 """How often a replica sets its gauges again: Ray stops exporting a gauge not set within two export
 intervals (10 s each), so a quiet replica's 0 would vanish from /metrics."""
@@ -32,7 +32,7 @@ class GatewayMetrics:
         self.request_duration = metrics.Histogram(
             "atelier_inference_request_duration_seconds",
             description=(
-                "Time a generate request spent in each stage (reserve, queue, denoise, decode, store, total),"
+                "Time a generate request spent in each stage (reserve, queue, denoise, decode, scan, store, total),"
                 " by gRPC status code (a failed request records only its total)."
             ),
             boundaries=LATENCY_BUCKETS_S,

@@ -630,9 +630,10 @@ def _response(
     model_ms = (generated - reserved) * 1000
     timings = inference_pb2.StageTimings(
         reserve_ms=(reserved - started) * 1000,
-        queue_ms=max(0.0, model_ms - result.denoise_ms - result.decode_ms),
+        queue_ms=max(0.0, model_ms - result.denoise_ms - result.decode_ms - result.scan_ms),
         denoise_ms=result.denoise_ms,
         decode_ms=result.decode_ms,
+        scan_ms=result.scan_ms,
         store_ms=(finished - generated) * 1000,
         total_ms=(finished - started) * 1000,
     )

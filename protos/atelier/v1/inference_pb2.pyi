@@ -241,6 +241,7 @@ class StageTimings(_message.Message):
     DECODE_MS_FIELD_NUMBER: _builtins.int
     STORE_MS_FIELD_NUMBER: _builtins.int
     TOTAL_MS_FIELD_NUMBER: _builtins.int
+    SCAN_MS_FIELD_NUMBER: _builtins.int
     reserve_ms: _builtins.float
     """Authorising the key and reserving credits."""
     queue_ms: _builtins.float
@@ -250,9 +251,13 @@ class StageTimings(_message.Message):
     decode_ms: _builtins.float
     """Decoding latents and encoding PNGs."""
     store_ms: _builtins.float
-    """Storing images and committing the charge."""
+    """Storing images (watermarked and signed by the control plane) and committing the charge."""
     total_ms: _builtins.float
     """Whole request as seen by the gateway."""
+    scan_ms: _builtins.float
+    """The replica's image classifier judging the images (see ModelInfo / the model's
+    output_classifier), in the same batch pass as the generation.
+    """
     def __init__(
         self,
         *,
@@ -262,10 +267,11 @@ class StageTimings(_message.Message):
         decode_ms: _builtins.float = ...,
         store_ms: _builtins.float = ...,
         total_ms: _builtins.float = ...,
+        scan_ms: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decode_ms", b"decode_ms", "denoise_ms", b"denoise_ms", "queue_ms", b"queue_ms", "reserve_ms", b"reserve_ms", "store_ms", b"store_ms", "total_ms", b"total_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decode_ms", b"decode_ms", "denoise_ms", b"denoise_ms", "queue_ms", b"queue_ms", "reserve_ms", b"reserve_ms", "scan_ms", b"scan_ms", "store_ms", b"store_ms", "total_ms", b"total_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
