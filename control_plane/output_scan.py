@@ -114,18 +114,7 @@ def record_flags(
     transaction. `stored` holds each item's content id, prompt and verdict."""
     for content_id, prompt, verdict in stored:
         if verdict is not None and flags(verdict):
-            moderation.record_flag(
-                conn,
-                policy,
-                verdict.as_flag(),
-                stage=moderation.Stage.OUTPUT,
-                account_id=account_id,
-                content_id=content_id,
-                prompt=prompt,
-                action="flagged",
-                actor=actor,
-                now=now,
-            )
+            _record_flag(conn, policy, verdict, account_id, content_id, prompt, "flagged", actor, now)
 
 
 def withhold_if_blocked(
@@ -154,20 +143,34 @@ def withhold_if_blocked(
         return
     with conn.transaction():
         for verdict in above:
-            moderation.record_flag(
-                conn,
-                policy,
-                verdict.as_flag(),
-                stage=moderation.Stage.OUTPUT,
-                account_id=account_id,
-                content_id=None,
-                prompt=prompt,
-                action="blocked",
-                actor=actor,
-                now=now,
-            )
+            _record_flag(conn, policy, verdict, account_id, None, prompt, "blocked", actor, now)
         if reservation_id is not None:
             credits.release_reservation(
                 conn, tenant_id=tenant_id, reservation_id=reservation_id, account_id=account_id, actor=actor, now=now
             )
     raise OutputBlocked(above[0].category)
+
+
+def _record_flag(
+    conn: Connection,
+    policy: ModerationPolicy,
+    verdict: ClassifierVerdict,
+    account_id: UUID,
+    content_id: UUID | None,
+    prompt: str,
+    action: str,
+    actor: Actor,
+    now: datetime,
+) -> None:
+    moderation.record_flag(
+        conn,
+        policy,
+        verdict.as_flag(),
+        stage=moderation.Stage.OUTPUT,
+        account_id=account_id,
+        content_id=content_id,
+        prompt=prompt,
+        action=action,
+        actor=actor,
+        now=now,
+    )
