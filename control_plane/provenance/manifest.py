@@ -171,11 +171,14 @@ def read_manifest(data: bytes, media_type: str, trust_anchors_pem: bytes) -> Man
     """
     import c2pa
 
-    context = c2pa.Context(
-        settings=c2pa.Settings.from_dict(
-            {"trust": {"trust_anchors": trust_anchors_pem.decode()}, "verify": {"verify_trust": True}}
-        )
+    # With no anchors (no signing credentials configured) nothing can be trusted: the signature and
+    # hashes are still checked, and an intact manifest reads as untrusted.
+    settings: dict[str, Any] = (
+        {"trust": {"trust_anchors": trust_anchors_pem.decode()}, "verify": {"verify_trust": True}}
+        if trust_anchors_pem
+        else {"verify": {"verify_trust": False}}
     )
+    context = c2pa.Context(settings=c2pa.Settings.from_dict(settings))
     try:
         reader = c2pa.Reader.try_create(media_type, io.BytesIO(data), context=context)
     except c2pa.C2paError as error:
@@ -188,8 +191,11 @@ def read_manifest(data: bytes, media_type: str, trust_anchors_pem: bytes) -> Man
         active = reader.get_active_manifest() or {}
     failures = [item for item in (results.get("activeManifest") or {}).get("failure", [])]
     codes = tuple(str(item.get("code", "")) for item in failures)
-    if state == "Trusted":
+    if state == "Trusted" and trust_anchors_pem:
         status, explanation = ManifestStatus.TRUSTED, "signed by a certificate this deployment trusts"
+    elif not trust_anchors_pem and not failures:
+        status = ManifestStatus.UNTRUSTED
+        explanation = "intact, but this deployment has no signing certificate configured and trusts no signer"
     elif failures and all(code.startswith("signingCredential.untrusted") for code in codes):
         status = ManifestStatus.UNTRUSTED
         explanation = "intact, but signed by a certificate this deployment does not trust"

@@ -103,6 +103,7 @@ ENTRIES: dict[str, FuzzEntry] = {
     "ControlPlane/RotateMasterKey": rpc(Scope.ADMIN, FP, global_tables=frozenset({"account_keys"})),
     "ControlPlane/SetIdentityProvider": rpc(Scope.ADMIN),
     "ControlPlane/GetIdentityProvider": rpc(Scope.ADMIN),
+    "ControlPlane/VerifyProvenance": rpc(Scope.READ),
     "TrainingData/OptOut": rpc(Scope.PRIVACY, FP),
     "TrainingData/ListOptOuts": rpc(Scope.PRIVACY),
     "TrainingData/CheckTrainingEligibility": rpc(Scope.READ),
