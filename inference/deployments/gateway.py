@@ -300,6 +300,9 @@ class Gateway:
             self._metrics.credits.inc(validated.cost, tags={"model": model, "outcome": "released"})
             raise
         finally:
+            # Left as soon as the model answered (above); here for a request that failed before it ran
+            # (its upload could not be stored): a slot never left would shrink the pool's room for good.
+            slot.leave()
             self._track_in_flight(model, -1)
         finished = time.perf_counter()
         self._metrics.credits.inc(validated.cost, tags={"model": model, "outcome": "committed"})
