@@ -208,14 +208,14 @@ class ControlPlaneClient:
         bounded_by_caller = left is not None and left < timeout_s
         if bounded_by_caller:
             if left <= 0:  # type: ignore[operator]
-                raise caller_deadline_exceeded()
+                raise _caller_deadline_exceeded()
             timeout_s = left  # type: ignore[assignment]
         try:
             # The caller's own key and acting end user: the control plane authorises the caller.
             return await method(request, metadata=caller.metadata(), timeout=timeout_s)
         except grpc.aio.AioRpcError as exc:
             if bounded_by_caller and exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                raise caller_deadline_exceeded() from None
+                raise _caller_deadline_exceeded() from None
             raise _to_request_error(exc) from None
 
 
@@ -225,7 +225,7 @@ def _verdict_pb(verdict: OutputVerdict | None) -> control_plane_pb2.OutputVerdic
     return control_plane_pb2.OutputVerdict(category=verdict.category, score=verdict.score, threshold=verdict.threshold)
 
 
-def caller_deadline_exceeded() -> RequestError:
+def _caller_deadline_exceeded() -> RequestError:
     """The caller's deadline passed while the gateway worked on its request (nothing was charged)."""
     return RequestError(
         grpc.StatusCode.DEADLINE_EXCEEDED,
