@@ -12,7 +12,9 @@ Targets (DESIGN.md §7): added p50 <= 10 ms at steps=1 on the CPU; throughput ra
 
 Where the served time goes: the p50 of each stage of the `StageTimings` every response carries
 (reserve, queue, denoise, decode, scan, store, total at the gateway), and `proxy`, the client's latency minus
-the gateway's total (Serve's proxy, the client's gRPC).
+the gateway's total (Serve's proxy, the client's gRPC). What marking adds to a generation: the
+watermark and signed manifest StoreContent puts on each image, timed on the served image's pixels
+(`marking_p50_ms`, part of the store stage).
 
 Streaming: the same request as a `GenerateStream` with one caller, timed to its first progress message
 (vs the direct call's first denoising step) and to its final result (vs the whole direct call).
@@ -25,6 +27,7 @@ Streaming: the same request as a `GenerateStream` with one caller, timed to its 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import statistics
 import sys
@@ -71,6 +74,37 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _marking_ms(served_png: bytes, iterations: int) -> list[float]:
+    """Milliseconds per image of what StoreContent adds to mark a generated image (watermark where the image
+    is large enough, then the signed C2PA manifest), timed here on the served image's pixels: the `store`
+    stage holds this besides its SQL and blob write."""
+    import tempfile
+    from datetime import UTC, datetime
+    from uuid import uuid4
+
+    from PIL import Image
+
+    from control_plane.provenance import watermark
+    from control_plane.provenance.certificates import ensure_development_credentials
+    from control_plane.provenance.manifest import ManifestFacts, TrainingUse, sign_png
+
+    with Image.open(io.BytesIO(served_png)) as image:  # its pixels, without the served file's manifest
+        plain = io.BytesIO()
+        image.convert("RGB").save(plain, "PNG")
+        width, height = image.size
+    with tempfile.TemporaryDirectory() as directory:
+        credentials = ensure_development_credentials(Path(directory), warn=False)
+    timings = []
+    for _ in range(iterations + 3):
+        started = time.perf_counter()
+        png = plain.getvalue()
+        if watermark.fits(width, height):
+            png = watermark.embed_in_png(png, 0x5A5A5A5A5A5A)
+        sign_png(png, ManifestFacts(uuid4(), "bench", "", datetime.now(UTC), TrainingUse.ALLOWED), credentials)
+        timings.append((time.perf_counter() - started) * 1000)
+    return timings[3:]  # after warm-up
+
+
 def _measure(state: ClusterState, home: Path, metadata: Metadata, steps: int, iterations: int) -> dict[str, float]:
     direct = direct_generate_caller(home, steps)
     (account_id,) = create_funded_accounts(state.control_plane_address, metadata)
@@ -111,6 +145,7 @@ def _measure(state: ClusterState, home: Path, metadata: Metadata, steps: int, it
         stage_p50_ms = {f"stage_{name}_p50_ms": percentile([s[name] for s in stages], 50) for name in stages[0]}
         stream_latencies, stream_first_progress = _latencies(streamed, iterations)
         served_throughput = _throughput(served, iterations, CONCURRENT_CALLERS)
+        marking_ms = _marking_ms(stub.Generate(request, metadata=metadata, timeout=300).images[0].png, iterations)
     direct_throughput = 1.0 / statistics.fmean(direct_latencies)
     return {
         "steps": steps,
@@ -128,6 +163,7 @@ def _measure(state: ClusterState, home: Path, metadata: Metadata, steps: int, it
         "stream_first_progress_p95_ms": percentile(stream_first_progress, 95) * 1000,
         "stream_p50_ms": percentile(stream_latencies, 50) * 1000,
         "stream_p95_ms": percentile(stream_latencies, 95) * 1000,
+        "marking_p50_ms": percentile(marking_ms, 50),
         "stream_added_first_progress_p50_ms": (
             percentile(stream_first_progress, 50) - percentile(direct_first_steps, 50)
         )
@@ -186,6 +222,12 @@ def _print_table(results: list[dict[str, float]]) -> None:
     print(f"{'steps':>5} " + " ".join(f"{name:>9}" for name in _STAGE_COLUMNS) + "   (served p50 by stage, ms)")
     for r in results:
         print(f"{r['steps']:>5} " + " ".join(f"{r[f'stage_{name}_p50_ms']:>9.1f}" for name in _STAGE_COLUMNS))
+    print()
+    for r in results:
+        print(
+            f"steps={r['steps']}: marking (watermark where it fits, signed C2PA manifest) p50 "
+            f"{r['marking_p50_ms']:.1f} ms per image, part of the store stage's {r['stage_store_p50_ms']:.1f} ms"
+        )
 
 
 _STAGE_COLUMNS = ("proxy", *STAGES)
