@@ -8,6 +8,12 @@ audit rows and all), with the control-plane process's CPU per pair (the figure t
 comparable on a busy machine). Then 64 callers race to reserve 1 credit each from a balance of 10.
 Target (DESIGN.md §7): pairs/s >= 50% of pgbench TPS, zero overspend.
 
+What the gRPC transport itself allows on this machine: the same clients sending pairs of empty
+calls (two `grpc.health.v1.Health/Check`) to the same server, through the same interceptor, with
+no database work at all. No ledger can beat that figure; `grpc_ratio_to_empty_pairs` says how
+much of it the credit path keeps, and `empty_pairs_ratio_to_pgbench` is the most the target
+ratio could be on this machine, with this gRPC stack.
+
     python benchmarks/credits.py                 # embedded PostgreSQL in a temp dir
     python benchmarks/credits.py --database-url postgresql://postgres@127.0.0.1:5432/postgres
     python benchmarks/credits.py --seconds 1 --json   # tiny mode, as the tests run it
@@ -35,6 +41,7 @@ from pathlib import Path
 import grpc
 import psutil
 import psycopg
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from atelier.ports import free_port
 from control_plane import credits
@@ -75,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             grpc_pairs = _grpc_pairs_per_s(stub, metadata, account_id, args.clients, args.seconds)
             grpc_server_cpu_s = _cpu_seconds(server) - cpu_before
             grpc_pairs_done = grpc_pairs * (time.monotonic() - started)
+            empty_pairs = _empty_pairs_per_s(grpc.insecure_channel(address), args.clients, args.seconds)
             race_account = _create_account(stub, metadata, credits=RACE_BALANCE)
             granted, balance = _race(stub, metadata, race_account)
     result = {
@@ -87,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         # What a pair costs the control-plane process (user + system CPU), whatever else the
         # machine runs: the figure to compare across runs on a noisy machine.
         "grpc_server_cpu_ms_per_pair": grpc_server_cpu_s / max(grpc_pairs_done, 1) * 1000,
+        "empty_grpc_pairs_per_s": empty_pairs,
+        "empty_pairs_ratio_to_pgbench": empty_pairs / pgbench_tps,
+        "grpc_ratio_to_empty_pairs": grpc_pairs / empty_pairs,
         "race_callers": RACE_CALLERS,
         "race_balance": RACE_BALANCE,
         "race_reservations_granted": granted,
@@ -245,6 +256,22 @@ def _grpc_pairs_per_s(stub, metadata, account_id: str, clients: int, seconds: fl
                 control_plane_pb2.CommitReservationRequest(reservation_id=reservation.reservation_id),
                 metadata=metadata,
             )
+            pairs += 1
+        return pairs
+
+    return _run_clients(client, clients, seconds)
+
+
+def _empty_pairs_per_s(channel: grpc.Channel, clients: int, seconds: float) -> float:
+    """Pairs of calls/s that do no work at all: the transport's ceiling for any pair of RPCs."""
+    check = health_pb2_grpc.HealthStub(channel).Check
+    request = health_pb2.HealthCheckRequest()
+
+    def client(deadline: float) -> int:
+        pairs = 0
+        while time.monotonic() < deadline:
+            check(request)
+            check(request)
             pairs += 1
         return pairs
 

@@ -20,6 +20,8 @@ def test_credits_benchmark_reports_ratios_and_no_overspend() -> None:
     figures = json.loads(result.stdout)
     assert figures["pgbench_one_row_update_tps"] > 0
     assert figures["sql_reserve_commit_pairs_per_s"] > 0 and figures["grpc_reserve_commit_pairs_per_s"] > 0
+    # Empty calls are the transport's ceiling: credit pairs, which also touch the database, stay below it.
+    assert 0 < figures["grpc_ratio_to_empty_pairs"] < 1
     assert figures["race_reservations_granted"] == figures["race_balance"] == 10
     assert figures["race_balance_after"] == {"total": 10, "held": 10, "available": 0}
     assert figures["overspent"] is False
