@@ -30,6 +30,7 @@ from atelier.health import APP_NAME, POOL_DEPLOYMENT_PREFIX, check_cluster, chec
 from atelier.ports import free_port, free_port_block
 from atelier.settings import ClusterSettings
 from atelier.state import ClusterState, load_operator_key, save_operator_key
+from inference.serve_environment import serve_environment
 from protos.atelier.v1 import control_plane_pb2, control_plane_pb2_grpc
 
 Log = Callable[[str], None]
@@ -318,9 +319,8 @@ class LocalCluster:
             # Replicas share a few cores with the gateway and the control plane: OpenMP threads
             # that spin after each parallel region would steal their CPU (~8 ms per request).
             "OMP_WAIT_POLICY": "PASSIVE",
-            # Serve's gRPC proxy accepts 2 GiB messages unless told otherwise; a Generate
-            # request or reply (8 PNGs) is far below 64 MiB. Larger: RESOURCE_EXHAUSTED.
-            "RAY_SERVE_GRPC_MAX_MESSAGE_SIZE": str(64 * 1024 * 1024),
+            # A Generate request or reply (8 PNGs) is far below 64 MiB. Larger: RESOURCE_EXHAUSTED.
+            **serve_environment(max_message_bytes=64 * 1024 * 1024),
             **os.environ,
             "HF_HUB_OFFLINE": "1",
             "TOKENIZERS_PARALLELISM": "false",

@@ -13,6 +13,7 @@ from helm_python import HelmRenderError
 from ray.serve.schema import ServeDeploySchema
 
 from inference.app import GRPC_SERVICER_FUNCTIONS
+from inference.serve_environment import serve_environment
 
 from ._chart import CHART_DIR, FULLNAME, merged, render, serve_config, serve_deployments, worker_groups
 from ._crds import CRD_FILES, KUBERAY_VERSIONS, validate_against_crd
@@ -206,11 +207,13 @@ def test_rejects_a_model_on_a_pool_that_does_not_exist(minimal: dict[str, Any]) 
         render({**minimal, "models": [model]})
 
 
-def test_bounds_the_message_size_of_serves_grpc_proxy_on_every_ray_pod(minimal: dict[str, Any]) -> None:
+def test_every_ray_pod_starts_with_serves_request_path_settings(minimal: dict[str, Any]) -> None:
     values = merged(minimal, {"ray": {"serve": {"maxMessageBytes": 8 * 1024 * 1024}}})
     spec = render(values).one("RayService")["spec"]["rayClusterConfig"]
+    expected = serve_environment(max_message_bytes=8 * 1024 * 1024)
     for group in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:
         env = {e["name"]: e.get("value") for e in group["template"]["spec"]["containers"][0]["env"]}
+        assert {name: env.get(name) for name in expected} == expected
         assert env["RAY_SERVE_GRPC_MAX_MESSAGE_SIZE"] == str(8 * 1024 * 1024)
 
 

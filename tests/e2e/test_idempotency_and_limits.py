@@ -168,3 +168,19 @@ def test_the_serve_grpc_proxy_refuses_a_request_over_its_maximum_message_size(
     except grpc.RpcError as error:
         assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert f"vs. {64 * 1024 * 1024})" in (error.details() or "")  # gRPC names the limit it applied
+
+
+def test_a_request_over_grpcs_default_4_mib_crosses_from_the_proxy_to_the_gateway(
+    inference, operator_metadata, make_account
+) -> None:
+    # Serve's proxy hands each request to the gateway replica over that replica's own gRPC server,
+    # whose receive limit is 4 MiB unless raised (inference/serve_environment.py): a 6 MiB request
+    # must get the gateway's own answer, naming the field, not a transport error between the two.
+    account_id = make_account(10)
+    request = _request(account_id, prompt="x" * (6 * 1024 * 1024))
+    try:
+        inference.Generate(request, metadata=operator_metadata, timeout=60)
+        raise AssertionError("a 6 MiB prompt was accepted")
+    except grpc.RpcError as error:
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+        assert "prompt: must be at most" in (error.details() or "")

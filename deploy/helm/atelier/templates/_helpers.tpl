@@ -673,9 +673,18 @@ Environment of Ray containers.
   value: {{ include "atelier.serveConfigPath" . }}
 - name: ATELIER_HOME
   value: /var/lib/atelier
+# Serve's settings for the request path, as inference/serve_environment.py gives them (read there why).
 # Largest request Serve's gRPC proxy accepts (Ray's default is 2 GiB); matches the control plane's limit.
 - name: RAY_SERVE_GRPC_MAX_MESSAGE_SIZE
   value: {{ .Values.ray.serve.maxMessageBytes | int | quote }}
+- name: RAY_SERVE_PROXY_USE_GRPC
+  value: "1"
+- name: RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH
+  value: {{ .Values.ray.serve.maxMessageBytes | int | quote }}
+- name: RAY_SERVE_LOG_TO_STDERR
+  value: "0"
+- name: RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE
+  value: "1000"
 {{- if .Values.tls.enabled }}
 # Serve's proxies call this at start-up; it binds the gRPC proxy's port with TLS (inference/grpc_proxy.py).
 - name: RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH
