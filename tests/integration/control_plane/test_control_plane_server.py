@@ -53,10 +53,21 @@ def test_every_call_returns_a_request_id_and_keeps_a_sane_one_it_was_given(
     stub: ControlPlaneStub, operator: Caller
 ) -> None:
     _, call = stub.WhoAmI.with_call(pb.WhoAmIRequest(), metadata=operator.metadata)
-    generated = dict(call.initial_metadata())["x-request-id"]
+    generated = dict(call.trailing_metadata())["x-request-id"]
     assert len(generated) == 32
     _, call = stub.WhoAmI.with_call(pb.WhoAmIRequest(), metadata=(*operator.metadata, ("x-request-id", "abc-123")))
-    assert dict(call.initial_metadata())["x-request-id"] == "abc-123"
+    assert dict(call.trailing_metadata())["x-request-id"] == "abc-123"
+
+
+def test_a_refused_call_returns_its_request_id_beside_its_error_details(
+    stub: ControlPlaneStub, operator: Caller
+) -> None:
+    request = pb.GetBalanceRequest(account_id="not-a-uuid")
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.GetBalance(request, metadata=(*operator.metadata, ("x-request-id", "req-7")))
+    trailers = dict(caught.value.trailing_metadata() or ())
+    assert trailers["x-request-id"] == "req-7"
+    assert "grpc-status-details-bin" in trailers  # the BadRequest is still there
 
 
 def test_rpc_durations_are_recorded_by_method_and_code(
