@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
             grpc_pairs = _grpc_pairs_per_s(stub, metadata, account_id, args.clients, args.seconds)
             grpc_server_cpu_s = _cpu_seconds(server) - cpu_before
             grpc_pairs_done = grpc_pairs * (time.monotonic() - started)
-            empty_pairs = _empty_pairs_per_s(grpc.insecure_channel(address), args.clients, args.seconds)
+            with grpc.insecure_channel(address) as channel:
+                empty_pairs = _empty_pairs_per_s(channel, args.clients, args.seconds)
             race_account = _create_account(stub, metadata, credits=RACE_BALANCE)
             granted, balance = _race(stub, metadata, race_account)
     result = {

@@ -7,9 +7,11 @@ DiffusionModel replica -> control plane store + commit.
 
 For steps 1 and 20 it prints p50/p95 latency of both paths with one caller, the added latency, and
 the throughput with 4 concurrent callers against the direct path's sequential throughput (one
-pipeline cannot run two requests at once, so that is the most the replica could deliver), with the
-machine's CPU per image on each path: on a CPU-only machine the model and the serving path (proxy,
-gateway, control plane, PostgreSQL) share the same cores, so served / direct CPU bounds the ratio.
+pipeline cannot run two requests at once, so that is the most the replica could deliver). With it,
+the CPU each image costs on each path, the served one by process (model replica, gateway, Serve's
+proxy, control plane, PostgreSQL, the rest of Ray, the callers): on a CPU-only machine all of them
+share the cores the model runs on, so every millisecond the serving path spends is one the model
+does not get.
 Targets (DESIGN.md §7): added p50 <= 10 ms at steps=1 on the CPU; throughput ratio >= 0.95 at 20 steps.
 
 Where the served time goes: the p50 of each stage of the `StageTimings` every response carries
@@ -34,6 +36,7 @@ import json
 import statistics
 import sys
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -43,7 +46,9 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from atelier.health import APP_NAME, POOL_DEPLOYMENT_PREFIX
 from atelier.state import ClusterState
+from benchmarks._memory import cluster_pids, process_label
 from benchmarks._serving import (
     PROMPT,
     Metadata,
@@ -142,16 +147,20 @@ def _measure(state: ClusterState, home: Path, metadata: Metadata, steps: int, it
         for call in (direct, served, streamed):  # warm-up: caches, connections, first-call allocations
             for _ in range(3):
                 call()
-        cpu_before = _machine_cpu_s()
+        cpu_before = _own_cpu_s()
         direct_latencies, direct_first_steps = _latencies(direct, iterations)
-        direct_cpu_s = _machine_cpu_s() - cpu_before
+        direct_cpu_s = _own_cpu_s() - cpu_before
         stages.clear()
         served_latencies, _ = _latencies(served, iterations)
         stage_p50_ms = {f"stage_{name}_p50_ms": percentile([s[name] for s in stages], 50) for name in stages[0]}
         stream_latencies, stream_first_progress = _latencies(streamed, iterations)
-        cpu_before = _machine_cpu_s()
+        cpu_before = _cluster_cpu_s(state, home)
         served_throughput = _throughput(served, iterations, CONCURRENT_CALLERS)
-        served_cpu_s = _machine_cpu_s() - cpu_before
+        cpu_after = _cluster_cpu_s(state, home)
+        served_cpu_ms = {
+            group: (cpu_after[group] - cpu_before.get(group, 0.0)) / (iterations * CONCURRENT_CALLERS) * 1000
+            for group in cpu_after
+        }
         marking_ms = _marking_ms(stub.Generate(request, metadata=metadata, timeout=300).images[0].png, iterations)
     direct_throughput = 1.0 / statistics.fmean(direct_latencies)
     return {
@@ -166,7 +175,8 @@ def _measure(state: ClusterState, home: Path, metadata: Metadata, steps: int, it
         "served_images_per_s_4_callers": served_throughput,
         "throughput_ratio": served_throughput / direct_throughput,
         "direct_cpu_ms_per_image": direct_cpu_s / iterations * 1000,
-        "served_cpu_ms_per_image": served_cpu_s / (iterations * CONCURRENT_CALLERS) * 1000,
+        "served_cpu_ms_per_image": sum(served_cpu_ms.values()),
+        "served_cpu_ms_per_image_by_process": served_cpu_ms,
         "direct_first_step_p50_ms": percentile(direct_first_steps, 50) * 1000,
         "stream_first_progress_p50_ms": percentile(stream_first_progress, 50) * 1000,
         "stream_first_progress_p95_ms": percentile(stream_first_progress, 95) * 1000,
@@ -182,14 +192,44 @@ def _measure(state: ClusterState, home: Path, metadata: Metadata, steps: int, it
     }
 
 
-def _machine_cpu_s() -> float:
-    """CPU seconds this machine's cores have spent busy, in every process (Ray's niced workers too).
+def _own_cpu_s() -> float:
+    """CPU seconds (user + system) this process has used: the direct path's pipeline and its caller."""
+    times = psutil.Process().cpu_times()
+    return float(times.user + times.system)
 
-    Where the model and the serving path share the cores, every millisecond of CPU serving spends on an
-    image is one the model does not get: served / direct CPU per image bounds the throughput ratio.
-    """
-    times = psutil.cpu_times()
-    return float(times.user + times.nice + times.system + getattr(times, "irq", 0.0) + getattr(times, "softirq", 0.0))
+
+def _cluster_cpu_s(state: ClusterState, home: Path) -> dict[str, float]:
+    """CPU seconds each part of the served path has used so far: the cluster's processes grouped by
+    what they are, and this process (the callers' gRPC clients)."""
+    totals: dict[str, float] = defaultdict(float)
+    for pid in cluster_pids(state, home):
+        try:
+            process = psutil.Process(pid)
+            with process.oneshot():
+                times = process.cpu_times()
+                group = _cpu_group(process_label(process.cmdline()))
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue  # a process that ended between the samples: its CPU is not counted
+        totals[group] += times.user + times.system
+    totals["clients"] = _own_cpu_s()
+    return totals
+
+
+def _cpu_group(label: str) -> str:
+    for prefix, group in _CPU_GROUPS:
+        if label.startswith(prefix):
+            return group
+    return "ray (other)"
+
+
+_CPU_GROUPS = (
+    (f"ray::ServeReplica:{APP_NAME}:{POOL_DEPLOYMENT_PREFIX}", "model replica"),
+    (f"ray::ServeReplica:{APP_NAME}:", "gateway"),
+    ("ray::ProxyActor", "serve proxy"),
+    ("control-plane", "control plane"),
+    ("postgres", "postgresql"),
+)
+"""Where a served image's CPU goes, by the `process_label` of each cluster process."""
 
 
 def _latencies(call: Callable[[], float | None], iterations: int) -> tuple[list[float], list[float]]:
@@ -247,11 +287,17 @@ def _print_table(results: list[dict[str, float]]) -> None:
             f"steps={r['steps']}: marking (watermark where it fits, signed C2PA manifest) p50 "
             f"{r['marking_p50_ms']:.1f} ms per image, part of the store stage's {r['stage_store_p50_ms']:.1f} ms"
         )
-        print(
-            f"steps={r['steps']}: machine CPU per image, direct {r['direct_cpu_ms_per_image']:.1f} ms, served "
-            f"{r['served_cpu_ms_per_image']:.1f} ms (4 callers): where the model shares the cores with serving, "
-            f"the throughput ratio is at most {r['direct_cpu_ms_per_image'] / r['served_cpu_ms_per_image']:.2f}"
+        by_process = ", ".join(
+            f"{group} {ms:.1f}" for group, ms in sorted(r["served_cpu_ms_per_image_by_process"].items(), key=_by_ms)
         )
+        print(
+            f"steps={r['steps']}: CPU per image, direct {r['direct_cpu_ms_per_image']:.1f} ms; served (4 callers) "
+            f"{r['served_cpu_ms_per_image']:.1f} ms: {by_process}"
+        )
+
+
+def _by_ms(item: tuple[str, float]) -> float:
+    return -item[1]
 
 
 _STAGE_COLUMNS = ("proxy", *STAGES)

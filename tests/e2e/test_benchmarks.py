@@ -33,7 +33,11 @@ def test_serving_overhead_reports_latency_and_throughput_ratio(cluster, cluster_
     assert 0 < row["direct_p50_ms"] <= row["direct_p95_ms"]
     assert 0 < row["served_p50_ms"] <= row["served_p95_ms"]
     assert row["throughput_ratio"] > 0
-    assert row["direct_cpu_ms_per_image"] > 0 and row["served_cpu_ms_per_image"] > 0
+    # Every part of the served path is found and charged its CPU.
+    assert row["direct_cpu_ms_per_image"] > 0
+    by_process = row["served_cpu_ms_per_image_by_process"]
+    assert {"model replica", "gateway", "serve proxy", "control plane", "clients"} <= by_process.keys()
+    assert all(by_process[part] > 0 for part in ("model replica", "gateway", "control plane", "clients"))
     # Marking is timed on its own and is part of the store stage it sits in.
     assert row["marking_p50_ms"] > 0
     assert row["stage_store_p50_ms"] > 0
