@@ -6,6 +6,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
+import pytest
 
 from inference.config import ModelConfig
 from inference.pricing import generation_cost
@@ -155,32 +156,25 @@ class TestLimitsThroughTheGateway:
         assert len(inference.Generate(_request(account_id), metadata=operator_metadata, timeout=120).images) == 1
 
 
-def test_the_serve_grpc_proxy_refuses_a_request_over_its_maximum_message_size(
-    inference, operator_metadata, make_account
+@pytest.mark.parametrize(
+    ("prompt_mib", "code", "detail"),
+    [
+        # `atelier up` caps Serve's proxy at 64 MiB (Ray's own default is 2 GiB): a bigger request is
+        # refused by gRPC before any replica parses it, not by the prompt's length check; gRPC names the
+        # limit it applied.
+        (65, grpc.StatusCode.RESOURCE_EXHAUSTED, f"vs. {64 * 1024 * 1024})"),
+        # Serve's proxy hands each request to the gateway replica over that replica's own gRPC server,
+        # whose receive limit is 4 MiB unless raised (inference/serve_environment.py): a 6 MiB request
+        # gets the gateway's own answer, naming the field, not a transport error between the two.
+        (6, grpc.StatusCode.INVALID_ARGUMENT, "prompt: must be at most"),
+    ],
+    ids=["over-the-proxy-limit", "over-grpc-default-under-the-proxy-limit"],
+)
+def test_a_large_request_is_refused_by_the_right_hop(
+    inference, operator_metadata, make_account, prompt_mib: int, code: grpc.StatusCode, detail: str
 ) -> None:
-    # `atelier up` caps Serve's proxy at 64 MiB (Ray's own default is 2 GiB): a bigger request is
-    # refused by gRPC before any replica parses it, not by the prompt's length check.
-    account_id = make_account(10)
-    request = _request(account_id, prompt="x" * (65 * 1024 * 1024))
-    try:
+    request = _request(make_account(10), prompt="x" * (prompt_mib * 1024 * 1024))
+    with pytest.raises(grpc.RpcError) as caught:
         inference.Generate(request, metadata=operator_metadata, timeout=60)
-        raise AssertionError("a 65 MiB request was accepted")
-    except grpc.RpcError as error:
-        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert f"vs. {64 * 1024 * 1024})" in (error.details() or "")  # gRPC names the limit it applied
-
-
-def test_a_request_over_grpcs_default_4_mib_crosses_from_the_proxy_to_the_gateway(
-    inference, operator_metadata, make_account
-) -> None:
-    # Serve's proxy hands each request to the gateway replica over that replica's own gRPC server,
-    # whose receive limit is 4 MiB unless raised (inference/serve_environment.py): a 6 MiB request
-    # must get the gateway's own answer, naming the field, not a transport error between the two.
-    account_id = make_account(10)
-    request = _request(account_id, prompt="x" * (6 * 1024 * 1024))
-    try:
-        inference.Generate(request, metadata=operator_metadata, timeout=60)
-        raise AssertionError("a 6 MiB prompt was accepted")
-    except grpc.RpcError as error:
-        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
-        assert "prompt: must be at most" in (error.details() or "")
+    assert caught.value.code() == code, caught.value.details()
+    assert detail in (caught.value.details() or "")
