@@ -30,7 +30,7 @@ from atelier.health import APP_NAME, POOL_DEPLOYMENT_PREFIX, check_cluster, chec
 from atelier.ports import free_port, free_port_block
 from atelier.settings import ClusterSettings
 from atelier.state import ClusterState, load_operator_key, save_operator_key
-from inference.serve_environment import serve_environment
+from inference.serve_environment import direct_ingress_environment, serve_environment
 from protos.atelier.v1 import control_plane_pb2, control_plane_pb2_grpc
 
 Log = Callable[[str], None]
@@ -78,7 +78,8 @@ class LocalCluster:
         ray_address, ray_head_pid = self._start_ray()
         state = ClusterState(
             control_plane_address=self.settings.control_plane_address,
-            serve_grpc_address=self.settings.serve_grpc_address,
+            serve_grpc_address=self.settings.ingress_grpc_address,
+            serve_proxy_grpc_address=self.settings.serve_grpc_address if self.settings.direct_ingress else None,
             control_plane_metrics_url=f"http://127.0.0.1:{self.settings.control_plane_metrics_port}/metrics",
             ray_address=ray_address,
             ray_dashboard_url=f"http://127.0.0.1:{self.settings.ray_dashboard_port}",
@@ -322,6 +323,7 @@ class LocalCluster:
             # A Generate request or reply (8 PNGs) is far below 64 MiB. Larger: RESOURCE_EXHAUSTED.
             **serve_environment(max_message_bytes=64 * 1024 * 1024),
             **os.environ,
+            **self._direct_ingress_env(),
             "HF_HUB_OFFLINE": "1",
             "TOKENIZERS_PARALLELISM": "false",
             **self._proxy_tls_env(),
@@ -330,6 +332,13 @@ class LocalCluster:
         address = f"127.0.0.1:{self.settings.ray_port}"
         self._log(f"ray: starting a head node at {address} (pid {pid})")
         return address, pid
+
+    def _direct_ingress_env(self) -> dict[str, str]:
+        """With `direct_ingress`, Serve's settings that make the Gateway replica serve its own gRPC
+        port (`gateway_grpc_port`); without, none (a variable inherited from this process is left as is)."""
+        if not self.settings.direct_ingress:
+            return {}
+        return direct_ingress_environment(self.settings.gateway_grpc_port, self.settings.gateway_http_port)
 
     def _proxy_tls_env(self) -> dict[str, str]:
         """The TLS settings for the Ray node's processes (the gateway dials the control plane
@@ -409,6 +418,14 @@ class LocalCluster:
             self._logs / "ray-head.log",
             tls=self.settings.tls,
         )
+        if self.settings.direct_ingress:
+            wait_until_serving(
+                "the Gateway's direct gRPC ingress",
+                self.settings.gateway_grpc_address,
+                self.settings.start_timeout_s,
+                self._logs / "ray-head.log",
+                tls=self.settings.tls,
+            )
 
     def _ensure_demo_account(self, operator_key: str) -> str:
         saved = self.home / _DEMO_ACCOUNT_FILE

@@ -41,4 +41,6 @@ def local_cluster_ports(size_of_ray_block: int = 6) -> dict[str, int]:
         "serve_http_port": free_port(),
         "ray_port": free_port_block(size_of_ray_block),
         "ray_dashboard_port": free_port(),
+        # The Gateway's own gRPC port with direct ingress, and its HTTP port after it.
+        "gateway_grpc_port": free_port_block(2),
     }

@@ -17,6 +17,8 @@ class ClusterState:
 
     control_plane_address: str
     serve_grpc_address: str
+    """Where clients call `atelier.v1.Inference`: Serve's gRPC proxy, or the Gateway's own port
+    with direct ingress (`ATELIER_DIRECT_INGRESS`)."""
     control_plane_metrics_url: str
     ray_address: str
     ray_dashboard_url: str
@@ -26,6 +28,8 @@ class ClusterState:
     control_plane_pid: int | None = None
     ray_head_pid: int | None = None
     demo_account_id: str | None = None
+    serve_proxy_grpc_address: str | None = None
+    """Serve's gRPC proxy, which keeps serving with direct ingress; None when it is `serve_grpc_address`."""
 
     def save(self, home: Path) -> None:
         path = home / _STATE_FILE

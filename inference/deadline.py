@@ -8,6 +8,11 @@ knows how long the caller still waits: the gateway bounds its control-plane call
 request abandoned at its deadline as DEADLINE_EXCEEDED, not CANCELLED, and a model replica drops a
 request whose deadline passed while it was queued instead of computing images nobody will read.
 Wall clocks of a cluster's nodes agree to milliseconds (NTP), far finer than any deadline.
+
+With direct ingress (`ATELIER_DIRECT_INGRESS`) the caller reaches the Gateway replica's own gRPC
+server, no proxy in between: the same servicer hook stamps the deadline there, and adds
+`INGRESS_METADATA` so the gateway knows which way the call came (a failed stream ends differently).
+Both keys are dropped from what the caller sent, on either path.
 """
 
 from __future__ import annotations
@@ -21,23 +26,38 @@ DEADLINE_METADATA = "x-atelier-deadline"
 """Invocation metadata key of the caller's deadline, seconds since the epoch (set by the proxy only:
 the proxy drops any value a caller sent)."""
 
+INGRESS_METADATA = "x-atelier-ingress"
+"""Invocation metadata key set (to `DIRECT_INGRESS`) on calls that reached the Gateway replica's own
+gRPC server (direct ingress); never taken from the caller."""
+DIRECT_INGRESS = "direct"
+
 EXPIRED_GRACE_S = 0.005
 """A request abandoned within this much of its deadline was abandoned because of it: gRPC's own timer
 and this process's clock differ by about this much."""
 
 
-def stamp_deadline(metadata: Iterable[tuple[str, Any]], time_remaining_s: float | None, now: float) -> list[Any]:
+def stamp_deadline(
+    metadata: Iterable[tuple[str, Any]], time_remaining_s: float | None, now: float, *, direct: bool = False
+) -> list[Any]:
     """The invocation metadata with the proxy's deadline entry in place of any the caller sent.
 
     Args:
         metadata: The caller's invocation metadata.
         time_remaining_s: What the caller's gRPC context says is left (None: no deadline).
         now: `time.time()` in the proxy.
+        direct: The call reached the Gateway replica directly (adds `INGRESS_METADATA`).
     """
-    stamped = [(key, value) for key, value in metadata if key != DEADLINE_METADATA]
+    stamped = [(key, value) for key, value in metadata if key not in (DEADLINE_METADATA, INGRESS_METADATA)]
     if time_remaining_s is not None and math.isfinite(time_remaining_s):
         stamped.append((DEADLINE_METADATA, f"{now + max(0.0, time_remaining_s):.6f}"))
+    if direct:
+        stamped.append((INGRESS_METADATA, DIRECT_INGRESS))
     return stamped
+
+
+def came_directly(metadata: Iterable[tuple[str, Any]] | None) -> bool:
+    """Whether the call reached the Gateway replica's own gRPC server (direct ingress), not the proxy."""
+    return any(key == INGRESS_METADATA and value == DIRECT_INGRESS for key, value in metadata or ())
 
 
 def deadline_of(metadata: Iterable[tuple[str, Any]] | None) -> float | None:
@@ -65,4 +85,14 @@ def has_expired(deadline: float | None, now: float | None = None) -> bool:
     return left is not None and left <= EXPIRED_GRACE_S
 
 
-__all__ = ["DEADLINE_METADATA", "EXPIRED_GRACE_S", "deadline_of", "has_expired", "remaining_s", "stamp_deadline"]
+__all__ = [
+    "DEADLINE_METADATA",
+    "DIRECT_INGRESS",
+    "EXPIRED_GRACE_S",
+    "INGRESS_METADATA",
+    "came_directly",
+    "deadline_of",
+    "has_expired",
+    "remaining_s",
+    "stamp_deadline",
+]

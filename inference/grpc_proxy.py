@@ -29,6 +29,14 @@ with a message, so a stream that fails before its result (the gateway raises its
 would lose its `grpc-status-details-bin` (ErrorInfo, RetryInfo, BadRequest) and request id. The
 patch finds the `RequestError` in the exception Ray hands back and puts both on the caller's context.
 
+Direct ingress (`ATELIER_DIRECT_INGRESS`): Serve runs the same servicer functions in the Gateway
+replica to build its own gRPC server, and the replica's handler factory is wrapped the same way. No
+proxy is on that path, so the wrapped handlers stamp the caller's deadline themselves (the replica
+builds its `RayServegRPCContext` from the real context's metadata, never its deadline) and mark the
+call as direct (`inference.deadline.INGRESS_METADATA`): a client-sent deadline or mark is dropped. The
+stream-cancellation patch is not needed there (a cancelled call cancels the handler), and server TLS
+is refused with direct ingress by the launcher's settings.
+
 The hook also makes request bytes that are not a valid message an INVALID_ARGUMENT: the proxy decodes
 requests with the generated deserializers, and grpc's asyncio server answers a deserializer's
 exception with UNKNOWN "Unexpected <class 'DecodeError'>: ..." (found by tests/e2e/test_inference_fuzz.py).
@@ -129,7 +137,9 @@ def _tolerant(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
 
 
 def _refusing_factory(factory: Any) -> Any:
-    """Wraps Serve's proxy handler factory so its unary and server-streaming handlers refuse `_UNDECODABLE`."""
+    """Wraps Serve's handler factory (the proxy's, or an ingress replica's with direct ingress) so its
+    unary and server-streaming handlers refuse `_UNDECODABLE`; in a replica they also stamp the deadline."""
+    direct = _is_direct_ingress_factory(factory)
 
     def make(service_method: str, streaming_type: Any) -> Any:
         handler = factory(service_method=service_method, streaming_type=streaming_type)
@@ -138,7 +148,7 @@ def _refusing_factory(factory: Any) -> Any:
             async def unary_unary(request: Any, context: Any) -> Any:
                 if request is _UNDECODABLE:
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, UNDECODABLE_DETAILS)
-                return await handler(request, context)
+                return await handler(request, _DirectContext(context) if direct else context)
 
             return unary_unary
         if getattr(streaming_type, "name", "") == "UNARY_STREAM":
@@ -146,13 +156,40 @@ def _refusing_factory(factory: Any) -> Any:
             async def unary_stream(request: Any, context: Any) -> AsyncIterator[Any]:
                 if request is _UNDECODABLE:
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, UNDECODABLE_DETAILS)
-                async for message in handler(request, context):
+                async for message in handler(request, _DirectContext(context) if direct else context):
                     yield message
 
             return unary_stream
         return handler
 
     return make
+
+
+def _is_direct_ingress_factory(factory: Any) -> bool:
+    """Whether `factory` builds the handlers of an ingress replica's own server (direct ingress),
+    not those of Serve's proxy."""
+    return getattr(factory, "__name__", "") == "_direct_ingress_service_handler_factory"
+
+
+class _DirectContext:
+    """The real gRPC context of a direct-ingress call, whose invocation metadata carries the caller's
+    deadline and the direct mark (`inference.deadline.stamp_deadline`) instead of any the caller sent.
+
+    Serve's replica builds the gateway's `RayServegRPCContext` from it; everything else (codes,
+    trailers, peer, abort) is the real context's.
+    """
+
+    def __init__(self, context: Any) -> None:
+        self._context = context
+        self._metadata = tuple(
+            stamp_deadline(context.invocation_metadata() or (), context.time_remaining(), time.time(), direct=True)
+        )
+
+    def invocation_metadata(self) -> tuple[Any, ...]:
+        return self._metadata
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
 
 
 def install_proxy_tls() -> list[Any]:

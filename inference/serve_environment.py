@@ -45,3 +45,39 @@ def serve_environment(max_message_bytes: int) -> dict[str, str]:
         # rather than one write per line per process.
         REQUEST_PATH_LOG_BUFFER_SIZE: "1000",
     }
+
+
+DIRECT_INGRESS = "RAY_SERVE_ENABLE_DIRECT_INGRESS"
+DIRECT_INGRESS_PORTS = (
+    "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT",
+    "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT",
+    "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT",
+    "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT",
+)
+PORT_QUARANTINE = "RAY_SERVE_PORT_QUARANTINE_S"
+
+
+def direct_ingress_environment(grpc_port: int, http_port: int) -> dict[str, str]:
+    """Serve's settings for a Ray node whose ingress replica (the one Gateway) serves clients itself.
+
+    Serve then starts a gRPC and an HTTP server in the ingress replica, each on the lowest free port of
+    its range; a range of one port pins the Gateway's to `grpc_port` (and `http_port`), so clients know
+    where to dial. The proxy keeps serving on its own port.
+
+    Args:
+        grpc_port: The Gateway's gRPC port.
+        http_port: The Gateway's HTTP port (Serve starts it; atelier does not use it).
+    """
+    if grpc_port == http_port:
+        raise ValueError(f"the gRPC and HTTP ports must differ, got {grpc_port} for both")
+    min_grpc, max_grpc, min_http, max_http = DIRECT_INGRESS_PORTS
+    return {
+        DIRECT_INGRESS: "1",
+        min_grpc: str(grpc_port),
+        max_grpc: str(grpc_port + 1),
+        min_http: str(http_port),
+        max_http: str(http_port + 1),
+        # A released port is withheld for 150 s by default (so no client reaches another replica on
+        # it): with one port in the range, a restarted Gateway would find none free that long.
+        PORT_QUARANTINE: "0",
+    }

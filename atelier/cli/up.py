@@ -30,10 +30,17 @@ def run(args: argparse.Namespace) -> int:
         state = LocalCluster(cluster_settings, log=progress).up()
     except StartError as exc:
         raise CommandError(str(exc)) from None
+    if state.serve_proxy_grpc_address is None:
+        inference = [f"  inference gRPC (Serve)   {state.serve_grpc_address}"]
+    else:
+        inference = [
+            f"  inference gRPC (direct)  {state.serve_grpc_address}",
+            f"  Serve gRPC proxy         {state.serve_proxy_grpc_address}",
+        ]
     text = "\n".join(
         [
             "atelier is up:",
-            f"  inference gRPC (Serve)   {state.serve_grpc_address}",
+            *inference,
             f"  control plane gRPC       {state.control_plane_address}",
             f"  control plane metrics    {state.control_plane_metrics_url}",
             f"  Ray                      {state.ray_address}",

@@ -61,7 +61,7 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 from inference.admission import PoolAdmission, admission_limit
 from inference.config import ModelConfig, PoolConfig, ServeConfig
 from inference.control_plane_client import ControlPlaneClient
-from inference.deadline import deadline_of, has_expired
+from inference.deadline import came_directly, deadline_of, has_expired
 from inference.errors import STATUS_DETAILS_KEY, RequestError
 from inference.generation import IMAGE_TO_IMAGE, INPAINT, TEXT_TO_IMAGE, GenerationResult, StepProgress
 from inference.metrics import STAGES, GatewayMetrics
@@ -136,6 +136,13 @@ class Gateway:
     async def GenerateStream(  # noqa: N802 - gRPC method name
         self, request: inference_pb2.GenerateRequest, grpc_context: RayServegRPCContext
     ) -> AsyncIterator[inference_pb2.GenerateStreamResponse]:
+        """Progress messages, then the result.
+
+        A failed stream sets its code, message and trailers (request id, rich details) on the context.
+        Through Serve's proxy it then raises (the proxy applies a stream's status only then, and the
+        proxy patch restores the trailers); on direct ingress it ends instead, since the replica's
+        server applies what the method set on the context only to a stream that ends without raising.
+        """
         request_id = _request_id(grpc_context)
         started = time.perf_counter()
         progress: asyncio.Queue[StepProgress | None] = asyncio.Queue()
@@ -157,7 +164,9 @@ class Gateway:
             code = exc.code
             self._count_refusal(request, exc)
             _set_error(grpc_context, exc, request_id)
-            raise exc from None  # a stream's status is only applied when the method raises
+            if came_directly(grpc_context.invocation_metadata()):
+                return
+            raise exc from None  # through the proxy a stream's status is only applied when the method raises
         except (asyncio.CancelledError, GeneratorExit):
             code = _abandoned_code(grpc_context)
             raise
@@ -166,6 +175,8 @@ class Gateway:
             code = grpc.StatusCode.INTERNAL
             error = _internal(request_id)
             _set_error(grpc_context, error, request_id)
+            if came_directly(grpc_context.invocation_metadata()):
+                return
             raise error from None
         finally:
             # The caller went away: cancelling the task stops the model and releases the credits.
