@@ -21,3 +21,16 @@ def reason_and_retry_delay(error: grpc.RpcError) -> tuple[str | None, float | No
             detail.Unpack(retry)
             delay = retry.retry_delay.ToMilliseconds() / 1000
     return reason, delay
+
+
+def bad_request_fields(error: grpc.RpcError) -> list[str]:
+    """The fields a BadRequest in the caller's rich details names; fails when the details were lost."""
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    assert status is not None, "the error lost its grpc-status-details-bin"
+    fields = []
+    for detail in status.details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad_request = error_details_pb2.BadRequest()
+            detail.Unpack(bad_request)
+            fields += [violation.field for violation in bad_request.field_violations]
+    return fields

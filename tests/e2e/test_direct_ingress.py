@@ -10,14 +10,10 @@ from __future__ import annotations
 
 import os
 import time
-import urllib.request
 from collections.abc import Iterator
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
-from prometheus_client.parser import text_string_to_metric_families
 
 from atelier.launcher import LocalCluster
 from atelier.ports import local_cluster_ports
@@ -26,6 +22,8 @@ from atelier.state import ClusterState, load_operator_key
 from inference.deadline import DEADLINE_METADATA, DIRECT_INGRESS, INGRESS_METADATA
 from inference.grpc_proxy import UNDECODABLE_DETAILS
 from protos.atelier.v1 import control_plane_pb2, control_plane_pb2_grpc, inference_pb2, inference_pb2_grpc
+from tests.e2e._metrics import wait_for_requests_counted
+from tests.e2e._status import bad_request_fields
 
 
 @pytest.fixture(scope="module")
@@ -113,26 +111,13 @@ def test_undecodable_bytes_are_invalid_argument(channel: grpc.Channel, metadata)
         assert caught.value.details() == UNDECODABLE_DETAILS
 
 
-def _bad_width_violations(error: grpc.RpcError) -> list[str]:
-    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    assert status is not None, "the stream's error lost its grpc-status-details-bin"
-    violations = []
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad_request = error_details_pb2.BadRequest()
-            detail.Unpack(bad_request)
-            violations += [violation.field for violation in bad_request.field_violations]
-    return violations
-
-
 def test_a_failed_stream_keeps_its_rich_error_details(
     direct_cluster: ClusterState, inference, metadata, account_id
 ) -> None:
     request = inference_pb2.GenerateRequest(account_id=account_id, prompt="a fox", steps=4, width=65)
     with pytest.raises(grpc.RpcError) as raised:
         list(inference.GenerateStream(request, metadata=metadata, timeout=60))
-    assert _bad_width_violations(raised.value) == ["width"]
+    assert bad_request_fields(raised.value) == ["width"]
     assert dict(raised.value.trailing_metadata() or ()).get("request_id")
 
     # Through the proxy, a caller claiming to have come directly is not believed: the stream still fails
@@ -143,7 +128,7 @@ def test_a_failed_stream_keeps_its_rich_error_details(
         pytest.raises(grpc.RpcError) as raised,
     ):
         list(inference_pb2_grpc.InferenceStub(proxy).GenerateStream(request, metadata=forged, timeout=60))
-    assert _bad_width_violations(raised.value) == ["width"]
+    assert bad_request_fields(raised.value) == ["width"]
 
 
 def test_a_deadline_the_caller_writes_is_not_believed(inference, metadata, account_id) -> None:
@@ -163,20 +148,4 @@ def test_a_passed_deadline_is_deadline_exceeded_and_counted_so(
         inference.Generate(request, metadata=metadata, timeout=2.0)
     assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     # The gateway knows the caller's deadline (stamped on the direct path too): counted as such.
-    deadline = time.monotonic() + 60
-    while True:
-        with urllib.request.urlopen(direct_cluster.ray_metrics_url, timeout=10) as response:
-            text = response.read().decode()
-        counted = [
-            sample
-            for family in text_string_to_metric_families(text)
-            if family.name == "ray_atelier_inference_requests"
-            for sample in family.samples
-            if sample.labels.get("method") == "Generate"
-            and sample.labels.get("code") == "DEADLINE_EXCEEDED"
-            and sample.value > 0
-        ]
-        if counted:
-            return
-        assert time.monotonic() < deadline, "no Generate request was counted as DEADLINE_EXCEEDED"
-        time.sleep(0.5)
+    wait_for_requests_counted(direct_cluster.ray_metrics_url, "Generate", "DEADLINE_EXCEEDED")

@@ -8,7 +8,6 @@ import io
 import os
 import threading
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -17,11 +16,10 @@ import grpc
 import numpy as np
 import PIL.Image
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
-from prometheus_client.parser import text_string_to_metric_families
 
 from protos.atelier.v1 import inference_pb2
+from tests.e2e._metrics import wait_for_requests_counted
+from tests.e2e._status import bad_request_fields
 
 MODEL_DEPLOYMENT = "DiffusionModel-tiny-sd"
 # ATELIER_CANCEL_REPEAT=10 runs the cancellation test ten times (to check it is robust to timing).
@@ -131,7 +129,7 @@ def test_a_passed_deadline_stops_the_replica_and_releases_the_reservation(
             list(inference.GenerateStream(request, metadata=operator_metadata, timeout=2.0))
     assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     # The gateway knows the caller's deadline (the proxy carries it): counted as such, not as CANCELLED.
-    _wait_for_requests_counted(cluster.ray_metrics_url, method, "DEADLINE_EXCEEDED")
+    wait_for_requests_counted(cluster.ray_metrics_url, method, "DEADLINE_EXCEEDED")
     stats = _wait_until_idle(model_stats)
     assert stats.batches_stopped == before.batches_stopped + 1, "the batch ended early, not by finishing"
     assert stats.steps_run - before.steps_run < total_steps, "the replica kept generating past the deadline"
@@ -149,35 +147,8 @@ def test_a_failed_stream_keeps_its_rich_error_details(inference, operator_metada
         list(inference.GenerateStream(request, metadata=operator_metadata, timeout=60))
     error = raised.value
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    assert status is not None, "the stream's error lost its grpc-status-details-bin"
-    violations = []
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad_request = error_details_pb2.BadRequest()
-            detail.Unpack(bad_request)
-            violations += [violation.field for violation in bad_request.field_violations]
-    assert violations == ["width"]
+    assert bad_request_fields(error) == ["width"]
     assert dict(error.trailing_metadata() or ()).get("request_id")
-
-
-def _wait_for_requests_counted(metrics_url: str, method: str, code: str) -> None:
-    """Waits (Ray exports every few seconds) until the gateway's request counter has `method` and `code`."""
-    deadline = time.monotonic() + 60
-    while True:
-        with urllib.request.urlopen(metrics_url, timeout=10) as response:
-            text = response.read().decode()
-        counted = [
-            sample
-            for family in text_string_to_metric_families(text)
-            if family.name == "ray_atelier_inference_requests"
-            for sample in family.samples
-            if sample.labels.get("method") == method and sample.labels.get("code") == code and sample.value > 0
-        ]
-        if counted:
-            return
-        assert time.monotonic() < deadline, f"no {method} request was counted as {code}"
-        time.sleep(0.5)
 
 
 def _wait_until_idle(model_stats):  # type: ignore[no-untyped-def]
