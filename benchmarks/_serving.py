@@ -44,7 +44,9 @@ def local_cluster(home: Path | None) -> Iterator[tuple[ClusterState, Path]]:
         yield state, home.resolve()
         return
     with tempfile.TemporaryDirectory(prefix="atelier-bench-") as directory, _abuse_limits_off():
-        settings = ClusterSettings(home=Path(directory), **local_cluster_ports())
+        # `ATELIER_DIRECT_INGRESS=1` measures the cluster with direct ingress, as `atelier up` would start it.
+        direct_ingress = ClusterSettings.from_env().direct_ingress
+        settings = ClusterSettings(home=Path(directory), **local_cluster_ports(), direct_ingress=direct_ingress)
         cluster = LocalCluster(settings, log=lambda line: print(line, file=sys.stderr))
         try:
             yield cluster.up(), settings.home.resolve()
