@@ -114,17 +114,39 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+_SERVE = ("-m", "control_plane", "serve")
+
+_EXEC_UNDER_FILE_SIZE_LIMIT = (
+    "import os, resource, signal, sys; "
+    "signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+    "limit = int(sys.argv[1]); "
+    "resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)); "
+    "os.execv(sys.executable, [sys.executable, *sys.argv[2:]])"
+)
+"""Run as `python -c THIS LIMIT ARGS...`: sets the limit in a fresh interpreter, then execs `python ARGS...`
+(an ignored signal stays ignored across exec)."""
+
+
 @contextmanager
 def control_plane_process(
-    env: Mapping[str, str], log: Path, *, preexec_fn: Callable[[], None] | None = None
+    env: Mapping[str, str], log: Path, *, file_size_limit_bytes: int | None = None
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """`python -m control_plane serve` as its own process (configured by `env`, added to
     ours), serving on a free port, logging to `log`; yields its address and the process,
-    which a test may kill. Stopped with SIGTERM (SIGKILL if it lingers) afterwards."""
+    which a test may kill. Stopped with SIGTERM (SIGKILL if it lingers) afterwards.
+
+    With `file_size_limit_bytes` it runs under RLIMIT_FSIZE with SIGXFSZ ignored, so a write past
+    the limit fails with EFBIG instead of killing it. The limit is set by a fresh interpreter that
+    then execs the server, not by a `preexec_fn`: that would run Python in a child forked from this
+    process while gRPC's threads run here, which can hang the child before exec (seen in CI).
+    """
     address = f"127.0.0.1:{free_port()}"
+    command = [sys.executable, *_SERVE]
+    if file_size_limit_bytes is not None:
+        command = [sys.executable, "-c", _EXEC_UNDER_FILE_SIZE_LIMIT, str(file_size_limit_bytes), *_SERVE]
     with log.open("ab") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "control_plane", "serve"],
+            command,
             cwd=REPO_ROOT,
             env={
                 **os.environ,
@@ -134,7 +156,6 @@ def control_plane_process(
             },
             stdout=log_file,
             stderr=log_file,
-            preexec_fn=preexec_fn,
         )
     try:
         try:

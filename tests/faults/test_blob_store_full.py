@@ -21,8 +21,6 @@ rlimit, a blob small enough) the same store succeeds and charges once.
 from __future__ import annotations
 
 import contextlib
-import resource
-import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from uuid import UUID
@@ -43,13 +41,6 @@ from tests.integration.control_plane._support import bearer, error_reason
 FSIZE_LIMIT_BYTES = 256 * 1024
 BIG_ITEM_BYTES = 512 * 1024
 """Over the rlimit; on the full tmpfs any item fails."""
-
-
-def _limit_file_size() -> None:
-    # Runs in the child before exec: a write past the limit fails with EFBIG instead of
-    # killing the process with SIGXFSZ (an ignored signal stays ignored across exec).
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (FSIZE_LIMIT_BYTES, FSIZE_LIMIT_BYTES))
 
 
 @pytest.fixture
@@ -81,7 +72,7 @@ def test_a_full_blob_store_refuses_the_store_and_leaves_nothing_behind(
         }
         with (
             control_plane_process(
-                env, tmp_path / "control-plane.log", preexec_fn=None if mounted else _limit_file_size
+                env, tmp_path / "control-plane.log", file_size_limit_bytes=None if mounted else FSIZE_LIMIT_BYTES
             ) as (
                 address,
                 _,
