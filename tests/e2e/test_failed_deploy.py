@@ -21,6 +21,7 @@ _PORT_VARIABLES = {
     "serve_http_port": "ATELIER_SERVE_HTTP_PORT",
     "ray_port": "ATELIER_RAY_PORT",
     "ray_dashboard_port": "ATELIER_RAY_DASHBOARD_PORT",
+    "gateway_grpc_port": "ATELIER_GATEWAY_GRPC_PORT",
 }
 
 
