@@ -98,7 +98,7 @@ FORGED = (("authorization", "Bearer k"), (DEADLINE_METADATA, "1.0"), ("x-atelier
 @pytest.mark.parametrize("method", ["Generate", "GenerateStream"])
 def test_direct_handlers_see_the_real_deadline_and_the_mark_not_the_callers(method: str) -> None:
     server = FakeServer(direct=True)
-    add_inference_servicer_to_server(Mock(), server)
+    add_inference_servicer_to_server(Mock(), server)  # Serve registers with a Mock servicer too
     real = RealContext(FORGED, time_remaining=30.0)
     before = time.time()
     seen = _call(server, method, real)
